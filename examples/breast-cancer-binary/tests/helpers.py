@@ -1,0 +1,44 @@
+"""Helpers for the tests: small datasets, probe models, labels that agree with a model."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from breast_cancer_binary import losses
+from breast_cancer_binary.config import Config
+from breast_cancer_binary.data import encode_labels
+
+
+def features(config: Config, num_examples: int, seed: int = 0) -> np.ndarray:
+    """Random float32 inputs of the configured shape."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(num_examples, *config.input_shape)).astype(np.float32)
+
+
+def dataset(x: np.ndarray, labels: np.ndarray, batch_size: int) -> tf.data.Dataset:
+    """Batches of `(x, labels)` in order."""
+    return tf.data.Dataset.from_tensor_slices((x, labels)).batch(batch_size)
+
+
+def predicted_classes(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """The class each example is predicted as, as the accuracy metric reads the outputs."""
+    outputs = keras.ops.convert_to_numpy(model(x, training=False))
+    return (outputs[:, 0] > losses.THRESHOLD).astype(np.int64)
+
+
+def labels_for(model: keras.Model, x: np.ndarray, config: Config, *, agree: bool) -> np.ndarray:
+    """Encoded labels that all agree (or all disagree) with the model's predictions."""
+    classes = predicted_classes(model, x)
+    if not agree:
+        classes = (classes + 1) % losses.class_count(config)
+    return encode_labels(classes, config)
+
+
+def linear_model(config: Config) -> keras.Model:
+    """A deterministic model (no dropout) whose output fits the loss."""
+    inputs = keras.Input(shape=config.input_shape)
+    x = keras.layers.Flatten()(inputs)
+    outputs = keras.layers.Dense(losses.output_units(config))(x)
+    return keras.Model(inputs, outputs)

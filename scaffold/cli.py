@@ -1,0 +1,267 @@
+"""The `scaffold` command line: a thin skin over `scaffold.render` and `scaffold.examples`.
+
+Each flag of `scaffold new` answers one question of `copier.yml` (tests/test_cli.py proves they
+match); Copier validates the answers. Only this module imports Typer, and it imports neither
+Copier nor YAML at start-up, so `scaffold --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from typer.core import TyperGroup
+
+from .errors import ScaffoldError
+
+EXIT_USAGE = 2  # the exit code of a mistake in the command line, as for Click's usage errors
+
+# The values of `labels` in copier.yml, written out so `--help` needs no YAML.
+Labels = Literal["sparse", "one-hot", "binary"]
+
+
+class _ScaffoldGroup(TyperGroup):
+    """Turns a ScaffoldError from any command into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ScaffoldError as error:
+            typer.echo(f"Error: {error}", err=True)
+            raise typer.Exit(EXIT_USAGE) from None
+
+
+app = typer.Typer(
+    name="scaffold",
+    cls=_ScaffoldGroup,
+    help="Start a TensorFlow custom-training-loop project from the scaffold template.",
+    no_args_is_help=True,
+    add_completion=False,
+    # Plain Click help and errors: Rich would add ~60 ms to every start and box one-line errors.
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"scaffold {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Start a TensorFlow custom-training-loop project from the scaffold template."""
+
+
+def _parse_data(items: list[str]) -> dict[str, str]:
+    """`KEY=VALUE` pairs to a dict; the values stay text and Copier casts them by the question's
+    type (`3` for an int, `no` for a bool), exactly as `copier copy --data` does."""
+    data: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ScaffoldError(
+                f"--data {item!r} is not KEY=VALUE; write it as --data KEY=VALUE, "
+                "e.g. --data labels=one-hot"
+            )
+        data[key.strip()] = value
+    return data
+
+
+def _collect_answers(dest: Path, flags: dict[str, object], data: dict[str, str]) -> dict[str, Any]:
+    given = {name: value for name, value in flags.items() if value is not None}
+    for name in sorted(given.keys() & data.keys()):
+        flag = "--" + name.replace("_", "-")
+        raise ScaffoldError(f"{name} is given twice, as {flag} and as --data {name}; give it once")
+    answers: dict[str, Any] = {**data, **given}
+    if given.get("num_classes") is not None and answers.get("labels") == "binary":
+        raise ScaffoldError(
+            "--num-classes does not apply to --labels binary; "
+            "drop --num-classes or choose --labels sparse or one-hot"
+        )
+    # Like `cargo new`: the directory names the project unless told otherwise.
+    answers.setdefault("project_name", dest.resolve().name)
+    return answers
+
+
+def _next_steps(dest: Path, package: str) -> str:
+    lines = [
+        f"cd {shlex.quote(str(dest))}",
+        "pip install -e '.[cpu,test]'",
+        f"python -m {package} train",
+        "pytest",
+    ]
+    width = max(len(line) for line in lines) + 2
+    title = " Next steps "
+    top = "╭─" + title + "─" * (width - len(title) - 1) + "╮"
+    body = [f"│ {line.ljust(width - 2)} │" for line in lines]
+    return "\n".join([top, *body, "╰" + "─" * width + "╯"])
+
+
+@app.command()
+def new(
+    dest: Annotated[
+        Path,
+        typer.Argument(
+            metavar="DEST", help="Directory to create; its name is the default project name."
+        ),
+    ],
+    project_name: Annotated[
+        str | None,
+        typer.Option(
+            help="Project name (the distribution name; letters, digits, '-' or '_')",
+            show_default="DEST's directory name",
+        ),
+    ] = None,
+    package_name: Annotated[
+        str | None,
+        typer.Option(
+            help="Python package name (an importable identifier)",
+            show_default="from the project name, lowercase, '-' as '_'",
+        ),
+    ] = None,
+    labels: Annotated[
+        Labels | None,
+        typer.Option(help="How the labels are encoded", show_default="sparse"),
+    ] = None,
+    num_classes: Annotated[
+        int | None,
+        typer.Option(help="Number of classes (not for binary labels)", show_default="10"),
+    ] = None,
+    logits: Annotated[
+        bool | None,
+        typer.Option(
+            "--logits/--no-logits",
+            help="Does the model output logits (no final softmax/sigmoid)? "
+            "Logits are numerically safer",
+            show_default="logits",
+        ),
+    ] = None,
+    input_shape: Annotated[
+        str | None,
+        typer.Option(
+            help="Shape of one input example, without the batch dimension (e.g. 64 or 28,28,1)",
+            show_default="64, or 30 for binary labels",
+        ),
+    ] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(help="Default number of training epochs", show_default="10"),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Default batch size", show_default="32")
+    ] = None,
+    learning_rate: Annotated[
+        float | None,
+        typer.Option(help="Default learning rate of the Adam optimizer", show_default="0.001"),
+    ] = None,
+    data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--data",
+            "-d",
+            metavar="KEY=VALUE",
+            help="Answer any question by its copier.yml name, e.g. -d labels=one-hot; repeatable",
+            show_default=False,
+        ),
+    ] = None,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes", "-y", help="Take the defaults for all questions not given; ask nothing"
+        ),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Render into DEST even if it is not empty, overwriting its files"
+        ),
+    ] = False,
+    pretend: Annotated[
+        bool, typer.Option("--pretend", help="Show what would be written; write nothing")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing but errors")] = False,
+) -> None:
+    """Render a new project into DEST. Questions not given as flags are asked (or, with --yes,
+    take their defaults)."""
+    from .render import render_project
+
+    answers = _collect_answers(
+        dest,
+        {
+            "project_name": project_name,
+            "package_name": package_name,
+            "labels": labels,
+            "num_classes": num_classes,
+            "logits": logits,
+            "input_shape": input_shape,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+        },
+        _parse_data(data or []),
+    )
+    if not yes and not sys.stdin.isatty():
+        raise ScaffoldError(
+            "no terminal to ask questions on; "
+            "pass --yes to take the defaults for questions not given as flags"
+        )
+    recorded = render_project(
+        dest, answers, defaults=yes, force=force, pretend=pretend, quiet=quiet
+    )
+    if pretend:
+        if not quiet:
+            typer.echo(f"Pretend: nothing was written to {dest}.")
+    elif not quiet:
+        typer.echo(_next_steps(dest, str(recorded["package_name"])))
+
+
+@app.command()
+def examples(
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Compare instead of writing: print the diff and exit 1 if they drifted",
+        ),
+    ] = False,
+    directory: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir",
+            metavar="DIR",
+            help="Where the examples live",
+            show_default="examples/ of this repository",
+        ),
+    ] = None,
+) -> None:
+    """Re-render the golden examples (examples/NAME) from the working tree's template."""
+    from .examples import check_examples, write_examples
+
+    if not check:
+        for path in write_examples(directory):
+            typer.echo(f"wrote {path}")
+        return
+    diff = check_examples(directory)
+    if diff:
+        typer.echo(diff, nl=False)
+        typer.echo(
+            "Error: the examples drifted from the template; run 'scaffold examples' to "
+            "re-render them",
+            err=True,
+        )
+        raise typer.Exit(1)
+    typer.echo("examples match the template")

@@ -1,0 +1,167 @@
+"""Every call into Copier: render the template into a destination, or explain why not.
+
+Copier is imported inside the functions so that `scaffold --help` does not pay for it.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+from .errors import ScaffoldError
+from .questions import check_answers, template_root
+
+_VALIDATION_ERROR = re.compile(r"Validation error for question '(?P<name>\w+)': (?P<msg>.*)", re.S)
+_CHOICE_ERROR = re.compile(
+    r"Invalid choice for '(?P<name>\w+)': (?P<value>.*) is not in (?P<valid>\[.*\])", re.S
+)
+_CAST_ERROR = re.compile(r"invalid literal for int\(\)|could not convert string to float")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _check_destination(dest: Path, *, force: bool) -> None:
+    if dest.is_file():
+        raise ScaffoldError(f"destination '{dest}' is a file; choose a directory path")
+    if dest.is_dir() and not force and any(dest.iterdir()):
+        raise ScaffoldError(
+            f"destination '{dest}' exists and is not empty; "
+            "choose a new directory or pass --force to render into it"
+        )
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory that rendering `path` would create, or None if it exists."""
+    missing = None
+    path = path.absolute()
+    for candidate in [path, *path.parents]:
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
+
+
+def _translate(error: Exception) -> ScaffoldError | None:
+    """Copier's error about the answers as a one-line ScaffoldError, or None if it is not one."""
+    from copier.errors import InteractiveSessionError, UnsafeTemplateError, UserMessageError
+
+    text = str(error)
+    if isinstance(error, InteractiveSessionError):
+        return ScaffoldError(
+            "no terminal to ask questions on; "
+            "pass --yes to take the defaults for questions not given as flags"
+        )
+    if isinstance(error, (UserMessageError, UnsafeTemplateError)):
+        return ScaffoldError(_one_line(text))
+    if not isinstance(error, ValueError):
+        return None
+    if match := _VALIDATION_ERROR.fullmatch(text):
+        return ScaffoldError(_one_line(match["msg"]), question=match["name"])
+    if match := _CHOICE_ERROR.fullmatch(text):
+        name, value = match["name"], match["value"]
+        try:
+            valid = ", ".join(str(v) for v in ast.literal_eval(match["valid"]))
+        except (ValueError, SyntaxError):
+            valid = match["valid"]
+        flag = "--" + name.replace("_", "-")
+        return ScaffoldError(
+            f"{name} {value} is not one of {valid}; pass {flag} with one of them", question=name
+        )
+    if _CAST_ERROR.match(text):
+        # Copier casts answers with int()/float(); check_answers catches this first for our
+        # own template, so this is for another `src`.
+        return ScaffoldError(f"{_one_line(text)}; check the values given as flags or with --data")
+    return None  # any other ValueError is a bug, not the user's mistake: keep its traceback
+
+
+def render_project(
+    dest: Path,
+    answers: Mapping[str, object],
+    *,
+    src: str | None = None,
+    vcs_ref: str | None = None,
+    defaults: bool = True,
+    force: bool = False,
+    pretend: bool = False,
+    quiet: bool = False,
+) -> dict[str, object]:
+    """Render the template into `dest` with the given answers.
+
+    Copier parses and validates every answer (given or default) before it writes a file, so a
+    bad answer leaves nothing behind; should anything fail later, the directories this call
+    created are removed again.
+
+    Args:
+        dest: The directory to create. It must be missing or empty unless `force`.
+        answers: Answers by question name; values of any type Copier casts (`"3"` for an int).
+        src: A Copier template (path or git URL); default: this repository's working tree,
+            uncommitted changes included, so the template matches the scaffold that runs it.
+        vcs_ref: A git ref of `src`; default for the built-in template: `HEAD` plus local
+            changes; for another `src`: Copier's choice (its latest tag).
+        defaults: Take the default of every question not in `answers`; False asks on the
+            terminal instead.
+        force: Render into a non-empty `dest`, overwriting files the template owns.
+        pretend: Report what would be written, write nothing.
+        quiet: Print nothing.
+
+    Returns:
+        The answers Copier recorded (the asked questions, as written to `.copier-answers.yml`).
+
+    Raises:
+        ScaffoldError: For a bad answer, a non-empty `dest` without `force`, or a question
+            that would need a terminal that is not there.
+    """
+    import copier
+    from copier.errors import DirtyLocalWarning
+
+    dest = Path(dest)
+    _check_destination(dest, force=force)
+    builtin = src is None
+    if builtin:
+        check_answers(answers)
+    created = None if pretend else _first_missing(dest)
+    try:
+        with warnings.catch_warnings():
+            if builtin:
+                # Rendering the working tree of our own template is the point, so Copier's
+                # "Dirty template changes included automatically" would only puzzle a user who
+                # never touched the template. Someone passing their own `src` keeps it.
+                warnings.simplefilter("ignore", DirtyLocalWarning)
+            worker = copier.run_copy(
+                src or str(template_root()),
+                dest,
+                data=dict(answers),
+                # HEAD (with local changes) rather than Copier's default, the latest tag: the
+                # flags of this scaffold match the copier.yml next to it, not an older release.
+                # It also spares the user Copier's "No git tags found" notice.
+                vcs_ref=vcs_ref or ("HEAD" if builtin else None),
+                defaults=defaults,
+                overwrite=force,
+                pretend=pretend,
+                quiet=quiet,
+                unsafe=False,
+            )
+    except BaseException as error:  # Ctrl-C too: never leave a half-written project behind
+        if created is not None and created.exists():
+            shutil.rmtree(created, ignore_errors=True)
+        translated = _translate(error) if isinstance(error, Exception) else None
+        if translated is None:
+            raise
+        if translated.question and translated.question not in answers:
+            # A default the user never typed (package_name from project_name): name the flag.
+            flag = "--" + translated.question.replace("_", "-")
+            translated = ScaffoldError(
+                f"{translated} (pass {flag} to set it)", question=translated.question
+            )
+        raise translated from error
+    return {
+        name: value
+        for name, value in worker.answers.user.items()
+        if name not in worker.answers.hidden
+    }

@@ -1,0 +1,322 @@
+"""The `scaffold` command line: flags match copier.yml, bad input fails cleanly, nothing leaks.
+
+These tests render projects but never run TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer.main
+import yaml
+from typer.testing import CliRunner
+
+from scaffold import __version__
+from scaffold.cli import app
+from scaffold.questions import Question, asked_questions, load_questions
+
+runner = CliRunner()
+
+# Flags of `scaffold new` that answer no question.
+CLI_FLAGS = {"data", "yes", "force", "pretend", "quiet"}
+# Defaults the CLI replaces on purpose, with what its help shows instead.
+CLI_DEFAULTS = {"project_name": "DEST's directory name"}
+
+
+def invoke(*args: object):
+    return runner.invoke(app, [str(arg) for arg in args])
+
+
+def new_options() -> dict[str, object]:
+    command = typer.main.get_command(app).commands["new"]
+    return {param.name: param for param in command.params if param.param_type_name == "option"}
+
+
+def tree(root: Path) -> dict[str, bytes | None]:
+    """Every path under `root` with its bytes (None for a directory)."""
+    return {
+        str(path.relative_to(root)): None if path.is_dir() else path.read_bytes()
+        for path in sorted(root.rglob("*"))
+    }
+
+
+def recorded_answers(project: Path) -> dict[str, object]:
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text(encoding="utf-8"))
+    answers.pop("_commit", None)
+    return answers
+
+
+# --- the flags cannot drift from copier.yml --------------------------------------------------
+
+
+def shown_default(question: Question, option) -> str:
+    """What `--help` must show as the default of a question with a literal default."""
+    if question.type == "bool":
+        flags = option.opts if question.default else option.secondary_opts
+        return flags[0].removeprefix("--")
+    return str(question.default)
+
+
+@pytest.mark.parametrize("name", list(asked_questions()))
+def test_flag_matches_question(name: str) -> None:
+    question = asked_questions()[name]
+    option = new_options().get(name)
+    assert option is not None, f"scaffold new has no flag for question '{name}'"
+    assert option.opts[0] == question.flag
+    assert option.default is None, "an unset flag must leave the answer to Copier"
+    if question.choices:
+        assert set(option.type_descriptor.choices) == set(question.choices)
+    if name in CLI_DEFAULTS:
+        assert option.show_default == CLI_DEFAULTS[name]
+    elif question.templated_default:
+        assert isinstance(option.show_default, str), "describe a templated default in words"
+        assert "{" not in option.show_default
+    else:
+        assert option.show_default == shown_default(question, option)
+
+
+def test_every_flag_answers_a_question() -> None:
+    questions = load_questions()
+    for name in new_options().keys() - CLI_FLAGS:
+        assert name in questions, f"--{name.replace('_', '-')} answers no question of copier.yml"
+        assert questions[name].asked, f"'{name}' is derived (when: false) and must have no flag"
+
+
+# --- bad input: exit 2, one exact line, nothing written --------------------------------------
+
+BAD_INPUT = {
+    "project-name-space": (
+        ["--project-name", "my proj"],
+        "project name 'my proj' is not valid; use letters, digits, '-' or '_', "
+        "starting with a letter",
+    ),
+    "package-name-digit": (
+        ["--package-name", "1pkg"],
+        "package name '1pkg' is not a Python identifier; use lowercase letters, digits and '_', "
+        "starting with a letter",
+    ),
+    "package-name-keyword": (
+        ["--package-name", "class"],
+        "package name 'class' is a Python keyword; choose another name",
+    ),
+    "num-classes-1": (
+        ["--num-classes", "1"],
+        "num_classes must be at least 2, got 1; for a single yes/no output choose binary labels",
+    ),
+    "num-classes-binary": (
+        ["--num-classes", "3", "--labels", "binary"],
+        "--num-classes does not apply to --labels binary; "
+        "drop --num-classes or choose --labels sparse or one-hot",
+    ),
+    "data-num-classes-binary": (
+        ["--data", "num_classes=3", "--data", "labels=binary"],
+        "num_classes does not apply to binary labels; drop it or choose labels sparse or one-hot",
+    ),
+    "input-shape-letter": (
+        ["--input-shape", "28,x"],
+        "input shape '28,x' is not valid; use 1 to 3 positive integers separated by commas, "
+        "e.g. 64 or 28,28,1",
+    ),
+    "input-shape-zero": (
+        ["--input-shape", "0"],
+        "input shape '0' is not valid; use 1 to 3 positive integers separated by commas, "
+        "e.g. 64 or 28,28,1",
+    ),
+    "data-labels-multi": (
+        ["--data", "labels=multi"],
+        "labels 'multi' is not one of sparse, one-hot, binary; pass --labels with one of them",
+    ),
+    "data-malformed": (
+        ["--data", "novalue"],
+        "--data 'novalue' is not KEY=VALUE; write it as --data KEY=VALUE, "
+        "e.g. --data labels=one-hot",
+    ),
+    "data-unknown-question": (
+        ["--data", "label=binary"],
+        "there is no question 'label'; did you mean 'labels'?",
+    ),
+    "data-derived-question": (
+        ["--data", "dataset=digits"],
+        "'dataset' is derived from the other answers and cannot be set; drop it",
+    ),
+    "data-not-a-number": (
+        ["--data", "num_classes=ten"],
+        "num_classes must be a whole number, got 'ten'; pass a whole number, "
+        "e.g. --data num_classes=10",
+    ),
+    "data-not-a-bool": (
+        ["--data", "logits=maybe"],
+        "logits must be true or false, got 'maybe'; pass true or false, e.g. --data logits=true",
+    ),
+    "given-twice": (
+        ["--labels", "sparse", "--data", "labels=binary"],
+        "labels is given twice, as --labels and as --data labels; give it once",
+    ),
+}
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUT.values(), ids=BAD_INPUT.keys())
+def test_bad_input_fails_cleanly(tmp_path: Path, args: list[str], message: str) -> None:
+    dest = tmp_path / "new" / "proj"
+    result = invoke("new", dest, "--yes", *args)
+    assert result.exit_code == 2, result.output
+    assert result.output == f"Error: {message}\n"
+    assert not (tmp_path / "new").exists(), "a failed render must leave nothing behind"
+
+
+def test_invalid_default_names_its_flag(tmp_path: Path) -> None:
+    # package_name defaults to the project name, here DEST's name, a keyword.
+    result = invoke("new", tmp_path / "class", "--yes")
+    assert result.exit_code == 2, result.output
+    assert result.output == (
+        "Error: package name 'class' is a Python keyword; choose another name "
+        "(pass --package-name to set it)\n"
+    )
+    assert not (tmp_path / "class").exists()
+
+
+def test_unknown_label_is_a_usage_error(tmp_path: Path) -> None:
+    dest = tmp_path / "proj"
+    result = invoke("new", dest, "--yes", "--labels", "multi")
+    assert result.exit_code == 2, result.output
+    # Typer's own check of a choice, before scaffold runs; its wording varies across versions.
+    error_line = result.output.strip().splitlines()[-1]
+    assert error_line.startswith("Error: Invalid value for '--labels'"), result.output
+    assert "'multi' is not one of 'sparse', 'one-hot', 'binary'" in error_line
+    assert not dest.exists()
+
+
+def test_no_terminal_without_yes(tmp_path: Path) -> None:
+    dest = tmp_path / "proj"
+    result = invoke("new", dest)  # CliRunner's stdin is not a TTY
+    assert result.exit_code == 2, result.output
+    assert result.output == (
+        "Error: no terminal to ask questions on; "
+        "pass --yes to take the defaults for questions not given as flags\n"
+    )
+    assert not dest.exists()
+
+
+def test_non_empty_dest_without_force(tmp_path: Path) -> None:
+    dest = tmp_path / "proj"
+    dest.mkdir()
+    (dest / "notes.txt").write_bytes(b"mine\n")
+    before = tree(dest)
+    result = invoke("new", dest, "--yes")
+    assert result.exit_code == 2, result.output
+    assert result.output == (
+        f"Error: destination '{dest}' exists and is not empty; "
+        "choose a new directory or pass --force to render into it\n"
+    )
+    assert tree(dest) == before
+
+
+# --- what works --------------------------------------------------------------------------------
+
+
+def test_version() -> None:
+    result = invoke("--version")
+    assert result.exit_code == 0, result.output
+    assert result.output == f"scaffold {__version__}\n"
+    assert __version__ == "0.1.0"
+
+
+def test_pretend_writes_nothing(tmp_path: Path) -> None:
+    dest = tmp_path / "proj"
+    result = invoke("new", dest, "--yes", "--pretend")
+    assert result.exit_code == 0, result.output
+    assert "pyproject.toml" in result.output, "pretend should list what it would write"
+    assert f"Pretend: nothing was written to {dest}." in result.output
+    assert not dest.exists()
+
+
+def test_force_renders_into_non_empty_dest(tmp_path: Path) -> None:
+    dest = tmp_path / "proj"
+    dest.mkdir()
+    (dest / "notes.txt").write_bytes(b"mine\n")
+    result = invoke("new", dest, "--yes", "--force", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert (dest / "notes.txt").read_bytes() == b"mine\n"
+    assert recorded_answers(dest)["project_name"] == "proj"
+    assert (dest / "pyproject.toml").is_file()
+
+
+def test_data_answers_like_flags(tmp_path: Path) -> None:
+    by_flag, by_data = tmp_path / "by-flag", tmp_path / "by-data"
+    common = ["--yes", "--quiet", "--project-name", "demo"]
+    result = invoke("new", by_flag, *common, "--labels", "one-hot")
+    assert result.exit_code == 0, result.output
+    result = invoke("new", by_data, *common, "--data", "labels=one-hot")
+    assert result.exit_code == 0, result.output
+    assert recorded_answers(by_data)["labels"] == "one-hot"
+    assert recorded_answers(by_data) == recorded_answers(by_flag)
+    flag_tree, data_tree = tree(by_flag), tree(by_data)
+    for files in (flag_tree, data_tree):
+        del files[".copier-answers.yml"]  # differs only in Copier's throwaway _commit
+    assert data_tree == flag_tree
+
+
+def test_project_name_defaults_to_dest_name(tmp_path: Path) -> None:
+    dest = tmp_path / "my-net"
+    result = invoke("new", dest, "--yes")
+    assert result.exit_code == 0, result.output
+    answers = recorded_answers(dest)
+    assert answers["project_name"] == "my-net"
+    assert answers["package_name"] == "my_net"
+    assert "python -m my_net train" in result.stdout
+
+
+# --- start-up ----------------------------------------------------------------------------------
+
+HEAVY = ("tensorflow", "copier", "yaml")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["new", "--help"]], ids=" ".join)
+def test_help_imports_nothing_heavy(args: list[str]) -> None:
+    code = (
+        "import json, sys\n"
+        "from scaffold.cli import app\n"
+        "try:\n"
+        f"    app({args!r}, prog_name='scaffold')\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 0, exit.code\n"
+        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_console_script_help() -> None:
+    script = Path(sys.executable).parent / "scaffold"
+    if not script.exists():
+        pytest.skip("scaffold is not installed; pip install -e .")
+    done = subprocess.run([script, "--help"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "new" in done.stdout
+    assert "examples" in done.stdout
+
+
+# --- golden examples ---------------------------------------------------------------------------
+
+
+def test_examples_check_reports_drift(tmp_path: Path) -> None:
+    copy = tmp_path / "examples"
+    result = invoke("examples", "--dir", copy)
+    assert result.exit_code == 0, result.output
+    result = invoke("examples", "--check", "--dir", copy)
+    assert result.exit_code == 0, result.output
+
+    answers_file = copy / "digits-sparse" / ".copier-answers.yml"
+    answers_file.write_text(answers_file.read_text(encoding="utf-8") + "edited: true\n")
+    (copy / "digits-sparse" / "pyproject.toml").unlink()
+    result = invoke("examples", "--check", "--dir", copy)
+    assert result.exit_code == 1, result.output
+    assert "--- examples/digits-sparse/.copier-answers.yml (committed)" in result.stdout
+    assert "-edited: true" in result.stdout
+    assert "Only in rendered: examples/digits-sparse/pyproject.toml" in result.stdout
+    assert "Error: the examples drifted from the template" in result.stderr
