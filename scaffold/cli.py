@@ -168,6 +168,23 @@ def new(
         float | None,
         typer.Option(help="Default learning rate of the Adam optimizer", show_default="0.001"),
     ] = None,
+    steps_per_execution: Annotated[
+        int | None,
+        typer.Option(
+            help="Training steps run inside one tf.function call; more steps per call, "
+            "less Python overhead",
+            show_default="64",
+        ),
+    ] = None,
+    jit_compile: Annotated[
+        bool | None,
+        typer.Option(
+            "--jit-compile/--no-jit-compile",
+            help="Compile each step with XLA (train batches then have a fixed size; "
+            "rarely faster on a CPU)",
+            show_default="no-jit-compile",
+        ),
+    ] = None,
     data: Annotated[
         list[str] | None,
         typer.Option(
@@ -211,6 +228,8 @@ def new(
             "epochs": epochs,
             "batch_size": batch_size,
             "learning_rate": learning_rate,
+            "steps_per_execution": steps_per_execution,
+            "jit_compile": jit_compile,
         },
         _parse_data(data or []),
     )

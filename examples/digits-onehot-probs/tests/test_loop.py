@@ -8,11 +8,14 @@ import re
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 from helpers import dataset, features, labels_for, linear_model
 
 from digits_onehot_probs.__main__ import main
 from digits_onehot_probs.config import Config
+from digits_onehot_probs.data import load_datasets
+from digits_onehot_probs.model import build_model
 from digits_onehot_probs.train import Trainer, fit
 
 LINE = re.compile(
@@ -39,6 +42,54 @@ def test_metrics_are_reset_every_epoch_and_every_evaluation(config: Config) -> N
     assert trainer.evaluate(right)["val_loss"] == pytest.approx(
         Trainer(config, model).evaluate(right)["val_loss"]
     )
+
+
+@pytest.mark.parametrize("steps_per_execution", [1, 3, 64])
+def test_every_batch_runs_exactly_once_per_epoch(config: Config, steps_per_execution: int) -> None:
+    config = dataclasses.replace(config, steps_per_execution=steps_per_execution)
+    model = linear_model(config)
+    x = features(config, 100)
+    data = dataset(x, labels_for(model, x, config, agree=True), 16)  # 7 batches, the last of 4
+    trainer = Trainer(config, model)
+
+    for _ in range(2):
+        _, steps = trainer.train_epoch(data)
+        assert steps == 7
+        # The loss metric is weighted by batch size, so its count is the examples it saw.
+        assert float(trainer.train_metrics.loss.count) == 100.0
+    trainer.evaluate(data)
+    assert float(trainer.val_metrics.loss.count) == 100.0
+
+
+def test_steps_per_execution_changes_no_figure(config: Config) -> None:
+    runs = []
+    for steps_per_execution in (1, 5, config.steps_per_execution):
+        keras.utils.set_random_seed(config.seed)
+        model = build_model(config)
+        run_config = dataclasses.replace(config, steps_per_execution=steps_per_execution)
+        history = fit(run_config, model=model, verbose=False)
+        runs.append(([list(logs.values()) for logs in history], model.get_weights()))
+    (history, weights), *others = runs
+    for other_history, other_weights in others:
+        np.testing.assert_allclose(other_history, history, rtol=1e-6)
+        for ours, theirs in zip(other_weights, weights, strict=True):
+            np.testing.assert_allclose(ours, theirs, atol=1e-6)
+
+
+def test_xla_keeps_batch_shapes_and_so_compiles_bounded(config: Config) -> None:
+    config = dataclasses.replace(config, jit_compile=True, epochs=1)
+    train_ds, val_ds = load_datasets(config)
+    # One static training batch shape: XLA compiles the train step once.
+    assert train_ds.element_spec[0].shape[0] == config.batch_size
+    assert {int(x.shape[0]) for x, _ in train_ds} == {config.batch_size}
+    # Evaluation keeps every example: a full and a last batch, so at most two compiles.
+    assert len({int(x.shape[0]) for x, _ in val_ds}) <= 2
+    trainer = Trainer(config, build_model(config))
+
+    (logs,) = trainer.fit(train_ds, val_ds, verbose=False)
+
+    assert trainer.train_step.experimental_get_tracing_count() == 1
+    assert np.isfinite(list(logs.values())).all()
 
 
 def test_fit_returns_logs_and_writes_them(

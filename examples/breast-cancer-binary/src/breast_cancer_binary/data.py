@@ -50,7 +50,8 @@ def load_datasets(config: Config) -> tuple[tf.data.Dataset, tf.data.Dataset]:
         tf.data.Dataset.from_tensor_slices((features[train_index], labels[train_index]))
         .cache()
         .shuffle(len(train_index), seed=config.seed, reshuffle_each_iteration=True)
-        .batch(config.batch_size)
+        # XLA compiles once per batch shape: keep one by dropping the incomplete last batch.
+        .batch(config.batch_size, drop_remainder=config.jit_compile)
         .prefetch(tf.data.AUTOTUNE)
     )
     val_ds = (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -22,6 +23,7 @@ from .model import build_model
 from .steps import StepFn, StepMetrics, make_eval_step, make_train_step
 
 EpochLogs = dict[str, float]
+LoopFn = Callable[[tf.data.Iterator, tf.Tensor], tf.Tensor]
 
 
 def input_signature(config: Config) -> tuple[tf.TensorSpec, tf.TensorSpec]:
@@ -62,6 +64,32 @@ def check_dataset(dataset: tf.data.Dataset, config: Config, name: str) -> None:
         raise losses.LabelEncodingError(f"{name}: {error}") from None
 
 
+def make_loop(step: StepFn) -> LoopFn:
+    """Return a `tf.function` that runs up to `num_steps` steps of `step` in one call.
+
+    One Python-to-TensorFlow dispatch then covers many steps, which is where small models spend
+    their time. The step count is a tensor, so changing it does not retrace, and the iterator's
+    spec is the same every epoch, so a new iterator does not retrace either. The end of the data
+    is found with `get_next_as_optional`, so no batch is dropped or repeated.
+
+    Returns:
+        A function of `(iterator, num_steps)` that returns the number of steps it ran: fewer
+        than `num_steps` only when the iterator is exhausted.
+    """
+
+    def loop(iterator: tf.data.Iterator, num_steps: tf.Tensor) -> tf.Tensor:
+        steps = tf.constant(0, dtype=tf.int32)
+        for _ in tf.range(num_steps):
+            batch = iterator.get_next_as_optional()
+            if not batch.has_value():
+                break
+            step(*batch.get_value())
+            steps += 1
+        return steps
+
+    return tf.function(loop)
+
+
 def format_logs(logs: EpochLogs, epochs: int, steps_per_second: float) -> str:
     """One line per epoch: `epoch 3/10 | train_loss 0.1234 | ... | 812 steps/s`."""
     figures = " | ".join(f"{key} {value:.4f}" for key, value in logs.items() if key != "epoch")
@@ -77,8 +105,10 @@ class Trainer:
         run_eagerly: Run the steps as plain Python for readable stack traces.
 
     Attributes:
-        train_step: The training step, a `tf.function` unless `run_eagerly`.
-        eval_step: The evaluation step, likewise.
+        train_step: The training step for one batch, a `tf.function` unless `run_eagerly`.
+        eval_step: The evaluation step for one batch, likewise.
+        train_loop: Runs up to `config.steps_per_execution` training steps per call.
+        eval_loop: Runs up to `config.steps_per_execution` evaluation steps per call.
     """
 
     def __init__(self, config: Config, model: keras.Model, *, run_eagerly: bool = False) -> None:
@@ -94,30 +124,52 @@ class Trainer:
         self.val_metrics = StepMetrics.create("val")
         train_step = make_train_step(model, self.optimizer, loss_fn, self.train_metrics, config)
         eval_step = make_eval_step(model, loss_fn, self.val_metrics, config)
-        self.train_step: StepFn = self._compile(train_step, run_eagerly)
-        self.eval_step: StepFn = self._compile(eval_step, run_eagerly)
+        self.run_eagerly = run_eagerly
+        self.train_step: StepFn = self._compile(train_step)
+        self.eval_step: StepFn = self._compile(eval_step)
+        self.train_loop: LoopFn = make_loop(self.train_step)
+        self.eval_loop: LoopFn = make_loop(self.eval_step)
 
-    def _compile(self, step: StepFn, run_eagerly: bool) -> StepFn:
-        if run_eagerly:
+    def _compile(self, step: StepFn) -> StepFn:
+        if self.run_eagerly:
             return step
         # The steps branch on Python values only, so AutoGraph has nothing to convert; without
         # it, errors raised while tracing (such as NoneGradientError) reach the caller as is.
-        return tf.function(step, input_signature=input_signature(self.config), autograph=False)
+        return tf.function(
+            step,
+            input_signature=input_signature(self.config),
+            autograph=False,
+            jit_compile=self.config.jit_compile,
+        )
+
+    def _run(self, step: StepFn, loop: LoopFn, dataset: tf.data.Dataset) -> int:
+        """Run `step` on every batch of `dataset` once; return the number of steps."""
+        if self.run_eagerly:
+            steps = 0
+            for x, y in dataset:
+                step(x, y)
+                steps += 1
+            return steps
+        iterator = iter(dataset)
+        per_call = self.config.steps_per_execution
+        num_steps = tf.constant(per_call, dtype=tf.int32)
+        steps = 0
+        while True:
+            ran = int(loop(iterator, num_steps))
+            steps += ran
+            if ran < per_call:
+                return steps
 
     def train_epoch(self, dataset: tf.data.Dataset) -> tuple[EpochLogs, int]:
         """Train on every batch once; return this epoch's figures and its number of steps."""
         self.train_metrics.reset()
-        steps = 0
-        for x, y in dataset:
-            self.train_step(x, y)
-            steps += 1
+        steps = self._run(self.train_step, self.train_loop, dataset)
         return self.train_metrics.result(), steps
 
     def evaluate(self, dataset: tf.data.Dataset) -> EpochLogs:
         """Evaluate on every batch once; figures cover this call only."""
         self.val_metrics.reset()
-        for x, y in dataset:
-            self.eval_step(x, y)
+        self._run(self.eval_step, self.eval_loop, dataset)
         return self.val_metrics.result()
 
     def fit(
