@@ -14,12 +14,10 @@ from .config import Config
 
 LABEL_ENCODING = "binary"
 EXPECTED = "float32 0/1 labels of shape (batch, 1)"
-FROM_LOGITS = True
-THRESHOLD = 0.0  # A logit of 0 is a probability of 0.5.
-
-
 # The mean over the batch, as `model.fit` reduces; stated rather than left to a default.
 REDUCTION = "sum_over_batch_size"
+FROM_LOGITS = True
+THRESHOLD = 0.0  # A logit of 0 is a probability of 0.5.
 
 
 class LabelEncodingError(ValueError):

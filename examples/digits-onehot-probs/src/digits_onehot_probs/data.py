@@ -53,12 +53,26 @@ def load_datasets(config: Config) -> tuple[tf.data.Dataset, tf.data.Dataset]:
         .shuffle(len(train_index), seed=config.seed, reshuffle_each_iteration=True)
         # XLA compiles once per batch shape: keep one by dropping the incomplete last batch.
         .batch(config.batch_size, drop_remainder=config.jit_compile)
-        .prefetch(tf.data.AUTOTUNE)
+        .prefetch(2)
+        .with_options(_in_memory_options())
     )
     val_ds = (
         tf.data.Dataset.from_tensor_slices((features[val_index], labels[val_index]))
         .batch(config.batch_size)
         .cache()
-        .prefetch(tf.data.AUTOTUNE)
+        .prefetch(2)
+        .with_options(_in_memory_options())
     )
     return train_ds, val_ds
+
+
+def _in_memory_options() -> tf.data.Options:
+    """Options for a pipeline that only reads memory: no parallel map for autotuning to size.
+
+    Autotuning's bookkeeping then costs more than it saves (measured: about 1.4x more steps per
+    second without it on 2 cores). Switch it back on, and use `prefetch(tf.data.AUTOTUNE)` and
+    `map(..., num_parallel_calls=tf.data.AUTOTUNE)`, once the pipeline decodes or augments.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options

@@ -14,12 +14,10 @@ from .config import Config
 
 LABEL_ENCODING = "one-hot"
 EXPECTED = "float32 one-hot rows of shape (batch, num_classes)"
-FROM_LOGITS = False
-OUTPUT_ACTIVATION = "softmax"
-
-
 # The mean over the batch, as `model.fit` reduces; stated rather than left to a default.
 REDUCTION = "sum_over_batch_size"
+FROM_LOGITS = False
+OUTPUT_ACTIVATION = "softmax"
 
 
 class LabelEncodingError(ValueError):

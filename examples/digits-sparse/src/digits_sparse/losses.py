@@ -14,11 +14,9 @@ from .config import Config
 
 LABEL_ENCODING = "sparse"
 EXPECTED = "int32 class ids of shape (batch,)"
-FROM_LOGITS = True
-
-
 # The mean over the batch, as `model.fit` reduces; stated rather than left to a default.
 REDUCTION = "sum_over_batch_size"
+FROM_LOGITS = True
 
 
 class LabelEncodingError(ValueError):
