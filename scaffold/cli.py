@@ -1,4 +1,5 @@
-"""The `scaffold` command line: a thin skin over `scaffold.render` and `scaffold.examples`.
+"""The `scaffold` command line: a thin skin over `scaffold.new`, `scaffold.update` and
+`scaffold.examples`.
 
 Each flag of `scaffold new` answers one question of `copier.yml` (tests/test_cli.py proves they
 match); Copier validates the answers. Only this module imports Typer, and it imports neither
@@ -18,6 +19,7 @@ from typer.core import TyperGroup
 from .errors import ScaffoldError
 
 EXIT_USAGE = 2  # the exit code of a mistake in the command line, as for Click's usage errors
+EXIT_CONFLICTS = 1  # scaffold update merged, but left conflicts for the user to resolve
 
 # The values of `labels` in copier.yml, written out so `--help` needs no YAML.
 Labels = Literal["sparse", "one-hot", "binary"]
@@ -195,6 +197,32 @@ def new(
             show_default=False,
         ),
     ] = None,
+    template: Annotated[
+        str | None,
+        typer.Option(
+            "--template",
+            metavar="SRC",
+            help="The template to render and record for updates: a git repository's path or URL",
+            show_default="$SCAFFOLD_TEMPLATE, else this checkout of scaffold, else "
+            "the public repository",
+        ),
+    ] = None,
+    vcs_ref: Annotated[
+        str | None,
+        typer.Option(
+            "--vcs-ref",
+            metavar="REF",
+            help="The template's tag, branch or commit to render",
+            show_default="v<scaffold's version>, or the HEAD commit of a checkout without that tag",
+        ),
+    ] = None,
+    git: Annotated[
+        bool,
+        typer.Option(
+            "--git/--no-git",
+            help="Make DEST a git repository with a first commit, ready for scaffold update",
+        ),
+    ] = True,
     yes: Annotated[
         bool,
         typer.Option(
@@ -214,7 +242,7 @@ def new(
 ) -> None:
     """Render a new project into DEST. Questions not given as flags are asked (or, with --yes,
     take their defaults)."""
-    from .render import render_project
+    from .new import create_project
 
     answers = _collect_answers(
         dest,
@@ -238,14 +266,85 @@ def new(
             "no terminal to ask questions on; "
             "pass --yes to take the defaults for questions not given as flags"
         )
-    recorded = render_project(
-        dest, answers, defaults=yes, force=force, pretend=pretend, quiet=quiet
+    made = create_project(
+        dest,
+        answers,
+        template=template,
+        vcs_ref=vcs_ref,
+        git=git,
+        defaults=yes,
+        force=force,
+        pretend=pretend,
+        quiet=quiet,
     )
+    if quiet:
+        return
+    for note in made.notes:
+        typer.echo(f"note: {note}", err=True)
     if pretend:
-        if not quiet:
-            typer.echo(f"Pretend: nothing was written to {dest}.")
-    elif not quiet:
-        typer.echo(_next_steps(dest, str(recorded["package_name"])))
+        typer.echo(f"Pretend: nothing was written to {dest}.")
+        return
+    if made.commit is not None:
+        typer.echo(f"Recorded template {made.src} at {made.commit}, for scaffold update.")
+    typer.echo(_next_steps(dest, str(made.answers["package_name"])))
+
+
+@app.command()
+def update(
+    path: Annotated[
+        Path,
+        typer.Argument(metavar="PATH", help="The project to update.", show_default="."),
+    ] = Path("."),
+    vcs_ref: Annotated[
+        str | None,
+        typer.Option(
+            "--vcs-ref",
+            metavar="REF",
+            help="The template's tag, branch or commit to update to; :current: keeps the "
+            "recorded one (to change an answer only)",
+            show_default="the latest version tag, as copier update",
+        ),
+    ] = None,
+    data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--data",
+            "-d",
+            metavar="KEY=VALUE",
+            help="Change an answer, e.g. -d labels=one-hot; the others keep their recorded "
+            "values; repeatable",
+            show_default=False,
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing but errors")] = False,
+) -> None:
+    """Update the project at PATH to a newer template version, merging the template's changes
+    with yours (as copier update --defaults --conflict inline does). Exit code 1: conflicts
+    are left inline to resolve; 2: nothing was changed (the error says why)."""
+    from .update import update_project
+
+    done = update_project(path, _parse_data(data or []), vcs_ref=vcs_ref, quiet=quiet)
+    for note in () if quiet else done.notes:
+        typer.echo(f"note: {note}", err=True)
+    if done.conflicts:
+        typer.echo(
+            f"Error: {len(done.conflicts)} file(s) of {path} conflict with the template; "
+            "resolve the <<<<<<< before updating ... >>>>>>> after updating blocks, "
+            "then commit:",
+            err=True,
+        )
+        for name in done.conflicts:
+            typer.echo(f"  {name}", err=True)
+        raise typer.Exit(EXIT_CONFLICTS)
+    if quiet:
+        return
+    if done.old == done.new and not data:
+        typer.echo(f"{path} is already at template {done.new}; nothing to merge.")
+    else:
+        typer.echo(
+            f"Updated {path} from template {done.old} to {done.new}; review with git diff, "
+            "then commit."
+        )
 
 
 @app.command()

@@ -15,10 +15,7 @@ from pathlib import Path
 
 from .questions import template_root
 from .render import render_project
-
-# Where the template is published: the examples record it instead of the path of whichever
-# checkout rendered them, so they are the same on every machine.
-PUBLIC_TEMPLATE = "https://github.com/scaffold-tf/scaffold.git"
+from .source import PUBLIC_TEMPLATE
 
 ANSWERS_FILE = ".copier-answers.yml"
 
@@ -47,8 +44,9 @@ def example_answers(name: str) -> dict[str, object]:
 def normalise_answers_file(project: Path) -> None:
     """Strip machine-specific values from a project's `.copier-answers.yml`.
 
-    `_src_path` becomes `PUBLIC_TEMPLATE` and `_commit` (a throwaway commit Copier makes of a
-    dirty working tree) goes.
+    `_src_path` becomes `PUBLIC_TEMPLATE`, where the template is published, instead of the path
+    of whichever checkout rendered the examples, so they are the same on every machine; and
+    `_commit` (a throwaway commit Copier makes of a dirty working tree) goes.
     """
     path = project / ANSWERS_FILE
     text = path.read_text(encoding="utf-8")

@@ -57,6 +57,12 @@ def template_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+def config_path() -> Path:
+    """`copier.yml`: the checkout's, else the copy an installed wheel carries in the package."""
+    checkout = template_root() / "copier.yml"
+    return checkout if checkout.is_file() else Path(__file__).resolve().parent / "copier.yml"
+
+
 def _choice_values(raw: object) -> tuple[object, ...]:
     if raw is None:
         return ()
@@ -98,7 +104,7 @@ def _load(path: Path) -> dict[str, Question]:
 
 def load_questions(path: Path | None = None) -> dict[str, Question]:
     """All questions of `copier.yml`, asked and derived, in file order, keyed by name."""
-    return dict(_load((path or template_root() / "copier.yml").resolve()))
+    return dict(_load((path or config_path()).resolve()))
 
 
 def asked_questions(path: Path | None = None) -> dict[str, Question]:
@@ -173,5 +179,27 @@ def check_answers(answers: Mapping[str, object], path: Path | None = None) -> No
             raise ScaffoldError(
                 f"{name} must be {expected}, got {value!r}; "
                 f"pass {expected}, e.g. --data {name}={_example(question)}",
+                question=name,
+            )
+
+
+def check_choices(answers: Mapping[str, object], path: Path | None = None) -> None:
+    """Reject an answer that is not one of its question's choices, worded for `--data`.
+
+    `scaffold update` checks this before Copier starts, so a refused update prints one line.
+
+    Raises:
+        ScaffoldError: For an answer outside its question's choices.
+    """
+    questions = load_questions(path)
+    for name, value in answers.items():
+        question = questions.get(name)
+        if question is None or not question.choices:
+            continue
+        valid = [str(choice) for choice in question.choices]
+        if str(value) not in valid:
+            raise ScaffoldError(
+                f"{name} {str(value)!r} is not one of {', '.join(valid)}; "
+                f"pass --data {name}=<one of them>",
                 question=name,
             )

@@ -1,4 +1,5 @@
-"""Every call into Copier: render the template into a destination, or explain why not.
+"""Every call into Copier: render the template into a destination or update a project from
+it, or explain why not.
 
 Copier is imported inside the functions so that `scaffold --help` does not pay for it.
 """
@@ -36,6 +37,15 @@ def _check_destination(dest: Path, *, force: bool) -> None:
         )
 
 
+def _check_working_tree() -> None:
+    root = template_root()
+    if not (root / "copier.yml").is_file() or not (root / "template").is_dir():
+        raise ScaffoldError(
+            f"no template next to scaffold in {root} (an installed wheel); rendering the working "
+            "tree needs a checkout of the scaffold repository: clone it and pip install -e ."
+        )
+
+
 def _first_missing(path: Path) -> Path | None:
     """The outermost directory that rendering `path` would create, or None if it exists."""
     missing = None
@@ -47,8 +57,40 @@ def _first_missing(path: Path) -> Path | None:
     return missing
 
 
-def _translate(error: Exception) -> ScaffoldError | None:
-    """Copier's error about the answers as a one-line ScaffoldError, or None if it is not one."""
+# A ref the template lacks: Copier's words for a local template, git's for a cloned one.
+_UNKNOWN_REF = re.compile(r"Unknown revision: '(?P<ref>.*)'|fatal: invalid reference: (?P<ref2>.*)")
+
+
+def _git_problem(error: Exception, src: str) -> ScaffoldError | None:
+    """A failed git command of Copier (a ref the template lacks, an unreachable URL)."""
+    from plumbum import ProcessExecutionError  # Copier runs git through plumbum
+
+    if isinstance(error, ValueError) and (match := _UNKNOWN_REF.fullmatch(str(error))):
+        ref = match["ref"]
+    elif isinstance(error, ProcessExecutionError):
+        stderr = (error.stderr or "").strip()
+        match = _UNKNOWN_REF.search(stderr)
+        if not match:
+            last = stderr.splitlines()[-1] if stderr else f"exit code {error.retcode}"
+            return ScaffoldError(
+                f"git failed on the template {src}: {_one_line(last)}; "
+                "check the template's path or URL and your network"
+            )
+        ref = match["ref"] or match["ref2"]
+    else:
+        return None
+    return ScaffoldError(
+        f"template ref '{ref.strip()}' not found in {src}; "
+        "pass --vcs-ref with one of its tags, branches or commits"
+    )
+
+
+def _translate(error: Exception, flag_style: str = "flag") -> ScaffoldError | None:
+    """Copier's error about the answers as a one-line ScaffoldError, or None if it is not one.
+
+    `flag_style` words the fix of a bad choice: "flag" (`pass --labels with one of them`, for
+    scaffold new) or "data" (`pass --data labels=one of them`, for scaffold update).
+    """
     from copier.errors import InteractiveSessionError, UnsafeTemplateError, UserMessageError
 
     text = str(error)
@@ -69,10 +111,12 @@ def _translate(error: Exception) -> ScaffoldError | None:
             valid = ", ".join(str(v) for v in ast.literal_eval(match["valid"]))
         except (ValueError, SyntaxError):
             valid = match["valid"]
-        flag = "--" + name.replace("_", "-")
-        return ScaffoldError(
-            f"{name} {value} is not one of {valid}; pass {flag} with one of them", question=name
+        fix = (
+            f"pass --data {name}=<one of them>"
+            if flag_style == "data"
+            else f"pass --{name.replace('_', '-')} with one of them"
         )
+        return ScaffoldError(f"{name} {value} is not one of {valid}; {fix}", question=name)
     if _CAST_ERROR.match(text):
         # Copier casts answers with int()/float(); check_answers catches this first for our
         # own template, so this is for another `src`.
@@ -124,6 +168,7 @@ def render_project(
     _check_destination(dest, force=force)
     builtin = src is None
     if builtin:
+        _check_working_tree()
         check_answers(answers)
     created = None if pretend else _first_missing(dest)
     try:
@@ -150,7 +195,9 @@ def render_project(
     except BaseException as error:  # Ctrl-C too: never leave a half-written project behind
         if created is not None and created.exists():
             shutil.rmtree(created, ignore_errors=True)
-        translated = _translate(error) if isinstance(error, Exception) else None
+        translated = None
+        if isinstance(error, Exception):
+            translated = _translate(error) or _git_problem(error, src or str(template_root()))
         if translated is None:
             raise
         if translated.question and translated.question not in answers:
@@ -165,3 +212,57 @@ def render_project(
         for name, value in worker.answers.user.items()
         if name not in worker.answers.hidden
     }
+
+
+def update_project(
+    project: Path,
+    data: Mapping[str, object],
+    *,
+    vcs_ref: str | None = None,
+    quiet: bool = False,
+) -> None:
+    """Update `project` from its recorded template, as `copier update --defaults` does.
+
+    The previous answers stand unless `data` changes them; a conflict between the user's edits
+    and the template's is left inline, between `<<<<<<< before updating` and
+    `>>>>>>> after updating`, never in a `.rej` file that a later commit would forget.
+
+    Args:
+        project: A git-tracked project with `.copier-answers.yml`, committed (Copier refuses a
+            dirty one).
+        data: New answers by question name.
+        vcs_ref: The template ref to update to; `:current:` keeps the recorded one (to change
+            an answer only); None: Copier's default, the latest version tag (else HEAD).
+        quiet: Print nothing.
+
+    Raises:
+        ScaffoldError: For a bad answer, a ref the template lacks, or a project Copier cannot
+            update (its message, on one line).
+    """
+    import copier
+
+    src = _recorded_source(project)
+    try:
+        copier.run_update(
+            project,
+            data=dict(data),
+            vcs_ref=copier.VcsRef.CURRENT if vcs_ref == ":current:" else vcs_ref,
+            defaults=True,  # keep every previous answer; ask nothing
+            overwrite=True,  # required by Copier for an update; git holds the previous state
+            conflict="inline",
+            quiet=quiet,
+            unsafe=False,
+        )
+    except Exception as error:
+        translated = _translate(error, flag_style="data") or _git_problem(error, src)
+        if translated is None:
+            raise
+        raise translated from error
+
+
+def _recorded_source(project: Path) -> str:
+    import yaml
+
+    path = project / ".copier-answers.yml"
+    recorded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return str(recorded.get("_src_path", "the template"))

@@ -22,7 +22,7 @@ from scaffold.questions import Question, asked_questions, load_questions
 runner = CliRunner()
 
 # Flags of `scaffold new` that answer no question.
-CLI_FLAGS = {"data", "yes", "force", "pretend", "quiet"}
+CLI_FLAGS = {"data", "template", "vcs_ref", "git", "yes", "force", "pretend", "quiet"}
 # Defaults the CLI replaces on purpose, with what its help shows instead.
 CLI_DEFAULTS = {"project_name": "DEST's directory name"}
 
@@ -37,10 +37,11 @@ def new_options() -> dict[str, object]:
 
 
 def tree(root: Path) -> dict[str, bytes | None]:
-    """Every path under `root` with its bytes (None for a directory)."""
+    """Every path under `root` with its bytes (None for a directory), `.git` aside."""
     return {
         str(path.relative_to(root)): None if path.is_dir() else path.read_bytes()
         for path in sorted(root.rglob("*"))
+        if ".git" not in path.relative_to(root).parts
     }
 
 
@@ -275,7 +276,9 @@ def test_project_name_defaults_to_dest_name(tmp_path: Path) -> None:
 HEAVY = ("tensorflow", "copier", "yaml")
 
 
-@pytest.mark.parametrize("args", [["--help"], ["new", "--help"]], ids=" ".join)
+@pytest.mark.parametrize(
+    "args", [["--help"], ["new", "--help"], ["update", "--help"]], ids=" ".join
+)
 def test_help_imports_nothing_heavy(args: list[str]) -> None:
     code = (
         "import json, sys\n"
