@@ -184,7 +184,7 @@ def for_new(template: str | None = None, vcs_ref: str | None = None) -> Source:
 
 def latest_version_tag(repo: Path) -> str | None:
     """The tag Copier updates to by default: the highest PEP 440 version, prereleases aside."""
-    from packaging.version import InvalidVersion, Version  # Copier's own dependency
+    from packaging.version import InvalidVersion, Version
 
     versions = {}
     for tag in gitrepo.tags(repo):
