@@ -23,6 +23,8 @@ EXIT_CONFLICTS = 1  # scaffold update merged, but left conflicts for the user to
 
 # The values of `labels` in copier.yml, written out so `--help` needs no YAML.
 Labels = Literal["sparse", "one-hot", "binary"]
+# The values of `shapes` in copier.yml, likewise.
+Shapes = Literal["fixed", "variable"]
 
 
 class _ScaffoldGroup(TyperGroup):
@@ -94,6 +96,15 @@ def _collect_answers(dest: Path, flags: dict[str, object], data: dict[str, str])
             "--num-classes does not apply to --labels binary; "
             "drop --num-classes or choose --labels sparse or one-hot"
         )
+    shapes = answers.get("shapes", "fixed")
+    for name in ("input_shape", "vocab_size", "max_length"):
+        applies = "fixed" if name == "input_shape" else "variable"
+        if given.get(name) is not None and shapes != applies:
+            flag = "--" + name.replace("_", "-")
+            raise ScaffoldError(
+                f"{flag} does not apply to --shapes {shapes}; "
+                f"drop {flag} or choose --shapes {applies}"
+            )
     # Like `cargo new`: the directory names the project unless told otherwise.
     answers.setdefault("project_name", dest.resolve().name)
     return answers
@@ -187,6 +198,27 @@ def new(
             show_default="no-jit-compile",
         ),
     ] = None,
+    shapes: Annotated[
+        Shapes | None,
+        typer.Option(
+            help="Are the input shapes fixed, or sequences of varying length (padded per batch)?",
+            show_default="fixed",
+        ),
+    ] = None,
+    vocab_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Token ids are in [0, vocab_size); 0 is padding (variable shapes only)",
+            show_default="1000",
+        ),
+    ] = None,
+    max_length: Annotated[
+        int | None,
+        typer.Option(
+            help="Longest sequence; longer ones are cut, buckets pad to max_length/8, /4, /2, /1",
+            show_default="128",
+        ),
+    ] = None,
     data: Annotated[
         list[str] | None,
         typer.Option(
@@ -258,6 +290,9 @@ def new(
             "learning_rate": learning_rate,
             "steps_per_execution": steps_per_execution,
             "jit_compile": jit_compile,
+            "shapes": shapes,
+            "vocab_size": vocab_size,
+            "max_length": max_length,
         },
         _parse_data(data or []),
     )

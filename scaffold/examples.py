@@ -24,6 +24,7 @@ EXAMPLES: dict[str, dict[str, object]] = {
     "digits-sparse": {"labels": "sparse", "logits": True, "input_shape": "64"},
     "digits-onehot-probs": {"labels": "one-hot", "logits": False, "input_shape": "8,8,1"},
     "breast-cancer-binary": {"labels": "binary", "logits": True},
+    "sequences-sparse": {"labels": "sparse", "logits": True, "shapes": "variable"},
 }
 
 # What running an example's own tools leaves behind; never part of an example.

@@ -117,6 +117,24 @@ BAD_INPUT = {
         ["--data", "num_classes=3", "--data", "labels=binary"],
         "num_classes does not apply to binary labels; drop it or choose labels sparse or one-hot",
     ),
+    "input-shape-variable": (
+        ["--input-shape", "64", "--shapes", "variable"],
+        "--input-shape does not apply to --shapes variable; "
+        "drop --input-shape or choose --shapes fixed",
+    ),
+    "vocab-size-fixed": (
+        ["--vocab-size", "500"],
+        "--vocab-size does not apply to --shapes fixed; "
+        "drop --vocab-size or choose --shapes variable",
+    ),
+    "data-input-shape-variable": (
+        ["--data", "input_shape=64", "--shapes", "variable"],
+        "input_shape does not apply to variable shapes; drop it or choose shapes fixed",
+    ),
+    "vocab-size-2": (
+        ["--shapes", "variable", "--vocab-size", "2"],
+        "vocab_size must be at least 3 (padding and two tokens), got 2",
+    ),
     "input-shape-letter": (
         ["--input-shape", "28,x"],
         "input shape '28,x' is not valid; use 1 to 3 positive integers separated by commas, "

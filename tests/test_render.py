@@ -1,7 +1,8 @@
 """Render every combination of the matrix, then run the generated project's own checks.
 
-The matrix is built from `copier.yml`: every label encoding x logits or not x two input shapes
-(the default, which picks the offline dataset, and an image shape that picks the CNN).
+The matrix is built from `copier.yml`: every label encoding x logits or not x two fixed input
+shapes (the default, which picks the offline dataset, and an image shape that picks the CNN),
+plus variable shapes (token-id sequences) x every label encoding, cycling logits.
 """
 
 from __future__ import annotations
@@ -33,15 +34,23 @@ def _matrix() -> list[tuple[str, dict[str, object]]]:
         if shape is not None:
             answers["input_shape"] = shape
         cases.append((name, answers))
+    logits_cycle = itertools.cycle(QUESTIONS["logits"].choices or (True, False))
+    for labels in QUESTIONS["labels"].choices:
+        logits = next(logits_cycle)
+        name = f"{labels}-{'logits' if logits else 'probs'}-variable"
+        cases.append(
+            (name, {"project_name": name, "labels": labels, "logits": logits, "shapes": "variable"})
+        )
     return cases
 
 
 MATRIX = _matrix()
 
 
-def expected_files(package: str) -> set[str]:
-    """The exact set of files a project renders to, whatever the answers."""
-    return {
+def expected_files(package: str, *, variable: bool = False) -> set[str]:
+    """The exact set of files a project renders to; variable shapes add the sequence files."""
+    sequence_files = {f"src/{package}/sequences.py", "tests/test_sequences.py"}
+    return (sequence_files if variable else set()) | {
         ".copier-answers.yml",
         ".gitignore",
         "README.md",
@@ -53,6 +62,7 @@ def expected_files(package: str) -> set[str]:
                 "__main__",
                 "config",
                 "data",
+                "inputs",
                 "losses",
                 "model",
                 "steps",
@@ -93,7 +103,8 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_exact_file_set(project: Path) -> None:
     files = {str(p.relative_to(project)) for p in project.rglob("*") if p.is_file()}
-    assert files == expected_files(_package(project))
+    variable = "shapes: variable" in (project / ".copier-answers.yml").read_text()
+    assert files == expected_files(_package(project), variable=variable)
 
 
 def test_no_jinja_left(project: Path) -> None:

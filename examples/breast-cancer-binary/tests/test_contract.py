@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import dataset, features, labels_for, linear_model
+from helpers import dataset, encoder, features, labels_for, linear_model
 
 from breast_cancer_binary import losses
 from breast_cancer_binary.config import Config
 from breast_cancer_binary.data import encode_labels, load_datasets
+from breast_cancer_binary.inputs import InputSignatureError, check_features_spec, features_spec
 from breast_cancer_binary.model import build_model
 from breast_cancer_binary.train import Trainer, fit
 
@@ -21,8 +20,7 @@ def test_datasets_yield_the_declared_encoding(config: Config) -> None:
     train_ds, val_ds = load_datasets(config)
     for ds in (train_ds, val_ds):
         x, y = next(iter(ds))
-        assert x.dtype == tf.float32
-        assert tuple(x.shape[1:]) == config.input_shape
+        check_features_spec(tf.TensorSpec.from_tensor(x), config)
         losses.check_label_spec(tf.TensorSpec.from_tensor(y), config)
         losses.assert_label_values(y, config)
 
@@ -50,19 +48,17 @@ def test_default_model_fits_the_loss(config: Config) -> None:
 
 
 def test_model_with_wrong_units_is_refused(config: Config) -> None:
-    inputs = keras.Input(shape=config.input_shape)
-    outputs = keras.layers.Dense(losses.output_units(config) + 1)(keras.layers.Flatten()(inputs))
+    inputs, x = encoder(config)
+    outputs = keras.layers.Dense(losses.output_units(config) + 1)(x)
     with pytest.raises(ValueError, match=r"give the last layer \d+ units"):
         losses.check_model_output(keras.Model(inputs, outputs), config)
 
 
 def test_model_with_wrong_activation_is_refused(config: Config) -> None:
-    inputs = keras.Input(shape=config.input_shape)
+    inputs, x = encoder(config)
     activation = "sigmoid" if losses.LABEL_ENCODING == "binary" else "softmax"
     expected = "remove the activation from the last layer"
-    outputs = keras.layers.Dense(losses.output_units(config), activation=activation)(
-        keras.layers.Flatten()(inputs)
-    )
+    outputs = keras.layers.Dense(losses.output_units(config), activation=activation)(x)
     with pytest.raises(ValueError, match=expected):
         losses.check_model_output(keras.Model(inputs, outputs), config)
 
@@ -95,9 +91,19 @@ def test_labels_with_impossible_values_fail_in_the_step(config: Config) -> None:
         trainer.train_step(tf.constant(x), tf.constant(labels))
 
 
-def test_features_of_the_wrong_shape_fail_before_training(config: Config) -> None:
-    wrong_shape = dataclasses.replace(config, input_shape=(*config.input_shape, 2))
-    labels = labels_for(linear_model(config), features(config, 16), config, agree=True)
-    bad = dataset(features(wrong_shape, 16), labels, 8)
-    with pytest.raises(ValueError, match=r"train_ds features are .* change Config\.input_shape"):
-        fit(config, train_ds=bad, verbose=False)
+@pytest.mark.parametrize("wrong", ["rank", "dtype"])
+def test_features_of_the_wrong_rank_or_dtype_fail_before_training(
+    config: Config, wrong: str
+) -> None:
+    x = features(config, 16)
+    labels = labels_for(linear_model(config), x, config, agree=True)
+    bad_x = x[..., np.newaxis] if wrong == "rank" else x.astype(np.float64)
+    # What was found, what is expected, then the fix.
+    found = rf"{bad_x.dtype.name} batches of shape \(batch(, \w+)+\)"
+    expected = rf"{features_spec(config).dtype.name} batches of shape \(batch(, \w+)+\)"
+    fix = r"(reshape them|one sequence of token ids)" if wrong == "rank" else r"tf\.cast\(x, tf\."
+    with pytest.raises(
+        InputSignatureError,
+        match=f"^train_ds features are {found}, but the model takes {expected}; .*{fix}",
+    ):
+        fit(config, train_ds=dataset(bad_x, labels, 8), verbose=False)

@@ -9,12 +9,25 @@ import tensorflow as tf
 from digits_sparse import losses
 from digits_sparse.config import Config
 from digits_sparse.data import encode_labels
+from digits_sparse.inputs import features_spec
 
 
 def features(config: Config, num_examples: int, seed: int = 0) -> np.ndarray:
     """Random float32 inputs of the configured shape."""
     rng = np.random.default_rng(seed)
     return rng.normal(size=(num_examples, *config.input_shape)).astype(np.float32)
+
+
+def input_layer(config: Config) -> keras.KerasTensor:
+    """A Keras input that takes batches of `inputs.features_spec(config)`."""
+    spec = features_spec(config)
+    return keras.Input(shape=tuple(spec.shape[1:]), dtype=spec.dtype.name)
+
+
+def encoder(config: Config) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """An input and a deterministic flat representation of it, with no dropout."""
+    inputs = input_layer(config)
+    return inputs, keras.layers.Flatten()(inputs)
 
 
 def dataset(x: np.ndarray, labels: np.ndarray, batch_size: int) -> tf.data.Dataset:
@@ -36,9 +49,12 @@ def labels_for(model: keras.Model, x: np.ndarray, config: Config, *, agree: bool
     return encode_labels(classes, config)
 
 
-def linear_model(config: Config) -> keras.Model:
+def linear_model(
+    config: Config, kernel_regularizer: keras.regularizers.Regularizer | None = None
+) -> keras.Model:
     """A deterministic model (no dropout) whose output fits the loss."""
-    inputs = keras.Input(shape=config.input_shape)
-    x = keras.layers.Flatten()(inputs)
-    outputs = keras.layers.Dense(losses.output_units(config))(x)
+    inputs, x = encoder(config)
+    outputs = keras.layers.Dense(
+        losses.output_units(config), kernel_regularizer=kernel_regularizer
+    )(x)
     return keras.Model(inputs, outputs)

@@ -11,6 +11,7 @@ import keras
 import tensorflow as tf
 
 from .config import Config
+from .inputs import probe_batch
 
 LABEL_ENCODING = "binary"
 EXPECTED = "float32 0/1 labels of shape (batch, 1)"
@@ -125,7 +126,7 @@ def check_model_output(model: keras.Model, config: Config) -> None:
     Raises:
         ValueError: Naming the mismatch and the fix.
     """
-    outputs = model(tf.zeros((2, *config.input_shape)), training=False)
+    outputs = model(probe_batch(config), training=False)
     units = output_units(config)
     if tuple(outputs.shape) != (2, units):
         raise ValueError(

@@ -11,6 +11,7 @@ import keras
 import tensorflow as tf
 
 from .config import Config
+from .inputs import probe_batch
 
 LABEL_ENCODING = "one-hot"
 EXPECTED = "float32 one-hot rows of shape (batch, num_classes)"
@@ -123,7 +124,7 @@ def check_model_output(model: keras.Model, config: Config) -> None:
     Raises:
         ValueError: Naming the mismatch and the fix.
     """
-    outputs = model(tf.zeros((2, *config.input_shape)), training=False)
+    outputs = model(probe_batch(config), training=False)
     units = output_units(config)
     if tuple(outputs.shape) != (2, units):
         raise ValueError(

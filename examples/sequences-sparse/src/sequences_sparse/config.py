@@ -1,0 +1,76 @@
+"""Hyperparameters of sequences-sparse, in one frozen dataclass.
+
+This module is yours: change the defaults, add fields. `copier update` merges template changes
+into it, so keep edits to values and new fields rather than rewriting it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a training run depends on.
+
+    Attributes:
+        vocab_size: Token ids are in `[0, vocab_size)`; id 0 is padding, which the model masks.
+        max_length: Longest sequence the model sees; longer ones are cut.
+        num_buckets: Batches group sequences of similar length into this many buckets, of
+            lengths `max_length / 2**k` (see `sequences.bucket_lengths`).
+        num_classes: Number of classes; the model's output has this many units.
+        epochs: Passes over the training data.
+        batch_size: Examples per training step; the last batch of an epoch may be smaller.
+        learning_rate: Learning rate of the Adam optimizer.
+        validation_fraction: Fraction of the data held out for validation.
+        steps_per_execution: Training (and evaluation) steps run inside one `tf.function`
+            call. Figures are exactly those of one step per call; only the Python overhead
+            between steps shrinks.
+        jit_compile: Compile each step with XLA. XLA compiles once per distinct batch shape, so
+            batches are then padded to their bucket's length and training drops each bucket's
+            incomplete batch (each epoch reshuffles), so compiles stay bounded by the buckets.
+        seed: Seeds weight initialisation, dropout and shuffling, so runs repeat exactly.
+        strict_gradients: Raise instead of warn when a trainable variable gets no gradient.
+    """
+
+    vocab_size: int = 1000
+    max_length: int = 128
+    num_buckets: int = 4
+    num_classes: int = 10
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 0.001
+    validation_fraction: float = 0.2
+    steps_per_execution: int = 64
+    jit_compile: bool = False
+    seed: int = 42
+    strict_gradients: bool = False
+
+    def __post_init__(self) -> None:
+        """Reject values that would fail later with a less helpful error."""
+        if self.vocab_size < 3:
+            raise ValueError(
+                f"Config.vocab_size={self.vocab_size} is invalid; use 3 or more (0 is padding)"
+            )
+        if self.num_buckets < 1:
+            raise ValueError(f"Config.num_buckets={self.num_buckets} is invalid; use 1 or more")
+        if self.max_length < 2**self.num_buckets // 2:
+            raise ValueError(
+                f"Config.max_length={self.max_length} is invalid for "
+                f"num_buckets={self.num_buckets}; use at least {2**self.num_buckets // 2}"
+            )
+        if self.num_classes < 2:
+            raise ValueError(f"Config.num_classes={self.num_classes} is invalid; use 2 or more")
+        for name in ("epochs", "batch_size", "steps_per_execution"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"Config.{name}={value} is invalid; use 1 or more")
+        if self.learning_rate <= 0:
+            raise ValueError(
+                f"Config.learning_rate={self.learning_rate} is invalid; use a positive number"
+            )
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(
+                f"Config.validation_fraction={self.validation_fraction} is invalid; "
+                "use a number between 0 and 1"
+            )

@@ -1,0 +1,27 @@
+"""The model. This module is yours: change the architecture freely.
+
+Contract, checked by `train.fit` before training: `build_model(config)` takes int32 token ids
+of shape `(batch, length)`, padded with 0, and returns `(batch, losses.output_units(config))`
+logits, with no activation on the last layer (the loss applies it, numerically safely).
+Padding must not change the output: keep `mask_zero=True` (or a `Masking` layer) and layers
+that honour the mask. Give random layers such as `Dropout` a `seed=config.seed`.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from .config import Config
+from .losses import output_units
+
+
+def build_model(config: Config) -> keras.Model:
+    """Token embeddings averaged over the real tokens (padding masked), then an MLP."""
+    regularizer = keras.regularizers.L2(1e-4)
+    inputs = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+    x = keras.layers.Embedding(config.vocab_size, 64, mask_zero=True)(inputs)
+    x = keras.layers.GlobalAveragePooling1D()(x)  # A mean over the unmasked tokens only.
+    x = keras.layers.Dense(128, activation="relu", kernel_regularizer=regularizer)(x)
+    x = keras.layers.Dropout(0.1, seed=config.seed)(x)
+    outputs = keras.layers.Dense(output_units(config), name="logits")(x)
+    return keras.Model(inputs, outputs, name="sequences_sparse")

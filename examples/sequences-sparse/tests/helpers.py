@@ -1,0 +1,64 @@
+"""Helpers for the tests: small datasets, probe models, labels that agree with a model."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from sequences_sparse import losses
+from sequences_sparse.config import Config
+from sequences_sparse.data import encode_labels
+from sequences_sparse.inputs import features_spec
+
+
+def features(config: Config, num_examples: int, seed: int = 0) -> np.ndarray:
+    """Random token ids of random lengths, padded with 0 to the longest: int32 `(n, length)`."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, config.max_length + 1, size=num_examples)
+    ids = rng.integers(1, config.vocab_size, size=(num_examples, int(lengths.max())))
+    ids[np.arange(ids.shape[1]) >= lengths[:, None]] = 0
+    return ids.astype(np.int32)
+
+
+def input_layer(config: Config) -> keras.KerasTensor:
+    """A Keras input that takes batches of `inputs.features_spec(config)`."""
+    spec = features_spec(config)
+    return keras.Input(shape=tuple(spec.shape[1:]), dtype=spec.dtype.name)
+
+
+def encoder(config: Config) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """An input and a deterministic flat representation of it, with no dropout."""
+    inputs = input_layer(config)
+    embedded = keras.layers.Embedding(config.vocab_size, 8, mask_zero=True)(inputs)
+    return inputs, keras.layers.GlobalAveragePooling1D()(embedded)
+
+
+def dataset(x: np.ndarray, labels: np.ndarray, batch_size: int) -> tf.data.Dataset:
+    """Batches of `(x, labels)` in order."""
+    return tf.data.Dataset.from_tensor_slices((x, labels)).batch(batch_size)
+
+
+def predicted_classes(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """The class each example is predicted as, as the accuracy metric reads the outputs."""
+    outputs = keras.ops.convert_to_numpy(model(x, training=False))
+    return outputs.argmax(axis=-1)
+
+
+def labels_for(model: keras.Model, x: np.ndarray, config: Config, *, agree: bool) -> np.ndarray:
+    """Encoded labels that all agree (or all disagree) with the model's predictions."""
+    classes = predicted_classes(model, x)
+    if not agree:
+        classes = (classes + 1) % losses.class_count(config)
+    return encode_labels(classes, config)
+
+
+def linear_model(
+    config: Config, kernel_regularizer: keras.regularizers.Regularizer | None = None
+) -> keras.Model:
+    """A deterministic model (no dropout) whose output fits the loss."""
+    inputs, x = encoder(config)
+    outputs = keras.layers.Dense(
+        losses.output_units(config), kernel_regularizer=kernel_regularizer
+    )(x)
+    return keras.Model(inputs, outputs)
