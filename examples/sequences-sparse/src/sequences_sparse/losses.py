@@ -15,11 +15,9 @@ from .inputs import probe_batch
 
 LABEL_ENCODING = "sparse"
 EXPECTED = "int32 class ids of shape (batch,)"
-FROM_LOGITS = True
-
-
 # The mean over the batch, as `model.fit` reduces; stated rather than left to a default.
 REDUCTION = "sum_over_batch_size"
+FROM_LOGITS = True
 
 
 class LabelEncodingError(ValueError):
