@@ -21,6 +21,10 @@ EXIT_USAGE = 2  # the exit code of a mistake in the command line, as for Click's
 
 # The values of `labels` in copier.yml, written out so `--help` needs no YAML.
 Labels = Literal["sparse", "one-hot", "binary"]
+# The values of `optimizers` in copier.yml, likewise.
+Optimizers = Literal["single", "backbone-head", "gan"]
+# Questions about a classifier, which a GAN does not ask.
+_CLASSIFIER_ONLY = ("labels", "num_classes", "logits", "input_shape")
 
 
 class _ScaffoldGroup(TyperGroup):
@@ -92,6 +96,14 @@ def _collect_answers(dest: Path, flags: dict[str, object], data: dict[str, str])
             "--num-classes does not apply to --labels binary; "
             "drop --num-classes or choose --labels sparse or one-hot"
         )
+    if answers.get("optimizers") == "gan":
+        for name in _CLASSIFIER_ONLY:
+            if given.get(name) is not None:
+                flag = "--" + name.replace("_", "-")
+                raise ScaffoldError(
+                    f"{flag} does not apply to --optimizers gan; "
+                    f"drop {flag} or choose --optimizers single or backbone-head"
+                )
     # Like `cargo new`: the directory names the project unless told otherwise.
     answers.setdefault("project_name", dest.resolve().name)
     return answers
@@ -166,7 +178,10 @@ def new(
     ] = None,
     learning_rate: Annotated[
         float | None,
-        typer.Option(help="Default learning rate of the Adam optimizer", show_default="0.001"),
+        typer.Option(
+            help="Default learning rate of the Adam optimizer (the head's with backbone-head)",
+            show_default="0.001",
+        ),
     ] = None,
     steps_per_execution: Annotated[
         int | None,
@@ -183,6 +198,14 @@ def new(
             help="Compile each step with XLA (train batches then have a fixed size; "
             "rarely faster on a CPU)",
             show_default="no-jit-compile",
+        ),
+    ] = None,
+    optimizers: Annotated[
+        Optimizers | None,
+        typer.Option(
+            help="How many optimizers train which variables: single, backbone-head "
+            "(two Adams, an optionally frozen backbone) or gan (generator and discriminator)",
+            show_default="single",
         ),
     ] = None,
     data: Annotated[
@@ -230,6 +253,7 @@ def new(
             "learning_rate": learning_rate,
             "steps_per_execution": steps_per_execution,
             "jit_compile": jit_compile,
+            "optimizers": optimizers,
         },
         _parse_data(data or []),
     )
