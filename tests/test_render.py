@@ -1,7 +1,9 @@
 """Render every combination of the matrix, then run the generated project's own checks.
 
-The matrix is built from `copier.yml`: every label encoding x logits or not x two input shapes
-(the default, which picks the offline dataset, and an image shape that picks the CNN).
+The matrix is built from `copier.yml`: for the single optimizer, every label encoding x logits
+or not x two input shapes (the default, which picks the offline dataset, and an image shape that
+picks the CNN); for backbone-head, every label encoding, cycling logits and the shapes; and one
+GAN, which asks none of those questions.
 """
 
 from __future__ import annotations
@@ -23,25 +25,60 @@ QUESTIONS = load_questions()
 SHAPES = {"default": None, "image": "8,8,1"}
 
 
+def _case(
+    labels: str, logits: bool, shape_id: str, optimizers: str = "single"
+) -> tuple[str, dict[str, object]]:
+    prefix = "" if optimizers == "single" else f"{optimizers}-"
+    name = f"{prefix}{labels}-{'logits' if logits else 'probs'}-{shape_id}"
+    # Short project names: the package name fills the first line of two generated docstrings.
+    project_name = name.replace("backbone-head", "bh")
+    answers: dict[str, object] = {"project_name": project_name, "labels": labels, "logits": logits}
+    if optimizers != "single":
+        answers["optimizers"] = optimizers
+    if SHAPES[shape_id] is not None:
+        answers["input_shape"] = SHAPES[shape_id]
+    return name, answers
+
+
 def _matrix() -> list[tuple[str, dict[str, object]]]:
-    cases = []
-    for labels, logits, (shape_id, shape) in itertools.product(
-        QUESTIONS["labels"].choices, QUESTIONS["logits"].choices or (True, False), SHAPES.items()
-    ):
-        name = f"{labels}-{'logits' if logits else 'probs'}-{shape_id}"
-        answers: dict[str, object] = {"project_name": name, "labels": labels, "logits": logits}
-        if shape is not None:
-            answers["input_shape"] = shape
-        cases.append((name, answers))
+    assert set(QUESTIONS["optimizers"].choices) == {"single", "backbone-head", "gan"}
+    logits_choices = QUESTIONS["logits"].choices or (True, False)
+    cases = [
+        _case(labels, logits, shape_id)
+        for labels, logits, shape_id in itertools.product(
+            QUESTIONS["labels"].choices, logits_choices, SHAPES
+        )
+    ]
+    # Backbone-head interacts with the labels little: each encoding once, the rest cycled.
+    cycled = zip(itertools.cycle(logits_choices), itertools.cycle(SHAPES))
+    for labels, (logits, shape_id) in zip(QUESTIONS["labels"].choices, cycled):
+        cases.append(_case(str(labels), bool(logits), shape_id, "backbone-head"))
+    cases.append(("gan", {"project_name": "gan", "optimizers": "gan"}))
     return cases
 
 
 MATRIX = _matrix()
 
 
-def expected_files(package: str) -> set[str]:
-    """The exact set of files a project renders to, whatever the answers."""
-    return {
+def expected_files(package: str, optimizers: str = "single") -> set[str]:
+    """The exact set of files a project renders to, by the `optimizers` answer."""
+    if optimizers == "gan":
+        return {
+            ".copier-answers.yml",
+            ".gitignore",
+            "README.md",
+            "pyproject.toml",
+            *(
+                f"src/{package}/{module}.py"
+                for module in ("__init__", "__main__", "config", "data", "gan", "model", "train")
+            ),
+            *(f"tests/{module}.py" for module in ("conftest", "test_gan")),
+        }
+    extra = {
+        f"src/{package}/optimizers.py",
+        "tests/test_backbone_head.py",
+    }
+    return (extra if optimizers == "backbone-head" else set()) | {
         ".copier-answers.yml",
         ".gitignore",
         "README.md",
@@ -76,8 +113,8 @@ def expected_files(package: str) -> set[str]:
 
 @pytest.fixture(scope="module", params=MATRIX, ids=[name for name, _ in MATRIX])
 def project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    name, answers = request.param
-    dest = tmp_path_factory.mktemp("render") / name
+    _, answers = request.param
+    dest = tmp_path_factory.mktemp("render") / str(answers["project_name"])
     render_project(dest, answers, quiet=True)
     return dest
 
@@ -93,7 +130,10 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_exact_file_set(project: Path) -> None:
     files = {str(p.relative_to(project)) for p in project.rglob("*") if p.is_file()}
-    assert files == expected_files(_package(project))
+    answers = (project / ".copier-answers.yml").read_text()
+    optimizers = re.search(r"^optimizers: (\S+)$", answers, flags=re.M)
+    assert optimizers is not None, answers
+    assert files == expected_files(_package(project), optimizers.group(1))
 
 
 def test_no_jinja_left(project: Path) -> None:
