@@ -27,6 +27,8 @@ EXAMPLES: dict[str, dict[str, object]] = {
     "digits-sparse": {"labels": "sparse", "logits": True, "input_shape": "64"},
     "digits-onehot-probs": {"labels": "one-hot", "logits": False, "input_shape": "8,8,1"},
     "breast-cancer-binary": {"labels": "binary", "logits": True},
+    "digits-backbone-head": {"optimizers": "backbone-head", "labels": "sparse", "logits": True},
+    "digits-gan": {"optimizers": "gan"},
 }
 
 # What running an example's own tools leaves behind; never part of an example.

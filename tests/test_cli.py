@@ -116,6 +116,26 @@ BAD_INPUT = {
         ["--data", "num_classes=3", "--data", "labels=binary"],
         "num_classes does not apply to binary labels; drop it or choose labels sparse or one-hot",
     ),
+    "labels-gan": (
+        ["--optimizers", "gan", "--labels", "binary"],
+        "--labels does not apply to --optimizers gan; "
+        "drop --labels or choose --optimizers single or backbone-head",
+    ),
+    "num-classes-gan": (
+        ["--num-classes", "3", "--optimizers", "gan"],
+        "--num-classes does not apply to --optimizers gan; "
+        "drop --num-classes or choose --optimizers single or backbone-head",
+    ),
+    "data-logits-gan": (
+        ["--data", "optimizers=gan", "--data", "logits=false"],
+        "logits does not apply to a GAN, whose discriminator always outputs logits; "
+        "drop it or choose optimizers single or backbone-head",
+    ),
+    "data-input-shape-gan": (
+        ["--optimizers", "gan", "--data", "input_shape=64"],
+        "input_shape does not apply to a GAN, which makes 8x8x1 digit images; "
+        "drop it or choose optimizers single or backbone-head",
+    ),
     "input-shape-letter": (
         ["--input-shape", "28,x"],
         "input shape '28,x' is not valid; use 1 to 3 positive integers separated by commas, "

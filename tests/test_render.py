@@ -51,7 +51,7 @@ def _matrix() -> list[tuple[str, dict[str, object]]]:
     ]
     # Backbone-head interacts with the labels little: each encoding once, the rest cycled.
     cycled = zip(itertools.cycle(logits_choices), itertools.cycle(SHAPES))
-    for labels, (logits, shape_id) in zip(QUESTIONS["labels"].choices, cycled):
+    for labels, (logits, shape_id) in zip(QUESTIONS["labels"].choices, cycled, strict=False):
         cases.append(_case(str(labels), bool(logits), shape_id, "backbone-head"))
     cases.append(("gan", {"project_name": "gan", "optimizers": "gan"}))
     return cases

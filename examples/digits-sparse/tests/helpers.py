@@ -36,9 +36,20 @@ def labels_for(model: keras.Model, x: np.ndarray, config: Config, *, agree: bool
     return encode_labels(classes, config)
 
 
-def linear_model(config: Config) -> keras.Model:
-    """A deterministic model (no dropout) whose output fits the loss."""
+def linear_model(
+    config: Config,
+    *,
+    front: keras.layers.Layer | None = None,
+    regularizer: keras.regularizers.Regularizer | None = None,
+) -> keras.Model:
+    """A deterministic model (no dropout) whose output fits the loss.
+
+    Args:
+        config: The run's configuration.
+        front: A layer applied to the inputs first, e.g. a probe.
+        regularizer: The output layer's kernel regularizer.
+    """
     inputs = keras.Input(shape=config.input_shape)
-    x = keras.layers.Flatten()(inputs)
-    outputs = keras.layers.Dense(losses.output_units(config))(x)
+    x = keras.layers.Flatten()(inputs if front is None else front(inputs))
+    outputs = keras.layers.Dense(losses.output_units(config), kernel_regularizer=regularizer)(x)
     return keras.Model(inputs, outputs)

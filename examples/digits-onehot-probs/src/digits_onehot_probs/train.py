@@ -105,6 +105,7 @@ class Trainer:
         run_eagerly: Run the steps as plain Python for readable stack traces.
 
     Attributes:
+        optimizer: The Adam optimizer, built on the model's trainable variables.
         train_step: The training step for one batch, a `tf.function` unless `run_eagerly`.
         eval_step: The evaluation step for one batch, likewise.
         train_loop: Runs up to `config.steps_per_execution` training steps per call.

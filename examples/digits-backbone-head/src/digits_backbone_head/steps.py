@@ -1,0 +1,184 @@
+"""Step functions: what happens to one batch.
+
+Each factory returns a plain Python function of one batch `(x, y)`. It is
+`tf.function`-compatible and can run under `tf.distribute.Strategy.run`; `train.py` wraps it in a
+`tf.function` with an input signature so that a whole run traces it exactly once.
+
+Template-owned: `copier update` replaces this file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable, Sequence
+
+import keras
+import tensorflow as tf
+
+from . import losses
+from .config import Config
+from .optimizers import OptimizerGroups
+
+StepFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+
+
+class NoneGradientWarning(UserWarning):
+    """Some trainable variables got no gradient and were left unchanged."""
+
+
+class NoneGradientError(ValueError):
+    """Some trainable variables got no gradient and `Config.strict_gradients` is set."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StepMetrics:
+    """The running loss and accuracy of one phase, e.g. training or validation."""
+
+    loss: keras.metrics.Mean
+    accuracy: keras.metrics.Metric
+
+    @classmethod
+    def create(cls, prefix: str) -> StepMetrics:
+        """Metrics named `{prefix}_loss` and `{prefix}_acc`."""
+        return cls(keras.metrics.Mean(name=f"{prefix}_loss"), losses.make_accuracy(f"{prefix}_acc"))
+
+    def update(self, loss: tf.Tensor, y: tf.Tensor, y_pred: tf.Tensor) -> None:
+        """Record one batch. Must be `tf.function`-compatible.
+
+        The loss is weighted by the batch size, as `model.fit` does, so a smaller last batch
+        counts for what it holds.
+        """
+        batch_size = tf.cast(tf.shape(y)[0], loss.dtype)
+        self.loss.update_state(loss, sample_weight=batch_size)
+        self.accuracy.update_state(y, y_pred)
+
+    def reset(self) -> None:
+        """Forget every batch seen so far; call at the start of each epoch and evaluation."""
+        self.loss.reset_state()
+        self.accuracy.reset_state()
+
+    def result(self) -> dict[str, float]:
+        """The figures since the last reset, keyed by metric name."""
+        return {metric.name: float(metric.result()) for metric in (self.loss, self.accuracy)}
+
+
+def total_loss(
+    model: keras.Model, loss_fn: keras.losses.Loss, y: tf.Tensor, y_pred: tf.Tensor
+) -> tf.Tensor:
+    """The data loss plus the model's regularization losses, as `model.fit` optimizes it.
+
+    The reduction is the loss object's: the mean over the batch. Regularization losses are
+    scaled with `tf.nn.scale_regularization_loss`, which divides by the number of replicas
+    under `tf.distribute` and by 1 otherwise.
+    """
+    loss = loss_fn(y, y_pred)
+    if model.losses:
+        loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+    return loss
+
+
+def apply_gradients(
+    optimizer: keras.optimizers.Optimizer,
+    gradients: Sequence[tf.Tensor | None],
+    variables: Sequence[tf.Variable],
+    *,
+    group: str,
+    strict: bool,
+) -> None:
+    """Apply one group's gradients, naming every variable that got none instead of skipping it.
+
+    A `None` gradient is known while tracing, so the warning (or error) fires once per trace,
+    not once per step.
+
+    Args:
+        optimizer: The group's optimizer, built on `variables`.
+        gradients: One gradient (or `None`) per variable.
+        variables: The group's trainable variables.
+        group: The group's name for messages, e.g. `backbone`.
+        strict: Raise instead of warn.
+
+    Raises:
+        NoneGradientError: If a variable got no gradient and `strict` is set.
+    """
+    pairs = [(g, v) for g, v in zip(gradients, variables, strict=True) if g is not None]
+    missing = [v.path for g, v in zip(gradients, variables, strict=True) if g is None]
+    if missing:
+        message = (
+            f"{group}: {len(missing)} trainable variable(s) got no gradient and are not "
+            f"updated: {', '.join(missing)}. The loss does not depend on them: check that they "
+            "are used in the forward pass inside the tape, that no tf.stop_gradient or "
+            "non-differentiable op cuts them off, and that the variable list belongs to this "
+            "model. Freeze them with `layer.trainable = False` if that is intended."
+        )
+        if strict:
+            raise NoneGradientError(message)
+        warnings.warn(message, NoneGradientWarning, stacklevel=2)
+    if pairs:  # Keras 3 optimizers reject an empty list, e.g. of a backbone with no weights.
+        optimizer.apply_gradients(pairs)
+
+
+def make_train_step(
+    model: keras.Model,
+    groups: OptimizerGroups,
+    global_step: tf.Variable,
+    loss_fn: keras.losses.Loss,
+    metrics: StepMetrics,
+    config: Config,
+) -> StepFn:
+    """Return the training step: one tape, one loss, each optimizer on its own variables.
+
+    The gradients of the one loss are split by group; the backbone's are applied only while
+    `groups.backbone_trainable` is true. That flag is read inside the step, so freezing and
+    unfreezing never retrace. Both optimizers must already be built on their groups.
+    `global_step` counts every step, whichever optimizers ran.
+    """
+
+    def train_step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        losses.assert_label_values(y, config)
+        with tf.GradientTape() as tape:
+            y_pred = model(x, training=True)
+            loss = total_loss(model, loss_fn, y, y_pred)
+        backbone_variables = groups.backbone.trainable_variables
+        head_variables = groups.head.trainable_variables
+        gradients = tape.gradient(loss, [*backbone_variables, *head_variables])
+        split = len(backbone_variables)
+
+        def update_backbone() -> tf.Tensor:
+            apply_gradients(
+                groups.backbone_optimizer,
+                gradients[:split],
+                backbone_variables,
+                group="backbone",
+                strict=config.strict_gradients,
+            )
+            return tf.constant(True)
+
+        tf.cond(groups.backbone_trainable, update_backbone, lambda: tf.constant(False))
+        apply_gradients(
+            groups.head_optimizer,
+            gradients[split:],
+            head_variables,
+            group="head",
+            strict=config.strict_gradients,
+        )
+        global_step.assign_add(1)
+        metrics.update(loss, y, y_pred)
+        return loss
+
+    return train_step
+
+
+def make_eval_step(
+    model: keras.Model, loss_fn: keras.losses.Loss, metrics: StepMetrics, config: Config
+) -> StepFn:
+    """Return the evaluation step: forward pass with `training=False`, loss, metrics."""
+
+    def eval_step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        losses.assert_label_values(y, config)
+        y_pred = model(x, training=False)
+        loss = total_loss(model, loss_fn, y, y_pred)
+        metrics.update(loss, y, y_pred)
+        return loss
+
+    return eval_step

@@ -1,0 +1,126 @@
+"""The step functions: training flags, the loss they optimize, tracing and gradients."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import dataset, features, labels_for, linear_model
+
+from digits_backbone_head.config import Config
+from digits_backbone_head.data import load_datasets
+from digits_backbone_head.losses import make_loss
+from digits_backbone_head.model import build_model
+from digits_backbone_head.steps import NoneGradientError, NoneGradientWarning
+from digits_backbone_head.train import Trainer
+
+
+class TrainingProbe(keras.layers.Layer):
+    """Passes inputs through and records the `training` flag of its latest call."""
+
+    def build(self, input_shape: tuple[int, ...]) -> None:
+        self.training = self.add_weight(shape=(), initializer="zeros", trainable=False)
+
+    def call(self, inputs: tf.Tensor, training: bool = False) -> tf.Tensor:
+        self.training.assign(1.0 if training else 0.0)
+        return inputs
+
+
+class Orphan(keras.layers.Layer):
+    """Owns a trainable variable that never reaches the output."""
+
+    def build(self, input_shape: tuple[int, ...]) -> None:
+        self.orphan = self.add_weight(name="orphan", shape=(1,), initializer="ones")
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        return inputs
+
+
+def test_train_step_runs_training_and_eval_step_inference(config: Config) -> None:
+    probe = TrainingProbe()
+    model = linear_model(config, front=probe)
+    trainer = Trainer(config, model)
+    x = features(config, 8)
+    y = labels_for(model, x, config, agree=True)
+
+    trainer.train_step(tf.constant(x), tf.constant(y))
+    assert float(probe.training) == 1.0
+    trainer.eval_step(tf.constant(x), tf.constant(y))
+    assert float(probe.training) == 0.0
+    trainer.train_step(tf.constant(x), tf.constant(y))
+    assert float(probe.training) == 1.0
+
+
+def test_steps_add_regularization_losses(config: Config) -> None:
+    model = linear_model(config, regularizer=keras.regularizers.L2(0.1))
+    trainer = Trainer(config, model)
+    x = features(config, 16)
+    y = labels_for(model, x, config, agree=True)
+
+    data_loss = float(make_loss()(y, model(x, training=False)))
+    regularization = float(tf.add_n(model.losses))
+    assert regularization > 0.01
+    expected = data_loss + regularization
+    assert float(trainer.eval_step(tf.constant(x), tf.constant(y))) == pytest.approx(expected)
+    assert float(trainer.train_step(tf.constant(x), tf.constant(y))) == pytest.approx(expected)
+
+
+def test_a_whole_run_traces_each_step_once(config: Config) -> None:
+    train_ds, val_ds = load_datasets(config)
+    num_train = sum(int(x.shape[0]) for x, _ in train_ds)
+    batch_size = 48 if num_train % 48 else 50
+    assert num_train % batch_size, "the run must include a smaller last batch"
+    config = dataclasses.replace(config, batch_size=batch_size, epochs=3)
+    train_ds, val_ds = load_datasets(config)
+    trainer = Trainer(config, build_model(config))
+
+    trainer.fit(train_ds, val_ds, verbose=False)
+
+    for function in (trainer.train_step, trainer.eval_step, trainer.train_loop, trainer.eval_loop):
+        assert function.experimental_get_tracing_count() == 1
+
+
+def _model_with_orphan(config: Config) -> keras.Model:
+    return linear_model(config, front=Orphan())
+
+
+def test_none_gradients_are_named_and_the_rest_still_trains(config: Config) -> None:
+    model = _model_with_orphan(config)
+    trainer = Trainer(config, model)
+    x = features(config, 8)
+    y = labels_for(model, x, config, agree=False)
+    before = [v.numpy() for v in model.trainable_variables]
+
+    with pytest.warns(NoneGradientWarning, match=r"1 trainable variable\(s\).*orphan"):
+        trainer.train_step(tf.constant(x), tf.constant(y))
+
+    after = [v.numpy() for v in model.trainable_variables]
+    changed = {
+        v.path: not np.array_equal(b, a)
+        for v, b, a in zip(model.trainable_variables, before, after, strict=True)
+    }
+    assert changed == {name: "orphan" not in name for name in changed}
+
+
+def test_strict_gradients_turns_none_gradients_into_an_error(config: Config) -> None:
+    config = dataclasses.replace(config, strict_gradients=True)
+    trainer = Trainer(config, _model_with_orphan(config))
+    labels = labels_for(linear_model(config), features(config, 8), config, agree=True)
+    with pytest.raises(NoneGradientError, match="orphan"):
+        trainer.train_step(tf.constant(features(config, 8)), tf.constant(labels))
+
+
+def test_eager_steps_give_the_same_result(config: Config) -> None:
+    x = features(config, 32)
+    results = []
+    for run_eagerly in (False, True):
+        keras.utils.set_random_seed(config.seed)
+        model = linear_model(config)
+        y = labels_for(model, x, config, agree=False)
+        trainer = Trainer(config, model, run_eagerly=run_eagerly)
+        results.append(trainer.fit(dataset(x, y, 8), dataset(x, y, 8), verbose=False))
+    graph, eager = ([list(logs.values()) for logs in history] for history in results)
+    np.testing.assert_allclose(graph, eager, rtol=1e-5)
