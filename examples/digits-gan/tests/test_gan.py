@@ -141,6 +141,29 @@ def test_fit_logs_and_writes_a_sample_grid_every_epoch(
         assert int(tf.reduce_max(grid)) > int(tf.reduce_min(grid))  # not a blank image
 
 
+def test_steps_per_execution_changes_no_figure(config: Config) -> None:
+    config = dataclasses.replace(config, epochs=1)
+    runs = [
+        fit(dataclasses.replace(config, steps_per_execution=k), verbose=False)
+        for k in (1, config.steps_per_execution)
+    ]
+    np.testing.assert_allclose(
+        [list(logs.values()) for logs in runs[0]], [list(logs.values()) for logs in runs[1]]
+    )
+
+
+def test_xla_compiles_the_step_once(config: Config) -> None:
+    config = dataclasses.replace(config, jit_compile=True, epochs=1)
+    dataset = load_dataset(config)
+    assert {int(images.shape[0]) for images in dataset} == {config.batch_size}
+    trainer = _trainer(config)
+
+    (logs,) = trainer.fit(dataset, verbose=False)
+
+    assert trainer.train_step.experimental_get_tracing_count() == 1
+    assert np.isfinite(list(logs.values())).all()
+
+
 def test_fit_repeats_exactly_with_the_same_seed(config: Config) -> None:
     config = dataclasses.replace(config, epochs=1)
     assert fit(config, verbose=False) == fit(config, verbose=False)

@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=_positive_int, help="default: Config.epochs")
     train.add_argument("--batch-size", type=_positive_int, help="default: Config.batch_size")
     train.add_argument(
-        "--logdir", default="runs", help="metrics.jsonl is appended here (default: runs)"
+        "--logdir",
+        default="runs",
+        help="metrics.jsonl is appended and sample grids are written here (default: runs)",
     )
     train.add_argument(
         "--eager", action="store_true", help="run the steps eagerly for readable stack traces"
