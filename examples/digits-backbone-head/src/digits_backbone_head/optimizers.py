@@ -6,7 +6,6 @@ Template-owned: `copier update` replaces this file.
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 
 from .config import Config
 
@@ -32,9 +31,7 @@ class OptimizerGroups:
 
     Both optimizers are built here, up front, on the full variable list of their part: a
     Keras 3 optimizer updates only the variables it was built with, and one built while a step
-    is traced makes the step trace twice. Freezing the backbone assigns `backbone_trainable`,
-    a non-trainable variable the step reads, so neither the variable lists nor the traced step
-    change; `layer.trainable = False` would change both.
+    is traced makes the step trace twice.
 
     Args:
         model: A model with a `backbone` and a `head` layer that own all its trainable
@@ -46,7 +43,7 @@ class OptimizerGroups:
         head: The model's layer named `head`.
         backbone_optimizer: Updates the backbone's trainable variables only.
         head_optimizer: Updates the head's trainable variables only.
-        backbone_trainable: A boolean variable; while false the step skips the backbone update.
+        backbone_learning_rate: The backbone's learning rate while it is not frozen.
 
     Raises:
         ValueError: If a part is missing, or a trainable variable belongs to neither part or
@@ -65,11 +62,24 @@ class OptimizerGroups:
         )
         self.backbone_optimizer.build(self.backbone.trainable_variables)
         self.head_optimizer.build(self.head.trainable_variables)
-        self.backbone_trainable = tf.Variable(True, trainable=False, name="backbone_trainable")
+        self.backbone_learning_rate = config.backbone_learning_rate
 
     def freeze_backbone(self, frozen: bool) -> None:
-        """Skip (or resume) the backbone's updates from the next step on; never retraces."""
-        self.backbone_trainable.assign(not frozen)
+        """Stop (or resume) the backbone's updates from the next step on; never retraces.
+
+        A frozen backbone's optimizer runs with a learning rate of 0, a variable the step reads:
+        its update is exactly zero, the step and the variable lists stay as they are, and the
+        optimizer keeps tracking the backbone's gradients, so its moments are warm when it
+        thaws. `layer.trainable = False` would change the variable lists and retrace; skipping
+        the update with `tf.cond` would put the gradient all-reduce inside control flow, which
+        `tf.distribute.Strategy.run` rejects.
+        """
+        self.backbone_optimizer.learning_rate = 0.0 if frozen else self.backbone_learning_rate
+
+    @property
+    def backbone_frozen(self) -> bool:
+        """Whether the backbone is frozen now."""
+        return float(self.backbone_optimizer.learning_rate) == 0.0
 
 
 def _check_partition(model: keras.Model, backbone: keras.Layer, head: keras.Layer) -> None:

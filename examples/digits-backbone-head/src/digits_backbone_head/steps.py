@@ -128,10 +128,11 @@ def make_train_step(
 ) -> StepFn:
     """Return the training step: one tape, one loss, each optimizer on its own variables.
 
-    The gradients of the one loss are split by group; the backbone's are applied only while
-    `groups.backbone_trainable` is true. That flag is read inside the step, so freezing and
-    unfreezing never retrace. Both optimizers must already be built on their groups.
-    `global_step` counts every step, whichever optimizers ran.
+    The gradients of the one loss are split by group and each optimizer applies only its own.
+    Both optimizers must already be built on their groups. A frozen backbone is one whose
+    optimizer's learning rate is 0 (see `OptimizerGroups.freeze_backbone`), so the step has no
+    control flow and runs as is under `tf.distribute.Strategy.run`. `global_step` counts every
+    step, whichever optimizers ran.
     """
 
     def train_step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
@@ -143,18 +144,13 @@ def make_train_step(
         head_variables = groups.head.trainable_variables
         gradients = tape.gradient(loss, [*backbone_variables, *head_variables])
         split = len(backbone_variables)
-
-        def update_backbone() -> tf.Tensor:
-            apply_gradients(
-                groups.backbone_optimizer,
-                gradients[:split],
-                backbone_variables,
-                group="backbone",
-                strict=config.strict_gradients,
-            )
-            return tf.constant(True)
-
-        tf.cond(groups.backbone_trainable, update_backbone, lambda: tf.constant(False))
+        apply_gradients(
+            groups.backbone_optimizer,
+            gradients[:split],
+            backbone_variables,
+            group="backbone",
+            strict=config.strict_gradients,
+        )
         apply_gradients(
             groups.head_optimizer,
             gradients[split:],
