@@ -150,3 +150,12 @@ def test_a_model_without_a_backbone_is_refused(config: Config) -> None:
     outputs = linear_model(config).get_layer("head")(keras.layers.Flatten()(inputs))
     with pytest.raises(ValueError, match="the model has no layer named 'backbone'"):
         Trainer(config, keras.Model(inputs, outputs))
+
+
+def test_a_variable_outside_both_parts_is_refused(config: Config) -> None:
+    base = linear_model(config)
+    inputs = keras.Input(shape=config.input_shape)
+    outside = Orphan(name="outside")(inputs)
+    model = keras.Model(inputs, base.get_layer("head")(base.get_layer("backbone")(outside)))
+    with pytest.raises(ValueError, match=r"outside/orphan belong to neither the backbone nor"):
+        Trainer(config, model)
