@@ -23,8 +23,20 @@ EXIT_CONFLICTS = 1  # scaffold update merged, but left conflicts for the user to
 
 # The values of `labels` in copier.yml, written out so `--help` needs no YAML.
 Labels = Literal["sparse", "one-hot", "binary"]
+# The values of `optimizers` in copier.yml, likewise.
+Optimizers = Literal["single", "backbone-head", "gan"]
 # The values of `shapes` in copier.yml, likewise.
 Shapes = Literal["fixed", "variable"]
+# Questions about a classifier, which a GAN does not ask.
+_CLASSIFIER_ONLY = (
+    "labels",
+    "num_classes",
+    "logits",
+    "shapes",
+    "input_shape",
+    "vocab_size",
+    "max_length",
+)
 
 
 class _ScaffoldGroup(TyperGroup):
@@ -96,6 +108,14 @@ def _collect_answers(dest: Path, flags: dict[str, object], data: dict[str, str])
             "--num-classes does not apply to --labels binary; "
             "drop --num-classes or choose --labels sparse or one-hot"
         )
+    if answers.get("optimizers") == "gan":
+        for name in _CLASSIFIER_ONLY:
+            if given.get(name) is not None:
+                flag = "--" + name.replace("_", "-")
+                raise ScaffoldError(
+                    f"{flag} does not apply to --optimizers gan; "
+                    f"drop {flag} or choose --optimizers single or backbone-head"
+                )
     shapes = answers.get("shapes", "fixed")
     for name in ("input_shape", "vocab_size", "max_length"):
         applies = "fixed" if name == "input_shape" else "variable"
@@ -179,7 +199,10 @@ def new(
     ] = None,
     learning_rate: Annotated[
         float | None,
-        typer.Option(help="Default learning rate of the Adam optimizer", show_default="0.001"),
+        typer.Option(
+            help="Default learning rate of the Adam optimizer (the head's with backbone-head)",
+            show_default="0.001",
+        ),
     ] = None,
     steps_per_execution: Annotated[
         int | None,
@@ -196,6 +219,14 @@ def new(
             help="Compile each step with XLA (train batches then have a fixed size; "
             "rarely faster on a CPU)",
             show_default="no-jit-compile",
+        ),
+    ] = None,
+    optimizers: Annotated[
+        Optimizers | None,
+        typer.Option(
+            help="How many optimizers train which variables: single, backbone-head "
+            "(two Adams, an optionally frozen backbone) or gan (generator and discriminator)",
+            show_default="single",
         ),
     ] = None,
     shapes: Annotated[
@@ -290,6 +321,7 @@ def new(
             "learning_rate": learning_rate,
             "steps_per_execution": steps_per_execution,
             "jit_compile": jit_compile,
+            "optimizers": optimizers,
             "shapes": shapes,
             "vocab_size": vocab_size,
             "max_length": max_length,

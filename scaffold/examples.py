@@ -25,6 +25,8 @@ EXAMPLES: dict[str, dict[str, object]] = {
     "digits-onehot-probs": {"labels": "one-hot", "logits": False, "input_shape": "8,8,1"},
     "breast-cancer-binary": {"labels": "binary", "logits": True},
     "sequences-sparse": {"labels": "sparse", "logits": True, "shapes": "variable"},
+    "digits-backbone-head": {"optimizers": "backbone-head", "labels": "sparse", "logits": True},
+    "digits-gan": {"optimizers": "gan"},
 }
 
 # What running an example's own tools leaves behind; never part of an example.

@@ -135,6 +135,31 @@ BAD_INPUT = {
         ["--shapes", "variable", "--vocab-size", "2"],
         "vocab_size must be at least 3 (padding and two tokens), got 2",
     ),
+    "labels-gan": (
+        ["--optimizers", "gan", "--labels", "binary"],
+        "--labels does not apply to --optimizers gan; "
+        "drop --labels or choose --optimizers single or backbone-head",
+    ),
+    "num-classes-gan": (
+        ["--num-classes", "3", "--optimizers", "gan"],
+        "--num-classes does not apply to --optimizers gan; "
+        "drop --num-classes or choose --optimizers single or backbone-head",
+    ),
+    "data-logits-gan": (
+        ["--data", "optimizers=gan", "--data", "logits=false"],
+        "logits does not apply to a GAN, whose discriminator always outputs logits; "
+        "drop it or choose optimizers single or backbone-head",
+    ),
+    "data-input-shape-gan": (
+        ["--optimizers", "gan", "--data", "input_shape=64"],
+        "input_shape does not apply to a GAN, which makes 8x8x1 digit images; "
+        "drop it or choose optimizers single or backbone-head",
+    ),
+    "shapes-gan": (
+        ["--optimizers", "gan", "--shapes", "variable"],
+        "--shapes does not apply to --optimizers gan; "
+        "drop --shapes or choose --optimizers single or backbone-head",
+    ),
     "input-shape-letter": (
         ["--input-shape", "28,x"],
         "input shape '28,x' is not valid; use 1 to 3 positive integers separated by commas, "

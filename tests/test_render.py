@@ -1,8 +1,10 @@
 """Render every combination of the matrix, then run the generated project's own checks.
 
-The matrix is built from `copier.yml`: every label encoding x logits or not x two fixed input
-shapes (the default, which picks the offline dataset, and an image shape that picks the CNN),
-plus variable shapes (token-id sequences) x every label encoding, cycling logits.
+The matrix is built from `copier.yml`: for the single optimizer, every label encoding x logits
+or not x two fixed input shapes (the default, which picks the offline dataset, and an image shape
+that picks the CNN), plus variable shapes (token-id sequences) x every label encoding, cycling
+logits; for backbone-head, every label encoding, cycling logits and the three shapes; and one
+GAN, which asks none of those questions.
 """
 
 from __future__ import annotations
@@ -21,36 +23,73 @@ from scaffold.questions import load_questions
 from scaffold.render import render_project
 
 QUESTIONS = load_questions()
-SHAPES = {"default": None, "image": "8,8,1"}
+# Shape ids: two fixed input shapes, and variable-length token-id sequences.
+SHAPES = {"default": "", "image": "8,8,1", "variable": ""}
+
+
+def _case(
+    labels: str, logits: bool, shape_id: str, optimizers: str = "single"
+) -> tuple[str, dict[str, object]]:
+    prefix = "" if optimizers == "single" else f"{optimizers}-"
+    name = f"{prefix}{labels}-{'logits' if logits else 'probs'}-{shape_id}"
+    # Short project names: the package name fills the first line of two generated docstrings.
+    project_name = name.replace("backbone-head", "bh")
+    answers: dict[str, object] = {"project_name": project_name, "labels": labels, "logits": logits}
+    if optimizers != "single":
+        answers["optimizers"] = optimizers
+    if SHAPES[shape_id]:
+        answers["input_shape"] = SHAPES[shape_id]
+    if shape_id == "variable":
+        answers["shapes"] = "variable"
+    return name, answers
 
 
 def _matrix() -> list[tuple[str, dict[str, object]]]:
-    cases = []
-    for labels, logits, (shape_id, shape) in itertools.product(
-        QUESTIONS["labels"].choices, QUESTIONS["logits"].choices or (True, False), SHAPES.items()
-    ):
-        name = f"{labels}-{'logits' if logits else 'probs'}-{shape_id}"
-        answers: dict[str, object] = {"project_name": name, "labels": labels, "logits": logits}
-        if shape is not None:
-            answers["input_shape"] = shape
-        cases.append((name, answers))
-    logits_cycle = itertools.cycle(QUESTIONS["logits"].choices or (True, False))
-    for labels in QUESTIONS["labels"].choices:
-        logits = next(logits_cycle)
-        name = f"{labels}-{'logits' if logits else 'probs'}-variable"
-        cases.append(
-            (name, {"project_name": name, "labels": labels, "logits": logits, "shapes": "variable"})
+    assert set(QUESTIONS["optimizers"].choices) == {"single", "backbone-head", "gan"}
+    assert set(QUESTIONS["shapes"].choices) == {"fixed", "variable"}
+    logits_choices = QUESTIONS["logits"].choices or (True, False)
+    cases = [
+        _case(labels, logits, shape_id)
+        for labels, logits, shape_id in itertools.product(
+            QUESTIONS["labels"].choices, logits_choices, ("default", "image")
         )
+    ]
+    # Variable shapes and backbone-head interact with the labels little: each encoding once,
+    # the rest cycled.
+    for labels, logits in zip(
+        QUESTIONS["labels"].choices, itertools.cycle(logits_choices), strict=False
+    ):
+        cases.append(_case(str(labels), bool(logits), "variable"))
+    cycled = zip(itertools.cycle(logits_choices), itertools.cycle(SHAPES), strict=False)
+    for labels, (logits, shape_id) in zip(QUESTIONS["labels"].choices, cycled, strict=False):
+        cases.append(_case(str(labels), bool(logits), shape_id, "backbone-head"))
+    cases.append(("gan", {"project_name": "gan", "optimizers": "gan"}))
     return cases
 
 
 MATRIX = _matrix()
 
 
-def expected_files(package: str, *, variable: bool = False) -> set[str]:
-    """The exact set of files a project renders to; variable shapes add the sequence files."""
-    sequence_files = {f"src/{package}/sequences.py", "tests/test_sequences.py"}
-    return (sequence_files if variable else set()) | {
+def expected_files(package: str, optimizers: str = "single", shapes: str = "fixed") -> set[str]:
+    """The exact set of files a project renders to, by the `optimizers` and `shapes` answers."""
+    if optimizers == "gan":
+        return {
+            ".copier-answers.yml",
+            ".gitignore",
+            "README.md",
+            "pyproject.toml",
+            *(
+                f"src/{package}/{module}.py"
+                for module in ("__init__", "__main__", "config", "data", "gan", "model", "train")
+            ),
+            *(f"tests/{module}.py" for module in ("conftest", "test_gan")),
+        }
+    extra = set()
+    if optimizers == "backbone-head":
+        extra |= {f"src/{package}/optimizers.py", "tests/test_backbone_head.py"}
+    if shapes == "variable":
+        extra |= {f"src/{package}/sequences.py", "tests/test_sequences.py"}
+    return extra | {
         ".copier-answers.yml",
         ".gitignore",
         "README.md",
@@ -86,8 +125,8 @@ def expected_files(package: str, *, variable: bool = False) -> set[str]:
 
 @pytest.fixture(scope="module", params=MATRIX, ids=[name for name, _ in MATRIX])
 def project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    name, answers = request.param
-    dest = tmp_path_factory.mktemp("render") / name
+    _, answers = request.param
+    dest = tmp_path_factory.mktemp("render") / str(answers["project_name"])
     render_project(dest, answers, quiet=True)
     return dest
 
@@ -103,8 +142,14 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_exact_file_set(project: Path) -> None:
     files = {str(p.relative_to(project)) for p in project.rglob("*") if p.is_file()}
-    variable = "shapes: variable" in (project / ".copier-answers.yml").read_text()
-    assert files == expected_files(_package(project), variable=variable)
+    answers = (project / ".copier-answers.yml").read_text()
+    optimizers = re.search(r"^optimizers: (\S+)$", answers, flags=re.M)
+    assert optimizers is not None, answers
+    shapes = re.search(r"^shapes: (\S+)$", answers, flags=re.M)
+    expected = expected_files(
+        _package(project), optimizers.group(1), shapes.group(1) if shapes else "fixed"
+    )
+    assert files == expected
 
 
 def test_no_jinja_left(project: Path) -> None:

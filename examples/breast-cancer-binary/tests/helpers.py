@@ -24,10 +24,18 @@ def input_layer(config: Config) -> keras.KerasTensor:
     return keras.Input(shape=tuple(spec.shape[1:]), dtype=spec.dtype.name)
 
 
-def encoder(config: Config) -> tuple[keras.KerasTensor, keras.KerasTensor]:
-    """An input and a deterministic flat representation of it, with no dropout."""
+def encoder(
+    config: Config, front: keras.layers.Layer | None = None
+) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """An input and a deterministic flat representation of it, with no dropout.
+
+    Args:
+        config: The run's configuration.
+        front: A layer applied to the inputs first, e.g. a probe.
+    """
     inputs = input_layer(config)
-    return inputs, keras.layers.Flatten()(inputs)
+    x = inputs if front is None else front(inputs)
+    return inputs, keras.layers.Flatten()(x)
 
 
 def dataset(x: np.ndarray, labels: np.ndarray, batch_size: int) -> tf.data.Dataset:
@@ -50,11 +58,18 @@ def labels_for(model: keras.Model, x: np.ndarray, config: Config, *, agree: bool
 
 
 def linear_model(
-    config: Config, kernel_regularizer: keras.regularizers.Regularizer | None = None
+    config: Config,
+    *,
+    front: keras.layers.Layer | None = None,
+    regularizer: keras.regularizers.Regularizer | None = None,
 ) -> keras.Model:
-    """A deterministic model (no dropout) whose output fits the loss."""
-    inputs, x = encoder(config)
-    outputs = keras.layers.Dense(
-        losses.output_units(config), kernel_regularizer=kernel_regularizer
-    )(x)
+    """A deterministic model (no dropout) whose output fits the loss.
+
+    Args:
+        config: The run's configuration.
+        front: A layer applied to the inputs first, e.g. a probe.
+        regularizer: The output layer's kernel regularizer.
+    """
+    inputs, x = encoder(config, front=front)
+    outputs = keras.layers.Dense(losses.output_units(config), kernel_regularizer=regularizer)(x)
     return keras.Model(inputs, outputs)

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from . import losses
 from .config import Config
+from .optimizers import OptimizerGroups
 
 StepFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
@@ -82,12 +83,20 @@ def apply_gradients(
     gradients: Sequence[tf.Tensor | None],
     variables: Sequence[tf.Variable],
     *,
+    group: str,
     strict: bool,
 ) -> None:
-    """Apply gradients, naming every variable that got none instead of silently skipping it.
+    """Apply one group's gradients, naming every variable that got none instead of skipping it.
 
     A `None` gradient is known while tracing, so the warning (or error) fires once per trace,
     not once per step.
+
+    Args:
+        optimizer: The group's optimizer, built on `variables`.
+        gradients: One gradient (or `None`) per variable.
+        variables: The group's trainable variables.
+        group: The group's name for messages, e.g. `backbone`.
+        strict: Raise instead of warn.
 
     Raises:
         NoneGradientError: If a variable got no gradient and `strict` is set.
@@ -96,28 +105,34 @@ def apply_gradients(
     missing = [v.path for g, v in zip(gradients, variables, strict=True) if g is None]
     if missing:
         message = (
-            f"{len(missing)} trainable variable(s) got no gradient and are not updated: "
-            f"{', '.join(missing)}. The loss does not depend on them: check that they are used "
-            "in the forward pass inside the tape, that no tf.stop_gradient or non-differentiable "
-            "op cuts them off, and that the variable list belongs to this model. Freeze them "
-            "with `layer.trainable = False` if that is intended."
+            f"{group}: {len(missing)} trainable variable(s) got no gradient and are not "
+            f"updated: {', '.join(missing)}. The loss does not depend on them: check that they "
+            "are used in the forward pass inside the tape, that no tf.stop_gradient or "
+            "non-differentiable op cuts them off, and that the variable list belongs to this "
+            "model. Freeze them with `layer.trainable = False` if that is intended."
         )
         if strict:
             raise NoneGradientError(message)
         warnings.warn(message, NoneGradientWarning, stacklevel=2)
-    optimizer.apply_gradients(pairs)
+    if pairs:  # Keras 3 optimizers reject an empty list, e.g. of a backbone with no weights.
+        optimizer.apply_gradients(pairs)
 
 
 def make_train_step(
     model: keras.Model,
-    optimizer: keras.optimizers.Optimizer,
+    groups: OptimizerGroups,
+    global_step: tf.Variable,
     loss_fn: keras.losses.Loss,
     metrics: StepMetrics,
     config: Config,
 ) -> StepFn:
-    """Return the training step: forward pass, loss, gradients, update, metrics.
+    """Return the training step: one tape, one loss, each optimizer on its own variables.
 
-    The optimizer must already be built on `model.trainable_variables`.
+    The gradients of the one loss are split by group and each optimizer applies only its own.
+    Both optimizers must already be built on their groups. A frozen backbone is one whose
+    optimizer's learning rate is 0 (see `OptimizerGroups.freeze_backbone`), so the step has no
+    control flow and runs as is under `tf.distribute.Strategy.run`. `global_step` counts every
+    step, whichever optimizers ran.
     """
 
     def train_step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
@@ -125,9 +140,25 @@ def make_train_step(
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True)
             loss = total_loss(model, loss_fn, y, y_pred)
-        variables = model.trainable_variables
-        gradients = tape.gradient(loss, variables)
-        apply_gradients(optimizer, gradients, variables, strict=config.strict_gradients)
+        backbone_variables = groups.backbone.trainable_variables
+        head_variables = groups.head.trainable_variables
+        gradients = tape.gradient(loss, [*backbone_variables, *head_variables])
+        split = len(backbone_variables)
+        apply_gradients(
+            groups.backbone_optimizer,
+            gradients[:split],
+            backbone_variables,
+            group="backbone",
+            strict=config.strict_gradients,
+        )
+        apply_gradients(
+            groups.head_optimizer,
+            gradients[split:],
+            head_variables,
+            group="head",
+            strict=config.strict_gradients,
+        )
+        global_step.assign_add(1)
         metrics.update(loss, y, y_pred)
         return loss
 

@@ -8,14 +8,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import dataset, features, input_layer, labels_for, linear_model
+from helpers import dataset, features, labels_for, linear_model
 
-from {{ package_name }}.config import Config
-from {{ package_name }}.data import load_datasets
-from {{ package_name }}.losses import make_loss
-from {{ package_name }}.model import build_model
-from {{ package_name }}.steps import NoneGradientError, NoneGradientWarning
-from {{ package_name }}.train import Trainer
+from digits_backbone_head.config import Config
+from digits_backbone_head.data import load_datasets
+from digits_backbone_head.losses import make_loss
+from digits_backbone_head.model import build_model
+from digits_backbone_head.steps import NoneGradientError, NoneGradientWarning
+from digits_backbone_head.train import Trainer
 
 
 class TrainingProbe(keras.layers.Layer):
@@ -41,7 +41,7 @@ class Orphan(keras.layers.Layer):
 
 def test_train_step_runs_training_and_eval_step_inference(config: Config) -> None:
     probe = TrainingProbe()
-    model = keras.Sequential([input_layer(config), probe, build_model(config)])
+    model = linear_model(config, front=probe)
     trainer = Trainer(config, model)
     x = features(config, 8)
     y = labels_for(model, x, config, agree=True)
@@ -55,7 +55,7 @@ def test_train_step_runs_training_and_eval_step_inference(config: Config) -> Non
 
 
 def test_steps_add_regularization_losses(config: Config) -> None:
-    model = linear_model(config, kernel_regularizer=keras.regularizers.L2(0.1))
+    model = linear_model(config, regularizer=keras.regularizers.L2(0.1))
     trainer = Trainer(config, model)
     x = features(config, 16)
     y = labels_for(model, x, config, agree=True)
@@ -84,7 +84,7 @@ def test_a_whole_run_traces_each_step_once(config: Config) -> None:
 
 
 def _model_with_orphan(config: Config) -> keras.Model:
-    return keras.Sequential([input_layer(config), Orphan(), linear_model(config)])
+    return linear_model(config, front=Orphan())
 
 
 def test_none_gradients_are_named_and_the_rest_still_trains(config: Config) -> None:

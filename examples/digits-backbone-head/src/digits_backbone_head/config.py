@@ -1,0 +1,80 @@
+"""Hyperparameters of digits-backbone-head, in one frozen dataclass.
+
+This module is yours: change the defaults, add fields. `copier update` merges template changes
+into it, so keep edits to values and new fields rather than rewriting it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a training run depends on.
+
+    Attributes:
+        input_shape: Shape of one example, without the batch dimension.
+        num_classes: Number of classes; the model's output has this many units.
+        epochs: Passes over the training data.
+        batch_size: Examples per training step; the last batch of an epoch may be smaller.
+        learning_rate: Learning rate of the head's Adam optimizer.
+        backbone_learning_rate: Learning rate of the backbone's Adam optimizer.
+        freeze_backbone_epochs: Epochs at the start during which the backbone is not updated,
+            while the head trains (a common fine-tuning schedule); 0 trains both from the start.
+        validation_fraction: Fraction of the data held out for validation.
+        steps_per_execution: Training (and evaluation) steps run inside one `tf.function`
+            call. Figures are exactly those of one step per call; only the Python overhead
+            between steps shrinks.
+        jit_compile: Compile each step with XLA. XLA compiles once per distinct batch shape, so
+            the training data then drops its incomplete last batch (each epoch reshuffles, so
+            every example is still seen) and evaluation compiles at most twice.
+        seed: Seeds weight initialisation, dropout and shuffling, so runs repeat exactly.
+        strict_gradients: Raise instead of warn when a trainable variable gets no gradient.
+    """
+
+    input_shape: tuple[int, ...] = (64,)
+    num_classes: int = 10
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 0.001
+    backbone_learning_rate: float = 0.0005
+    freeze_backbone_epochs: int = 1
+    validation_fraction: float = 0.2
+    steps_per_execution: int = 64
+    jit_compile: bool = False
+    seed: int = 42
+    strict_gradients: bool = False
+
+    def __post_init__(self) -> None:
+        """Reject values that would fail later with a less helpful error."""
+        if not self.input_shape or any(int(d) < 1 for d in self.input_shape):
+            raise ValueError(
+                f"Config.input_shape={self.input_shape!r} is invalid; "
+                "use positive sizes, e.g. (64,)"
+            )
+        if self.num_classes < 2:
+            raise ValueError(f"Config.num_classes={self.num_classes} is invalid; use 2 or more")
+        for name in ("epochs", "batch_size", "steps_per_execution"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"Config.{name}={value} is invalid; use 1 or more")
+        if self.learning_rate <= 0:
+            raise ValueError(
+                f"Config.learning_rate={self.learning_rate} is invalid; use a positive number"
+            )
+        if self.backbone_learning_rate <= 0:
+            raise ValueError(
+                f"Config.backbone_learning_rate={self.backbone_learning_rate} is invalid; "
+                "use a positive number"
+            )
+        if self.freeze_backbone_epochs < 0:
+            raise ValueError(
+                f"Config.freeze_backbone_epochs={self.freeze_backbone_epochs} is invalid; "
+                "use 0 (never frozen) or more"
+            )
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(
+                f"Config.validation_fraction={self.validation_fraction} is invalid; "
+                "use a number between 0 and 1"
+            )

@@ -1,0 +1,79 @@
+"""The data: replace this module with yours.
+
+Default: scikit-learn's handwritten digits (8x8 images), which ship inside scikit-learn, so
+training works offline. Only the first `config.num_classes` digits are kept.
+
+Contract, checked by `train.fit` before training: `load_datasets(config)` returns
+`(train_ds, val_ds)`, batched `tf.data.Dataset`s of `(features, labels)` with float32 features
+of shape `(batch, *config.input_shape)` and labels as `losses.label_spec(config)` declares:
+int32 class ids of shape `(batch,)`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+from sklearn.datasets import load_digits
+
+from .config import Config
+
+
+def load_arrays(config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """All examples as float32 features of shape `(n, *config.input_shape)` and class ids `(n,)`."""
+    features, class_ids = load_digits(return_X_y=True)
+    keep = class_ids < config.num_classes
+    features = features[keep].reshape((-1, *config.input_shape)).astype(np.float32)
+    return features, class_ids[keep]
+
+
+def encode_labels(class_ids: np.ndarray, config: Config) -> np.ndarray:
+    """Class ids in the encoding the loss expects."""
+    del config  # Class ids are already the encoding.
+    return class_ids.astype(np.int32)
+
+
+def load_datasets(config: Config) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """Split, standardize, encode and batch the data.
+
+    The split and the shuffling follow `config.seed`. Features are standardized with the
+    training split's statistics only, so nothing leaks from the validation split.
+    """
+    features, class_ids = load_arrays(config)
+    order = np.random.default_rng(config.seed).permutation(len(features))
+    num_val = max(1, round(len(features) * config.validation_fraction))
+    val_index, train_index = order[:num_val], order[num_val:]
+    mean = features[train_index].mean(axis=0)
+    std = features[train_index].std(axis=0)
+    std[std == 0] = 1.0  # Constant features (e.g. blank pixels) stay at zero.
+    features = (features - mean) / std
+    labels = encode_labels(class_ids, config)
+
+    train_ds = (
+        tf.data.Dataset.from_tensor_slices((features[train_index], labels[train_index]))
+        .cache()
+        .shuffle(len(train_index), seed=config.seed, reshuffle_each_iteration=True)
+        # XLA compiles once per batch shape: keep one by dropping the incomplete last batch.
+        .batch(config.batch_size, drop_remainder=config.jit_compile)
+        .prefetch(2)
+        .with_options(_in_memory_options())
+    )
+    val_ds = (
+        tf.data.Dataset.from_tensor_slices((features[val_index], labels[val_index]))
+        .batch(config.batch_size)
+        .cache()
+        .prefetch(2)
+        .with_options(_in_memory_options())
+    )
+    return train_ds, val_ds
+
+
+def _in_memory_options() -> tf.data.Options:
+    """Options for a pipeline that only reads memory: no parallel map for autotuning to size.
+
+    Autotuning's bookkeeping then costs more than it saves (measured: about 1.4x more steps per
+    second without it on 2 cores). Switch it back on, and use `prefetch(tf.data.AUTOTUNE)` and
+    `map(..., num_parallel_calls=tf.data.AUTOTUNE)`, once the pipeline decodes or augments.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options

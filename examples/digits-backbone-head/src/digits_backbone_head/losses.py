@@ -1,0 +1,143 @@
+"""Loss, accuracy and label contract for sparse labels: integer class ids of shape `(batch,)`.
+
+The loss, the metric and the label shape are chosen together here, so they cannot disagree.
+Template-owned: `copier update` replaces this file; change the answers instead
+(`scaffold update --data labels=...`).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from .config import Config
+from .inputs import probe_batch
+
+LABEL_ENCODING = "sparse"
+EXPECTED = "int32 class ids of shape (batch,)"
+# The mean over the batch, as `model.fit` reduces; stated rather than left to a default.
+REDUCTION = "sum_over_batch_size"
+FROM_LOGITS = True
+
+
+class LabelEncodingError(ValueError):
+    """Labels do not match the encoding this project was generated for."""
+
+
+def class_count(config: Config) -> int:
+    """Number of classes the labels distinguish."""
+    return config.num_classes
+
+
+def output_units(config: Config) -> int:
+    """Units the model's last layer must have."""
+    return config.num_classes
+
+
+def label_spec(config: Config) -> tf.TensorSpec:
+    """The labels of one batch, as the step functions' input signature declares them."""
+    del config  # Class ids have no class dimension.
+    return tf.TensorSpec(shape=(None,), dtype=tf.int32, name="labels")
+
+
+def make_loss() -> keras.losses.Loss:
+    """The loss for these labels, averaged over the batch (the reduction `model.fit` uses).
+
+    Under `tf.distribute`, Keras 3 loss objects already divide by the number of replicas.
+    """
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=FROM_LOGITS, reduction=REDUCTION)
+
+
+def make_accuracy(name: str) -> keras.metrics.Metric:
+    """The accuracy metric that reads these labels and these outputs."""
+    return keras.metrics.SparseCategoricalAccuracy(name=name)
+
+
+def check_label_spec(spec: object, config: Config) -> None:
+    """Fail fast, before tracing, when a dataset's labels are not in this project's encoding.
+
+    Args:
+        spec: The labels' `tf.TypeSpec`, e.g. `dataset.element_spec[1]`.
+        config: The run's configuration.
+
+    Raises:
+        LabelEncodingError: Naming what was found, what was expected and how to convert.
+    """
+    expected = label_spec(config)
+    if (
+        isinstance(spec, tf.TensorSpec)
+        and spec.dtype == expected.dtype
+        and expected.shape.is_compatible_with(spec.shape)
+    ):
+        return
+    found = (
+        f"{spec.dtype.name} of shape {_batch_shape(spec.shape)}"
+        if isinstance(spec, tf.TensorSpec)
+        else repr(spec)
+    )
+    raise LabelEncodingError(
+        f"labels are {found}, but this project expects {LABEL_ENCODING} labels: {EXPECTED}. "
+        + _conversion_hint(spec)
+    )
+
+
+def _batch_shape(shape: tf.TensorShape) -> str:
+    dims = ["batch"] + [str(d) for d in shape.as_list()[1:]] if shape.rank else []
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def _conversion_hint(spec: object) -> str:
+    if not isinstance(spec, tf.TensorSpec) or spec.shape.rank is None:
+        return "Make the dataset yield (features, labels) tuples of tensors with a known rank."
+    rank = spec.shape.rank
+    if rank == 2:
+        return (
+            "They look one-hot: convert them with tf.argmax(y, axis=-1) in data.py, "
+            "or generate the project with --labels one-hot."
+        )
+    if rank == 1:
+        return "Cast them with tf.cast(y, tf.int32) in data.py."
+    return "Give one class id per example."
+
+
+def assert_label_values(y: tf.Tensor, config: Config) -> None:
+    """Check label values inside the step, where only graph-compatible checks can run.
+
+    Must be `tf.function`-compatible: it adds assertion ops that fail the step with a
+    readable message instead of a NaN loss or an opaque kernel error.
+    """
+    message = f"sparse labels must be class ids in [0, {config.num_classes})"
+    tf.debugging.assert_non_negative(y, message=message)
+    tf.debugging.assert_less(y, tf.constant(config.num_classes, y.dtype), message=message)
+
+
+def check_model_output(model: keras.Model, config: Config) -> None:
+    """Fail fast when the model's output does not fit the loss.
+
+    Checks the number of output units and that the last layer's activation matches
+    `FROM_LOGITS`: a softmax or sigmoid in front of a `from_logits=True` loss trains on the
+    wrong quantity without any error.
+
+    Raises:
+        ValueError: Naming the mismatch and the fix.
+    """
+    outputs = model(probe_batch(config), training=False)
+    units = output_units(config)
+    if tuple(outputs.shape) != (2, units):
+        raise ValueError(
+            f"the model outputs shape {tuple(outputs.shape[1:])} per example, but "
+            f"{LABEL_ENCODING} labels need ({units},); give the last layer {units} units"
+        )
+    last: object = model
+    while isinstance(last, keras.Model) and last.layers:
+        last = last.layers[-1]  # Descend into nested models to the layer that outputs.
+    activation = getattr(last, "activation", None)
+    if activation is None:
+        return
+    name = keras.activations.serialize(activation)
+    name = name if isinstance(name, str) else str(name.get("config", name))
+    if name in ("softmax", "sigmoid"):
+        raise ValueError(
+            f"the model's last layer applies {name}, but this project's loss expects logits "
+            "(from_logits=True); remove the activation from the last layer"
+        )

@@ -1,0 +1,32 @@
+"""The model. This module is yours: change the architecture freely.
+
+Contract, checked by `train.fit` before training: `build_model(config)` takes float32 batches of
+shape `(batch, *config.input_shape)` and returns `(batch, losses.output_units(config))`
+logits, with no activation on the last layer (the loss applies it, numerically safely).
+Give random layers such as `Dropout` a `seed=config.seed`, so runs repeat exactly.
+
+The model is composed of two parts that the training loop reaches by name, each with its own
+optimizer: `model.get_layer("backbone")` (inputs to features) and `model.get_layer("head")`
+(features to outputs). Every trainable variable must belong to exactly one of them.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from .config import Config
+from .losses import output_units
+
+
+def build_model(config: Config) -> keras.Model:
+    """A multilayer perceptron with one hidden layer."""
+    inputs = keras.Input(shape=config.input_shape, name="features")
+    x = keras.layers.Dense(128, activation="relu", kernel_regularizer=keras.regularizers.L2(1e-4))(
+        inputs
+    )
+    x = keras.layers.Dropout(0.1, seed=config.seed)(x)
+    backbone = keras.Model(inputs, x, name="backbone")
+    x = embedding = keras.Input(shape=backbone.output.shape[1:], name="embedding")
+    outputs = keras.layers.Dense(output_units(config), name="logits")(x)
+    head = keras.Model(embedding, outputs, name="head")
+    return keras.Model(inputs, head(backbone(inputs)), name="digits_backbone_head")

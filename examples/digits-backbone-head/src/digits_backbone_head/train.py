@@ -1,0 +1,258 @@
+"""The training loop: epochs, evaluation, metric resets and logging.
+
+`fit` is the entry point; `Trainer` holds what one run builds exactly once (optimizer, loss,
+metrics, traced step functions) so that tests and later extensions can reach them.
+
+Template-owned: `copier update` replaces this file.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from . import losses
+from .config import Config
+from .data import load_datasets
+from .model import build_model
+from .optimizers import OptimizerGroups
+from .steps import StepFn, StepMetrics, make_eval_step, make_train_step
+
+EpochLogs = dict[str, float]
+LoopFn = Callable[[tf.data.Iterator, tf.Tensor], tf.Tensor]
+
+
+def input_signature(config: Config) -> tuple[tf.TensorSpec, tf.TensorSpec]:
+    """The `(features, labels)` of one batch; the batch dimension is `None`.
+
+    A `None` batch dimension lets the smaller last batch of an epoch reuse the same trace.
+    """
+    features = tf.TensorSpec(shape=(None, *config.input_shape), dtype=tf.float32, name="features")
+    return features, losses.label_spec(config)
+
+
+def check_dataset(dataset: tf.data.Dataset, config: Config, name: str) -> None:
+    """Fail fast, before tracing, when a dataset does not yield what the steps declare.
+
+    Raises:
+        ValueError: If the elements are not `(features, labels)` pairs or the features do not
+            fit `Config.input_shape`.
+        losses.LabelEncodingError: If the labels are not in this project's encoding.
+    """
+    spec = dataset.element_spec
+    if not (isinstance(spec, tuple) and len(spec) == 2):
+        raise ValueError(f"{name} must yield (features, labels) pairs, but yields {spec}")
+    expected = input_signature(config)[0]
+    features = spec[0]
+    if not (
+        isinstance(features, tf.TensorSpec)
+        and features.dtype == expected.dtype
+        and expected.shape.is_compatible_with(features.shape)
+    ):
+        raise ValueError(
+            f"{name} features are {features}, but the model takes float32 batches of shape "
+            f"{tuple(expected.shape)}; cast or reshape them in data.py, or change "
+            "Config.input_shape"
+        )
+    try:
+        losses.check_label_spec(spec[1], config)
+    except losses.LabelEncodingError as error:
+        raise losses.LabelEncodingError(f"{name}: {error}") from None
+
+
+def make_loop(step: StepFn) -> LoopFn:
+    """Return a `tf.function` that runs up to `num_steps` steps of `step` in one call.
+
+    One Python-to-TensorFlow dispatch then covers many steps, which is where small models spend
+    their time. The step count is a tensor, so changing it does not retrace, and the iterator's
+    spec is the same every epoch, so a new iterator does not retrace either. The end of the data
+    is found with `get_next_as_optional`, so no batch is dropped or repeated.
+
+    Returns:
+        A function of `(iterator, num_steps)` that returns the number of steps it ran: fewer
+        than `num_steps` only when the iterator is exhausted.
+    """
+
+    def loop(iterator: tf.data.Iterator, num_steps: tf.Tensor) -> tf.Tensor:
+        steps = tf.constant(0, dtype=tf.int32)
+        for _ in tf.range(num_steps):
+            batch = iterator.get_next_as_optional()
+            if not batch.has_value():
+                break
+            step(*batch.get_value())
+            steps += 1
+        return steps
+
+    return tf.function(loop)
+
+
+def format_logs(logs: EpochLogs, epochs: int, steps_per_second: float) -> str:
+    """One line per epoch: `epoch 3/10 | train_loss 0.1234 | ... | 812 steps/s`."""
+    figures = " | ".join(f"{key} {value:.4f}" for key, value in logs.items() if key != "epoch")
+    return f"epoch {logs['epoch']}/{epochs} | {figures} | {steps_per_second:.0f} steps/s"
+
+
+class Trainer:
+    """Runs epochs of training and evaluation with step functions traced once per run.
+
+    Args:
+        config: The run's hyperparameters.
+        model: A built or unbuilt Keras model whose output fits the loss.
+        run_eagerly: Run the steps as plain Python for readable stack traces.
+
+    Attributes:
+        optimizers: The backbone's and the head's optimizers and the backbone's freeze flag.
+        global_step: Training steps taken, counted apart from either optimizer's
+            `iterations` (the backbone's stops while it is frozen).
+        train_step: The training step for one batch, a `tf.function` unless `run_eagerly`.
+        eval_step: The evaluation step for one batch, likewise.
+        train_loop: Runs up to `config.steps_per_execution` training steps per call.
+        eval_loop: Runs up to `config.steps_per_execution` evaluation steps per call.
+    """
+
+    def __init__(self, config: Config, model: keras.Model, *, run_eagerly: bool = False) -> None:
+        losses.check_model_output(model, config)
+        self.config = config
+        self.model = model
+        # Both optimizers are built up front: a step that creates an optimizer's slots while
+        # tracing traces twice, and under MirroredStrategy fails outright.
+        self.optimizers = OptimizerGroups(model, config)
+        self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        loss_fn = losses.make_loss()
+        self.train_metrics = StepMetrics.create("train")
+        self.val_metrics = StepMetrics.create("val")
+        train_step = make_train_step(
+            model, self.optimizers, self.global_step, loss_fn, self.train_metrics, config
+        )
+        eval_step = make_eval_step(model, loss_fn, self.val_metrics, config)
+        self.run_eagerly = run_eagerly
+        self.train_step: StepFn = self._compile(train_step)
+        self.eval_step: StepFn = self._compile(eval_step)
+        self.train_loop: LoopFn = make_loop(self.train_step)
+        self.eval_loop: LoopFn = make_loop(self.eval_step)
+
+    def _compile(self, step: StepFn) -> StepFn:
+        if self.run_eagerly:
+            return step
+        # The steps branch on Python values only, so AutoGraph has nothing to convert; without
+        # it, errors raised while tracing (such as NoneGradientError) reach the caller as is.
+        return tf.function(
+            step,
+            input_signature=input_signature(self.config),
+            autograph=False,
+            jit_compile=self.config.jit_compile,
+        )
+
+    def _run(self, step: StepFn, loop: LoopFn, dataset: tf.data.Dataset) -> int:
+        """Run `step` on every batch of `dataset` once; return the number of steps."""
+        if self.run_eagerly:
+            steps = 0
+            for x, y in dataset:
+                step(x, y)
+                steps += 1
+            return steps
+        iterator = iter(dataset)
+        per_call = self.config.steps_per_execution
+        num_steps = tf.constant(per_call, dtype=tf.int32)
+        steps = 0
+        while True:
+            ran = int(loop(iterator, num_steps))
+            steps += ran
+            if ran < per_call:
+                return steps
+
+    def train_epoch(self, dataset: tf.data.Dataset) -> tuple[EpochLogs, int]:
+        """Train on every batch once; return this epoch's figures and its number of steps."""
+        self.train_metrics.reset()
+        steps = self._run(self.train_step, self.train_loop, dataset)
+        return self.train_metrics.result(), steps
+
+    def evaluate(self, dataset: tf.data.Dataset) -> EpochLogs:
+        """Evaluate on every batch once; figures cover this call only."""
+        self.val_metrics.reset()
+        self._run(self.eval_step, self.eval_loop, dataset)
+        return self.val_metrics.result()
+
+    def fit(
+        self,
+        train_ds: tf.data.Dataset,
+        val_ds: tf.data.Dataset,
+        *,
+        logdir: str | Path | None = None,
+        verbose: bool = True,
+    ) -> list[EpochLogs]:
+        """Train for `config.epochs` epochs, evaluating after each.
+
+        The backbone is frozen for the first `config.freeze_backbone_epochs` epochs.
+
+        Args:
+            train_ds: Batches of `(features, labels)` to train on.
+            val_ds: Batches of `(features, labels)` to evaluate on.
+            logdir: If given, each epoch's figures are appended to `logdir/metrics.jsonl`.
+            verbose: Print one line per epoch.
+
+        Returns:
+            One dict per epoch with `epoch`, `train_loss`, `train_acc`, `val_loss`, `val_acc`.
+        """
+        check_dataset(train_ds, self.config, "train_ds")
+        check_dataset(val_ds, self.config, "val_ds")
+        log_file = None
+        if logdir is not None:
+            Path(logdir).mkdir(parents=True, exist_ok=True)
+            log_file = Path(logdir) / "metrics.jsonl"
+        history: list[EpochLogs] = []
+        for epoch in range(1, self.config.epochs + 1):
+            self.optimizers.freeze_backbone(epoch <= self.config.freeze_backbone_epochs)
+            start = time.perf_counter()
+            train_logs, steps = self.train_epoch(train_ds)
+            steps_per_second = steps / (time.perf_counter() - start)
+            logs: EpochLogs = {"epoch": epoch, **train_logs, **self.evaluate(val_ds)}
+            history.append(logs)
+            if verbose:
+                print(format_logs(logs, self.config.epochs, steps_per_second), flush=True)
+            if log_file is not None:
+                with log_file.open("a", encoding="utf-8") as stream:
+                    stream.write(json.dumps(logs) + "\n")
+        return history
+
+
+def fit(
+    config: Config,
+    model: keras.Model | None = None,
+    train_ds: tf.data.Dataset | None = None,
+    val_ds: tf.data.Dataset | None = None,
+    *,
+    logdir: str | Path | None = None,
+    run_eagerly: bool = False,
+    verbose: bool = True,
+) -> list[EpochLogs]:
+    """Train a model with the custom loop.
+
+    Seeds Keras, TensorFlow, NumPy and Python from `config.seed` first, so a run repeats.
+
+    Args:
+        config: The run's hyperparameters.
+        model: Defaults to `build_model(config)`.
+        train_ds: Defaults to the training half of `load_datasets(config)`.
+        val_ds: Defaults to the validation half of `load_datasets(config)`.
+        logdir: If given, each epoch's figures are appended to `logdir/metrics.jsonl`.
+        run_eagerly: Run the steps as plain Python for readable stack traces.
+        verbose: Print one line per epoch.
+
+    Returns:
+        One dict per epoch with `epoch`, `train_loss`, `train_acc`, `val_loss`, `val_acc`.
+    """
+    keras.utils.set_random_seed(config.seed)
+    if model is None:
+        model = build_model(config)
+    if train_ds is None or val_ds is None:
+        default_train, default_val = load_datasets(config)
+        train_ds = default_train if train_ds is None else train_ds
+        val_ds = default_val if val_ds is None else val_ds
+    trainer = Trainer(config, model, run_eagerly=run_eagerly)
+    return trainer.fit(train_ds, val_ds, logdir=logdir, verbose=verbose)

@@ -1,0 +1,78 @@
+"""Helpers for the tests: small datasets, probe models, labels that agree with a model."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from digits_backbone_head import losses
+from digits_backbone_head.config import Config
+from digits_backbone_head.data import encode_labels
+from digits_backbone_head.inputs import features_spec
+
+
+def features(config: Config, num_examples: int, seed: int = 0) -> np.ndarray:
+    """Random float32 inputs of the configured shape."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(num_examples, *config.input_shape)).astype(np.float32)
+
+
+def input_layer(config: Config) -> keras.KerasTensor:
+    """A Keras input that takes batches of `inputs.features_spec(config)`."""
+    spec = features_spec(config)
+    return keras.Input(shape=tuple(spec.shape[1:]), dtype=spec.dtype.name)
+
+
+def encoder(
+    config: Config, front: keras.layers.Layer | None = None
+) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """An input and a deterministic flat representation of it, with no dropout.
+
+    Args:
+        config: The run's configuration.
+        front: A layer applied to the inputs first, e.g. a probe.
+    """
+    inputs = input_layer(config)
+    x = inputs if front is None else front(inputs)
+    return inputs, keras.layers.Flatten()(x)
+
+
+def dataset(x: np.ndarray, labels: np.ndarray, batch_size: int) -> tf.data.Dataset:
+    """Batches of `(x, labels)` in order."""
+    return tf.data.Dataset.from_tensor_slices((x, labels)).batch(batch_size)
+
+
+def predicted_classes(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """The class each example is predicted as, as the accuracy metric reads the outputs."""
+    outputs = keras.ops.convert_to_numpy(model(x, training=False))
+    return outputs.argmax(axis=-1)
+
+
+def labels_for(model: keras.Model, x: np.ndarray, config: Config, *, agree: bool) -> np.ndarray:
+    """Encoded labels that all agree (or all disagree) with the model's predictions."""
+    classes = predicted_classes(model, x)
+    if not agree:
+        classes = (classes + 1) % losses.class_count(config)
+    return encode_labels(classes, config)
+
+
+def linear_model(
+    config: Config,
+    *,
+    front: keras.layers.Layer | None = None,
+    regularizer: keras.regularizers.Regularizer | None = None,
+) -> keras.Model:
+    """A deterministic model (no dropout) whose output fits the loss.
+
+    Args:
+        config: The run's configuration.
+        front: A layer applied to the inputs first, e.g. a probe.
+        regularizer: The output layer's kernel regularizer.
+    """
+    inputs, x = encoder(config, front=front)
+    backbone = keras.Model(inputs, x, name="backbone")
+    x = embedding = keras.Input(shape=backbone.output.shape[1:])
+    outputs = keras.layers.Dense(losses.output_units(config), kernel_regularizer=regularizer)(x)
+    head = keras.Model(embedding, outputs, name="head")
+    return keras.Model(inputs, head(backbone(inputs)))

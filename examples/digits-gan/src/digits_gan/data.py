@@ -1,0 +1,39 @@
+"""The data: replace this module with yours.
+
+Default: scikit-learn's handwritten digits as 8x8 grey images, which ship inside scikit-learn,
+so training works offline.
+
+Contract, checked by `train.fit` before training: `load_dataset(config)` returns a batched
+`tf.data.Dataset` of float32 images of shape `(batch, *config.image_shape)` with pixels in
+[-1, 1], the range of the generator's `tanh` output. There are no labels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+from sklearn.datasets import load_digits
+
+from .config import Config
+
+MAX_PIXEL = 16.0  # The digits' pixels are counts from 0 to 16.
+
+
+def load_images(config: Config) -> np.ndarray:
+    """All images as float32 of shape `(n, *config.image_shape)`, pixels in [-1, 1]."""
+    pixels, _ = load_digits(return_X_y=True)
+    images = pixels.reshape((-1, *config.image_shape)).astype(np.float32)
+    return images / (MAX_PIXEL / 2) - 1.0
+
+
+def load_dataset(config: Config) -> tf.data.Dataset:
+    """Shuffled batches of images; the order follows `config.seed` and changes every epoch."""
+    images = load_images(config)
+    return (
+        tf.data.Dataset.from_tensor_slices(images)
+        .cache()
+        .shuffle(len(images), seed=config.seed, reshuffle_each_iteration=True)
+        # XLA compiles once per batch shape: keep one by dropping the incomplete last batch.
+        .batch(config.batch_size, drop_remainder=config.jit_compile)
+        .prefetch(tf.data.AUTOTUNE)
+    )

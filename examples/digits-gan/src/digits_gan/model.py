@@ -1,0 +1,36 @@
+"""The generator and the discriminator. This module is yours: change them freely.
+
+Contract, checked by `train.Trainer` before training: `build_generator(config)` maps noise of
+shape `(batch, config.latent_dim)` to images of shape `(batch, *config.image_shape)` in [-1, 1]
+(a `tanh` output); `build_discriminator(config)` maps such images to one logit each, shape
+`(batch, 1)`, with no activation on the last layer (the loss applies the sigmoid, numerically
+safely).
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+
+from .config import Config
+
+
+def build_generator(config: Config) -> keras.Model:
+    """A multilayer perceptron from noise to an image."""
+    noise = keras.Input(shape=(config.latent_dim,), name="noise")
+    x = keras.layers.Dense(128)(noise)
+    x = keras.layers.LeakyReLU(negative_slope=0.2)(x)
+    x = keras.layers.Dense(math.prod(config.image_shape), activation="tanh")(x)
+    images = keras.layers.Reshape(config.image_shape, name="images")(x)
+    return keras.Model(noise, images, name="generator")
+
+
+def build_discriminator(config: Config) -> keras.Model:
+    """A multilayer perceptron from an image to one logit: real (high) or fake (low)."""
+    images = keras.Input(shape=config.image_shape, name="images")
+    x = keras.layers.Flatten()(images)
+    x = keras.layers.Dense(128)(x)
+    x = keras.layers.LeakyReLU(negative_slope=0.2)(x)
+    logits = keras.layers.Dense(1, name="logits")(x)
+    return keras.Model(images, logits, name="discriminator")
