@@ -16,7 +16,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from . import losses
+from . import inputs, losses
 from .config import Config
 from .data import load_datasets
 from .model import build_model
@@ -27,37 +27,22 @@ LoopFn = Callable[[tf.data.Iterator, tf.Tensor], tf.Tensor]
 
 
 def input_signature(config: Config) -> tuple[tf.TensorSpec, tf.TensorSpec]:
-    """The `(features, labels)` of one batch; the batch dimension is `None`.
-
-    A `None` batch dimension lets the smaller last batch of an epoch reuse the same trace.
-    """
-    features = tf.TensorSpec(shape=(None, *config.input_shape), dtype=tf.float32, name="features")
-    return features, losses.label_spec(config)
+    """The `(features, labels)` of one batch: `inputs.features_spec`, `losses.label_spec`."""
+    return inputs.features_spec(config), losses.label_spec(config)
 
 
 def check_dataset(dataset: tf.data.Dataset, config: Config, name: str) -> None:
     """Fail fast, before tracing, when a dataset does not yield what the steps declare.
 
     Raises:
-        ValueError: If the elements are not `(features, labels)` pairs or the features do not
-            fit `Config.input_shape`.
+        ValueError: If the elements are not `(features, labels)` pairs.
+        inputs.InputSignatureError: If the features do not fit `inputs.features_spec`.
         losses.LabelEncodingError: If the labels are not in this project's encoding.
     """
     spec = dataset.element_spec
     if not (isinstance(spec, tuple) and len(spec) == 2):
         raise ValueError(f"{name} must yield (features, labels) pairs, but yields {spec}")
-    expected = input_signature(config)[0]
-    features = spec[0]
-    if not (
-        isinstance(features, tf.TensorSpec)
-        and features.dtype == expected.dtype
-        and expected.shape.is_compatible_with(features.shape)
-    ):
-        raise ValueError(
-            f"{name} features are {features}, but the model takes float32 batches of shape "
-            f"{tuple(expected.shape)}; cast or reshape them in data.py, or change "
-            "Config.input_shape"
-        )
+    inputs.check_features_spec(spec[0], config, f"{name} features")
     try:
         losses.check_label_spec(spec[1], config)
     except losses.LabelEncodingError as error:
