@@ -80,7 +80,17 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
             "pyproject.toml",
             *(
                 f"src/{package}/{module}.py"
-                for module in ("__init__", "__main__", "config", "data", "gan", "model", "train")
+                for module in (
+                    "__init__",
+                    "__main__",
+                    "config",
+                    "data",
+                    "gan",
+                    "gradients",
+                    "loop",
+                    "model",
+                    "train",
+                )
             ),
             *(f"tests/{module}.py" for module in ("conftest", "test_gan")),
         }
@@ -101,7 +111,9 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                 "__main__",
                 "config",
                 "data",
+                "gradients",
                 "inputs",
+                "loop",
                 "losses",
                 "model",
                 "steps",

@@ -12,9 +12,9 @@ from helpers import dataset, features, labels_for, linear_model
 
 from breast_cancer_binary.config import Config
 from breast_cancer_binary.data import load_datasets
+from breast_cancer_binary.gradients import NoneGradientError, NoneGradientWarning
 from breast_cancer_binary.losses import make_loss
 from breast_cancer_binary.model import build_model
-from breast_cancer_binary.steps import NoneGradientError, NoneGradientWarning
 from breast_cancer_binary.train import Trainer
 
 

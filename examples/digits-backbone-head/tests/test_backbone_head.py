@@ -9,12 +9,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import features, labels_for, linear_model
+from helpers import encoder, features, input_layer, labels_for, linear_model
 
 from digits_backbone_head.config import Config
 from digits_backbone_head.data import load_datasets
+from digits_backbone_head.gradients import NoneGradientWarning
 from digits_backbone_head.model import build_model
-from digits_backbone_head.steps import NoneGradientWarning
 from digits_backbone_head.train import Trainer
 
 GROUPS = ("backbone", "head")
@@ -124,9 +124,10 @@ def _model_with_orphan_in(config: Config, group: str) -> keras.Model:
     parts = {name: base.get_layer(name) for name in GROUPS}
     part = parts[group]
     parts[group] = keras.Sequential(
-        [keras.Input(shape=part.input.shape[1:]), Orphan(), part], name=group
+        [keras.Input(shape=part.input.shape[1:], dtype=part.input.dtype), Orphan(), part],
+        name=group,
     )
-    inputs = keras.Input(shape=config.input_shape)
+    inputs = input_layer(config)
     return keras.Model(inputs, parts["head"](parts["backbone"](inputs)))
 
 
@@ -146,15 +147,15 @@ def test_none_gradients_are_reported_per_group_by_name(config: Config, group: st
 
 
 def test_a_model_without_a_backbone_is_refused(config: Config) -> None:
-    inputs = keras.Input(shape=config.input_shape)
-    outputs = linear_model(config).get_layer("head")(keras.layers.Flatten()(inputs))
+    inputs, representation = encoder(config)
+    outputs = linear_model(config).get_layer("head")(representation)
     with pytest.raises(ValueError, match="the model has no layer named 'backbone'"):
         Trainer(config, keras.Model(inputs, outputs))
 
 
 def test_a_variable_outside_both_parts_is_refused(config: Config) -> None:
     base = linear_model(config)
-    inputs = keras.Input(shape=config.input_shape)
+    inputs = input_layer(config)
     outside = Orphan(name="outside")(inputs)
     model = keras.Model(inputs, base.get_layer("head")(base.get_layer("backbone")(outside)))
     with pytest.raises(ValueError, match=r"outside/orphan belong to neither the backbone nor"):

@@ -28,7 +28,7 @@ KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc"}
 def test_metrics_are_reset_every_epoch_and_every_evaluation(config: Config) -> None:
     # With a vanishing learning rate the predictions stay put: epoch 1 sees only wrong labels
     # (accuracy 0), epoch 2 only right ones (accuracy 1). Without a reset epoch 2 would read 0.5.
-    config = dataclasses.replace(config, learning_rate=1e-12)
+    config = dataclasses.replace(config, learning_rate=1e-12, backbone_learning_rate=1e-12)
     model = linear_model(config)
     x = features(config, 64)
     wrong = dataset(x, labels_for(model, x, config, agree=False), 16)

@@ -12,9 +12,9 @@ from helpers import dataset, features, labels_for, linear_model
 
 from digits_backbone_head.config import Config
 from digits_backbone_head.data import load_datasets
+from digits_backbone_head.gradients import NoneGradientError, NoneGradientWarning
 from digits_backbone_head.losses import make_loss
 from digits_backbone_head.model import build_model
-from digits_backbone_head.steps import NoneGradientError, NoneGradientWarning
 from digits_backbone_head.train import Trainer
 
 

@@ -20,7 +20,7 @@ import tensorflow as tf
 from digits_gan.__main__ import main
 from digits_gan.config import Config
 from digits_gan.data import load_dataset, load_images
-from digits_gan.gan import NoneGradientWarning
+from digits_gan.gradients import NoneGradientWarning
 from digits_gan.model import build_discriminator, build_generator
 from digits_gan.train import SAMPLE_SCALE, Trainer, fit
 

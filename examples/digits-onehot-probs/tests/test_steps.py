@@ -12,9 +12,9 @@ from helpers import dataset, features, labels_for, linear_model
 
 from digits_onehot_probs.config import Config
 from digits_onehot_probs.data import load_datasets
+from digits_onehot_probs.gradients import NoneGradientError, NoneGradientWarning
 from digits_onehot_probs.losses import make_loss
 from digits_onehot_probs.model import build_model
-from digits_onehot_probs.steps import NoneGradientError, NoneGradientWarning
 from digits_onehot_probs.train import Trainer
 
 

@@ -12,9 +12,9 @@ from helpers import dataset, features, labels_for, linear_model
 
 from digits_sparse.config import Config
 from digits_sparse.data import load_datasets
+from digits_sparse.gradients import NoneGradientError, NoneGradientWarning
 from digits_sparse.losses import make_loss
 from digits_sparse.model import build_model
-from digits_sparse.steps import NoneGradientError, NoneGradientWarning
 from digits_sparse.train import Trainer
 
 

@@ -12,9 +12,9 @@ from helpers import dataset, features, labels_for, linear_model
 
 from sequences_sparse.config import Config
 from sequences_sparse.data import load_datasets
+from sequences_sparse.gradients import NoneGradientError, NoneGradientWarning
 from sequences_sparse.losses import make_loss
 from sequences_sparse.model import build_model
-from sequences_sparse.steps import NoneGradientError, NoneGradientWarning
 from sequences_sparse.train import Trainer
 
 

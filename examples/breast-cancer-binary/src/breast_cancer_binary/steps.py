@@ -10,24 +10,16 @@ Template-owned: `copier update` replaces this file.
 from __future__ import annotations
 
 import dataclasses
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import keras
 import tensorflow as tf
 
 from . import losses
 from .config import Config
+from .gradients import apply_gradients
 
 StepFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
-
-
-class NoneGradientWarning(UserWarning):
-    """Some trainable variables got no gradient and were left unchanged."""
-
-
-class NoneGradientError(ValueError):
-    """Some trainable variables got no gradient and `Config.strict_gradients` is set."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,37 +67,6 @@ def total_loss(
     if model.losses:
         loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
     return loss
-
-
-def apply_gradients(
-    optimizer: keras.optimizers.Optimizer,
-    gradients: Sequence[tf.Tensor | None],
-    variables: Sequence[tf.Variable],
-    *,
-    strict: bool,
-) -> None:
-    """Apply gradients, naming every variable that got none instead of silently skipping it.
-
-    A `None` gradient is known while tracing, so the warning (or error) fires once per trace,
-    not once per step.
-
-    Raises:
-        NoneGradientError: If a variable got no gradient and `strict` is set.
-    """
-    pairs = [(g, v) for g, v in zip(gradients, variables, strict=True) if g is not None]
-    missing = [v.path for g, v in zip(gradients, variables, strict=True) if g is None]
-    if missing:
-        message = (
-            f"{len(missing)} trainable variable(s) got no gradient and are not updated: "
-            f"{', '.join(missing)}. The loss does not depend on them: check that they are used "
-            "in the forward pass inside the tape, that no tf.stop_gradient or non-differentiable "
-            "op cuts them off, and that the variable list belongs to this model. Freeze them "
-            "with `layer.trainable = False` if that is intended."
-        )
-        if strict:
-            raise NoneGradientError(message)
-        warnings.warn(message, NoneGradientWarning, stacklevel=2)
-    optimizer.apply_gradients(pairs)
 
 
 def make_train_step(

@@ -10,25 +10,17 @@ Template-owned: `copier update` replaces this file.
 from __future__ import annotations
 
 import dataclasses
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import keras
 import tensorflow as tf
 
 from . import losses
 from .config import Config
+from .gradients import apply_gradients
 from .optimizers import OptimizerGroups
 
 StepFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
-
-
-class NoneGradientWarning(UserWarning):
-    """Some trainable variables got no gradient and were left unchanged."""
-
-
-class NoneGradientError(ValueError):
-    """Some trainable variables got no gradient and `Config.strict_gradients` is set."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,46 +70,6 @@ def total_loss(
     return loss
 
 
-def apply_gradients(
-    optimizer: keras.optimizers.Optimizer,
-    gradients: Sequence[tf.Tensor | None],
-    variables: Sequence[tf.Variable],
-    *,
-    group: str,
-    strict: bool,
-) -> None:
-    """Apply one group's gradients, naming every variable that got none instead of skipping it.
-
-    A `None` gradient is known while tracing, so the warning (or error) fires once per trace,
-    not once per step.
-
-    Args:
-        optimizer: The group's optimizer, built on `variables`.
-        gradients: One gradient (or `None`) per variable.
-        variables: The group's trainable variables.
-        group: The group's name for messages, e.g. `backbone`.
-        strict: Raise instead of warn.
-
-    Raises:
-        NoneGradientError: If a variable got no gradient and `strict` is set.
-    """
-    pairs = [(g, v) for g, v in zip(gradients, variables, strict=True) if g is not None]
-    missing = [v.path for g, v in zip(gradients, variables, strict=True) if g is None]
-    if missing:
-        message = (
-            f"{group}: {len(missing)} trainable variable(s) got no gradient and are not "
-            f"updated: {', '.join(missing)}. The loss does not depend on them: check that they "
-            "are used in the forward pass inside the tape, that no tf.stop_gradient or "
-            "non-differentiable op cuts them off, and that the variable list belongs to this "
-            "model. Freeze them with `layer.trainable = False` if that is intended."
-        )
-        if strict:
-            raise NoneGradientError(message)
-        warnings.warn(message, NoneGradientWarning, stacklevel=2)
-    if pairs:  # Keras 3 optimizers reject an empty list, e.g. of a backbone with no weights.
-        optimizer.apply_gradients(pairs)
-
-
 def make_train_step(
     model: keras.Model,
     groups: OptimizerGroups,
@@ -148,14 +100,14 @@ def make_train_step(
             groups.backbone_optimizer,
             gradients[:split],
             backbone_variables,
-            group="backbone",
+            owner="backbone",
             strict=config.strict_gradients,
         )
         apply_gradients(
             groups.head_optimizer,
             gradients[split:],
             head_variables,
-            group="head",
+            owner="head",
             strict=config.strict_gradients,
         )
         global_step.assign_add(1)

@@ -8,9 +8,7 @@ Template-owned: `copier update` replaces this file.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -19,12 +17,10 @@ import tensorflow as tf
 from . import inputs, losses
 from .config import Config
 from .data import load_datasets
+from .loop import EpochLogs, LoopFn, append_logs, format_logs, make_loop, run_epoch
 from .model import build_model
 from .optimizers import OptimizerGroups
 from .steps import StepFn, StepMetrics, make_eval_step, make_train_step
-
-EpochLogs = dict[str, float]
-LoopFn = Callable[[tf.data.Iterator, tf.Tensor], tf.Tensor]
 
 
 def input_signature(config: Config) -> tuple[tf.TensorSpec, tf.TensorSpec]:
@@ -48,38 +44,6 @@ def check_dataset(dataset: tf.data.Dataset, config: Config, name: str) -> None:
         losses.check_label_spec(spec[1], config)
     except losses.LabelEncodingError as error:
         raise losses.LabelEncodingError(f"{name}: {error}") from None
-
-
-def make_loop(step: StepFn) -> LoopFn:
-    """Return a `tf.function` that runs up to `num_steps` steps of `step` in one call.
-
-    One Python-to-TensorFlow dispatch then covers many steps, which is where small models spend
-    their time. The step count is a tensor, so changing it does not retrace, and the iterator's
-    spec is the same every epoch, so a new iterator does not retrace either. The end of the data
-    is found with `get_next_as_optional`, so no batch is dropped or repeated.
-
-    Returns:
-        A function of `(iterator, num_steps)` that returns the number of steps it ran: fewer
-        than `num_steps` only when the iterator is exhausted.
-    """
-
-    def loop(iterator: tf.data.Iterator, num_steps: tf.Tensor) -> tf.Tensor:
-        steps = tf.constant(0, dtype=tf.int32)
-        for _ in tf.range(num_steps):
-            batch = iterator.get_next_as_optional()
-            if not batch.has_value():
-                break
-            step(*batch.get_value())
-            steps += 1
-        return steps
-
-    return tf.function(loop)
-
-
-def format_logs(logs: EpochLogs, epochs: int, steps_per_second: float) -> str:
-    """One line per epoch: `epoch 3/10 | train_loss 0.1234 | ... | 812 steps/s`."""
-    figures = " | ".join(f"{key} {value:.4f}" for key, value in logs.items() if key != "epoch")
-    return f"epoch {logs['epoch']}/{epochs} | {figures} | {steps_per_second:.0f} steps/s"
 
 
 class Trainer:
@@ -135,21 +99,8 @@ class Trainer:
 
     def _run(self, step: StepFn, loop: LoopFn, dataset: tf.data.Dataset) -> int:
         """Run `step` on every batch of `dataset` once; return the number of steps."""
-        if self.run_eagerly:
-            steps = 0
-            for x, y in dataset:
-                step(x, y)
-                steps += 1
-            return steps
-        iterator = iter(dataset)
-        per_call = self.config.steps_per_execution
-        num_steps = tf.constant(per_call, dtype=tf.int32)
-        steps = 0
-        while True:
-            ran = int(loop(iterator, num_steps))
-            steps += ran
-            if ran < per_call:
-                return steps
+        steps_per_execution = self.config.steps_per_execution
+        return run_epoch(step, loop, dataset, steps_per_execution, run_eagerly=self.run_eagerly)
 
     def train_epoch(self, dataset: tf.data.Dataset) -> tuple[EpochLogs, int]:
         """Train on every batch once; return this epoch's figures and its number of steps."""
@@ -186,10 +137,6 @@ class Trainer:
         """
         check_dataset(train_ds, self.config, "train_ds")
         check_dataset(val_ds, self.config, "val_ds")
-        log_file = None
-        if logdir is not None:
-            Path(logdir).mkdir(parents=True, exist_ok=True)
-            log_file = Path(logdir) / "metrics.jsonl"
         history: list[EpochLogs] = []
         for epoch in range(1, self.config.epochs + 1):
             self.optimizers.freeze_backbone(epoch <= self.config.freeze_backbone_epochs)
@@ -200,9 +147,8 @@ class Trainer:
             history.append(logs)
             if verbose:
                 print(format_logs(logs, self.config.epochs, steps_per_second), flush=True)
-            if log_file is not None:
-                with log_file.open("a", encoding="utf-8") as stream:
-                    stream.write(json.dumps(logs) + "\n")
+            if logdir is not None:
+                append_logs(logdir, logs)
         return history
 
 

@@ -15,25 +15,17 @@ Template-owned: `copier update` replaces this file.
 from __future__ import annotations
 
 import dataclasses
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import keras
 import tensorflow as tf
 
 from .config import Config
+from .gradients import apply_gradients
 
 StepFn = Callable[[tf.Tensor], None]
 DiscriminatorStepFn = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor, tf.Tensor]]
 GeneratorStepFn = Callable[[tf.Tensor], tf.Tensor]
-
-
-class NoneGradientWarning(UserWarning):
-    """Some trainable variables got no gradient and were left unchanged."""
-
-
-class NoneGradientError(ValueError):
-    """Some trainable variables got no gradient and `Config.strict_gradients` is set."""
 
 
 def make_loss() -> keras.losses.Loss:
@@ -95,38 +87,6 @@ class GanMetrics:
         return (self.d_loss, self.g_loss, self.d_acc_real, self.d_acc_fake)
 
 
-def apply_gradients(
-    optimizer: keras.optimizers.Optimizer,
-    gradients: Sequence[tf.Tensor | None],
-    variables: Sequence[tf.Variable],
-    *,
-    model_name: str,
-    strict: bool,
-) -> None:
-    """Apply one model's gradients, naming every variable that got none.
-
-    A `None` gradient is known while tracing, so the warning (or error) fires once per trace,
-    not once per step.
-
-    Raises:
-        NoneGradientError: If a variable got no gradient and `strict` is set.
-    """
-    pairs = [(g, v) for g, v in zip(gradients, variables, strict=True) if g is not None]
-    missing = [v.path for g, v in zip(gradients, variables, strict=True) if g is None]
-    if missing:
-        message = (
-            f"{model_name}: {len(missing)} trainable variable(s) got no gradient and are not "
-            f"updated: {', '.join(missing)}. Its loss does not depend on them: check that they "
-            "are used in the forward pass inside the tape and that no tf.stop_gradient or "
-            "non-differentiable op cuts them off."
-        )
-        if strict:
-            raise NoneGradientError(message)
-        warnings.warn(message, NoneGradientWarning, stacklevel=2)
-    if pairs:  # Keras 3 optimizers reject an empty list.
-        optimizer.apply_gradients(pairs)
-
-
 def make_discriminator_step(
     generator: keras.Model,
     discriminator: keras.Model,
@@ -159,7 +119,7 @@ def make_discriminator_step(
             optimizer,
             gradients,
             variables,
-            model_name="discriminator",
+            owner="discriminator",
             strict=config.strict_gradients,
         )
         return d_loss, real_logits, fake_logits
@@ -193,7 +153,7 @@ def make_generator_step(
         variables = generator.trainable_variables
         gradients = tape.gradient(g_loss, variables)
         apply_gradients(
-            optimizer, gradients, variables, model_name="generator", strict=config.strict_gradients
+            optimizer, gradients, variables, owner="generator", strict=config.strict_gradients
         )
         return g_loss
 

@@ -9,10 +9,8 @@ Template-owned: `copier update` replaces this file.
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -28,10 +26,9 @@ from .gan import (
     make_loss,
     make_train_step,
 )
+from .loop import EpochLogs, LoopFn, append_logs, format_logs, make_loop, run_epoch
 from .model import build_discriminator, build_generator
 
-EpochLogs = dict[str, float]
-LoopFn = Callable[[tf.data.Iterator, tf.Tensor], tf.Tensor]
 SAMPLE_SCALE = 4  # Each pixel of a sample becomes a 4x4 block, so the grid is easy to see.
 
 
@@ -89,31 +86,6 @@ def check_models(generator: keras.Model, discriminator: keras.Model, config: Con
         )
 
 
-def make_loop(step: StepFn) -> LoopFn:
-    """Return a `tf.function` that runs up to `num_steps` steps of `step` in one call.
-
-    The step count is a tensor and the iterator's spec is the same every epoch, so neither
-    retraces. The end of the data is found with `get_next_as_optional`, so no batch is dropped
-    or repeated.
-
-    Returns:
-        A function of `(iterator, num_steps)` that returns the number of steps it ran: fewer
-        than `num_steps` only when the iterator is exhausted.
-    """
-
-    def loop(iterator: tf.data.Iterator, num_steps: tf.Tensor) -> tf.Tensor:
-        steps = tf.constant(0, dtype=tf.int32)
-        for _ in tf.range(num_steps):
-            batch = iterator.get_next_as_optional()
-            if not batch.has_value():
-                break
-            step(batch.get_value())
-            steps += 1
-        return steps
-
-    return tf.function(loop)
-
-
 def sample_grid(images: tf.Tensor) -> tf.Tensor:
     """Tile images with pixels in [-1, 1] into one square uint8 image for `tf.io.encode_png`."""
     count, height, width, channels = images.shape
@@ -124,12 +96,6 @@ def sample_grid(images: tf.Tensor) -> tf.Tensor:
     grid = tf.reshape(pixels, (rows, rows, height, width, channels))
     grid = tf.transpose(grid, (0, 2, 1, 3, 4))
     return tf.reshape(grid, (rows * height, rows * width, channels))
-
-
-def format_logs(logs: EpochLogs, epochs: int, steps_per_second: float) -> str:
-    """One line per epoch: `epoch 3/10 | d_loss 1.2345 | ... | 812 steps/s`."""
-    figures = " | ".join(f"{key} {value:.4f}" for key, value in logs.items() if key != "epoch")
-    return f"epoch {logs['epoch']}/{epochs} | {figures} | {steps_per_second:.0f} steps/s"
 
 
 class Trainer:
@@ -204,21 +170,14 @@ class Trainer:
     def train_epoch(self, dataset: tf.data.Dataset) -> tuple[EpochLogs, int]:
         """Train on every batch once; return this epoch's figures and its number of steps."""
         self.metrics.reset()
-        if self.run_eagerly:
-            steps = 0
-            for images in dataset:
-                self.train_step(images)
-                steps += 1
-            return self.metrics.result(), steps
-        iterator = iter(dataset)
-        per_call = self.config.steps_per_execution
-        num_steps = tf.constant(per_call, dtype=tf.int32)
-        steps = 0
-        while True:
-            ran = int(self.train_loop(iterator, num_steps))
-            steps += ran
-            if ran < per_call:
-                return self.metrics.result(), steps
+        steps = run_epoch(
+            self.train_step,
+            self.train_loop,
+            dataset,
+            self.config.steps_per_execution,
+            run_eagerly=self.run_eagerly,
+        )
+        return self.metrics.result(), steps
 
     def samples(self) -> tf.Tensor:
         """The generator's images for `sample_noise`, tiled into one uint8 grid."""
@@ -255,8 +214,7 @@ class Trainer:
             if verbose:
                 print(format_logs(logs, self.config.epochs, steps_per_second), flush=True)
             if logdir is not None:
-                with (Path(logdir) / "metrics.jsonl").open("a", encoding="utf-8") as stream:
-                    stream.write(json.dumps(logs) + "\n")
+                append_logs(logdir, logs)
                 png = tf.io.encode_png(self.samples())
                 tf.io.write_file(str(Path(logdir) / f"samples_epoch_{epoch:03d}.png"), png)
         return history
