@@ -7,6 +7,8 @@ then times, interleaved round by round so that machine noise hits every contende
 - `fit` / `fit K=<default>`: `model.fit` with default settings, and with the same
   `steps_per_execution`;
 - `guide loop`: the guide's plain loop, one `tf.function` step per batch;
+- `loop K=<default> train only`: the generated loop without its validation pass, which shows
+  what validation and the input pipeline cost against the floor;
 - `floor`: the generated train step in a `tf.while_loop` over one in-memory batch: no input
   pipeline, no validation, no Python: the compute floor.
 
@@ -84,6 +86,11 @@ def contenders(project, config, epochs: int) -> dict[str, Callable[[], float]]:
 
         return measure
 
+    def loop_train_only() -> float:
+        run_config = dataclasses.replace(config, steps_per_execution=k)
+        trainer = project["train"].Trainer(run_config, build(run_config))
+        return time_epochs(lambda: trainer.train_epoch(train_ds)[1], epochs)
+
     def fit(**compile_args: object) -> Callable[[], float]:
         def measure() -> float:
             model = build(config)
@@ -158,6 +165,7 @@ def contenders(project, config, epochs: int) -> dict[str, Callable[[], float]]:
         "fit": fit(),
         f"fit K={k}": fit(steps_per_execution=k),
         "guide loop": guide,
+        f"loop K={k} train only": loop_train_only,
         "floor": floor,
     }
 
@@ -195,6 +203,8 @@ def main() -> None:
                     f"loop K={k} / fit": medians[f"loop K={k}"] / medians["fit"],
                     f"loop K={k} / fit K={k}": medians[f"loop K={k}"] / medians[f"fit K={k}"],
                     f"loop K={k} / floor": medians[f"loop K={k}"] / medians["floor"],
+                    f"loop K={k} train only / floor": medians[f"loop K={k} train only"]
+                    / medians["floor"],
                     "loop K=1 / fit": medians["loop K=1"] / medians["fit"],
                     "guide loop / fit": medians["guide loop"] / medians["fit"],
                 },
