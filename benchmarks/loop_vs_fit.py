@@ -7,15 +7,16 @@ then times, interleaved round by round so that machine noise hits every contende
 - `fit` / `fit K=<default>`: `model.fit` with default settings, and with the same
   `steps_per_execution`;
 - `guide loop`: the guide's plain loop, one `tf.function` step per batch;
-- `loop K=<default> train only`: the generated loop without its validation pass, which shows
-  what validation and the input pipeline cost against the floor;
+- `loop K=<default> train only`: the generated loop without its validation pass;
+- `loop K=<default> train only, cached batches`: the same over the first epoch's batches cached
+  in memory, so that no shuffling or batching is left: what the loop itself costs over the floor;
 - `floor`: the generated train step in a `tf.while_loop` over one in-memory batch: no input
   pipeline, no validation, no Python: the compute floor.
 
 Every figure is training steps per second over whole epochs, validation included (except the
 floor), after one warm-up epoch. Medians over the rounds; ratios against `fit` from the same run.
 
-    python benchmarks/loop_vs_fit.py [--rounds 5] [--epochs 10] [--out benchmarks/results]
+    python benchmarks/loop_vs_fit.py [--rounds 7] [--epochs 30] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -86,10 +87,17 @@ def contenders(project, config, epochs: int) -> dict[str, Callable[[], float]]:
 
         return measure
 
-    def loop_train_only() -> float:
-        run_config = dataclasses.replace(config, steps_per_execution=k)
-        trainer = project["train"].Trainer(run_config, build(run_config))
-        return time_epochs(lambda: trainer.train_epoch(train_ds)[1], epochs)
+    cached_batches = train_ds.cache()
+    for _ in cached_batches:  # Fill the cache: later epochs replay these batches.
+        pass
+
+    def loop_train_only(dataset: tf.data.Dataset) -> Callable[[], float]:
+        def measure() -> float:
+            run_config = dataclasses.replace(config, steps_per_execution=k)
+            trainer = project["train"].Trainer(run_config, build(run_config))
+            return time_epochs(lambda: trainer.train_epoch(dataset)[1], epochs)
+
+        return measure
 
     def fit(**compile_args: object) -> Callable[[], float]:
         def measure() -> float:
@@ -165,15 +173,16 @@ def contenders(project, config, epochs: int) -> dict[str, Callable[[], float]]:
         "fit": fit(),
         f"fit K={k}": fit(steps_per_execution=k),
         "guide loop": guide,
-        f"loop K={k} train only": loop_train_only,
+        f"loop K={k} train only": loop_train_only(train_ds),
+        f"loop K={k} train only, cached batches": loop_train_only(cached_batches),
         "floor": floor,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=10, help="timed epochs per measurement")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--epochs", type=int, default=30, help="timed epochs per measurement")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results"))
     parser.add_argument("--cases", nargs="*", default=list(CASES))
     args = parser.parse_args()
@@ -204,6 +213,10 @@ def main() -> None:
                     f"loop K={k} / fit K={k}": medians[f"loop K={k}"] / medians[f"fit K={k}"],
                     f"loop K={k} / floor": medians[f"loop K={k}"] / medians["floor"],
                     f"loop K={k} train only / floor": medians[f"loop K={k} train only"]
+                    / medians["floor"],
+                    f"loop K={k} train only, cached batches / floor": medians[
+                        f"loop K={k} train only, cached batches"
+                    ]
                     / medians["floor"],
                     "loop K=1 / fit": medians["loop K=1"] / medians["fit"],
                     "guide loop / fit": medians["guide loop"] / medians["fit"],

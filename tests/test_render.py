@@ -92,7 +92,7 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                     "train",
                 )
             ),
-            *(f"tests/{module}.py" for module in ("conftest", "test_gan")),
+            *(f"tests/{module}.py" for module in ("conftest", "test_gan", "test_step_runner")),
         }
     extra = set()
     if optimizers == "backbone-head":
@@ -129,6 +129,7 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                 "test_learns",
                 "test_loop",
                 "test_parity",
+                "test_step_runner",
                 "test_steps",
             )
         ),

@@ -93,7 +93,7 @@ def test_frozen_backbone_does_not_move_and_nothing_retraces(config: Config) -> N
     assert _moved(frozen["backbone"], _weights(model)["backbone"])
     assert int(trainer.global_step) == 2 * steps
     assert trainer.train_step.experimental_get_tracing_count() == 1
-    assert trainer.train_loop.experimental_get_tracing_count() == 1
+    assert trainer.train_runner.tracing_count() == 1
 
 
 def test_fit_freezes_the_backbone_for_the_first_epochs(config: Config) -> None:

@@ -98,7 +98,7 @@ def test_a_whole_run_traces_the_step_once(config: Config) -> None:
     trainer.fit(load_dataset(config), verbose=False)
 
     assert trainer.train_step.experimental_get_tracing_count() == 1
-    assert trainer.train_loop.experimental_get_tracing_count() == 1
+    assert trainer.train_runner.tracing_count() == 1
 
 
 def test_metrics_are_reset_every_epoch(config: Config) -> None:

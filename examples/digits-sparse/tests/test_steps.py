@@ -79,8 +79,10 @@ def test_a_whole_run_traces_each_step_once(config: Config) -> None:
 
     trainer.fit(train_ds, val_ds, verbose=False)
 
-    for function in (trainer.train_step, trainer.eval_step, trainer.train_loop, trainer.eval_loop):
-        assert function.experimental_get_tracing_count() == 1
+    for step in (trainer.train_step, trainer.eval_step):
+        assert step.experimental_get_tracing_count() == 1
+    for runner in (trainer.train_runner, trainer.eval_runner):
+        assert runner.tracing_count() == 1
 
 
 def _model_with_orphan(config: Config) -> keras.Model:

@@ -15,13 +15,37 @@ EpochLogs = dict[str, float]
 LoopFn = Callable[[tf.data.Iterator, tf.Tensor], tf.Tensor]
 
 
-def make_loop(step: Callable[..., object]) -> LoopFn:
-    """Return a `tf.function` that runs up to `num_steps` steps of `step` in one call.
+def make_counted_loop(step: Callable[..., object]) -> LoopFn:
+    """Return a `tf.function` that runs exactly `num_steps` steps of `step` in one call.
 
     One Python-to-TensorFlow dispatch then covers many steps, which is where small models spend
-    their time. The step count is a tensor, so changing it does not retrace, and the iterator's
-    spec is the same every epoch, so a new iterator does not retrace either. The end of the data
-    is found with `get_next_as_optional`, so no batch is dropped or repeated.
+    their time. The step count is a tensor, so changing it does not retrace. The caller knows
+    how many batches are left: the loop reads them with a plain `get_next`, which costs less
+    per step than testing an optional.
+
+    Args:
+        step: Takes the elements of one batch as positional arguments.
+
+    Returns:
+        A function of `(iterator, num_steps)` that returns the number of steps it ran.
+    """
+
+    def loop(iterator: tf.data.Iterator, num_steps: tf.Tensor) -> tf.Tensor:
+        def body(steps: tf.Tensor) -> tuple[tf.Tensor]:
+            step(*tf.nest.flatten(iterator.get_next()))
+            return (steps + 1,)
+
+        (steps,) = tf.while_loop(lambda steps: steps < num_steps, body, [tf.constant(0)])
+        return steps
+
+    return tf.function(loop, autograph=False)
+
+
+def make_open_loop(step: Callable[..., object]) -> LoopFn:
+    """Return a `tf.function` that runs up to `num_steps` steps of `step` in one call.
+
+    For datasets whose length is not known in advance. The end of the data is found with
+    `get_next_as_optional`, so no batch is dropped or repeated.
 
     Args:
         step: Takes the elements of one batch as positional arguments.
@@ -44,36 +68,102 @@ def make_loop(step: Callable[..., object]) -> LoopFn:
     return tf.function(loop)
 
 
-def run_epoch(
-    step: Callable[..., object],
-    loop: LoopFn,
-    dataset: tf.data.Dataset,
-    steps_per_execution: int,
-    *,
-    run_eagerly: bool,
-) -> int:
-    """Run `step` on every batch of `dataset` once; return the number of steps.
+class StepRunner:
+    """Runs a step on every batch of a dataset once per epoch, many steps per call.
+
+    When a dataset's length is known (`dataset.cardinality()`, as for `from_tensor_slices`,
+    `shuffle`, `batch`, `map` and `cache`), one iterator over `dataset.repeat()` serves the
+    whole run and each epoch takes exactly its number of batches from it. Creating an iterator
+    costs about 0.4 ms for an in-memory pipeline and 4 to 8 ms once the pipeline has a `map`
+    (measured here): with a few dozen steps per epoch, that is a large share of an epoch. One
+    iterator also lets `prefetch` fill the next epoch's first batches while this one ends.
+    Shuffling is unchanged: `shuffle(..., reshuffle_each_iteration=True)` draws a new order
+    for every repetition, as it does for every new iterator.
+
+    When the length is unknown (after `filter` or `bucket_by_sequence_length`), each epoch
+    gets a new iterator and runs until it is exhausted. If you know the number of batches,
+    `dataset.apply(tf.data.experimental.assert_cardinality(n))` selects the faster path.
 
     Args:
-        step: The step, as plain Python when `run_eagerly`.
-        loop: `make_loop(step)`, used unless `run_eagerly`.
-        dataset: The batches.
-        steps_per_execution: Steps per call of `loop`.
+        step: Takes the elements of one batch as positional arguments: a `tf.function`, or
+            plain Python when `run_eagerly`.
+        steps_per_execution: Steps per `tf.function` call.
         run_eagerly: Call `step` batch by batch from Python, for readable stack traces.
+
+    Attributes:
+        counted_loop: `make_counted_loop(step)`, for datasets of known length.
+        open_loop: `make_open_loop(step)`, for datasets of unknown length.
     """
-    steps = 0
-    if run_eagerly:
-        for batch in dataset:
-            step(*tf.nest.flatten(batch))
-            steps += 1
-        return steps
-    iterator = iter(dataset)
-    num_steps = tf.constant(steps_per_execution, dtype=tf.int32)
-    while True:
-        ran = int(loop(iterator, num_steps))
-        steps += ran
-        if ran < steps_per_execution:
+
+    def __init__(
+        self, step: Callable[..., object], steps_per_execution: int, *, run_eagerly: bool = False
+    ) -> None:
+        self.step = step
+        self.steps_per_execution = steps_per_execution
+        self.run_eagerly = run_eagerly
+        self.counted_loop = make_counted_loop(step)
+        self.open_loop = make_open_loop(step)
+        self._dataset: tf.data.Dataset | None = None
+        self._num_batches = 0
+        self._iterator: tf.data.Iterator | None = None
+
+    def run_epoch(self, dataset: tf.data.Dataset) -> int:
+        """Run the step on every batch of `dataset` once; return the number of steps.
+
+        Raises:
+            ValueError: If `dataset` repeats forever, so that an epoch would never end.
+        """
+        if dataset is not self._dataset:
+            self._start(dataset)
+        if self.run_eagerly:
+            steps = 0
+            for batch in dataset:
+                self.step(*tf.nest.flatten(batch))
+                steps += 1
             return steps
+        if self._iterator is None:
+            return self._run_open(dataset)
+        try:
+            for start in range(0, self._num_batches, self.steps_per_execution):
+                num_steps = min(self.steps_per_execution, self._num_batches - start)
+                self.counted_loop(self._iterator, tf.constant(num_steps, dtype=tf.int32))
+        except BaseException:
+            self.close()  # The iterator stopped mid-epoch: the next epoch starts afresh.
+            raise
+        return self._num_batches
+
+    def close(self) -> None:
+        """Let go of the dataset and its iterator, with the batches it has read ahead."""
+        self._dataset = self._iterator = None
+        self._num_batches = 0
+
+    def tracing_count(self) -> int:
+        """How many times the loops have been traced, both together."""
+        loops = (self.counted_loop, self.open_loop)
+        return sum(loop.experimental_get_tracing_count() for loop in loops)
+
+    def _start(self, dataset: tf.data.Dataset) -> None:
+        self.close()
+        num_batches = int(dataset.cardinality())
+        if num_batches == tf.data.INFINITE_CARDINALITY:
+            raise ValueError(
+                "the dataset repeats forever, so an epoch would never end: remove its "
+                ".repeat() (the loop repeats it for you), or end it with .take(num_batches)"
+            )
+        self._dataset = dataset
+        if num_batches != tf.data.UNKNOWN_CARDINALITY and not self.run_eagerly:
+            self._num_batches = num_batches
+            self._iterator = iter(dataset.repeat())
+
+    def _run_open(self, dataset: tf.data.Dataset) -> int:
+        iterator = iter(dataset)
+        num_steps = tf.constant(self.steps_per_execution, dtype=tf.int32)
+        steps = 0
+        while True:
+            ran = int(self.open_loop(iterator, num_steps))
+            steps += ran
+            if ran < self.steps_per_execution:
+                return steps
 
 
 def format_logs(logs: EpochLogs, epochs: int, steps_per_second: float) -> str:

@@ -17,7 +17,7 @@ import tensorflow as tf
 from . import inputs, losses
 from .config import Config
 from .data import load_datasets
-from .loop import EpochLogs, LoopFn, append_logs, format_logs, make_loop, run_epoch
+from .loop import EpochLogs, StepRunner, append_logs, format_logs
 from .model import build_model
 from .optimizers import OptimizerGroups
 from .steps import StepFn, StepMetrics, make_eval_step, make_train_step
@@ -60,8 +60,9 @@ class Trainer:
             `iterations` (the backbone's stops while it is frozen).
         train_step: The training step for one batch, a `tf.function` unless `run_eagerly`.
         eval_step: The evaluation step for one batch, likewise.
-        train_loop: Runs up to `config.steps_per_execution` training steps per call.
-        eval_loop: Runs up to `config.steps_per_execution` evaluation steps per call.
+        train_runner: Runs `train_step` over an epoch, `config.steps_per_execution` steps
+            per call, keeping one iterator per dataset for the whole run.
+        eval_runner: Runs `eval_step` likewise.
     """
 
     def __init__(self, config: Config, model: keras.Model, *, run_eagerly: bool = False) -> None:
@@ -82,8 +83,12 @@ class Trainer:
         self.run_eagerly = run_eagerly
         self.train_step: StepFn = self._compile(train_step)
         self.eval_step: StepFn = self._compile(eval_step)
-        self.train_loop: LoopFn = make_loop(self.train_step)
-        self.eval_loop: LoopFn = make_loop(self.eval_step)
+        self.train_runner = StepRunner(
+            self.train_step, config.steps_per_execution, run_eagerly=run_eagerly
+        )
+        self.eval_runner = StepRunner(
+            self.eval_step, config.steps_per_execution, run_eagerly=run_eagerly
+        )
 
     def _compile(self, step: StepFn) -> StepFn:
         if self.run_eagerly:
@@ -97,21 +102,16 @@ class Trainer:
             jit_compile=self.config.jit_compile,
         )
 
-    def _run(self, step: StepFn, loop: LoopFn, dataset: tf.data.Dataset) -> int:
-        """Run `step` on every batch of `dataset` once; return the number of steps."""
-        steps_per_execution = self.config.steps_per_execution
-        return run_epoch(step, loop, dataset, steps_per_execution, run_eagerly=self.run_eagerly)
-
     def train_epoch(self, dataset: tf.data.Dataset) -> tuple[EpochLogs, int]:
         """Train on every batch once; return this epoch's figures and its number of steps."""
         self.train_metrics.reset()
-        steps = self._run(self.train_step, self.train_loop, dataset)
+        steps = self.train_runner.run_epoch(dataset)
         return self.train_metrics.result(), steps
 
     def evaluate(self, dataset: tf.data.Dataset) -> EpochLogs:
         """Evaluate on every batch once; figures cover this call only."""
         self.val_metrics.reset()
-        self._run(self.eval_step, self.eval_loop, dataset)
+        self.eval_runner.run_epoch(dataset)
         return self.val_metrics.result()
 
     def fit(
@@ -138,17 +138,22 @@ class Trainer:
         check_dataset(train_ds, self.config, "train_ds")
         check_dataset(val_ds, self.config, "val_ds")
         history: list[EpochLogs] = []
-        for epoch in range(1, self.config.epochs + 1):
-            self.optimizers.freeze_backbone(epoch <= self.config.freeze_backbone_epochs)
-            start = time.perf_counter()
-            train_logs, steps = self.train_epoch(train_ds)
-            steps_per_second = steps / (time.perf_counter() - start)
-            logs: EpochLogs = {"epoch": epoch, **train_logs, **self.evaluate(val_ds)}
-            history.append(logs)
-            if verbose:
-                print(format_logs(logs, self.config.epochs, steps_per_second), flush=True)
-            if logdir is not None:
-                append_logs(logdir, logs)
+        try:
+            for epoch in range(1, self.config.epochs + 1):
+                self.optimizers.freeze_backbone(epoch <= self.config.freeze_backbone_epochs)
+                start = time.perf_counter()
+                train_logs, steps = self.train_epoch(train_ds)
+                steps_per_second = steps / (time.perf_counter() - start)
+                logs: EpochLogs = {"epoch": epoch, **train_logs, **self.evaluate(val_ds)}
+                history.append(logs)
+                if verbose:
+                    print(format_logs(logs, self.config.epochs, steps_per_second), flush=True)
+                if logdir is not None:
+                    append_logs(logdir, logs)
+        finally:
+            # The iterators hold read-ahead batches and shuffle buffers: free them with the run.
+            self.train_runner.close()
+            self.eval_runner.close()
         return history
 
 

@@ -26,7 +26,7 @@ from .gan import (
     make_loss,
     make_train_step,
 )
-from .loop import EpochLogs, LoopFn, append_logs, format_logs, make_loop, run_epoch
+from .loop import EpochLogs, StepRunner, append_logs, format_logs
 from .model import build_discriminator, build_generator
 
 SAMPLE_SCALE = 4  # Each pixel of a sample becomes a 4x4 block, so the grid is easy to see.
@@ -116,7 +116,8 @@ class Trainer:
         discriminator_step: One discriminator update (a plain function).
         generator_step: One generator update (a plain function).
         train_step: Both updates for one batch, a `tf.function` unless `run_eagerly`.
-        train_loop: Runs up to `config.steps_per_execution` training steps per call.
+        train_runner: Runs `train_step` over an epoch, `config.steps_per_execution` steps
+            per call, keeping one iterator per dataset for the whole run.
     """
 
     def __init__(
@@ -165,18 +166,14 @@ class Trainer:
                 jit_compile=config.jit_compile,
             )
         )
-        self.train_loop: LoopFn = make_loop(self.train_step)
+        self.train_runner = StepRunner(
+            self.train_step, config.steps_per_execution, run_eagerly=run_eagerly
+        )
 
     def train_epoch(self, dataset: tf.data.Dataset) -> tuple[EpochLogs, int]:
         """Train on every batch once; return this epoch's figures and its number of steps."""
         self.metrics.reset()
-        steps = run_epoch(
-            self.train_step,
-            self.train_loop,
-            dataset,
-            self.config.steps_per_execution,
-            run_eagerly=self.run_eagerly,
-        )
+        steps = self.train_runner.run_epoch(dataset)
         return self.metrics.result(), steps
 
     def samples(self) -> tf.Tensor:
@@ -205,18 +202,22 @@ class Trainer:
         if logdir is not None:
             Path(logdir).mkdir(parents=True, exist_ok=True)
         history: list[EpochLogs] = []
-        for epoch in range(1, self.config.epochs + 1):
-            start = time.perf_counter()
-            train_logs, steps = self.train_epoch(dataset)
-            steps_per_second = steps / (time.perf_counter() - start)
-            logs: EpochLogs = {"epoch": epoch, **train_logs}
-            history.append(logs)
-            if verbose:
-                print(format_logs(logs, self.config.epochs, steps_per_second), flush=True)
-            if logdir is not None:
-                append_logs(logdir, logs)
-                png = tf.io.encode_png(self.samples())
-                tf.io.write_file(str(Path(logdir) / f"samples_epoch_{epoch:03d}.png"), png)
+        try:
+            for epoch in range(1, self.config.epochs + 1):
+                start = time.perf_counter()
+                train_logs, steps = self.train_epoch(dataset)
+                steps_per_second = steps / (time.perf_counter() - start)
+                logs: EpochLogs = {"epoch": epoch, **train_logs}
+                history.append(logs)
+                if verbose:
+                    print(format_logs(logs, self.config.epochs, steps_per_second), flush=True)
+                if logdir is not None:
+                    append_logs(logdir, logs)
+                    png = tf.io.encode_png(self.samples())
+                    tf.io.write_file(str(Path(logdir) / f"samples_epoch_{epoch:03d}.png"), png)
+        finally:
+            # The iterator holds read-ahead batches and a shuffle buffer: free it with the run.
+            self.train_runner.close()
         return history
 
 
