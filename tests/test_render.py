@@ -83,6 +83,7 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                 for module in (
                     "__init__",
                     "__main__",
+                    "batches",
                     "config",
                     "data",
                     "gan",
@@ -92,13 +93,18 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                     "train",
                 )
             ),
-            *(f"tests/{module}.py" for module in ("conftest", "test_gan", "test_step_runner")),
+            *(
+                f"tests/{module}.py"
+                for module in ("conftest", "test_batches", "test_gan", "test_step_runner")
+            ),
         }
     extra = set()
     if optimizers == "backbone-head":
         extra |= {f"src/{package}/optimizers.py", "tests/test_backbone_head.py"}
     if shapes == "variable":
         extra |= {f"src/{package}/sequences.py", "tests/test_sequences.py"}
+    else:
+        extra |= {f"src/{package}/batches.py", "tests/test_batches.py"}
     return extra | {
         ".copier-answers.yml",
         ".gitignore",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,10 +15,11 @@ IDS = tf.TensorSpec((None,), tf.int64)
 
 
 class Tally:
-    """A step that counts how often it has seen each example id."""
+    """A step that counts how often it has seen each example id, and a metric of examples."""
 
     def __init__(self) -> None:
         self.counts = tf.Variable(tf.zeros(NUM_EXAMPLES, dtype=tf.int32))
+        self.seen = keras.metrics.Sum(name="seen")
         self.fail_on = tf.Variable(-1)  # An example id that makes the step fail, or -1.
         self.step = tf.function(self.count, input_signature=[IDS], autograph=False)
 
@@ -25,6 +27,7 @@ class Tally:
         """Count each id of one batch; fail if it holds `fail_on`."""
         tf.debugging.assert_none_equal(ids, tf.cast(self.fail_on, tf.int64), message="fail")
         self.counts.scatter_nd_add(ids[:, None], tf.ones_like(ids, dtype=tf.int32))
+        self.seen.update_state(tf.cast(tf.size(ids), tf.float32))
 
     def take(self) -> np.ndarray:
         """The counts since the last call."""
@@ -51,11 +54,12 @@ def shuffled_ids(length: str) -> tf.data.Dataset:
 @pytest.mark.parametrize("steps_per_execution", [1, 3, 7, 64])
 def test_each_epoch_sees_every_example_exactly_once(length: str, steps_per_execution: int) -> None:
     tally = Tally()
-    runner = StepRunner(tally.step, steps_per_execution)
+    runner = StepRunner(tally.step, steps_per_execution, [tally.seen])
     dataset = shuffled_ids(length)
 
     for _ in range(3):
-        assert runner.run_epoch(dataset) == 7
+        # The metric is reset at the start of every epoch and read at its end.
+        assert runner.run_epoch(dataset) == ({"seen": NUM_EXAMPLES}, 7)
         np.testing.assert_array_equal(tally.take(), np.ones(NUM_EXAMPLES))
 
     assert runner.tracing_count() == 1
@@ -90,17 +94,32 @@ def test_an_epoch_cut_short_by_an_error_does_not_shift_the_next() -> None:
 
     tally.fail_on.assign(-1)
     tally.take()
-    assert runner.run_epoch(dataset) == 7
+    assert runner.run_epoch(dataset)[1] == 7
     np.testing.assert_array_equal(tally.take(), np.ones(NUM_EXAMPLES))
 
 
 def test_eager_runs_give_the_same_counts() -> None:
     tally = Tally()
-    runner = StepRunner(tally.count, 3, run_eagerly=True)
+    runner = StepRunner(tally.count, 3, [tally.seen], run_eagerly=True)
 
-    assert runner.run_epoch(shuffled_ids("known")) == 7
-    np.testing.assert_array_equal(tally.take(), np.ones(NUM_EXAMPLES))
+    for _ in range(2):
+        assert runner.run_epoch(shuffled_ids("known")) == ({"seen": NUM_EXAMPLES}, 7)
+        np.testing.assert_array_equal(tally.take(), np.ones(NUM_EXAMPLES))
     assert runner.tracing_count() == 0
+
+
+@pytest.mark.parametrize("length", ["known", "unknown"])
+def test_an_empty_epoch_still_resets_the_metrics(length: str) -> None:
+    tally = Tally()
+    runner = StepRunner(tally.step, 3, [tally.seen])
+    runner.run_epoch(shuffled_ids(length))
+    if length == "known":
+        empty = shuffled_ids(length).take(0)
+    else:
+        empty = shuffled_ids(length).filter(lambda ids: False)
+    assert int(empty.cardinality()) == (0 if length == "known" else tf.data.UNKNOWN_CARDINALITY)
+
+    assert runner.run_epoch(empty) == ({"seen": 0.0}, 0)
 
 
 def test_a_dataset_that_repeats_forever_is_refused() -> None:

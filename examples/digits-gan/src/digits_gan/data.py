@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn.datasets import load_digits
 
+from .batches import shuffled_batches
 from .config import Config
 
 MAX_PIXEL = 16.0  # The digits' pixels are counts from 0 to 16.
@@ -28,12 +29,10 @@ def load_images(config: Config) -> np.ndarray:
 
 def load_dataset(config: Config) -> tf.data.Dataset:
     """Shuffled batches of images; the order follows `config.seed` and changes every epoch."""
-    images = load_images(config)
-    return (
-        tf.data.Dataset.from_tensor_slices(images)
-        .cache()
-        .shuffle(len(images), seed=config.seed, reshuffle_each_iteration=True)
+    return shuffled_batches(
+        load_images(config),
+        config.batch_size,
+        seed=config.seed,
         # XLA compiles once per batch shape: keep one by dropping the incomplete last batch.
-        .batch(config.batch_size, drop_remainder=config.jit_compile)
-        .prefetch(tf.data.AUTOTUNE)
+        drop_remainder=config.jit_compile,
     )

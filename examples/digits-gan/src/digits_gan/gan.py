@@ -73,17 +73,8 @@ class GanMetrics:
         self.d_acc_real.update_state(tf.ones_like(real_logits), real_logits)
         self.d_acc_fake.update_state(tf.zeros_like(fake_logits), fake_logits)
 
-    def reset(self) -> None:
-        """Forget every batch seen so far; call at the start of each epoch."""
-        for metric in self.all():
-            metric.reset_state()
-
-    def result(self) -> dict[str, float]:
-        """The figures since the last reset, keyed by metric name."""
-        return {metric.name: float(metric.result()) for metric in self.all()}
-
     def all(self) -> tuple[keras.metrics.Metric, ...]:
-        """Every metric, in log order."""
+        """Every metric, in log order, for `loop.StepRunner` to reset every epoch and read."""
         return (self.d_loss, self.g_loss, self.d_acc_real, self.d_acc_fake)
 
 

@@ -167,14 +167,12 @@ class Trainer:
             )
         )
         self.train_runner = StepRunner(
-            self.train_step, config.steps_per_execution, run_eagerly=run_eagerly
+            self.train_step, config.steps_per_execution, self.metrics.all(), run_eagerly=run_eagerly
         )
 
     def train_epoch(self, dataset: tf.data.Dataset) -> tuple[EpochLogs, int]:
         """Train on every batch once; return this epoch's figures and its number of steps."""
-        self.metrics.reset()
-        steps = self.train_runner.run_epoch(dataset)
-        return self.metrics.result(), steps
+        return self.train_runner.run_epoch(dataset)
 
     def samples(self) -> tf.Tensor:
         """The generator's images for `sample_noise`, tiled into one uint8 grid."""

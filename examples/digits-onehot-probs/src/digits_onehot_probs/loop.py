@@ -6,16 +6,19 @@ Template-owned: `copier update` replaces this file.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import keras
 import tensorflow as tf
 
 EpochLogs = dict[str, float]
-LoopFn = Callable[[tf.data.Iterator, tf.Tensor], tf.Tensor]
+LoopFn = Callable[[tf.data.Iterator, tf.Tensor, tf.Tensor], tuple[tf.Tensor, dict[str, tf.Tensor]]]
 
 
-def make_counted_loop(step: Callable[..., object]) -> LoopFn:
+def make_counted_loop(
+    step: Callable[..., object], metrics: Sequence[keras.metrics.Metric] = ()
+) -> LoopFn:
     """Return a `tf.function` that runs exactly `num_steps` steps of `step` in one call.
 
     One Python-to-TensorFlow dispatch then covers many steps, which is where small models spend
@@ -25,23 +28,32 @@ def make_counted_loop(step: Callable[..., object]) -> LoopFn:
 
     Args:
         step: Takes the elements of one batch as positional arguments.
+        metrics: The metrics `step` updates: reset at the start of a call when `reset` is true,
+            and read at its end, so an epoch costs no calls beyond its steps.
 
     Returns:
-        A function of `(iterator, num_steps)` that returns the number of steps it ran.
+        A function of `(iterator, num_steps, reset)` that returns the number of steps it ran
+        and the metrics' results, keyed by name.
     """
 
-    def loop(iterator: tf.data.Iterator, num_steps: tf.Tensor) -> tf.Tensor:
+    def loop(
+        iterator: tf.data.Iterator, num_steps: tf.Tensor, reset: tf.Tensor
+    ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        _reset_if(reset, metrics)
+
         def body(steps: tf.Tensor) -> tuple[tf.Tensor]:
             step(*tf.nest.flatten(iterator.get_next()))
             return (steps + 1,)
 
         (steps,) = tf.while_loop(lambda steps: steps < num_steps, body, [tf.constant(0)])
-        return steps
+        return steps, _results(metrics)
 
     return tf.function(loop, autograph=False)
 
 
-def make_open_loop(step: Callable[..., object]) -> LoopFn:
+def make_open_loop(
+    step: Callable[..., object], metrics: Sequence[keras.metrics.Metric] = ()
+) -> LoopFn:
     """Return a `tf.function` that runs up to `num_steps` steps of `step` in one call.
 
     For datasets whose length is not known in advance. The end of the data is found with
@@ -49,13 +61,17 @@ def make_open_loop(step: Callable[..., object]) -> LoopFn:
 
     Args:
         step: Takes the elements of one batch as positional arguments.
+        metrics: As for `make_counted_loop`.
 
     Returns:
-        A function of `(iterator, num_steps)` that returns the number of steps it ran: fewer
-        than `num_steps` only when the iterator is exhausted.
+        A function of `(iterator, num_steps, reset)` that returns the number of steps it ran
+        (fewer than `num_steps` only when the iterator is exhausted) and the metrics' results.
     """
 
-    def loop(iterator: tf.data.Iterator, num_steps: tf.Tensor) -> tf.Tensor:
+    def loop(
+        iterator: tf.data.Iterator, num_steps: tf.Tensor, reset: tf.Tensor
+    ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        _reset_if(reset, metrics)
         steps = tf.constant(0, dtype=tf.int32)
         for _ in tf.range(num_steps):
             batch = iterator.get_next_as_optional()
@@ -63,9 +79,21 @@ def make_open_loop(step: Callable[..., object]) -> LoopFn:
                 break
             step(*tf.nest.flatten(batch.get_value()))
             steps += 1
-        return steps
+        return steps, _results(metrics)
 
     return tf.function(loop)
+
+
+def _reset_if(reset: tf.Tensor, metrics: Sequence[keras.metrics.Metric]) -> None:
+    def reset_all() -> None:
+        for metric in metrics:
+            metric.reset_state()
+
+    tf.cond(reset, reset_all, lambda: None)
+
+
+def _results(metrics: Sequence[keras.metrics.Metric]) -> dict[str, tf.Tensor]:
+    return {metric.name: metric.result() for metric in metrics}
 
 
 class StepRunner:
@@ -84,31 +112,45 @@ class StepRunner:
     gets a new iterator and runs until it is exhausted. If you know the number of batches,
     `dataset.apply(tf.data.experimental.assert_cardinality(n))` selects the faster path.
 
+    The metrics are reset and read inside the same calls as the steps: with one call per
+    epoch, the epoch then costs one dispatch (reading and resetting them from Python took
+    about 1 ms per epoch, measured here).
+
     Args:
         step: Takes the elements of one batch as positional arguments: a `tf.function`, or
             plain Python when `run_eagerly`.
         steps_per_execution: Steps per `tf.function` call.
+        metrics: The metrics `step` updates, reset at the start of every epoch.
         run_eagerly: Call `step` batch by batch from Python, for readable stack traces.
 
     Attributes:
-        counted_loop: `make_counted_loop(step)`, for datasets of known length.
-        open_loop: `make_open_loop(step)`, for datasets of unknown length.
+        counted_loop: `make_counted_loop(step, metrics)`, for datasets of known length.
+        open_loop: `make_open_loop(step, metrics)`, for datasets of unknown length.
     """
 
     def __init__(
-        self, step: Callable[..., object], steps_per_execution: int, *, run_eagerly: bool = False
+        self,
+        step: Callable[..., object],
+        steps_per_execution: int,
+        metrics: Sequence[keras.metrics.Metric] = (),
+        *,
+        run_eagerly: bool = False,
     ) -> None:
         self.step = step
         self.steps_per_execution = steps_per_execution
+        self.metrics = tuple(metrics)
         self.run_eagerly = run_eagerly
-        self.counted_loop = make_counted_loop(step)
-        self.open_loop = make_open_loop(step)
+        self.counted_loop = make_counted_loop(step, self.metrics)
+        self.open_loop = make_open_loop(step, self.metrics)
         self._dataset: tf.data.Dataset | None = None
         self._num_batches = 0
         self._iterator: tf.data.Iterator | None = None
 
-    def run_epoch(self, dataset: tf.data.Dataset) -> int:
-        """Run the step on every batch of `dataset` once; return the number of steps.
+    def run_epoch(self, dataset: tf.data.Dataset) -> tuple[EpochLogs, int]:
+        """Reset the metrics and run the step on every batch of `dataset` once.
+
+        Returns:
+            The metrics' results over this epoch, keyed by name, and the number of steps.
 
         Raises:
             ValueError: If `dataset` repeats forever, so that an epoch would never end.
@@ -116,21 +158,20 @@ class StepRunner:
         if dataset is not self._dataset:
             self._start(dataset)
         if self.run_eagerly:
-            steps = 0
-            for batch in dataset:
-                self.step(*tf.nest.flatten(batch))
-                steps += 1
-            return steps
+            return self._run_eagerly(dataset)
         if self._iterator is None:
             return self._run_open(dataset)
         try:
-            for start in range(0, self._num_batches, self.steps_per_execution):
+            # An empty epoch still makes one call, which resets the metrics.
+            for start in range(0, max(self._num_batches, 1), self.steps_per_execution):
                 num_steps = min(self.steps_per_execution, self._num_batches - start)
-                self.counted_loop(self._iterator, tf.constant(num_steps, dtype=tf.int32))
+                _, results = self.counted_loop(
+                    self._iterator, tf.constant(num_steps, dtype=tf.int32), tf.constant(start == 0)
+                )
         except BaseException:
             self.close()  # The iterator stopped mid-epoch: the next epoch starts afresh.
             raise
-        return self._num_batches
+        return _floats(results), self._num_batches
 
     def close(self) -> None:
         """Let go of the dataset and its iterator, with the batches it has read ahead."""
@@ -155,15 +196,28 @@ class StepRunner:
             self._num_batches = num_batches
             self._iterator = iter(dataset.repeat())
 
-    def _run_open(self, dataset: tf.data.Dataset) -> int:
+    def _run_open(self, dataset: tf.data.Dataset) -> tuple[EpochLogs, int]:
         iterator = iter(dataset)
         num_steps = tf.constant(self.steps_per_execution, dtype=tf.int32)
         steps = 0
         while True:
-            ran = int(self.open_loop(iterator, num_steps))
-            steps += ran
-            if ran < self.steps_per_execution:
-                return steps
+            ran, results = self.open_loop(iterator, num_steps, tf.constant(steps == 0))
+            steps += int(ran)
+            if int(ran) < self.steps_per_execution:
+                return _floats(results), steps
+
+    def _run_eagerly(self, dataset: tf.data.Dataset) -> tuple[EpochLogs, int]:
+        for metric in self.metrics:
+            metric.reset_state()
+        steps = 0
+        for batch in dataset:
+            self.step(*tf.nest.flatten(batch))
+            steps += 1
+        return _floats(_results(self.metrics)), steps
+
+
+def _floats(results: dict[str, tf.Tensor]) -> EpochLogs:
+    return {name: float(value) for name, value in results.items()}
 
 
 def format_logs(logs: EpochLogs, epochs: int, steps_per_second: float) -> str:

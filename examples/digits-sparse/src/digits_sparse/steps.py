@@ -44,14 +44,9 @@ class StepMetrics:
         self.loss.update_state(loss, sample_weight=batch_size)
         self.accuracy.update_state(y, y_pred)
 
-    def reset(self) -> None:
-        """Forget every batch seen so far; call at the start of each epoch and evaluation."""
-        self.loss.reset_state()
-        self.accuracy.reset_state()
-
-    def result(self) -> dict[str, float]:
-        """The figures since the last reset, keyed by metric name."""
-        return {metric.name: float(metric.result()) for metric in (self.loss, self.accuracy)}
+    def all(self) -> tuple[keras.metrics.Metric, ...]:
+        """The metrics, for `loop.StepRunner` to reset every epoch and read."""
+        return (self.loss, self.accuracy)
 
 
 def total_loss(

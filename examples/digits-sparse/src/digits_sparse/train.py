@@ -78,11 +78,12 @@ class Trainer:
         self.run_eagerly = run_eagerly
         self.train_step: StepFn = self._compile(train_step)
         self.eval_step: StepFn = self._compile(eval_step)
+        per_call = config.steps_per_execution
         self.train_runner = StepRunner(
-            self.train_step, config.steps_per_execution, run_eagerly=run_eagerly
+            self.train_step, per_call, self.train_metrics.all(), run_eagerly=run_eagerly
         )
         self.eval_runner = StepRunner(
-            self.eval_step, config.steps_per_execution, run_eagerly=run_eagerly
+            self.eval_step, per_call, self.val_metrics.all(), run_eagerly=run_eagerly
         )
 
     def _compile(self, step: StepFn) -> StepFn:
@@ -99,15 +100,12 @@ class Trainer:
 
     def train_epoch(self, dataset: tf.data.Dataset) -> tuple[EpochLogs, int]:
         """Train on every batch once; return this epoch's figures and its number of steps."""
-        self.train_metrics.reset()
-        steps = self.train_runner.run_epoch(dataset)
-        return self.train_metrics.result(), steps
+        return self.train_runner.run_epoch(dataset)
 
     def evaluate(self, dataset: tf.data.Dataset) -> EpochLogs:
         """Evaluate on every batch once; figures cover this call only."""
-        self.val_metrics.reset()
-        self.eval_runner.run_epoch(dataset)
-        return self.val_metrics.result()
+        logs, _ = self.eval_runner.run_epoch(dataset)
+        return logs
 
     def fit(
         self,
