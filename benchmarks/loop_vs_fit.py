@@ -97,7 +97,8 @@ def classic_pipeline(train_ds: tf.data.Dataset, config) -> tf.data.Dataset:
 
 def contenders(project, config, epochs: int) -> dict[str, Callable[[], float]]:
     train_ds, val_ds = project["data"].load_datasets(config)
-    pipelines = {"": train_ds, f" ({CLASSIC})": classic_pipeline(train_ds, config)}
+    classic = classic_pipeline(train_ds, config)
+    pipelines = {"": train_ds, f" ({CLASSIC})": classic}
     num_steps = sum(1 for _ in train_ds)
     losses, build = project["losses"], project["model"].build_model
     k = config.steps_per_execution
@@ -200,7 +201,7 @@ def contenders(project, config, epochs: int) -> dict[str, Callable[[], float]]:
     return {
         "loop K=1": loop(1, train_ds),
         f"loop K={k}": loop(k, train_ds),
-        f"loop K={k} ({CLASSIC})": loop(k, pipelines[f" ({CLASSIC})"]),
+        f"loop K={k} ({CLASSIC})": loop(k, classic),
         **{f"fit{suffix}": fit(train) for suffix, train in pipelines.items()},
         **{
             f"fit K={k}{suffix}": fit(train, steps_per_execution=k)
