@@ -40,6 +40,9 @@ def test_installed_project_trains(tmp_path: Path) -> None:
         check=False,
     )
     assert train.returncode == 0, train.stdout + train.stderr[-4000:]
-    assert train.stdout.startswith("epoch 1/1 | train_loss "), train.stdout
+    first, second = train.stdout.splitlines()[:2]
+    assert first.startswith(f"run directory: {logdir}"), train.stdout
+    assert second.startswith("epoch 1/1 | loss "), train.stdout
     (line,) = (logdir / "metrics.jsonl").read_text().splitlines()
-    assert json.loads(line)["val_acc"] > 0.5
+    assert json.loads(line)["val_accuracy"] > 0.5
+    assert sorted(p.name for p in logdir.iterdir()) == ["metrics.jsonl", "train", "validation"]

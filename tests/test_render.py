@@ -84,23 +84,32 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                     "__init__",
                     "__main__",
                     "batches",
+                    "callbacks",
                     "config",
                     "data",
                     "gan",
                     "gradients",
                     "loop",
                     "model",
+                    "optimizers",
+                    "options",
                     "train",
                 )
             ),
             *(
                 f"tests/{module}.py"
-                for module in ("conftest", "test_batches", "test_gan", "test_step_runner")
+                for module in (
+                    "conftest",
+                    "test_batches",
+                    "test_callbacks",
+                    "test_gan",
+                    "test_step_runner",
+                )
             ),
         }
     extra = set()
     if optimizers == "backbone-head":
-        extra |= {f"src/{package}/optimizers.py", "tests/test_backbone_head.py"}
+        extra |= {"tests/test_backbone_head.py"}
     if shapes == "variable":
         extra |= {f"src/{package}/sequences.py", "tests/test_sequences.py"}
     else:
@@ -115,6 +124,7 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
             for module in (
                 "__init__",
                 "__main__",
+                "callbacks",
                 "config",
                 "data",
                 "gradients",
@@ -122,6 +132,8 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                 "loop",
                 "losses",
                 "model",
+                "optimizers",
+                "options",
                 "steps",
                 "train",
             )
@@ -131,7 +143,9 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
             for module in (
                 "conftest",
                 "helpers",
+                "test_callbacks",
                 "test_contract",
+                "test_guards",
                 "test_learns",
                 "test_loop",
                 "test_parity",
@@ -202,8 +216,34 @@ def test_ruff_clean(project: Path) -> None:
         assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_generated_tests_pass(project: Path) -> None:
-    result = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], project)
+# Every project runs its fast tests; these few run the slow ones too (subprocesses).
+WITH_SLOW_TESTS = {"sparse-logits-default", "backbone-head-one-hot-probs-image"}
+
+
+def test_generated_tests_pass(project: Path, request: pytest.FixtureRequest) -> None:
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    if request.node.callspec.id not in WITH_SLOW_TESTS:
+        args += ["-m", "not slow"]
+    result = _run(args, project)
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]
     assert re.search(r"\b\d+ passed\b", result.stdout), result.stdout
     assert "skipped" not in result.stdout, result.stdout
+
+
+def test_readme_cites_only_tests_that_exist(project: Path) -> None:
+    readme = (project / "README.md").read_text()
+    cited = set(re.findall(r"`(test_\w+)`", readme))
+    defined = {
+        name
+        for path in (project / "tests").glob("test_*.py")
+        for name in re.findall(r"^def (test_\w+)", path.read_text(), flags=re.M)
+    }
+    assert cited, "the README cites no test"
+    assert cited <= defined, sorted(cited - defined)
+
+
+def test_readme_lists_every_source_file(project: Path) -> None:
+    readme = (project / "README.md").read_text()
+    package = project / "src" / _package(project)
+    listed = set(re.findall(rf"`src/{_package(project)}/(\w+\.py)`", readme))
+    assert listed == {path.name for path in package.glob("*.py")}

@@ -6,11 +6,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import dataset, encoder, features, labels_for, linear_model
+from helpers import QUIET, dataset, encoder, features, labels_for, linear_model
 
 from breast_cancer_binary import losses
 from breast_cancer_binary.config import Config
-from breast_cancer_binary.data import encode_labels, load_datasets
+from breast_cancer_binary.data import load_datasets
 from breast_cancer_binary.inputs import InputSignatureError, check_features_spec, features_spec
 from breast_cancer_binary.model import build_model
 from breast_cancer_binary.train import Trainer, fit
@@ -78,13 +78,13 @@ def test_wrongly_encoded_labels_fail_before_training(config: Config, case: int) 
     bad = dataset(features(config, 40), labels, 8)
     model = build_model(config)
     with pytest.raises(losses.LabelEncodingError, match=f"train_ds: {message}"):
-        fit(config, model=model, train_ds=bad, verbose=False)
+        fit(config, model=model, train_ds=bad, options=QUIET)
 
 
 def test_labels_with_impossible_values_fail_in_the_step(config: Config) -> None:
-    trainer = Trainer(config, build_model(config))
+    trainer = Trainer(config, build_model(config), QUIET)
     x = features(config, 4)
-    labels = encode_labels(np.zeros(4, dtype=np.int64), config)
+    labels = losses.encode_labels(np.zeros(4, dtype=np.int64), config)
     labels[0] = 0.5
     message = "binary labels must be 0.0 or 1.0"
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
@@ -106,4 +106,4 @@ def test_features_of_the_wrong_rank_or_dtype_fail_before_training(
         InputSignatureError,
         match=f"^train_ds features are {found}, but the model takes {expected}; .*{fix}",
     ):
-        fit(config, train_ds=dataset(bad_x, labels, 8), verbose=False)
+        fit(config, train_ds=dataset(bad_x, labels, 8), options=QUIET)

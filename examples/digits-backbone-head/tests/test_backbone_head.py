@@ -1,4 +1,4 @@
-"""Backbone and head: each optimizer updates only its own group, freezing, None gradients."""
+"""Backbone and head: each optimizer updates only its own part, freezing, None gradients."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import encoder, features, input_layer, labels_for, linear_model
+from helpers import QUIET, encoder, features, input_layer, labels_for, linear_model
 
+from digits_backbone_head import losses
 from digits_backbone_head.config import Config
 from digits_backbone_head.data import load_datasets
 from digits_backbone_head.gradients import NoneGradientWarning
@@ -60,10 +61,10 @@ def test_the_model_is_a_backbone_and_a_head_that_share_nothing(config: Config) -
 @pytest.mark.parametrize("group", GROUPS)
 def test_each_optimizer_changes_only_its_own_group(config: Config, group: str) -> None:
     model = build_model(config)
-    trainer = Trainer(config, model)
+    trainer = Trainer(config, model, QUIET)
     (other,) = set(GROUPS) - {group}
     # A zero learning rate silences the other optimizer: whatever moves, this one moved.
-    getattr(trainer.optimizers, f"{other}_optimizer").learning_rate = 0.0
+    trainer.task.optimizers.by_part[other].learning_rate = 0.0
     before = _weights(model)
 
     trainer.train_step(*_batch(config, model))
@@ -73,50 +74,67 @@ def test_each_optimizer_changes_only_its_own_group(config: Config, group: str) -
     assert not _moved(before[other], after[other])
 
 
-def test_frozen_backbone_does_not_move_and_nothing_retraces(config: Config) -> None:
+def _model_with_batch_norm(config: Config) -> keras.Model:
+    """A backbone whose BatchNormalization keeps moving statistics, and a head."""
+    inputs, x = encoder(config)
+    x = keras.layers.BatchNormalization()(keras.layers.Dense(8)(x))
+    backbone = keras.Model(inputs, x, name="backbone")
+    embedding = keras.Input(shape=(8,))
+    head = keras.Model(embedding, losses.output_layer(config)(embedding), name="head")
+    return keras.Model(inputs, head(backbone(inputs)))
+
+
+def _backbone_state(model: keras.Model) -> list[np.ndarray]:
+    """Every backbone weight, the BatchNormalization statistics included."""
+    return [v.numpy() for v in model.get_layer("backbone").weights]
+
+
+def test_a_frozen_backbone_moves_no_weight_and_no_statistic(config: Config) -> None:
     train_ds = load_datasets(config)[0].take(8)
-    model = build_model(config)
-    trainer = Trainer(config, model)
-    groups = trainer.optimizers
-    initial = _weights(model)
+    model = _model_with_batch_norm(config)
+    trainer = Trainer(config, model, QUIET)
+    initial_backbone, initial_head = _backbone_state(model), _weights(model)["head"]
 
-    groups.freeze_backbone(True)
-    assert groups.backbone_frozen
-    _, steps = trainer.train_epoch(train_ds)
-    frozen = _weights(model)
-    assert not _moved(initial["backbone"], frozen["backbone"])
-    assert _moved(initial["head"], frozen["head"])
-
-    groups.freeze_backbone(False)
-    assert not groups.backbone_frozen
+    model.get_layer("backbone").trainable = False
     trainer.train_epoch(train_ds)
-    assert _moved(frozen["backbone"], _weights(model)["backbone"])
-    assert int(trainer.global_step) == 2 * steps
-    assert trainer.train_step.experimental_get_tracing_count() == 1
-    assert trainer.train_runner.tracing_count() == 1
+    assert not _moved(initial_backbone, _backbone_state(model))
+    assert _moved(initial_head, _weights(model)["head"])
+
+    model.get_layer("backbone").trainable = True
+    _, steps = trainer.train_epoch(train_ds)
+    assert _moved(initial_backbone, _backbone_state(model))
+    model.get_layer("backbone").trainable = False
+    trainer.train_epoch(train_ds)
+
+    assert int(trainer.global_step) == 3 * steps
+    # One trace per set of trainable variables; freezing again reuses the first trace.
+    assert len(trainer.train_steps) == 2
+    assert all(s.experimental_get_tracing_count() == 1 for s in trainer.train_steps.values())
+    assert trainer.train_runner.tracing_count() == 2
 
 
 def test_fit_freezes_the_backbone_for_the_first_epochs(config: Config) -> None:
     config = dataclasses.replace(config, epochs=3, freeze_backbone_epochs=2)
     train_ds, val_ds = load_datasets(config)
     train_ds, val_ds = train_ds.take(4), val_ds.take(1)
-    model = build_model(config)
-    trainer = Trainer(config, model)
-    starts: list[tuple[bool, list[np.ndarray]]] = []
+    model = _model_with_batch_norm(config)
+    backbone = model.get_layer("backbone")
+    seen: list[tuple[bool, list[np.ndarray]]] = []
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: seen.append((backbone.trainable, _backbone_state(model)))
+    )
+    initial = _backbone_state(model)
+    trainer = Trainer(config, model, QUIET)
 
-    def train_epoch(dataset: tf.data.Dataset) -> tuple[dict[str, float], int]:
-        starts.append((trainer.optimizers.backbone_frozen, _weights(model)["backbone"]))
-        return Trainer.train_epoch(trainer, dataset)
+    trainer.fit(train_ds, val_ds, callbacks=[record])
 
-    trainer.train_epoch = train_epoch  # type: ignore[method-assign]
-    trainer.fit(train_ds, val_ds, verbose=False)
-
-    assert [frozen for frozen, _ in starts] == [True, True, False]
-    # The backbone stood still through the frozen epochs and moved once thawed.
-    assert not _moved(starts[0][1], starts[2][1])
-    assert _moved(starts[2][1], _weights(model)["backbone"])
+    assert [trainable for trainable, _ in seen] == [False, False, True]
+    # Weights and moving statistics stood still through the frozen epochs, then moved.
+    assert not _moved(initial, seen[1][1])
+    assert _moved(seen[1][1], seen[2][1])
+    assert backbone.trainable  # As it was before the run.
     assert int(trainer.global_step) == 3 * 4
-    assert trainer.train_step.experimental_get_tracing_count() == 1
+    assert len(trainer.train_steps) == 2
 
 
 def _model_with_orphan_in(config: Config, group: str) -> keras.Model:
@@ -134,7 +152,7 @@ def _model_with_orphan_in(config: Config, group: str) -> keras.Model:
 @pytest.mark.parametrize("group", GROUPS)
 def test_none_gradients_are_reported_per_group_by_name(config: Config, group: str) -> None:
     model = _model_with_orphan_in(config, group)
-    trainer = Trainer(config, model)
+    trainer = Trainer(config, model, QUIET)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -159,4 +177,4 @@ def test_a_variable_outside_both_parts_is_refused(config: Config) -> None:
     outside = Orphan(name="outside")(inputs)
     model = keras.Model(inputs, base.get_layer("head")(base.get_layer("backbone")(outside)))
     with pytest.raises(ValueError, match=r"outside/orphan belong to neither the backbone nor"):
-        Trainer(config, model)
+        Trainer(config, model, QUIET)

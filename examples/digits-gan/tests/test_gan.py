@@ -1,4 +1,4 @@
-"""The GAN: each update touches only its own model, the loop, its logs and its samples.
+"""The GAN: each update touches only its own network, the loop, its logs and its samples.
 
 A GAN has no `model.fit` to match (`fit` cannot alternate two optimizers on two losses), so
 there is no parity test; these tests pin the step and the loop instead.
@@ -18,22 +18,36 @@ import pytest
 import tensorflow as tf
 
 from digits_gan.__main__ import main
+from digits_gan.callbacks import SAMPLE_SCALE
 from digits_gan.config import Config
-from digits_gan.data import load_dataset, load_images
-from digits_gan.gradients import NoneGradientWarning
-from digits_gan.model import build_discriminator, build_generator
-from digits_gan.train import SAMPLE_SCALE, Trainer, fit
+from digits_gan.data import load_datasets, load_images
+from digits_gan.gan import GAN
+from digits_gan.gradients import NoneGradientWarning, NonFiniteError
+from digits_gan.model import build_discriminator, build_generator, build_model
+from digits_gan.options import RunOptions
+from digits_gan.train import Trainer, fit
 
+QUIET = RunOptions(verbose=0)  # Tests print no progress.
 LINE = re.compile(
     r"epoch (\d+)/(\d+) \| d_loss \d+\.\d{4} \| g_loss \d+\.\d{4} "
-    r"\| d_acc_real \d\.\d{4} \| d_acc_fake \d\.\d{4} \| \d+ steps/s"
+    r"\| d_acc_fake \d\.\d{4} \| d_acc_real \d\.\d{4} "
+    r"\| discriminator_learning_rate [\d.e-]+ \| generator_learning_rate [\d.e-]+ \| \d+ steps/s"
 )
-KEYS = {"epoch", "d_loss", "g_loss", "d_acc_real", "d_acc_fake"}
+KEYS = {
+    "d_loss",
+    "g_loss",
+    "d_acc_real",
+    "d_acc_fake",
+    "skipped_steps",
+    "generator_learning_rate",
+    "discriminator_learning_rate",
+    "steps_per_second",
+}
 
 
-def _trainer(config: Config) -> Trainer:
+def _trainer(config: Config, options: RunOptions = QUIET) -> Trainer:
     keras.utils.set_random_seed(config.seed)
-    return Trainer(config, build_generator(config), build_discriminator(config))
+    return Trainer(config, build_model(config), options)
 
 
 def _weights(model: keras.Model) -> list[np.ndarray]:
@@ -48,6 +62,10 @@ def _real(config: Config, count: int = 32) -> tf.Tensor:
     return tf.constant(load_images(config)[:count])
 
 
+def _figures(history: keras.callbacks.History) -> dict[str, list[float]]:
+    return {k: v for k, v in history.history.items() if k != "steps_per_second"}
+
+
 def test_images_are_in_the_generators_range(config: Config) -> None:
     images = load_images(config)
     assert images.shape[1:] == config.image_shape
@@ -55,34 +73,28 @@ def test_images_are_in_the_generators_range(config: Config) -> None:
     assert images.max() == 1.0
 
 
-def test_discriminator_step_touches_only_discriminator_variables(config: Config) -> None:
+@pytest.mark.parametrize("part", ["discriminator", "generator"])
+def test_each_update_touches_only_its_own_network(config: Config, part: str) -> None:
     trainer = _trainer(config)
-    generator, discriminator = _weights(trainer.generator), _weights(trainer.discriminator)
+    gan = trainer.model
+    other = "generator" if part == "discriminator" else "discriminator"
+    optimizers = trainer.task.optimizers.by_part
+    optimizers[other].learning_rate = 0.0  # Whatever moves now, `part`'s update moved it.
+    before = {name: _weights(getattr(gan, name)) for name in (part, other)}
 
-    trainer.discriminator_step(_real(config))
+    trainer.train_step(_real(config))
 
-    assert _moved(discriminator, _weights(trainer.discriminator))
-    assert not _moved(generator, _weights(trainer.generator))
-    assert int(trainer.generator_optimizer.iterations) == 0
-
-
-def test_generator_step_touches_only_generator_variables(config: Config) -> None:
-    trainer = _trainer(config)
-    generator, discriminator = _weights(trainer.generator), _weights(trainer.discriminator)
-
-    trainer.generator_step(tf.constant(32))
-
-    assert _moved(generator, _weights(trainer.generator))
-    assert not _moved(discriminator, _weights(trainer.discriminator))
-    assert int(trainer.discriminator_optimizer.iterations) == 0
+    assert _moved(before[part], _weights(getattr(gan, part)))
+    assert not _moved(before[other], _weights(getattr(gan, other)))
+    assert int(optimizers[part].iterations) == 1
 
 
 def test_training_stays_finite_and_the_discriminator_is_not_perfect() -> None:
     config = Config(epochs=5)
-    history = fit(config, verbose=False)
+    history = fit(config, options=QUIET).history
 
-    assert np.isfinite([list(logs.values()) for logs in history]).all()
-    last = history[-1]
+    assert np.isfinite([values for values in history.values()]).all()
+    last = {key: values[-1] for key, values in history.items()}
     # A discriminator that tells every fake apart has won: the generator learns nothing more.
     # Both fooled sometimes is the sign of a real game; the bound is loose on purpose.
     assert (last["d_acc_real"] + last["d_acc_fake"]) / 2 < 0.95, last
@@ -92,10 +104,10 @@ def test_training_stays_finite_and_the_discriminator_is_not_perfect() -> None:
 def test_a_whole_run_traces_the_step_once(config: Config) -> None:
     num_images = len(load_images(config))
     batch_size = 48 if num_images % 48 else 50
-    config = dataclasses.replace(config, batch_size=batch_size, epochs=3, steps_per_execution=7)
-    trainer = _trainer(config)
+    config = dataclasses.replace(config, batch_size=batch_size, epochs=3)
+    trainer = _trainer(config, dataclasses.replace(QUIET, steps_per_execution=7))
 
-    trainer.fit(load_dataset(config), verbose=False)
+    trainer.fit(load_datasets(config)[0])
 
     assert trainer.train_step.experimental_get_tracing_count() == 1
     assert trainer.train_runner.tracing_count() == 1
@@ -103,6 +115,7 @@ def test_a_whole_run_traces_the_step_once(config: Config) -> None:
 
 def test_metrics_are_reset_every_epoch(config: Config) -> None:
     trainer = _trainer(config)
+    d_loss, g_loss, d_acc_real, _ = trainer.task.train_metrics
     images = load_images(config)
     big = tf.data.Dataset.from_tensor_slices(images[:100]).batch(16)  # 7 batches, the last of 4
     small = tf.data.Dataset.from_tensor_slices(images[:24]).batch(16)
@@ -110,22 +123,24 @@ def test_metrics_are_reset_every_epoch(config: Config) -> None:
     _, steps = trainer.train_epoch(big)
     assert steps == 7
     # The losses are weighted by batch size, so their count is the images seen since the reset.
-    assert float(trainer.metrics.d_loss.count) == 100.0
+    assert float(d_loss.count) == 100.0
     trainer.train_epoch(small)
-    assert float(trainer.metrics.d_loss.count) == 24.0
-    assert float(trainer.metrics.g_loss.count) == 24.0
-    assert float(trainer.metrics.d_acc_real.count) == 24.0
+    assert float(d_loss.count) == 24.0
+    assert float(g_loss.count) == 24.0
+    assert float(d_acc_real.count) == 24.0
 
 
-def test_fit_logs_and_writes_a_sample_grid_every_epoch(
+def test_fit_returns_a_history_and_writes_samples_every_epoch(
     config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    history = fit(config, logdir=tmp_path)
+    model = build_model(config)
+    history = fit(config, model, options=RunOptions(logdir=tmp_path, verbose=2))
 
-    assert [logs["epoch"] for logs in history] == [1, 2]
-    assert all(set(logs) == KEYS for logs in history)
-    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line) for line in lines] == history
+    assert history.model is model
+    assert set(history.history) == KEYS
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line.pop("epoch") for line in lines] == [1, 2]
+    assert {k: [line[k] for line in lines] for k in KEYS} == history.history
     printed = capsys.readouterr().out.splitlines()
     assert [LINE.fullmatch(line).groups() for line in printed] == [("1", "2"), ("2", "2")]
     rows = int(np.sqrt(config.num_samples))
@@ -144,40 +159,52 @@ def test_fit_logs_and_writes_a_sample_grid_every_epoch(
 def test_steps_per_execution_changes_no_figure(config: Config) -> None:
     config = dataclasses.replace(config, epochs=1)
     runs = [
-        fit(dataclasses.replace(config, steps_per_execution=k), verbose=False)
-        for k in (1, config.steps_per_execution)
+        _figures(fit(config, options=dataclasses.replace(QUIET, steps_per_execution=k)))
+        for k in (1, QUIET.steps_per_execution)
     ]
-    np.testing.assert_allclose(
-        [list(logs.values()) for logs in runs[0]], [list(logs.values()) for logs in runs[1]]
-    )
+    for key, values in runs[0].items():
+        np.testing.assert_allclose(runs[1][key], values, rtol=1e-6, err_msg=key)
 
 
-def test_xla_compiles_the_step_once(config: Config) -> None:
-    config = dataclasses.replace(config, jit_compile=True, epochs=1)
-    dataset = load_dataset(config)
-    assert {int(images.shape[0]) for images in dataset} == {config.batch_size}
-    trainer = _trainer(config)
+def test_xla_traces_the_step_once_and_trains(config: Config) -> None:
+    config = dataclasses.replace(config, epochs=1)
+    trainer = _trainer(config, dataclasses.replace(QUIET, jit_compile=True))
 
-    (logs,) = trainer.fit(dataset, verbose=False)
+    history = trainer.fit(load_datasets(config)[0])
 
     assert trainer.train_step.experimental_get_tracing_count() == 1
-    assert np.isfinite(list(logs.values())).all()
+    assert np.isfinite([values[-1] for values in history.history.values()]).all()
 
 
 def test_fit_repeats_exactly_with_the_same_seed(config: Config) -> None:
     config = dataclasses.replace(config, epochs=1)
-    assert fit(config, verbose=False) == fit(config, verbose=False)
+    assert _figures(fit(config, options=QUIET)) == _figures(fit(config, options=QUIET))
 
 
 def test_eager_steps_give_the_same_result(config: Config) -> None:
     dataset = tf.data.Dataset.from_tensor_slices(load_images(config)[:96]).batch(32)
-    runs = [_trainer(config), _trainer(config)]
-    runs[1] = Trainer(config, runs[1].generator, runs[1].discriminator, run_eagerly=True)
-    graph, eager = ([list(t.train_epoch(dataset)[0].values())] for t in runs)
-    np.testing.assert_allclose(graph, eager, rtol=1e-5)
+    graph = _trainer(config).train_epoch(dataset)[0]
+    eager = _trainer(config, dataclasses.replace(QUIET, run_eagerly=True)).train_epoch(dataset)[0]
+    for key, value in graph.items():
+        assert eager[key] == pytest.approx(value, rel=1e-5), key
 
 
-def test_none_gradients_are_named_by_model(config: Config) -> None:
+def test_a_nan_image_is_skipped_and_too_many_stop_the_run(config: Config) -> None:
+    images = load_images(config)[:64]
+    bad = images.copy()
+    bad[40, 0, 0, 0] = np.nan  # In the second batch of 32.
+    trainer = _trainer(config)
+    before = _weights(trainer.model)
+    trainer.train_epoch(tf.data.Dataset.from_tensor_slices(bad[32:]).batch(32))
+    assert not _moved(before, _weights(trainer.model))
+
+    trainer = _trainer(config, dataclasses.replace(QUIET, max_bad_steps=2))
+    nan_batches = tf.data.Dataset.from_tensor_slices(bad[32:]).batch(32).repeat(3)
+    with pytest.raises(NonFiniteError, match=r"^stopped at step 2: 2 steps in a row"):
+        trainer.train_epoch(nan_batches)
+
+
+def test_none_gradients_are_named_by_network(config: Config) -> None:
     class Orphan(keras.layers.Layer):
         def build(self, input_shape: tuple[int, ...]) -> None:
             self.orphan = self.add_weight(name="orphan", shape=(1,), initializer="ones")
@@ -188,7 +215,7 @@ def test_none_gradients_are_named_by_model(config: Config) -> None:
     discriminator = keras.Sequential(
         [keras.Input(shape=config.image_shape), Orphan(), build_discriminator(config)]
     )
-    trainer = Trainer(config, build_generator(config), discriminator)
+    trainer = Trainer(config, GAN(build_generator(config), discriminator), QUIET)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.train_step(_real(config))
@@ -202,24 +229,28 @@ def test_a_labelled_dataset_fails_before_training(config: Config) -> None:
     images = load_images(config)[:16]
     labelled = tf.data.Dataset.from_tensor_slices((images, np.zeros(16))).batch(8)
     with pytest.raises(ValueError, match=r"map it to images only in data\.py"):
-        fit(config, dataset=labelled, verbose=False)
+        fit(config, train_ds=labelled, options=QUIET)
 
 
 def test_a_discriminator_with_a_sigmoid_is_refused(config: Config) -> None:
     inputs = keras.Input(shape=config.image_shape)
     outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Flatten()(inputs))
     with pytest.raises(ValueError, match="remove the activation from the last layer"):
-        Trainer(config, build_generator(config), keras.Model(inputs, outputs))
+        Trainer(config, GAN(build_generator(config), keras.Model(inputs, outputs)), QUIET)
 
 
-def test_command_line_trains_and_appends_metrics(
+def test_command_line_trains_into_the_run_directory(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["train", "--epochs", "1", "--batch-size", "64", "--logdir", str(tmp_path)]
+    run = tmp_path / "run"
+    argv = ["train", "--epochs", "1", "--batch-size", "64", "--logdir", str(run)]
     assert main(argv) == 0
-    assert LINE.fullmatch(capsys.readouterr().out.splitlines()[0])
-    assert set(json.loads((tmp_path / "metrics.jsonl").read_text())) == KEYS
-    assert (tmp_path / "samples_epoch_001.png").is_file()
+    assert LINE.fullmatch(capsys.readouterr().out.splitlines()[1])
+    assert set(json.loads((run / "metrics.jsonl").read_text())) == KEYS | {"epoch"}
+    assert (run / "samples_epoch_001.png").is_file()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,11 @@ import tensorflow as tf
 
 from digits_sparse import losses
 from digits_sparse.config import Config
-from digits_sparse.data import encode_labels
 from digits_sparse.inputs import features_spec
+from digits_sparse.options import RunOptions
+from digits_sparse.train import Trainer
+
+QUIET = RunOptions(verbose=0)  # Tests print no progress.
 
 
 def features(config: Config, num_examples: int, seed: int = 0) -> np.ndarray:
@@ -54,7 +57,16 @@ def labels_for(model: keras.Model, x: np.ndarray, config: Config, *, agree: bool
     classes = predicted_classes(model, x)
     if not agree:
         classes = (classes + 1) % losses.class_count(config)
-    return encode_labels(classes, config)
+    return losses.encode_labels(classes, config)
+
+
+def traced_once_per_phase(trainer: Trainer) -> bool:
+    """Whether each training step, one per set of trainable variables, was traced just once.
+
+    A backbone frozen for the first epochs makes a second set, and so a second trace.
+    """
+    counts = [step.experimental_get_tracing_count() for step in trainer.train_steps.values()]
+    return counts == [1] * len(counts) and trainer.train_runner.tracing_count() == len(counts)
 
 
 def linear_model(

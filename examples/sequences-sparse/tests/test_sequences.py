@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import features, labels_for
+from helpers import QUIET, features, labels_for, linear_model, traced_once_per_phase
 
 from sequences_sparse import losses
 from sequences_sparse.config import Config
@@ -30,49 +30,70 @@ def test_padding_changes_neither_outputs_nor_loss(config: Config) -> None:
     y = labels_for(model, x, config, agree=False)
     length = x.shape[1]
     padded_twice = np.pad(x, ((0, 0), (0, length)))  # The same examples, padded to 2L.
-    trainer = Trainer(config, model)
+    trainer = Trainer(config, model, QUIET)
+    val_loss, _ = trainer.task.val_metrics
 
     outputs = model(x, training=False)
     np.testing.assert_allclose(model(padded_twice, training=False), outputs, atol=1e-6)
-    loss = float(trainer.eval_step(tf.constant(x), tf.constant(y)))
-    padded_loss = float(trainer.eval_step(tf.constant(padded_twice), tf.constant(y)))
-    assert padded_loss == pytest.approx(loss, rel=1e-6)
+    losses_seen = []
+    for batch in (x, padded_twice):
+        val_loss.reset_state()
+        trainer.eval_step(tf.constant(batch), tf.constant(y))
+        losses_seen.append(float(val_loss.result()))
+    assert losses_seen[1] == pytest.approx(losses_seen[0], rel=1e-6)
     accuracy = losses.make_accuracy("acc")
     accuracy.update_state(y, model(padded_twice, training=False))
     assert float(accuracy.result()) == 0.0  # Every label disagrees, padded or not.
 
 
+def _many_lengths(config: Config) -> tf.data.Dataset:
+    """Batches of four sequences, one batch for each length from 1 to 60."""
+    model = linear_model(config)
+    rng = np.random.default_rng(0)
+    batches = []
+    for length in range(1, 61):
+        x = rng.integers(1, config.vocab_size, size=(4, length)).astype(np.int32)
+        batches.append((x, labels_for(model, x, config, agree=True)))
+    labels = tf.TensorSpec.from_tensor(tf.constant(batches[0][1]))
+    spec = (
+        tf.TensorSpec((None, None), tf.int32),
+        tf.TensorSpec((None, *labels.shape[1:]), labels.dtype),
+    )
+    return tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=spec)
+
+
 def test_a_run_over_many_lengths_traces_each_step_once(config: Config) -> None:
-    config = dataclasses.replace(config, batch_size=5)  # Small batches: many padded lengths.
-    train_ds, val_ds = load_datasets(config)
-    assert len(_shapes(train_ds)) >= 50, "the run must see many distinct batch shapes"
-    trainer = Trainer(config, build_model(config))
+    data = _many_lengths(config)
+    assert len(_shapes(data)) == 60, "the run must see many distinct batch shapes"
+    trainer = Trainer(config, build_model(config), QUIET)
 
-    trainer.fit(train_ds, val_ds, verbose=False)
+    trainer.fit(data, data)
 
-    for step in (trainer.train_step, trainer.eval_step):
-        assert step.experimental_get_tracing_count() == 1
-    # Bucketed batches have no length known in advance: each epoch runs until the data ends.
-    assert trainer.train_runner.open_loop.experimental_get_tracing_count() == 1
+    assert traced_once_per_phase(trainer)
+    assert trainer.eval_step.experimental_get_tracing_count() == 1
+    # Batches of no length known in advance: each epoch runs until the data ends.
+    assert trainer.train_runner.counted_loop.experimental_get_tracing_count() == 0
     assert trainer.eval_runner.tracing_count() == 1
 
 
-def test_xla_pads_to_bucket_lengths_so_compiles_are_bounded(config: Config) -> None:
-    config = dataclasses.replace(config, jit_compile=True, epochs=1)
+def test_batches_are_padded_to_bucket_lengths_so_xla_compiles_are_bounded(
+    config: Config,
+) -> None:
+    config = dataclasses.replace(config, epochs=1)
     lengths = bucket_lengths(config)
     train_ds, val_ds = load_datasets(config)
-    # Training: full batches padded to a bucket's length, so one compile per bucket at most.
-    assert _shapes(train_ds) <= {(config.batch_size, length) for length in lengths}
-    # Evaluation keeps every example: a full and a last batch per bucket at most.
-    val_shapes = _shapes(val_ds)
-    assert {length for _, length in val_shapes} <= set(lengths)
-    assert len(val_shapes) <= 2 * len(lengths)
-    trainer = Trainer(config, build_model(config))
+    # Every batch is padded to its bucket's length: a full and a last batch per bucket at most,
+    # so XLA compiles each step at most twice per bucket.
+    for dataset in (train_ds, val_ds):
+        shapes = _shapes(dataset)
+        assert {length for _, length in shapes} <= set(lengths)
+        assert len(shapes) <= 2 * len(lengths)
+    trainer = Trainer(config, build_model(config), dataclasses.replace(QUIET, jit_compile=True))
 
-    (logs,) = trainer.fit(train_ds, val_ds, verbose=False)
+    history = trainer.fit(train_ds, val_ds)
 
-    assert trainer.train_step.experimental_get_tracing_count() == 1
-    assert np.isfinite(list(logs.values())).all()
+    assert traced_once_per_phase(trainer)
+    assert np.isfinite([values[-1] for values in history.history.values()]).all()
 
 
 def test_sequences_longer_than_max_length_are_cut(config: Config) -> None:
@@ -84,7 +105,7 @@ def test_sequences_longer_than_max_length_are_cut(config: Config) -> None:
 def test_unbatched_sequences_are_refused_with_the_fix(config: Config) -> None:
     train_ds, _ = load_datasets(config)
     with pytest.raises(InputSignatureError, match=r"int32 batches of shape \(batch,\).*batch_seq"):
-        fit(config, train_ds=train_ds.unbatch(), verbose=False)
+        fit(config, train_ds=train_ds.unbatch(), options=QUIET)
 
 
 def test_config_rejects_too_few_tokens() -> None:

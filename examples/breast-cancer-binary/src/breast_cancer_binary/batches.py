@@ -1,6 +1,6 @@
 """Shuffled batches of arrays held in memory, for the training split of `data.py`.
 
-Template-owned: `copier update` replaces this file.
+Template-owned: `copier update` merges template changes into it.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ inside scikit-learn, so training works offline.
 
 Contract, checked by `train.fit` before training: `load_datasets(config)` returns
 `(train_ds, val_ds)`, batched `tf.data.Dataset`s of `(features, labels)` with float32 features
-of shape `(batch, *config.input_shape)` and labels as `losses.label_spec(config)` declares:
-float32 0/1 labels of shape `(batch, 1)`.
+of shape `(batch, *config.input_shape)` and labels as `losses.label_spec(config)` declares them;
+`losses.encode_labels` turns class ids into that encoding.
 """
 
 from __future__ import annotations
@@ -17,18 +17,13 @@ from sklearn.datasets import load_breast_cancer
 
 from .batches import shuffled_batches
 from .config import Config
+from .losses import encode_labels
 
 
 def load_arrays(config: Config) -> tuple[np.ndarray, np.ndarray]:
     """All examples as float32 features of shape `(n, *config.input_shape)` and class ids `(n,)`."""
     features, class_ids = load_breast_cancer(return_X_y=True)
     return features.reshape((-1, *config.input_shape)).astype(np.float32), class_ids
-
-
-def encode_labels(class_ids: np.ndarray, config: Config) -> np.ndarray:
-    """Class ids in the encoding the loss expects."""
-    del config  # One 0/1 column, whatever the config.
-    return class_ids.astype(np.float32).reshape(-1, 1)
 
 
 def load_datasets(config: Config) -> tuple[tf.data.Dataset, tf.data.Dataset]:
@@ -51,8 +46,6 @@ def load_datasets(config: Config) -> tuple[tf.data.Dataset, tf.data.Dataset]:
         (features[train_index], labels[train_index]),
         config.batch_size,
         seed=config.seed,
-        # XLA compiles once per batch shape: keep one by dropping the incomplete last batch.
-        drop_remainder=config.jit_compile,
     ).with_options(_in_memory_options())
     val_ds = (
         tf.data.Dataset.from_tensor_slices((features[val_index], labels[val_index]))

@@ -2,7 +2,7 @@
 
 The step functions' input signature, the checks run before training and the probe batch that
 checks a model's output all come from `features_spec`, so they cannot disagree.
-Template-owned: `copier update` replaces this file.
+Template-owned: `copier update` merges template changes into it.
 """
 
 from __future__ import annotations

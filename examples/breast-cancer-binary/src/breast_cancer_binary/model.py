@@ -2,7 +2,8 @@
 
 Contract, checked by `train.fit` before training: `build_model(config)` takes float32 batches of
 shape `(batch, *config.input_shape)` and returns `(batch, losses.output_units(config))`
-logits, with no activation on the last layer (the loss applies it, numerically safely).
+logits: end it with `losses.output_layer(config)`, which has no activation (the loss applies
+it, numerically safely).
 Give random layers such as `Dropout` a `seed=config.seed`, so runs repeat exactly.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import keras
 
 from .config import Config
-from .losses import output_units
+from .losses import output_layer
 
 
 def build_model(config: Config) -> keras.Model:
@@ -21,5 +22,5 @@ def build_model(config: Config) -> keras.Model:
         inputs
     )
     x = keras.layers.Dropout(0.1, seed=config.seed)(x)
-    outputs = keras.layers.Dense(output_units(config), name="logits")(x)
+    outputs = output_layer(config)(x)
     return keras.Model(inputs, outputs, name="breast_cancer_binary")

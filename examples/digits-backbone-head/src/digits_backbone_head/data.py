@@ -5,8 +5,8 @@ training works offline. Only the first `config.num_classes` digits are kept.
 
 Contract, checked by `train.fit` before training: `load_datasets(config)` returns
 `(train_ds, val_ds)`, batched `tf.data.Dataset`s of `(features, labels)` with float32 features
-of shape `(batch, *config.input_shape)` and labels as `losses.label_spec(config)` declares:
-int32 class ids of shape `(batch,)`.
+of shape `(batch, *config.input_shape)` and labels as `losses.label_spec(config)` declares them;
+`losses.encode_labels` turns class ids into that encoding.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from sklearn.datasets import load_digits
 
 from .batches import shuffled_batches
 from .config import Config
+from .losses import encode_labels
 
 
 def load_arrays(config: Config) -> tuple[np.ndarray, np.ndarray]:
@@ -25,12 +26,6 @@ def load_arrays(config: Config) -> tuple[np.ndarray, np.ndarray]:
     keep = class_ids < config.num_classes
     features = features[keep].reshape((-1, *config.input_shape)).astype(np.float32)
     return features, class_ids[keep]
-
-
-def encode_labels(class_ids: np.ndarray, config: Config) -> np.ndarray:
-    """Class ids in the encoding the loss expects."""
-    del config  # Class ids are already the encoding.
-    return class_ids.astype(np.int32)
 
 
 def load_datasets(config: Config) -> tuple[tf.data.Dataset, tf.data.Dataset]:
@@ -53,8 +48,6 @@ def load_datasets(config: Config) -> tuple[tf.data.Dataset, tf.data.Dataset]:
         (features[train_index], labels[train_index]),
         config.batch_size,
         seed=config.seed,
-        # XLA compiles once per batch shape: keep one by dropping the incomplete last batch.
-        drop_remainder=config.jit_compile,
     ).with_options(_in_memory_options())
     val_ds = (
         tf.data.Dataset.from_tensor_slices((features[val_index], labels[val_index]))

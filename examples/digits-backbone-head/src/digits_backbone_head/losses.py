@@ -1,13 +1,16 @@
 """Loss, accuracy and label contract for sparse labels: integer class ids of shape `(batch,)`.
 
-The loss, the metric and the label shape are chosen together here, so they cannot disagree.
-Template-owned: `copier update` replaces this file; change the answers instead
-(`scaffold update --data labels=...`).
+The loss, the metric, the label shape, the labels' encoding and the model's output layer are
+chosen together here, so they cannot disagree, and your `data.py` and `model.py` need not know
+the label answer: they call `encode_labels` and `output_layer`.
+Template-owned: `copier update` merges template changes into it; to change the label answer,
+run `scaffold update --data labels=...` rather than editing the constants below.
 """
 
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from .config import Config
@@ -32,6 +35,17 @@ def class_count(config: Config) -> int:
 def output_units(config: Config) -> int:
     """Units the model's last layer must have."""
     return config.num_classes
+
+
+def encode_labels(class_ids: np.ndarray, config: Config) -> np.ndarray:
+    """Class ids `(n,)`, integers from 0, in the encoding the loss expects (`EXPECTED`)."""
+    del config  # Class ids are already the encoding.
+    return np.asarray(class_ids).astype(np.int32)
+
+
+def output_layer(config: Config) -> keras.layers.Dense:
+    """The model's last layer: `output_units(config)` units, no activation (logits)."""
+    return keras.layers.Dense(output_units(config), name="logits")
 
 
 def label_spec(config: Config) -> tf.TensorSpec:

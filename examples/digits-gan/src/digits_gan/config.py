@@ -1,7 +1,9 @@
 """Hyperparameters of digits-gan, in one frozen dataclass.
 
-This module is yours: change the defaults, add fields. `copier update` merges template changes
-into it, so keep edits to values and new fields rather than rewriting it.
+This module is yours: change the defaults, add fields. How a run executes (steps per call, XLA,
+gradient clipping, logging) is not here but in the template's `options.RunOptions`.
+`copier update` three-way merges template changes into this file too, so your edits stay and
+the template's arrive; where both changed the same lines, the file keeps both, marked.
 """
 
 from __future__ import annotations
@@ -24,13 +26,7 @@ class Config:
         beta_1: Adam's first-moment decay for both optimizers; GANs train more stably with
             0.5 than with Adam's default 0.9.
         num_samples: Images in each epoch's sample grid; a square number.
-        steps_per_execution: Training steps run inside one `tf.function` call. Figures are
-            exactly those of one step per call; only the Python overhead between steps shrinks.
-        jit_compile: Compile the step with XLA. XLA compiles once per distinct batch shape, so
-            the training data then drops its incomplete last batch (each epoch reshuffles, so
-            every image is still seen).
         seed: Seeds weight initialisation, the noise and shuffling, so runs repeat exactly.
-        strict_gradients: Raise instead of warn when a trainable variable gets no gradient.
     """
 
     image_shape: tuple[int, int, int] = (8, 8, 1)
@@ -41,10 +37,7 @@ class Config:
     discriminator_learning_rate: float = 0.001
     beta_1: float = 0.5
     num_samples: int = 64
-    steps_per_execution: int = 64
-    jit_compile: bool = False
     seed: int = 42
-    strict_gradients: bool = False
 
     def __post_init__(self) -> None:
         """Reject values that would fail later with a less helpful error."""
@@ -53,7 +46,7 @@ class Config:
                 f"Config.image_shape={self.image_shape!r} is invalid; "
                 "use (height, width, channels), e.g. (8, 8, 1)"
             )
-        for name in ("latent_dim", "epochs", "batch_size", "steps_per_execution"):
+        for name in ("latent_dim", "epochs", "batch_size"):
             value = getattr(self, name)
             if value < 1:
                 raise ValueError(f"Config.{name}={value} is invalid; use 1 or more")

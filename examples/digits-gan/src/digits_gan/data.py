@@ -3,9 +3,11 @@
 Default: scikit-learn's handwritten digits as 8x8 grey images, which ship inside scikit-learn,
 so training works offline.
 
-Contract, checked by `train.fit` before training: `load_dataset(config)` returns a batched
-`tf.data.Dataset` of float32 images of shape `(batch, *config.image_shape)` with pixels in
-[-1, 1], the range of the generator's `tanh` output. There are no labels.
+Contract, checked by `train.fit` before training: `load_datasets(config)` returns
+`(train_ds, None)`: a batched `tf.data.Dataset` of float32 images of shape
+`(batch, *config.image_shape)` with pixels in [-1, 1], the range of the generator's `tanh`
+output, and no validation split (a GAN is not evaluated against held-out images). There are
+no labels.
 """
 
 from __future__ import annotations
@@ -27,12 +29,9 @@ def load_images(config: Config) -> np.ndarray:
     return images / (MAX_PIXEL / 2) - 1.0
 
 
-def load_dataset(config: Config) -> tf.data.Dataset:
-    """Shuffled batches of images; the order follows `config.seed` and changes every epoch."""
-    return shuffled_batches(
-        load_images(config),
-        config.batch_size,
-        seed=config.seed,
-        # XLA compiles once per batch shape: keep one by dropping the incomplete last batch.
-        drop_remainder=config.jit_compile,
-    )
+def load_datasets(config: Config) -> tuple[tf.data.Dataset, None]:
+    """Shuffled batches of images, and no validation split.
+
+    The order follows `config.seed` and changes every epoch.
+    """
+    return shuffled_batches(load_images(config), config.batch_size, seed=config.seed), None

@@ -1,15 +1,16 @@
-"""The GAN step: one discriminator update, then one generator update, on one batch.
+"""The GAN: the model that holds both networks, its step, and the task the loop trains.
 
-Each factory returns a plain Python function that is `tf.function`-compatible and can run
-under `tf.distribute.Strategy.run`; `train.py` wraps the combined step in a `tf.function` with
+The step is one discriminator update, then one generator update, on one batch. Each factory
+returns a plain Python function that is `tf.function`-compatible and can run under
+`tf.distribute.Strategy.run`; `train.Trainer` wraps the combined step in a `tf.function` with
 an input signature so that a whole run traces it exactly once. Each update has its own tape,
-its own loss and its own optimizer, and touches only its own model's variables: the
-discriminator's loss must not move the generator, nor the generator's the discriminator.
+its own loss and its own part of `OptimizerSet`, and touches only its own model's variables:
+the discriminator's loss must not move the generator, nor the generator's the discriminator.
 
 The step is one discriminator update per generator update (a 1:1 ratio); for more discriminator
 updates per step, call `discriminator_step` several times in `make_train_step`.
 
-Template-owned: `copier update` replaces this file.
+Template-owned: `copier update` merges template changes into it.
 """
 
 from __future__ import annotations
@@ -21,11 +22,52 @@ import keras
 import tensorflow as tf
 
 from .config import Config
-from .gradients import apply_gradients
+from .gradients import FINITE
+from .optimizers import OptimizerSet, build_optimizers
+from .options import RunOptions
 
-StepFn = Callable[[tf.Tensor], None]
-DiscriminatorStepFn = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor, tf.Tensor]]
-GeneratorStepFn = Callable[[tf.Tensor], tf.Tensor]
+StepFn = Callable[[tf.Tensor], tf.Tensor]
+DiscriminatorStepFn = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]]
+GeneratorStepFn = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+
+
+@keras.saving.register_keras_serializable(package="digits_gan")
+class GAN(keras.Model):
+    """A generator and a discriminator, held as one model for the loop and its callbacks.
+
+    Calling it generates images from noise. Its weights are both networks' weights, so
+    `get_weights`/`set_weights` (EarlyStopping's `restore_best_weights`) and saving cover both.
+
+    Args:
+        generator: Maps noise of shape `(batch, latent_dim)` to images.
+        discriminator: Maps images to one logit each.
+    """
+
+    def __init__(
+        self, generator: keras.Model, discriminator: keras.Model, **kwargs: object
+    ) -> None:
+        super().__init__(**kwargs)
+        self.generator = generator
+        self.discriminator = discriminator
+
+    def call(self, noise: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """The generator's images for `noise`."""
+        return self.generator(noise, training=training)
+
+    def get_config(self) -> dict:
+        """Both networks, serialized, for `keras.saving`."""
+        return {
+            **super().get_config(),
+            "generator": keras.saving.serialize_keras_object(self.generator),
+            "discriminator": keras.saving.serialize_keras_object(self.discriminator),
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> GAN:
+        """The inverse of `get_config`."""
+        generator = keras.saving.deserialize_keras_object(config.pop("generator"))
+        discriminator = keras.saving.deserialize_keras_object(config.pop("discriminator"))
+        return cls(generator, discriminator, **config)
 
 
 def make_loss() -> keras.losses.Loss:
@@ -79,9 +121,8 @@ class GanMetrics:
 
 
 def make_discriminator_step(
-    generator: keras.Model,
-    discriminator: keras.Model,
-    optimizer: keras.optimizers.Optimizer,
+    model: GAN,
+    optimizers: OptimizerSet,
     loss_fn: keras.losses.Loss,
     noise: tf.random.Generator,
     config: Config,
@@ -89,39 +130,31 @@ def make_discriminator_step(
     """Return the discriminator update: real images should score 1, generated ones 0.
 
     The generated images are made outside the tape, so the discriminator's loss cannot reach
-    the generator. `optimizer` must already be built on `discriminator.trainable_variables`.
+    the generator.
 
     Returns:
-        A function of a batch of real images that returns `(d_loss, real_logits, fake_logits)`.
+        A function of a batch of real images that returns `(status, d_loss, real_logits,
+        fake_logits)`, where `status` is the update's `gradients.update_status` code.
     """
 
-    def discriminator_step(real: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    def discriminator_step(real: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
         latent = noise.normal(tf.stack([tf.shape(real)[0], config.latent_dim]))
-        fake = generator(latent, training=True)
+        fake = model.generator(latent, training=True)
         with tf.GradientTape() as tape:
-            real_logits = discriminator(real, training=True)
-            fake_logits = discriminator(fake, training=True)
+            real_logits = model.discriminator(real, training=True)
+            fake_logits = model.discriminator(fake, training=True)
             d_loss = loss_fn(tf.ones_like(real_logits), real_logits) + loss_fn(
                 tf.zeros_like(fake_logits), fake_logits
             )
-        variables = discriminator.trainable_variables
-        gradients = tape.gradient(d_loss, variables)
-        apply_gradients(
-            optimizer,
-            gradients,
-            variables,
-            owner="discriminator",
-            strict=config.strict_gradients,
-        )
-        return d_loss, real_logits, fake_logits
+        status = optimizers.minimize(d_loss, tape, parts=["discriminator"])
+        return status, d_loss, real_logits, fake_logits
 
     return discriminator_step
 
 
 def make_generator_step(
-    generator: keras.Model,
-    discriminator: keras.Model,
-    optimizer: keras.optimizers.Optimizer,
+    model: GAN,
+    optimizers: OptimizerSet,
     loss_fn: keras.losses.Loss,
     noise: tf.random.Generator,
     config: Config,
@@ -129,24 +162,20 @@ def make_generator_step(
     """Return the generator update: its images should make the discriminator say 1 (real).
 
     Only the generator's variables are differentiated and updated; the discriminator is
-    evaluated inside the tape but left unchanged. `optimizer` must already be built on
-    `generator.trainable_variables`.
+    evaluated inside the tape but left unchanged.
 
     Returns:
-        A function of the batch size that returns `g_loss`.
+        A function of the batch size and a boolean, whether to update at all, that returns
+        `(status, g_loss)`.
     """
 
-    def generator_step(batch_size: tf.Tensor) -> tf.Tensor:
+    def generator_step(batch_size: tf.Tensor, only_if: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         latent = noise.normal(tf.stack([batch_size, config.latent_dim]))
         with tf.GradientTape() as tape:
-            fake_logits = discriminator(generator(latent, training=True), training=True)
+            fake_logits = model.discriminator(model.generator(latent, training=True), training=True)
             g_loss = loss_fn(tf.ones_like(fake_logits), fake_logits)
-        variables = generator.trainable_variables
-        gradients = tape.gradient(g_loss, variables)
-        apply_gradients(
-            optimizer, gradients, variables, owner="generator", strict=config.strict_gradients
-        )
-        return g_loss
+        status = optimizers.minimize(g_loss, tape, parts=["generator"], only_if=only_if)
+        return status, g_loss
 
     return generator_step
 
@@ -157,12 +186,124 @@ def make_train_step(
     """Return the training step: a discriminator update, then a generator update, then metrics.
 
     The two updates run in this order inside one call; the generator's step sees the
-    discriminator as just updated.
+    discriminator as just updated. A step is applied whole or not at all: when the
+    discriminator's loss or gradients are not finite, the generator is not updated either.
+    The metrics record every step.
+
+    Returns:
+        A function of a batch of real images that returns the step's `update_status` code:
+        the discriminator's, or the generator's when the discriminator's was finite.
     """
 
-    def train_step(real: tf.Tensor) -> None:
-        d_loss, real_logits, fake_logits = discriminator_step(real)
-        g_loss = generator_step(tf.shape(real)[0])
+    def train_step(real: tf.Tensor) -> tf.Tensor:
+        d_status, d_loss, real_logits, fake_logits = discriminator_step(real)
+        g_status, g_loss = generator_step(tf.shape(real)[0], d_status == FINITE)
         metrics.update(d_loss, g_loss, real_logits, fake_logits)
+        return tf.where(d_status != FINITE, d_status, g_status)
 
     return train_step
+
+
+def input_signature(config: Config) -> tuple[tf.TensorSpec]:
+    """The real images of one batch; the batch dimension is `None`.
+
+    A `None` batch dimension lets the smaller last batch of an epoch reuse the same trace.
+    """
+    return (tf.TensorSpec(shape=(None, *config.image_shape), dtype=tf.float32, name="images"),)
+
+
+def check_models(model: GAN, config: Config) -> None:
+    """Fail fast when the two networks do not fit each other and the loss.
+
+    Raises:
+        ValueError: Naming the mismatch and the fix.
+    """
+    images = model.generator(tf.zeros((2, config.latent_dim)), training=False)
+    if tuple(images.shape) != (2, *config.image_shape):
+        raise ValueError(
+            f"the generator makes images of shape {tuple(images.shape[1:])}, but "
+            f"Config.image_shape is {config.image_shape}; make its output match"
+        )
+    logits = model.discriminator(images, training=False)
+    if tuple(logits.shape) != (2, 1):
+        raise ValueError(
+            f"the discriminator outputs shape {tuple(logits.shape[1:])} per image, but the loss "
+            "needs one logit, (1,); give its last layer 1 unit"
+        )
+    activation = getattr(model.discriminator.layers[-1], "activation", None)
+    if activation is not None and keras.activations.serialize(activation) == "sigmoid":
+        raise ValueError(
+            "the discriminator's last layer applies sigmoid, but the loss expects logits "
+            "(from_logits=True); remove the activation from the last layer"
+        )
+
+
+class GanTask:
+    """What `train.Trainer` trains: the GAN, its two optimizers, metrics and step.
+
+    A GAN has no validation split: `val_metrics` is empty and `make_eval_step` is `None`.
+
+    Args:
+        model: The generator and the discriminator, see `model.build_model`.
+        config: The run's hyperparameters.
+        options: How the run executes.
+
+    Attributes:
+        model: The GAN.
+        optimizers: The generator's and the discriminator's optimizers.
+        noise: The source of every latent vector, seeded by `config.seed`; a
+            `tf.random.Generator`, so no Python randomness runs inside the step.
+        train_metrics: `d_loss`, `g_loss`, `d_acc_real` and `d_acc_fake`.
+        val_metrics: None, as there is no validation.
+        input_signature: The real images of one batch.
+    """
+
+    make_eval_step = None
+
+    def __init__(self, model: GAN, config: Config, options: RunOptions) -> None:
+        if not isinstance(model, GAN):
+            raise TypeError(
+                f"the model is a {type(model).__name__}, but this project trains a GAN: "
+                "pass model.build_model(config), or GAN(generator, discriminator)"
+            )
+        check_models(model, config)
+        self.model = model
+        self.config = config
+        self.optimizers = build_optimizers(model, config, options)
+        self.noise = tf.random.Generator.from_seed(config.seed)
+        self._metrics = GanMetrics.create()
+        self.train_metrics = self._metrics.all()
+        self.val_metrics: tuple[keras.metrics.Metric, ...] = ()
+        self.input_signature = input_signature(config)
+        self._loss_fn = make_loss()
+
+    def make_train_step(self) -> StepFn:
+        """The training step."""
+        args = (self.model, self.optimizers, self._loss_fn, self.noise, self.config)
+        return make_train_step(
+            make_discriminator_step(*args), make_generator_step(*args), self._metrics
+        )
+
+    def check_dataset(self, dataset: tf.data.Dataset, name: str) -> None:
+        """Fail fast, before tracing, when a dataset does not yield what the step declares.
+
+        Raises:
+            ValueError: If the elements are not float32 image batches of `Config.image_shape`.
+        """
+        spec = dataset.element_spec
+        (expected,) = self.input_signature
+        if not (
+            isinstance(spec, tf.TensorSpec)
+            and spec.dtype == expected.dtype
+            and expected.shape.is_compatible_with(spec.shape)
+        ):
+            raise ValueError(
+                f"{name} yields {spec}, but the GAN trains on batches of float32 images of "
+                f"shape {tuple(expected.shape)} and no labels; map it to images only in "
+                "data.py, or change Config.image_shape"
+            )
+
+
+def build_task(model: GAN, config: Config, options: RunOptions) -> GanTask:
+    """The task `train.Trainer` runs for this project."""
+    return GanTask(model, config, options)

@@ -1,5 +1,6 @@
 """The generator and the discriminator. This module is yours: change them freely.
 
+`build_model(config)` holds both in one `gan.GAN`, the model the training loop runs.
 Contract, checked by `train.Trainer` before training: `build_generator(config)` maps noise of
 shape `(batch, config.latent_dim)` to images of shape `(batch, *config.image_shape)` in [-1, 1]
 (a `tanh` output); `build_discriminator(config)` maps such images to one logit each, shape
@@ -14,6 +15,7 @@ import math
 import keras
 
 from .config import Config
+from .gan import GAN
 
 
 def build_generator(config: Config) -> keras.Model:
@@ -34,3 +36,8 @@ def build_discriminator(config: Config) -> keras.Model:
     x = keras.layers.LeakyReLU(negative_slope=0.2)(x)
     logits = keras.layers.Dense(1, name="logits")(x)
     return keras.Model(images, logits, name="discriminator")
+
+
+def build_model(config: Config) -> GAN:
+    """The generator and the discriminator, as one model for the training loop."""
+    return GAN(build_generator(config), build_discriminator(config), name="digits_gan")

@@ -1,254 +1,277 @@
-"""The training loop: epochs, metric resets, logging and sample images.
+"""The one training loop: epochs, the global step, evaluation and callbacks.
 
-`fit` is the entry point; `Trainer` holds what one run builds exactly once (optimizers, loss,
-metrics, the noise generator, traced step functions) so that tests and later extensions can
-reach them.
+`fit` is the entry point and returns a `keras.callbacks.History`, as `model.fit` does.
+`Trainer` is the loop itself, the same for every kind of project: what differs (the model,
+its optimizers, the steps) comes from the task of `gan.py`, and everything that watches or
+steers a run (progress, `metrics.jsonl`, TensorBoard, sample grids, and your own
+callbacks) is a Keras callback on it.
 
-Template-owned: `copier update` replaces this file.
+Template-owned: `copier update` merges template changes into it.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from pathlib import Path
+from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 
+from .callbacks import default_callbacks
 from .config import Config
-from .data import load_dataset
-from .gan import (
-    GanMetrics,
-    StepFn,
-    make_discriminator_step,
-    make_generator_step,
-    make_loss,
-    make_train_step,
-)
-from .loop import EpochLogs, StepRunner, append_logs, format_logs
-from .model import build_discriminator, build_generator
-
-SAMPLE_SCALE = 4  # Each pixel of a sample becomes a 4x4 block, so the grid is easy to see.
-
-
-def input_signature(config: Config) -> tuple[tf.TensorSpec]:
-    """The real images of one batch; the batch dimension is `None`.
-
-    A `None` batch dimension lets the smaller last batch of an epoch reuse the same trace.
-    """
-    return (tf.TensorSpec(shape=(None, *config.image_shape), dtype=tf.float32, name="images"),)
-
-
-def check_dataset(dataset: tf.data.Dataset, config: Config) -> None:
-    """Fail fast, before tracing, when a dataset does not yield what the step declares.
-
-    Raises:
-        ValueError: If the elements are not float32 image batches of `Config.image_shape`.
-    """
-    spec = dataset.element_spec
-    (expected,) = input_signature(config)
-    if not (
-        isinstance(spec, tf.TensorSpec)
-        and spec.dtype == expected.dtype
-        and expected.shape.is_compatible_with(spec.shape)
-    ):
-        raise ValueError(
-            f"the dataset yields {spec}, but the GAN trains on batches of float32 images of "
-            f"shape {tuple(expected.shape)} and no labels; map it to images only in data.py, "
-            "or change Config.image_shape"
-        )
-
-
-def check_models(generator: keras.Model, discriminator: keras.Model, config: Config) -> None:
-    """Fail fast when the two models do not fit each other and the loss.
-
-    Raises:
-        ValueError: Naming the mismatch and the fix.
-    """
-    images = generator(tf.zeros((2, config.latent_dim)), training=False)
-    if tuple(images.shape) != (2, *config.image_shape):
-        raise ValueError(
-            f"the generator makes images of shape {tuple(images.shape[1:])}, but "
-            f"Config.image_shape is {config.image_shape}; make its output match"
-        )
-    logits = discriminator(images, training=False)
-    if tuple(logits.shape) != (2, 1):
-        raise ValueError(
-            f"the discriminator outputs shape {tuple(logits.shape[1:])} per image, but the loss "
-            "needs one logit, (1,); give its last layer 1 unit"
-        )
-    activation = getattr(discriminator.layers[-1], "activation", None)
-    if activation is not None and keras.activations.serialize(activation) == "sigmoid":
-        raise ValueError(
-            "the discriminator's last layer applies sigmoid, but the loss expects logits "
-            "(from_logits=True); remove the activation from the last layer"
-        )
-
-
-def sample_grid(images: tf.Tensor) -> tf.Tensor:
-    """Tile images with pixels in [-1, 1] into one square uint8 image for `tf.io.encode_png`."""
-    count, height, width, channels = images.shape
-    rows = math.isqrt(count)
-    pixels = tf.cast(tf.round((tf.clip_by_value(images, -1.0, 1.0) + 1.0) * 127.5), tf.uint8)
-    pixels = tf.repeat(tf.repeat(pixels, SAMPLE_SCALE, axis=1), SAMPLE_SCALE, axis=2)
-    height, width = height * SAMPLE_SCALE, width * SAMPLE_SCALE
-    grid = tf.reshape(pixels, (rows, rows, height, width, channels))
-    grid = tf.transpose(grid, (0, 2, 1, 3, 4))
-    return tf.reshape(grid, (rows * height, rows * width, channels))
+from .data import load_datasets
+from .gan import StepFn, build_task
+from .gradients import NonFiniteGuard
+from .loop import CallHooks, EpochLogs, StepRunner
+from .model import build_model
+from .options import RunOptions
 
 
 class Trainer:
-    """Runs epochs of alternating GAN updates with the step traced once per run.
+    """Runs epochs of training and evaluation, calling Keras callbacks as `model.fit` does.
+
+    In the spirit of Orbit's `Controller`: it owns the epochs, the global step, evaluation and
+    the callbacks, and knows nothing of the task beyond its steps, metrics and optimizers.
 
     Args:
         config: The run's hyperparameters.
-        generator: Maps noise to images, see `model.build_generator`.
-        discriminator: Maps images to one logit each, see `model.build_discriminator`.
-        run_eagerly: Run the steps as plain Python for readable stack traces.
+        model: The model to train (a `gan.GAN`); its output must fit the loss.
+        options: How the run executes; `RunOptions()` by default.
 
     Attributes:
-        generator_optimizer: Updates the generator's trainable variables only.
-        discriminator_optimizer: Updates the discriminator's trainable variables only.
-        noise: The source of every latent vector, seeded by `config.seed`; a
-            `tf.random.Generator`, so no Python randomness runs inside the step.
-        sample_noise: The fixed latent vectors of each epoch's sample grid.
-        discriminator_step: One discriminator update (a plain function).
-        generator_step: One generator update (a plain function).
-        train_step: Both updates for one batch, a `tf.function` unless `run_eagerly`.
-        train_runner: Runs `train_step` over an epoch, `config.steps_per_execution` steps
-            per call, keeping one iterator per dataset for the whole run.
+        task: The model, its `OptimizerSet`, metrics and step factories.
+        global_step: Training steps taken in this run, an int64 variable that the step
+            increments in the graph (skipped steps included).
+        guard: Skips non-finite steps' layer-state changes, counts `skipped_steps`, and stops
+            the run after `options.max_bad_steps` in a row.
+        train_runner: Runs the training step over an epoch, `options.steps_per_execution`
+            steps per call, keeping one iterator per dataset for the whole run.
+        train_steps: The training step traced for each set of trainable variables so far,
+            keyed by the variables' ids (see `train_step`).
+        eval_runner: Runs the evaluation step likewise (`None`: a GAN has no validation).
     """
 
     def __init__(
-        self,
-        config: Config,
-        generator: keras.Model,
-        discriminator: keras.Model,
-        *,
-        run_eagerly: bool = False,
+        self, config: Config, model: keras.Model, options: RunOptions | None = None
     ) -> None:
-        check_models(generator, discriminator, config)
         self.config = config
-        self.generator = generator
-        self.discriminator = discriminator
-        self.generator_optimizer = keras.optimizers.Adam(
-            learning_rate=config.generator_learning_rate, beta_1=config.beta_1, name="g_adam"
+        self.options = RunOptions() if options is None else options
+        self.model = model
+        self.task = build_task(model, config, self.options)
+        self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        self.guard = NonFiniteGuard(
+            self.options.max_bad_steps,
+            [v.path for v in self.task.optimizers.variables],
+            model.non_trainable_variables,
         )
-        self.discriminator_optimizer = keras.optimizers.Adam(
-            learning_rate=config.discriminator_learning_rate, beta_1=config.beta_1, name="d_adam"
-        )
-        # Built up front, each on its own model's variables: a Keras 3 optimizer updates only
-        # the variables it was built with, and one built while tracing traces the step twice.
-        self.generator_optimizer.build(generator.trainable_variables)
-        self.discriminator_optimizer.build(discriminator.trainable_variables)
-        self.noise = tf.random.Generator.from_seed(config.seed)
-        self.sample_noise = self.noise.normal((config.num_samples, config.latent_dim))
-        self.metrics = GanMetrics.create()
-        loss_fn = make_loss()
-        self.discriminator_step = make_discriminator_step(
-            generator, discriminator, self.discriminator_optimizer, loss_fn, self.noise, config
-        )
-        self.generator_step = make_generator_step(
-            generator, discriminator, self.generator_optimizer, loss_fn, self.noise, config
-        )
-        train_step = make_train_step(self.discriminator_step, self.generator_step, self.metrics)
-        self.run_eagerly = run_eagerly
-        self.train_step: StepFn = (
-            train_step
-            if run_eagerly
-            else tf.function(
-                train_step,
-                input_signature=input_signature(config),
-                # The step branches on Python values only; without AutoGraph, errors raised
-                # while tracing (such as NoneGradientError) reach the caller as is.
-                autograph=False,
-                jit_compile=config.jit_compile,
-            )
-        )
+        self.train_steps: dict[tuple[int, ...], StepFn] = {}
+        # The step comes at each epoch (`train_epoch`), for the trainable variables then.
         self.train_runner = StepRunner(
-            self.train_step, config.steps_per_execution, self.metrics.all(), run_eagerly=run_eagerly
+            None,
+            self.options.steps_per_execution,
+            (*self.task.train_metrics, self.guard.skipped),
+            stop=self.guard.tripped,
+            run_eagerly=self.options.run_eagerly,
+        )
+        self.eval_runner: StepRunner | None = None
+        if self.task.make_eval_step is not None:
+            self.eval_step = self._compile(self.task.make_eval_step())
+            self.eval_runner = StepRunner(
+                self.eval_step,
+                self.options.steps_per_execution,
+                self.task.val_metrics,
+                run_eagerly=self.options.run_eagerly,
+            )
+
+    @property
+    def train_step(self) -> StepFn:
+        """The training step for the model's trainable variables now.
+
+        A `tf.function` traced once per set of trainable variables: a callback that freezes a
+        layer (`trainable = False`) gets a step that neither differentiates nor updates it and
+        runs it in inference mode, at the cost of one trace, and unfreezing reuses the first.
+        Around the task's step it saves the layer state for the guard, increments
+        `global_step` and records the step's status.
+        """
+        key = tuple(id(v) for v in self.model.trainable_variables)
+        if key not in self.train_steps:
+            self.train_steps[key] = self._compile(self._guarded(self.task.make_train_step()))
+        return self.train_steps[key]
+
+    def _guarded(self, step: StepFn) -> StepFn:
+        guard, global_step = self.guard, self.global_step
+
+        def guarded_step(*batch: tf.Tensor) -> None:
+            saved = guard.save_state()
+            status = step(*batch)
+            global_step.assign_add(1)
+            guard.record(status, global_step, saved)
+
+        return guarded_step
+
+    def _compile(self, step: StepFn) -> StepFn:
+        if self.options.run_eagerly:
+            return step
+        # The steps branch on Python values only, so AutoGraph has nothing to convert; without
+        # it, errors raised while tracing (such as NoneGradientError) reach the caller as is.
+        return tf.function(
+            step,
+            input_signature=self.task.input_signature,
+            autograph=False,
+            jit_compile=self.options.jit_compile,
         )
 
-    def train_epoch(self, dataset: tf.data.Dataset) -> tuple[EpochLogs, int]:
-        """Train on every batch once; return this epoch's figures and its number of steps."""
-        return self.train_runner.run_epoch(dataset)
+    def train_epoch(
+        self, dataset: tf.data.Dataset, hooks: CallHooks | None = None
+    ) -> tuple[EpochLogs, int]:
+        """Train on every batch once; return this epoch's figures and its number of steps.
 
-    def samples(self) -> tf.Tensor:
-        """The generator's images for `sample_noise`, tiled into one uint8 grid."""
-        return sample_grid(self.generator(self.sample_noise, training=False))
+        Raises:
+            gradients.NonFiniteError: If `options.max_bad_steps` steps in a row were skipped.
+        """
+        self.train_runner.use_step(self.train_step)
+        logs, steps = self.train_runner.run_epoch(dataset, hooks)
+        if bool(self.guard.tripped()):
+            raise self.guard.error(int(self.global_step.numpy()))
+        return logs, steps
+
+    def evaluate(
+        self, dataset: tf.data.Dataset, callbacks: keras.callbacks.CallbackList | None = None
+    ) -> EpochLogs:
+        """Evaluate on every batch once; figures cover this call only.
+
+        Raises:
+            ValueError: If this project has no evaluation step.
+        """
+        if self.eval_runner is None:
+            raise ValueError("this project has no evaluation step: a GAN has no validation")
+        if callbacks is None:
+            logs, _ = self.eval_runner.run_epoch(dataset)
+            return logs
+        callbacks.on_test_begin()
+        hooks = CallHooks(
+            callbacks.on_test_batch_begin, callbacks.on_test_batch_end, stop=lambda: False
+        )
+        logs, _ = self.eval_runner.run_epoch(dataset, hooks)
+        callbacks.on_test_end(logs)
+        return logs
 
     def fit(
         self,
-        dataset: tf.data.Dataset,
+        train_ds: tf.data.Dataset,
+        val_ds: tf.data.Dataset | None = None,
         *,
-        logdir: str | Path | None = None,
-        verbose: bool = True,
-    ) -> list[EpochLogs]:
-        """Train for `config.epochs` epochs.
+        epochs: int | None = None,
+        initial_epoch: int = 0,
+        callbacks: Sequence[keras.callbacks.Callback] = (),
+    ) -> keras.callbacks.History:
+        """Train from epoch `initial_epoch` to `epochs`, evaluating on `val_ds` after each.
+
+        Callbacks are called as `model.fit` calls them, with epochs counted from 0. Batch-level
+        hooks fire once per call of `options.steps_per_execution` steps, as in `model.fit`
+        with `steps_per_execution`: `on_train_batch_begin` gets the index of the call's first
+        step, `on_train_batch_end` that of its last step and the running figures. Setting
+        `model.stop_training` ends the run after the current call. During the run,
+        `model.optimizer` is the `OptimizerSet`, so that callbacks which read or set
+        `model.optimizer.learning_rate` work with every optimizer.
 
         Args:
-            dataset: Batches of real images.
-            logdir: If given, each epoch's figures are appended to `logdir/metrics.jsonl` and
-                its samples written to `logdir/samples_epoch_{epoch:03d}.png`.
-            verbose: Print one line per epoch.
+            train_ds: Batches to train on.
+            val_ds: Batches to evaluate on after each epoch; no evaluation when `None`.
+            epochs: The epoch to stop at; `config.epochs` by default.
+            initial_epoch: The epoch to start from.
+            callbacks: Yours; they run before the default ones (see
+                `callbacks.default_callbacks`), so those see what yours add to the logs.
 
         Returns:
-            One dict per epoch with `epoch`, `d_loss`, `g_loss`, `d_acc_real`, `d_acc_fake`.
+            The `History`: `.history` maps each key of the epoch logs to its per-epoch values,
+            `.model` is the trained model.
+
+        Raises:
+            gradients.NonFiniteError: If `options.max_bad_steps` steps in a row were skipped.
         """
-        check_dataset(dataset, self.config)
-        if logdir is not None:
-            Path(logdir).mkdir(parents=True, exist_ok=True)
-        history: list[EpochLogs] = []
+        epochs = self.config.epochs if epochs is None else epochs
+        self.task.check_dataset(train_ds, "train_ds")
+        if val_ds is not None:
+            self.task.check_dataset(val_ds, "val_ds")
+        num_batches = int(train_ds.cardinality())
+        history = keras.callbacks.History()
+        callback_list = keras.callbacks.CallbackList(
+            [*callbacks, *default_callbacks(self.config, self.options), history],
+            model=self.model,
+            epochs=epochs,
+            steps=num_batches if num_batches >= 0 else None,
+            verbose=self.options.verbose,
+        )
+        hooks = CallHooks(
+            callback_list.on_train_batch_begin,
+            callback_list.on_train_batch_end,
+            stop=lambda: bool(self.model.stop_training),
+        )
+        optimizer = getattr(self.model, "optimizer", None)
+        self.model.optimizer = self.task.optimizers
+        self.model.stop_training = False
         try:
-            for epoch in range(1, self.config.epochs + 1):
+            callback_list.on_train_begin()
+            logs: EpochLogs = {}
+            for epoch in range(initial_epoch, epochs):
+                callback_list.on_epoch_begin(epoch)
                 start = time.perf_counter()
-                train_logs, steps = self.train_epoch(dataset)
-                steps_per_second = steps / (time.perf_counter() - start)
-                logs: EpochLogs = {"epoch": epoch, **train_logs}
-                history.append(logs)
-                if verbose:
-                    print(format_logs(logs, self.config.epochs, steps_per_second), flush=True)
-                if logdir is not None:
-                    append_logs(logdir, logs)
-                    png = tf.io.encode_png(self.samples())
-                    tf.io.write_file(str(Path(logdir) / f"samples_epoch_{epoch:03d}.png"), png)
+                logs, steps = self.train_epoch(train_ds, hooks)
+                seconds = time.perf_counter() - start
+                if val_ds is not None:
+                    logs.update(self.evaluate(val_ds, callback_list))
+                logs.update(self.task.optimizers.learning_rates())
+                logs["steps_per_second"] = steps / seconds if seconds > 0 else 0.0
+                callback_list.on_epoch_end(epoch, logs)
+                if self.model.stop_training:
+                    break
+            callback_list.on_train_end(logs)
         finally:
-            # The iterator holds read-ahead batches and a shuffle buffer: free it with the run.
+            self.model.optimizer = optimizer
+            # The iterators hold read-ahead batches and shuffle buffers: free them with the run.
             self.train_runner.close()
+            if self.eval_runner is not None:
+                self.eval_runner.close()
         return history
 
 
 def fit(
     config: Config,
-    generator: keras.Model | None = None,
-    discriminator: keras.Model | None = None,
-    dataset: tf.data.Dataset | None = None,
+    model: keras.Model | None = None,
+    train_ds: tf.data.Dataset | None = None,
+    val_ds: tf.data.Dataset | None = None,
     *,
-    logdir: str | Path | None = None,
-    run_eagerly: bool = False,
-    verbose: bool = True,
-) -> list[EpochLogs]:
-    """Train a GAN with the custom loop.
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    options: RunOptions | None = None,
+) -> keras.callbacks.History:
+    """Train a model with the custom loop, as `model.fit` would.
 
-    Seeds Keras, TensorFlow, NumPy and Python from `config.seed` first, so a run repeats.
+    Seeds Keras, TensorFlow, NumPy and Python from `config.seed` first, so a run repeats;
+    with `options.deterministic`, makes every op deterministic too.
 
     Args:
         config: The run's hyperparameters.
-        generator: Defaults to `build_generator(config)`.
-        discriminator: Defaults to `build_discriminator(config)`.
-        dataset: Defaults to `load_dataset(config)`.
-        logdir: If given, figures go to `logdir/metrics.jsonl` and samples to
-            `logdir/samples_epoch_{epoch:03d}.png`.
-        run_eagerly: Run the steps as plain Python for readable stack traces.
-        verbose: Print one line per epoch.
+        model: Defaults to `build_model(config)`.
+        train_ds: Defaults to the training split of `load_datasets(config)`.
+        val_ds: When `train_ds` is defaulted too, defaults to the validation split of
+            `load_datasets(config)` (a GAN has none); otherwise `None` means no evaluation.
+        callbacks: Keras callbacks, as for `model.fit`.
+        options: How the run executes; `RunOptions()` by default.
 
     Returns:
-        One dict per epoch with `epoch`, `d_loss`, `g_loss`, `d_acc_real`, `d_acc_fake`.
+        The `History`: `.history[key]` holds one value per epoch, `.model` the trained model.
+
+    Raises:
+        gradients.NonFiniteError: If `options.max_bad_steps` steps in a row were skipped.
     """
+    options = RunOptions() if options is None else options
     keras.utils.set_random_seed(config.seed)
-    generator = build_generator(config) if generator is None else generator
-    discriminator = build_discriminator(config) if discriminator is None else discriminator
-    dataset = load_dataset(config) if dataset is None else dataset
-    trainer = Trainer(config, generator, discriminator, run_eagerly=run_eagerly)
-    return trainer.fit(dataset, logdir=logdir, verbose=verbose)
+    if options.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    model = build_model(config) if model is None else model
+    if train_ds is None:
+        train_ds, default_val = load_datasets(config)
+        val_ds = default_val if val_ds is None else val_ds
+    trainer = Trainer(config, model, options)
+    return trainer.fit(train_ds, val_ds, callbacks=callbacks)

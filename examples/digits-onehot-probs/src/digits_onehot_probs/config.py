@@ -1,7 +1,9 @@
 """Hyperparameters of digits-onehot-probs, in one frozen dataclass.
 
-This module is yours: change the defaults, add fields. `copier update` merges template changes
-into it, so keep edits to values and new fields rather than rewriting it.
+This module is yours: change the defaults, add fields. How a run executes (steps per call, XLA,
+gradient clipping, logging) is not here but in the template's `options.RunOptions`.
+`copier update` three-way merges template changes into this file too, so your edits stay and
+the template's arrive; where both changed the same lines, the file keeps both, marked.
 """
 
 from __future__ import annotations
@@ -20,14 +22,7 @@ class Config:
         batch_size: Examples per training step; the last batch of an epoch may be smaller.
         learning_rate: Learning rate of the Adam optimizer.
         validation_fraction: Fraction of the data held out for validation.
-        steps_per_execution: Training (and evaluation) steps run inside one `tf.function`
-            call. Figures are exactly those of one step per call; only the Python overhead
-            between steps shrinks.
-        jit_compile: Compile each step with XLA. XLA compiles once per distinct batch shape, so
-            the training data then drops its incomplete last batch (each epoch reshuffles, so
-            every example is still seen) and evaluation compiles at most twice.
         seed: Seeds weight initialisation, dropout and shuffling, so runs repeat exactly.
-        strict_gradients: Raise instead of warn when a trainable variable gets no gradient.
     """
 
     input_shape: tuple[int, ...] = (8, 8, 1)
@@ -36,10 +31,7 @@ class Config:
     batch_size: int = 32
     learning_rate: float = 0.001
     validation_fraction: float = 0.2
-    steps_per_execution: int = 64
-    jit_compile: bool = False
     seed: int = 42
-    strict_gradients: bool = False
 
     def __post_init__(self) -> None:
         """Reject values that would fail later with a less helpful error."""
@@ -50,7 +42,7 @@ class Config:
             )
         if self.num_classes < 2:
             raise ValueError(f"Config.num_classes={self.num_classes} is invalid; use 2 or more")
-        for name in ("epochs", "batch_size", "steps_per_execution"):
+        for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if value < 1:
                 raise ValueError(f"Config.{name}={value} is invalid; use 1 or more")

@@ -2,7 +2,8 @@
 
 Contract, checked by `train.fit` before training: `build_model(config)` takes float32 batches of
 shape `(batch, *config.input_shape)` and returns `(batch, losses.output_units(config))`
-probabilities, from a `losses.OUTPUT_ACTIVATION` activation on the last layer.
+probabilities: end it with `losses.output_layer(config)`, which applies
+`losses.OUTPUT_ACTIVATION`.
 Give random layers such as `Dropout` a `seed=config.seed`, so runs repeat exactly.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import keras
 
 from .config import Config
-from .losses import OUTPUT_ACTIVATION, output_units
+from .losses import output_layer
 
 
 def build_model(config: Config) -> keras.Model:
@@ -27,7 +28,5 @@ def build_model(config: Config) -> keras.Model:
     x = keras.layers.Flatten()(x)
     x = keras.layers.Dense(128, activation="relu", kernel_regularizer=regularizer)(x)
     x = keras.layers.Dropout(0.1, seed=config.seed)(x)
-    outputs = keras.layers.Dense(
-        output_units(config), activation=OUTPUT_ACTIVATION, name="probabilities"
-    )(x)
+    outputs = output_layer(config)(x)
     return keras.Model(inputs, outputs, name="digits_onehot_probs")

@@ -1,149 +1,238 @@
-"""The training loop: epochs, evaluation, metric resets and logging.
+"""The one training loop: epochs, the global step, evaluation and callbacks.
 
-`fit` is the entry point; `Trainer` holds what one run builds exactly once (optimizer, loss,
-metrics, traced step functions) so that tests and later extensions can reach them.
+`fit` is the entry point and returns a `keras.callbacks.History`, as `model.fit` does.
+`Trainer` is the loop itself, the same for every kind of project: what differs (the model,
+its optimizers, the steps) comes from the task of `steps.py`, and everything that watches or
+steers a run (progress, `metrics.jsonl`, TensorBoard, and your own
+callbacks) is a Keras callback on it.
 
-Template-owned: `copier update` replaces this file.
+Template-owned: `copier update` merges template changes into it.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 
-from . import inputs, losses
+from .callbacks import default_callbacks
 from .config import Config
 from .data import load_datasets
-from .loop import EpochLogs, StepRunner, append_logs, format_logs
+from .gradients import NonFiniteGuard
+from .loop import CallHooks, EpochLogs, StepRunner
 from .model import build_model
-from .steps import StepFn, StepMetrics, make_eval_step, make_train_step
-
-
-def input_signature(config: Config) -> tuple[tf.TensorSpec, tf.TensorSpec]:
-    """The `(features, labels)` of one batch: `inputs.features_spec`, `losses.label_spec`."""
-    return inputs.features_spec(config), losses.label_spec(config)
-
-
-def check_dataset(dataset: tf.data.Dataset, config: Config, name: str) -> None:
-    """Fail fast, before tracing, when a dataset does not yield what the steps declare.
-
-    Raises:
-        ValueError: If the elements are not `(features, labels)` pairs.
-        inputs.InputSignatureError: If the features do not fit `inputs.features_spec`.
-        losses.LabelEncodingError: If the labels are not in this project's encoding.
-    """
-    spec = dataset.element_spec
-    if not (isinstance(spec, tuple) and len(spec) == 2):
-        raise ValueError(f"{name} must yield (features, labels) pairs, but yields {spec}")
-    inputs.check_features_spec(spec[0], config, f"{name} features")
-    try:
-        losses.check_label_spec(spec[1], config)
-    except losses.LabelEncodingError as error:
-        raise losses.LabelEncodingError(f"{name}: {error}") from None
+from .options import RunOptions
+from .steps import StepFn, build_task
 
 
 class Trainer:
-    """Runs epochs of training and evaluation with step functions traced once per run.
+    """Runs epochs of training and evaluation, calling Keras callbacks as `model.fit` does.
+
+    In the spirit of Orbit's `Controller`: it owns the epochs, the global step, evaluation and
+    the callbacks, and knows nothing of the task beyond its steps, metrics and optimizers.
 
     Args:
         config: The run's hyperparameters.
-        model: A built or unbuilt Keras model whose output fits the loss.
-        run_eagerly: Run the steps as plain Python for readable stack traces.
+        model: The model to train; its output must fit the loss.
+        options: How the run executes; `RunOptions()` by default.
 
     Attributes:
-        optimizer: The Adam optimizer, built on the model's trainable variables.
-        train_step: The training step for one batch, a `tf.function` unless `run_eagerly`.
-        eval_step: The evaluation step for one batch, likewise.
-        train_runner: Runs `train_step` over an epoch, `config.steps_per_execution` steps
-            per call, keeping one iterator per dataset for the whole run.
-        eval_runner: Runs `eval_step` likewise.
+        task: The model, its `OptimizerSet`, metrics and step factories.
+        global_step: Training steps taken in this run, an int64 variable that the step
+            increments in the graph (skipped steps included).
+        guard: Skips non-finite steps' layer-state changes, counts `skipped_steps`, and stops
+            the run after `options.max_bad_steps` in a row.
+        train_runner: Runs the training step over an epoch, `options.steps_per_execution`
+            steps per call, keeping one iterator per dataset for the whole run.
+        train_steps: The training step traced for each set of trainable variables so far,
+            keyed by the variables' ids (see `train_step`).
+        eval_runner: Runs the evaluation step likewise.
     """
 
-    def __init__(self, config: Config, model: keras.Model, *, run_eagerly: bool = False) -> None:
-        losses.check_model_output(model, config)
+    def __init__(
+        self, config: Config, model: keras.Model, options: RunOptions | None = None
+    ) -> None:
         self.config = config
+        self.options = RunOptions() if options is None else options
         self.model = model
-        self.optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
-        # Built up front: a step that creates the optimizer's slots while tracing traces twice,
-        # and under MirroredStrategy fails outright.
-        self.optimizer.build(model.trainable_variables)
-        loss_fn = losses.make_loss()
-        self.train_metrics = StepMetrics.create("train")
-        self.val_metrics = StepMetrics.create("val")
-        train_step = make_train_step(model, self.optimizer, loss_fn, self.train_metrics, config)
-        eval_step = make_eval_step(model, loss_fn, self.val_metrics, config)
-        self.run_eagerly = run_eagerly
-        self.train_step: StepFn = self._compile(train_step)
-        self.eval_step: StepFn = self._compile(eval_step)
-        per_call = config.steps_per_execution
+        self.task = build_task(model, config, self.options)
+        self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        self.guard = NonFiniteGuard(
+            self.options.max_bad_steps,
+            [v.path for v in self.task.optimizers.variables],
+            model.non_trainable_variables,
+        )
+        self.train_steps: dict[tuple[int, ...], StepFn] = {}
+        # The step comes at each epoch (`train_epoch`), for the trainable variables then.
         self.train_runner = StepRunner(
-            self.train_step, per_call, self.train_metrics.all(), run_eagerly=run_eagerly
+            None,
+            self.options.steps_per_execution,
+            (*self.task.train_metrics, self.guard.skipped),
+            stop=self.guard.tripped,
+            run_eagerly=self.options.run_eagerly,
         )
-        self.eval_runner = StepRunner(
-            self.eval_step, per_call, self.val_metrics.all(), run_eagerly=run_eagerly
-        )
+        self.eval_runner: StepRunner | None = None
+        if self.task.make_eval_step is not None:
+            self.eval_step = self._compile(self.task.make_eval_step())
+            self.eval_runner = StepRunner(
+                self.eval_step,
+                self.options.steps_per_execution,
+                self.task.val_metrics,
+                run_eagerly=self.options.run_eagerly,
+            )
+
+    @property
+    def train_step(self) -> StepFn:
+        """The training step for the model's trainable variables now.
+
+        A `tf.function` traced once per set of trainable variables: a callback that freezes a
+        layer (`trainable = False`) gets a step that neither differentiates nor updates it and
+        runs it in inference mode, at the cost of one trace, and unfreezing reuses the first.
+        Around the task's step it saves the layer state for the guard, increments
+        `global_step` and records the step's status.
+        """
+        key = tuple(id(v) for v in self.model.trainable_variables)
+        if key not in self.train_steps:
+            self.train_steps[key] = self._compile(self._guarded(self.task.make_train_step()))
+        return self.train_steps[key]
+
+    def _guarded(self, step: StepFn) -> StepFn:
+        guard, global_step = self.guard, self.global_step
+
+        def guarded_step(*batch: tf.Tensor) -> None:
+            saved = guard.save_state()
+            status = step(*batch)
+            global_step.assign_add(1)
+            guard.record(status, global_step, saved)
+
+        return guarded_step
 
     def _compile(self, step: StepFn) -> StepFn:
-        if self.run_eagerly:
+        if self.options.run_eagerly:
             return step
         # The steps branch on Python values only, so AutoGraph has nothing to convert; without
         # it, errors raised while tracing (such as NoneGradientError) reach the caller as is.
         return tf.function(
             step,
-            input_signature=input_signature(self.config),
+            input_signature=self.task.input_signature,
             autograph=False,
-            jit_compile=self.config.jit_compile,
+            jit_compile=self.options.jit_compile,
         )
 
-    def train_epoch(self, dataset: tf.data.Dataset) -> tuple[EpochLogs, int]:
-        """Train on every batch once; return this epoch's figures and its number of steps."""
-        return self.train_runner.run_epoch(dataset)
+    def train_epoch(
+        self, dataset: tf.data.Dataset, hooks: CallHooks | None = None
+    ) -> tuple[EpochLogs, int]:
+        """Train on every batch once; return this epoch's figures and its number of steps.
 
-    def evaluate(self, dataset: tf.data.Dataset) -> EpochLogs:
-        """Evaluate on every batch once; figures cover this call only."""
-        logs, _ = self.eval_runner.run_epoch(dataset)
+        Raises:
+            gradients.NonFiniteError: If `options.max_bad_steps` steps in a row were skipped.
+        """
+        self.train_runner.use_step(self.train_step)
+        logs, steps = self.train_runner.run_epoch(dataset, hooks)
+        if bool(self.guard.tripped()):
+            raise self.guard.error(int(self.global_step.numpy()))
+        return logs, steps
+
+    def evaluate(
+        self, dataset: tf.data.Dataset, callbacks: keras.callbacks.CallbackList | None = None
+    ) -> EpochLogs:
+        """Evaluate on every batch once; figures cover this call only.
+
+        Raises:
+            ValueError: If this project has no evaluation step.
+        """
+        if self.eval_runner is None:
+            raise ValueError("this project has no evaluation step: a GAN has no validation")
+        if callbacks is None:
+            logs, _ = self.eval_runner.run_epoch(dataset)
+            return logs
+        callbacks.on_test_begin()
+        hooks = CallHooks(
+            callbacks.on_test_batch_begin, callbacks.on_test_batch_end, stop=lambda: False
+        )
+        logs, _ = self.eval_runner.run_epoch(dataset, hooks)
+        callbacks.on_test_end(logs)
         return logs
 
     def fit(
         self,
         train_ds: tf.data.Dataset,
-        val_ds: tf.data.Dataset,
+        val_ds: tf.data.Dataset | None = None,
         *,
-        logdir: str | Path | None = None,
-        verbose: bool = True,
-    ) -> list[EpochLogs]:
-        """Train for `config.epochs` epochs, evaluating after each.
+        epochs: int | None = None,
+        initial_epoch: int = 0,
+        callbacks: Sequence[keras.callbacks.Callback] = (),
+    ) -> keras.callbacks.History:
+        """Train from epoch `initial_epoch` to `epochs`, evaluating on `val_ds` after each.
+
+        Callbacks are called as `model.fit` calls them, with epochs counted from 0. Batch-level
+        hooks fire once per call of `options.steps_per_execution` steps, as in `model.fit`
+        with `steps_per_execution`: `on_train_batch_begin` gets the index of the call's first
+        step, `on_train_batch_end` that of its last step and the running figures. Setting
+        `model.stop_training` ends the run after the current call. During the run,
+        `model.optimizer` is the `OptimizerSet`, so that callbacks which read or set
+        `model.optimizer.learning_rate` work with every optimizer.
 
         Args:
-            train_ds: Batches of `(features, labels)` to train on.
-            val_ds: Batches of `(features, labels)` to evaluate on.
-            logdir: If given, each epoch's figures are appended to `logdir/metrics.jsonl`.
-            verbose: Print one line per epoch.
+            train_ds: Batches to train on.
+            val_ds: Batches to evaluate on after each epoch; no evaluation when `None`.
+            epochs: The epoch to stop at; `config.epochs` by default.
+            initial_epoch: The epoch to start from.
+            callbacks: Yours; they run before the default ones (see
+                `callbacks.default_callbacks`), so those see what yours add to the logs.
 
         Returns:
-            One dict per epoch with `epoch`, `train_loss`, `train_acc`, `val_loss`, `val_acc`.
+            The `History`: `.history` maps each key of the epoch logs to its per-epoch values,
+            `.model` is the trained model.
+
+        Raises:
+            gradients.NonFiniteError: If `options.max_bad_steps` steps in a row were skipped.
         """
-        check_dataset(train_ds, self.config, "train_ds")
-        check_dataset(val_ds, self.config, "val_ds")
-        history: list[EpochLogs] = []
+        epochs = self.config.epochs if epochs is None else epochs
+        self.task.check_dataset(train_ds, "train_ds")
+        if val_ds is not None:
+            self.task.check_dataset(val_ds, "val_ds")
+        num_batches = int(train_ds.cardinality())
+        history = keras.callbacks.History()
+        callback_list = keras.callbacks.CallbackList(
+            [*callbacks, *default_callbacks(self.config, self.options), history],
+            model=self.model,
+            epochs=epochs,
+            steps=num_batches if num_batches >= 0 else None,
+            verbose=self.options.verbose,
+        )
+        hooks = CallHooks(
+            callback_list.on_train_batch_begin,
+            callback_list.on_train_batch_end,
+            stop=lambda: bool(self.model.stop_training),
+        )
+        optimizer = getattr(self.model, "optimizer", None)
+        self.model.optimizer = self.task.optimizers
+        self.model.stop_training = False
         try:
-            for epoch in range(1, self.config.epochs + 1):
+            callback_list.on_train_begin()
+            logs: EpochLogs = {}
+            for epoch in range(initial_epoch, epochs):
+                callback_list.on_epoch_begin(epoch)
                 start = time.perf_counter()
-                train_logs, steps = self.train_epoch(train_ds)
-                steps_per_second = steps / (time.perf_counter() - start)
-                logs: EpochLogs = {"epoch": epoch, **train_logs, **self.evaluate(val_ds)}
-                history.append(logs)
-                if verbose:
-                    print(format_logs(logs, self.config.epochs, steps_per_second), flush=True)
-                if logdir is not None:
-                    append_logs(logdir, logs)
+                logs, steps = self.train_epoch(train_ds, hooks)
+                seconds = time.perf_counter() - start
+                if val_ds is not None:
+                    logs.update(self.evaluate(val_ds, callback_list))
+                logs.update(self.task.optimizers.learning_rates())
+                logs["steps_per_second"] = steps / seconds if seconds > 0 else 0.0
+                callback_list.on_epoch_end(epoch, logs)
+                if self.model.stop_training:
+                    break
+            callback_list.on_train_end(logs)
         finally:
+            self.model.optimizer = optimizer
             # The iterators hold read-ahead batches and shuffle buffers: free them with the run.
             self.train_runner.close()
-            self.eval_runner.close()
+            if self.eval_runner is not None:
+                self.eval_runner.close()
         return history
 
 
@@ -153,32 +242,36 @@ def fit(
     train_ds: tf.data.Dataset | None = None,
     val_ds: tf.data.Dataset | None = None,
     *,
-    logdir: str | Path | None = None,
-    run_eagerly: bool = False,
-    verbose: bool = True,
-) -> list[EpochLogs]:
-    """Train a model with the custom loop.
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    options: RunOptions | None = None,
+) -> keras.callbacks.History:
+    """Train a model with the custom loop, as `model.fit` would.
 
-    Seeds Keras, TensorFlow, NumPy and Python from `config.seed` first, so a run repeats.
+    Seeds Keras, TensorFlow, NumPy and Python from `config.seed` first, so a run repeats;
+    with `options.deterministic`, makes every op deterministic too.
 
     Args:
         config: The run's hyperparameters.
         model: Defaults to `build_model(config)`.
-        train_ds: Defaults to the training half of `load_datasets(config)`.
-        val_ds: Defaults to the validation half of `load_datasets(config)`.
-        logdir: If given, each epoch's figures are appended to `logdir/metrics.jsonl`.
-        run_eagerly: Run the steps as plain Python for readable stack traces.
-        verbose: Print one line per epoch.
+        train_ds: Defaults to the training split of `load_datasets(config)`.
+        val_ds: When `train_ds` is defaulted too, defaults to the validation split of
+            `load_datasets(config)`; otherwise `None` means no evaluation.
+        callbacks: Keras callbacks, as for `model.fit`.
+        options: How the run executes; `RunOptions()` by default.
 
     Returns:
-        One dict per epoch with `epoch`, `train_loss`, `train_acc`, `val_loss`, `val_acc`.
+        The `History`: `.history[key]` holds one value per epoch, `.model` the trained model.
+
+    Raises:
+        gradients.NonFiniteError: If `options.max_bad_steps` steps in a row were skipped.
     """
+    options = RunOptions() if options is None else options
     keras.utils.set_random_seed(config.seed)
-    if model is None:
-        model = build_model(config)
-    if train_ds is None or val_ds is None:
-        default_train, default_val = load_datasets(config)
-        train_ds = default_train if train_ds is None else train_ds
+    if options.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    model = build_model(config) if model is None else model
+    if train_ds is None:
+        train_ds, default_val = load_datasets(config)
         val_ds = default_val if val_ds is None else val_ds
-    trainer = Trainer(config, model, run_eagerly=run_eagerly)
-    return trainer.fit(train_ds, val_ds, logdir=logdir, verbose=verbose)
+    trainer = Trainer(config, model, options)
+    return trainer.fit(train_ds, val_ds, callbacks=callbacks)

@@ -1,23 +1,44 @@
-"""What every training loop of this project shares: many steps per call, epochs and logs.
+"""Many steps per `tf.function` call, over epochs of a dataset: `StepRunner`.
 
-Template-owned: `copier update` replaces this file.
+Template-owned: `copier update` merges template changes into it.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import keras
 import tensorflow as tf
 
 EpochLogs = dict[str, float]
 LoopFn = Callable[[tf.data.Iterator, tf.Tensor, tf.Tensor], tuple[tf.Tensor, dict[str, tf.Tensor]]]
+StopFn = Callable[[], tf.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class CallHooks:
+    """What `StepRunner.run_epoch` calls around each call of K steps (each batch, eagerly).
+
+    Attributes:
+        begin: Takes the index in the epoch (from 0) of the call's first step, before it runs.
+        end: Takes the index of the call's last step and the metrics so far, after it ran.
+        stop: Asked after each call; true ends the epoch there.
+    """
+
+    begin: Callable[[int], None]
+    end: Callable[[int, EpochLogs], None]
+    stop: Callable[[], bool]
+
+
+def _never() -> tf.Tensor:
+    return tf.constant(False)
 
 
 def make_counted_loop(
-    step: Callable[..., object], metrics: Sequence[keras.metrics.Metric] = ()
+    step: Callable[..., object],
+    metrics: Sequence[keras.metrics.Metric] = (),
+    stop: StopFn = _never,
 ) -> LoopFn:
     """Return a `tf.function` that runs exactly `num_steps` steps of `step` in one call.
 
@@ -30,6 +51,8 @@ def make_counted_loop(
         step: Takes the elements of one batch as positional arguments.
         metrics: The metrics `step` updates: reset at the start of a call when `reset` is true,
             and read at its end, so an epoch costs no calls beyond its steps.
+        stop: Checked before every step, in the graph: when it returns true, the call ends
+            early (e.g. `gradients.NonFiniteGuard.tripped`).
 
     Returns:
         A function of `(iterator, num_steps, reset)` that returns the number of steps it ran
@@ -45,14 +68,18 @@ def make_counted_loop(
             step(*tf.nest.flatten(iterator.get_next()))
             return (steps + 1,)
 
-        (steps,) = tf.while_loop(lambda steps: steps < num_steps, body, [tf.constant(0)])
+        (steps,) = tf.while_loop(
+            lambda steps: (steps < num_steps) & tf.logical_not(stop()), body, [tf.constant(0)]
+        )
         return steps, _results(metrics)
 
     return tf.function(loop, autograph=False)
 
 
 def make_open_loop(
-    step: Callable[..., object], metrics: Sequence[keras.metrics.Metric] = ()
+    step: Callable[..., object],
+    metrics: Sequence[keras.metrics.Metric] = (),
+    stop: StopFn = _never,
 ) -> LoopFn:
     """Return a `tf.function` that runs up to `num_steps` steps of `step` in one call.
 
@@ -62,10 +89,12 @@ def make_open_loop(
     Args:
         step: Takes the elements of one batch as positional arguments.
         metrics: As for `make_counted_loop`.
+        stop: As for `make_counted_loop`.
 
     Returns:
         A function of `(iterator, num_steps, reset)` that returns the number of steps it ran
-        (fewer than `num_steps` only when the iterator is exhausted) and the metrics' results.
+        (fewer than `num_steps` only when the iterator is exhausted or `stop` returned true)
+        and the metrics' results.
     """
 
     def loop(
@@ -74,6 +103,8 @@ def make_open_loop(
         _reset_if(reset, metrics)
         steps = tf.constant(0, dtype=tf.int32)
         for _ in tf.range(num_steps):
+            if stop():
+                break
             batch = iterator.get_next_as_optional()
             if not batch.has_value():
                 break
@@ -118,39 +149,64 @@ class StepRunner:
 
     Args:
         step: Takes the elements of one batch as positional arguments: a `tf.function`, or
-            plain Python when `run_eagerly`.
+            plain Python when `run_eagerly`; `None` to give it later with `use_step`.
         steps_per_execution: Steps per `tf.function` call.
         metrics: The metrics `step` updates, reset at the start of every epoch.
+        stop: Checked before every step; when true, the epoch ends there.
         run_eagerly: Call `step` batch by batch from Python, for readable stack traces.
 
     Attributes:
-        counted_loop: `make_counted_loop(step, metrics)`, for datasets of known length.
-        open_loop: `make_open_loop(step, metrics)`, for datasets of unknown length.
+        counted_loop: `make_counted_loop(step, metrics, stop)`, for datasets of known length.
+        open_loop: `make_open_loop(step, metrics, stop)`, for datasets of unknown length.
     """
 
     def __init__(
         self,
-        step: Callable[..., object],
+        step: Callable[..., object] | None,
         steps_per_execution: int,
         metrics: Sequence[keras.metrics.Metric] = (),
         *,
+        stop: StopFn = _never,
         run_eagerly: bool = False,
     ) -> None:
-        self.step = step
         self.steps_per_execution = steps_per_execution
         self.metrics = tuple(metrics)
         self.run_eagerly = run_eagerly
-        self.counted_loop = make_counted_loop(step, self.metrics)
-        self.open_loop = make_open_loop(step, self.metrics)
+        self._stop = stop
+        self._loops: dict[int, tuple[Callable[..., object], LoopFn, LoopFn]] = {}
+        if step is not None:
+            self.use_step(step)
         self._dataset: tf.data.Dataset | None = None
         self._num_batches = 0
         self._iterator: tf.data.Iterator | None = None
 
-    def run_epoch(self, dataset: tf.data.Dataset) -> tuple[EpochLogs, int]:
+    def use_step(self, step: Callable[..., object]) -> None:
+        """Run `step` from now on, keeping the iterator; the loops of each step are kept too.
+
+        For a step traced anew because the set of trainable variables changed: switching
+        back to an earlier step reuses its traces.
+        """
+        if id(step) not in self._loops:
+            self._loops[id(step)] = (
+                step,
+                make_counted_loop(step, self.metrics, self._stop),
+                make_open_loop(step, self.metrics, self._stop),
+            )
+        self.step, self.counted_loop, self.open_loop = self._loops[id(step)]
+
+    def run_epoch(
+        self, dataset: tf.data.Dataset, hooks: CallHooks | None = None
+    ) -> tuple[EpochLogs, int]:
         """Reset the metrics and run the step on every batch of `dataset` once.
+
+        Args:
+            dataset: The batches.
+            hooks: Called around each call (each batch when `run_eagerly`); without them the
+                metrics are read once, at the end of the epoch.
 
         Returns:
             The metrics' results over this epoch, keyed by name, and the number of steps.
+            An epoch ended early by `hooks.stop` or by `stop` counts only the steps it ran.
 
         Raises:
             ValueError: If `dataset` repeats forever, so that an epoch would never end.
@@ -158,20 +214,29 @@ class StepRunner:
         if dataset is not self._dataset:
             self._start(dataset)
         if self.run_eagerly:
-            return self._run_eagerly(dataset)
+            return self._run_eagerly(dataset, hooks)
         if self._iterator is None:
-            return self._run_open(dataset)
+            return self._run_open(dataset, hooks)
+        steps = 0
         try:
             # An empty epoch still makes one call, which resets the metrics.
-            for start in range(0, max(self._num_batches, 1), self.steps_per_execution):
-                num_steps = min(self.steps_per_execution, self._num_batches - start)
-                _, results = self.counted_loop(
-                    self._iterator, tf.constant(num_steps, dtype=tf.int32), tf.constant(start == 0)
+            while True:
+                num_steps = min(self.steps_per_execution, self._num_batches - steps)
+                if hooks is not None and num_steps:
+                    hooks.begin(steps)
+                ran, results = self.counted_loop(
+                    self._iterator, tf.constant(num_steps, dtype=tf.int32), tf.constant(steps == 0)
                 )
+                ran = int(ran)
+                steps += ran
+                ended = ran < num_steps or _ended_by(hooks, steps, ran, results)
+                if ended and steps < self._num_batches:
+                    self.close()  # The epoch ended early: the next one starts afresh.
+                if ended or steps >= self._num_batches:
+                    return _floats(results), steps
         except BaseException:
             self.close()  # The iterator stopped mid-epoch: the next epoch starts afresh.
             raise
-        return _floats(results), self._num_batches
 
     def close(self) -> None:
         """Let go of the dataset and its iterator, with the batches it has read ahead."""
@@ -179,9 +244,12 @@ class StepRunner:
         self._num_batches = 0
 
     def tracing_count(self) -> int:
-        """How many times the loops have been traced, both together."""
-        loops = (self.counted_loop, self.open_loop)
-        return sum(loop.experimental_get_tracing_count() for loop in loops)
+        """How many times the loops have been traced, all steps together."""
+        return sum(
+            loop.experimental_get_tracing_count()
+            for _, counted, opened in self._loops.values()
+            for loop in (counted, opened)
+        )
 
     def _start(self, dataset: tf.data.Dataset) -> None:
         self.close()
@@ -196,38 +264,45 @@ class StepRunner:
             self._num_batches = num_batches
             self._iterator = iter(dataset.repeat())
 
-    def _run_open(self, dataset: tf.data.Dataset) -> tuple[EpochLogs, int]:
+    def _run_open(self, dataset: tf.data.Dataset, hooks: CallHooks | None) -> tuple[EpochLogs, int]:
         iterator = iter(dataset)
         num_steps = tf.constant(self.steps_per_execution, dtype=tf.int32)
         steps = 0
         while True:
+            if hooks is not None:
+                hooks.begin(steps)
             ran, results = self.open_loop(iterator, num_steps, tf.constant(steps == 0))
-            steps += int(ran)
-            if int(ran) < self.steps_per_execution:
+            ran = int(ran)
+            steps += ran
+            stopped = _ended_by(hooks, steps, ran, results)
+            if stopped or ran < self.steps_per_execution:
                 return _floats(results), steps
 
-    def _run_eagerly(self, dataset: tf.data.Dataset) -> tuple[EpochLogs, int]:
+    def _run_eagerly(
+        self, dataset: tf.data.Dataset, hooks: CallHooks | None
+    ) -> tuple[EpochLogs, int]:
         for metric in self.metrics:
             metric.reset_state()
         steps = 0
         for batch in dataset:
+            if bool(self._stop()):
+                break
+            if hooks is not None:
+                hooks.begin(steps)
             self.step(*tf.nest.flatten(batch))
             steps += 1
+            if _ended_by(hooks, steps, 1, _results(self.metrics)):
+                break
         return _floats(_results(self.metrics)), steps
+
+
+def _ended_by(hooks: CallHooks | None, steps: int, ran: int, results: dict[str, tf.Tensor]) -> bool:
+    """Call `hooks.end` after a call that ran `ran` steps; whether the epoch ends here."""
+    if hooks is None or not ran:
+        return False
+    hooks.end(steps - 1, _floats(results))
+    return hooks.stop()
 
 
 def _floats(results: dict[str, tf.Tensor]) -> EpochLogs:
     return {name: float(value) for name, value in results.items()}
-
-
-def format_logs(logs: EpochLogs, epochs: int, steps_per_second: float) -> str:
-    """One line per epoch: `epoch 3/10 | train_loss 0.1234 | ... | 812 steps/s`."""
-    figures = " | ".join(f"{key} {value:.4f}" for key, value in logs.items() if key != "epoch")
-    return f"epoch {logs['epoch']}/{epochs} | {figures} | {steps_per_second:.0f} steps/s"
-
-
-def append_logs(logdir: str | Path, logs: EpochLogs) -> None:
-    """Append one epoch's figures as a JSON line to `logdir/metrics.jsonl`."""
-    Path(logdir).mkdir(parents=True, exist_ok=True)
-    with (Path(logdir) / "metrics.jsonl").open("a", encoding="utf-8") as stream:
-        stream.write(json.dumps(logs) + "\n")

@@ -1,10 +1,11 @@
-"""Step functions: what happens to one batch.
+"""Step functions: what happens to one batch, and the task that the loop trains.
 
 Each factory returns a plain Python function of one batch `(x, y)`. It is
-`tf.function`-compatible and can run under `tf.distribute.Strategy.run`; `train.py` wraps it in a
-`tf.function` with an input signature so that a whole run traces it exactly once.
+`tf.function`-compatible and can run under `tf.distribute.Strategy.run`; `train.Trainer`
+wraps it in a `tf.function` with an input signature so that a whole run traces it once (once
+per set of trainable variables, if a callback freezes or unfreezes layers).
 
-Template-owned: `copier update` replaces this file.
+Template-owned: `copier update` merges template changes into it.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from . import losses
+from . import inputs, losses
 from .config import Config
-from .gradients import apply_gradients
+from .optimizers import OptimizerSet, build_optimizers
+from .options import RunOptions
 
-StepFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+StepFn = Callable[..., tf.Tensor | None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,9 +32,11 @@ class StepMetrics:
     accuracy: keras.metrics.Metric
 
     @classmethod
-    def create(cls, prefix: str) -> StepMetrics:
-        """Metrics named `{prefix}_loss` and `{prefix}_acc`."""
-        return cls(keras.metrics.Mean(name=f"{prefix}_loss"), losses.make_accuracy(f"{prefix}_acc"))
+    def create(cls, prefix: str = "") -> StepMetrics:
+        """Metrics named `{prefix}loss` and `{prefix}accuracy`, as `model.fit` names them."""
+        return cls(
+            keras.metrics.Mean(name=f"{prefix}loss"), losses.make_accuracy(f"{prefix}accuracy")
+        )
 
     def update(self, loss: tf.Tensor, y: tf.Tensor, y_pred: tf.Tensor) -> None:
         """Record one batch. Must be `tf.function`-compatible.
@@ -66,14 +70,20 @@ def total_loss(
 
 def make_train_step(
     model: keras.Model,
-    optimizer: keras.optimizers.Optimizer,
+    optimizers: OptimizerSet,
     loss_fn: keras.losses.Loss,
     metrics: StepMetrics,
     config: Config,
 ) -> StepFn:
     """Return the training step: forward pass, loss, gradients, update, metrics.
 
-    The optimizer must already be built on `model.trainable_variables`.
+    One tape and one loss; `optimizers.minimize` splits the gradients among its optimizers
+    and skips the update when the loss or a gradient is not finite. The metrics record every
+    step, as in `model.fit`: a skipped step's NaN loss shows in `loss` (and stops a run that
+    has `keras.callbacks.TerminateOnNaN`), while the weights stay as they were.
+
+    Returns:
+        A function of `(x, y)` that returns the step's `gradients.update_status` code.
     """
 
     def train_step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
@@ -81,11 +91,9 @@ def make_train_step(
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True)
             loss = total_loss(model, loss_fn, y, y_pred)
-        variables = model.trainable_variables
-        gradients = tape.gradient(loss, variables)
-        apply_gradients(optimizer, gradients, variables, strict=config.strict_gradients)
+        status = optimizers.minimize(loss, tape)
         metrics.update(loss, y, y_pred)
-        return loss
+        return status
 
     return train_step
 
@@ -95,11 +103,70 @@ def make_eval_step(
 ) -> StepFn:
     """Return the evaluation step: forward pass with `training=False`, loss, metrics."""
 
-    def eval_step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    def eval_step(x: tf.Tensor, y: tf.Tensor) -> None:
         losses.assert_label_values(y, config)
         y_pred = model(x, training=False)
         loss = total_loss(model, loss_fn, y, y_pred)
         metrics.update(loss, y, y_pred)
-        return loss
 
     return eval_step
+
+
+class ClassifierTask:
+    """What `train.Trainer` trains: the model, its optimizers, metrics and steps.
+
+    Args:
+        model: A built or unbuilt Keras model whose output fits the loss.
+        config: The run's hyperparameters.
+        options: How the run executes.
+
+    Attributes:
+        model: The model.
+        optimizers: Its optimizers, built on its trainable variables.
+        train_metrics: `loss` and `accuracy`, recorded by the training step.
+        val_metrics: `val_loss` and `val_accuracy`, recorded by the evaluation step.
+        input_signature: `(features, labels)` of one batch: `inputs.features_spec` and
+            `losses.label_spec`.
+    """
+
+    def __init__(self, model: keras.Model, config: Config, options: RunOptions) -> None:
+        losses.check_model_output(model, config)
+        self.model = model
+        self.config = config
+        self.optimizers = build_optimizers(model, config, options)
+        self.loss_fn = losses.make_loss()
+        self._train = StepMetrics.create()
+        self._val = StepMetrics.create("val_")
+        self.train_metrics = self._train.all()
+        self.val_metrics = self._val.all()
+        self.input_signature = (inputs.features_spec(config), losses.label_spec(config))
+
+    def make_train_step(self) -> StepFn:
+        """The training step for the model's trainable variables now."""
+        return make_train_step(self.model, self.optimizers, self.loss_fn, self._train, self.config)
+
+    def make_eval_step(self) -> StepFn:
+        """The evaluation step."""
+        return make_eval_step(self.model, self.loss_fn, self._val, self.config)
+
+    def check_dataset(self, dataset: tf.data.Dataset, name: str) -> None:
+        """Fail fast, before tracing, when a dataset does not yield what the steps declare.
+
+        Raises:
+            ValueError: If the elements are not `(features, labels)` pairs.
+            inputs.InputSignatureError: If the features do not fit `inputs.features_spec`.
+            losses.LabelEncodingError: If the labels are not in this project's encoding.
+        """
+        spec = dataset.element_spec
+        if not (isinstance(spec, tuple) and len(spec) == 2):
+            raise ValueError(f"{name} must yield (features, labels) pairs, but yields {spec}")
+        inputs.check_features_spec(spec[0], self.config, f"{name} features")
+        try:
+            losses.check_label_spec(spec[1], self.config)
+        except losses.LabelEncodingError as error:
+            raise losses.LabelEncodingError(f"{name}: {error}") from None
+
+
+def build_task(model: keras.Model, config: Config, options: RunOptions) -> ClassifierTask:
+    """The task `train.Trainer` runs for this project."""
+    return ClassifierTask(model, config, options)

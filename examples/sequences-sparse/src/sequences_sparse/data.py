@@ -8,9 +8,8 @@ offline and repeats exactly.
 Contract, checked by `train.fit` before training: `load_datasets(config)` returns
 `(train_ds, val_ds)`, batched `tf.data.Dataset`s of `(token_ids, labels)` with int32 token ids
 of shape `(batch, length)`, padded with 0 (`inputs.features_spec`), and labels as
-`losses.label_spec(config)` declares:
-int32 class ids of shape `(batch,)`.
-Batch unbatched sequences with `sequences.batch_sequences`, which pads and buckets them.
+`losses.label_spec(config)` declares them; `losses.encode_labels` turns class ids into that
+encoding. Batch unbatched sequences with `sequences.batch_sequences`, which pads and buckets them.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from .config import Config
-from .losses import class_count
+from .losses import class_count, encode_labels
 from .sequences import PAD_ID, batch_sequences
 
 NUM_EXAMPLES = 2000
@@ -41,12 +40,6 @@ def load_sequences(config: Config) -> tuple[list[np.ndarray], np.ndarray]:
         tokens[is_keyword] = rng.choice(keywords[class_id], size=int(is_keyword.sum()))
         sequences.append(tokens.astype(np.int32))
     return sequences, class_ids
-
-
-def encode_labels(class_ids: np.ndarray, config: Config) -> np.ndarray:
-    """Class ids in the encoding the loss expects."""
-    del config  # Class ids are already the encoding.
-    return class_ids.astype(np.int32)
 
 
 def unbatched(sequences: list[np.ndarray], labels: np.ndarray) -> tf.data.Dataset:
@@ -76,7 +69,7 @@ def load_datasets(config: Config) -> tuple[tf.data.Dataset, tf.data.Dataset]:
         .cache()
         .shuffle(len(train_index), seed=config.seed, reshuffle_each_iteration=True)
     )
-    train_ds = batch_sequences(train_ds, config, training=True).prefetch(tf.data.AUTOTUNE)
+    train_ds = batch_sequences(train_ds, config).prefetch(tf.data.AUTOTUNE)
     val_ds = unbatched([sequences[i] for i in val_index], labels[val_index])
-    val_ds = batch_sequences(val_ds, config, training=False).cache().prefetch(tf.data.AUTOTUNE)
+    val_ds = batch_sequences(val_ds, config).cache().prefetch(tf.data.AUTOTUNE)
     return train_ds, val_ds

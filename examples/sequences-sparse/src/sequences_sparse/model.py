@@ -2,7 +2,8 @@
 
 Contract, checked by `train.fit` before training: `build_model(config)` takes int32 token ids
 of shape `(batch, length)`, padded with 0, and returns `(batch, losses.output_units(config))`
-logits, with no activation on the last layer (the loss applies it, numerically safely).
+logits: end it with `losses.output_layer(config)`, which has no activation (the loss applies
+it, numerically safely).
 Padding must not change the output: keep `mask_zero=True` (or a `Masking` layer) and layers
 that honour the mask. Give random layers such as `Dropout` a `seed=config.seed`.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import keras
 
 from .config import Config
-from .losses import output_units
+from .losses import output_layer
 
 
 def build_model(config: Config) -> keras.Model:
@@ -23,5 +24,5 @@ def build_model(config: Config) -> keras.Model:
     x = keras.layers.GlobalAveragePooling1D()(x)  # A mean over the unmasked tokens only.
     x = keras.layers.Dense(128, activation="relu", kernel_regularizer=regularizer)(x)
     x = keras.layers.Dropout(0.1, seed=config.seed)(x)
-    outputs = keras.layers.Dense(output_units(config), name="logits")(x)
+    outputs = output_layer(config)(x)
     return keras.Model(inputs, outputs, name="sequences_sparse")

@@ -4,7 +4,7 @@ Sequences are padded with 0, which the model masks, so padding changes neither t
 metrics. Examples of similar length are batched together (`bucket_by_sequence_length`), so
 little compute goes to padding.
 
-Template-owned: `copier update` replaces this file.
+Template-owned: `copier update` merges template changes into it.
 """
 
 from __future__ import annotations
@@ -26,19 +26,18 @@ def bucket_lengths(config: Config) -> tuple[int, ...]:
     return tuple(sorted({math.ceil(config.max_length / 2**k) for k in range(config.num_buckets)}))
 
 
-def batch_sequences(dataset: tf.data.Dataset, config: Config, *, training: bool) -> tf.data.Dataset:
+def batch_sequences(dataset: tf.data.Dataset, config: Config) -> tf.data.Dataset:
     """Batch unbatched `(token_ids, label)` pairs into padded `(batch, length)` batches.
 
     Sequences longer than `config.max_length` are cut. Each bucket batches the sequences no
-    longer than its length. Without XLA a batch is padded to its longest sequence. With
-    `config.jit_compile` a batch is padded to its bucket's length and training drops each
-    bucket's incomplete batch, so XLA compiles the train step at most once per bucket and the
-    eval step at most twice per bucket, whatever the lengths in the data.
+    longer than its length and pads them to that length: the longest of a full batch is close
+    to it anyway, and batches then come in a few shapes only, so that with
+    `RunOptions.jit_compile` XLA compiles each step at most twice per bucket (full and last
+    batch), whatever the lengths in the data.
 
     Args:
         dataset: Unbatched pairs of int32 token ids of shape `(length,)` and one label.
         config: The run's configuration.
-        training: Whether this is training data (which may drop incomplete batches).
 
     Returns:
         Batches of int32 `(batch, length)` token ids, padded with `PAD_ID` (0), and labels.
@@ -51,6 +50,5 @@ def batch_sequences(dataset: tf.data.Dataset, config: Config, *, training: bool)
         # unbounded bucket stays empty because sequences are cut to max_length.
         bucket_boundaries=[length + 1 for length in lengths],
         bucket_batch_sizes=[config.batch_size] * (len(lengths) + 1),
-        pad_to_bucket_boundary=config.jit_compile,
-        drop_remainder=config.jit_compile and training,
+        pad_to_bucket_boundary=True,
     )

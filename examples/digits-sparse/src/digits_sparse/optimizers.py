@@ -1,0 +1,170 @@
+"""The optimizers of a run behind one interface, whatever the variant.
+
+This project trains every variable with one Adam optimizer. `OptimizerSet` is the interface
+the steps and the loop use; a backbone-head or GAN project puts several optimizers behind it.
+
+Template-owned: `copier update` merges template changes into it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import tensorflow as tf
+
+from .config import Config
+from .gradients import (
+    FINITE,
+    clip_by_global_norm,
+    drop_none_gradients,
+    run_if,
+    update_status,
+)
+from .options import RunOptions
+
+
+class OptimizerSet:
+    """Named optimizers, each updating the trainable variables of one part of the model.
+
+    Every optimizer is built here, up front, on its part's trainable variables: a Keras 3
+    optimizer updates only the variables it was built with, and one built while a step is
+    traced makes the step trace twice (and fails under `tf.distribute`).
+
+    Stock Keras callbacks that read or set `model.optimizer.learning_rate`
+    (`ReduceLROnPlateau`, `LearningRateScheduler`) see this object as the model's optimizer
+    during a run: its `learning_rate` is the first part's, and setting it scales every
+    part's learning rate by the same factor, so the ratios between them stay as configured.
+
+    Args:
+        parts: `(name, layer, optimizer)` for each part; every trainable variable of the
+            model must belong to exactly one layer. The first part's learning rate is the
+            one `learning_rate` reads.
+        options: Gives `strict_gradients` and `clip_global_norm`.
+
+    Attributes:
+        names: The parts' names, in order.
+        by_part: The optimizer of each part, by name. (Not `optimizers`: Keras's learning-rate
+            callbacks would take an object with that attribute for one of Keras's own, and
+            set each optimizer's rate on its own, so that a schedule which ignores the current
+            rate would give every part the same one.)
+        variables: Every variable that an optimizer of the set was built on; the guard
+            against non-finite steps names a variable by its index here.
+    """
+
+    def __init__(
+        self,
+        parts: Sequence[tuple[str, keras.Layer, keras.optimizers.Optimizer]],
+        options: RunOptions,
+    ) -> None:
+        self.names = tuple(name for name, _, _ in parts)
+        self.layers = {name: layer for name, layer, _ in parts}
+        self.by_part = {name: optimizer for name, _, optimizer in parts}
+        self.variables: list[tf.Variable] = []
+        for _, layer, optimizer in parts:
+            optimizer.build(layer.trainable_variables)
+            self.variables.extend(layer.trainable_variables)
+        self._index = {id(v): i for i, v in enumerate(self.variables)}
+        self._base_rates = {name: self._rate(name) for name in self.names}
+        self._strict = options.strict_gradients
+        self._clip_norm = options.clip_global_norm
+
+    def minimize(
+        self,
+        loss: tf.Tensor,
+        tape: tf.GradientTape,
+        parts: Sequence[str] | None = None,
+        only_if: tf.Tensor | None = None,
+    ) -> tf.Tensor:
+        """Differentiate `loss` and update the parts' trainable variables, unless not finite.
+
+        Must be `tf.function`-compatible; runs as is under `tf.distribute.Strategy.run`. The
+        variables are those trainable when the step is traced: a part frozen with
+        `layer.trainable = False` is neither differentiated nor updated, and the loop traces
+        the step again when that changes. `None` gradients are named (see
+        `gradients.drop_none_gradients`); the gradients are clipped by their global norm when
+        `RunOptions.clip_global_norm` is set.
+
+        Args:
+            loss: The scalar loss, computed inside `tape`.
+            tape: The tape that recorded the forward pass.
+            parts: The names of the parts to update; all of them by default.
+            only_if: A boolean tensor, the same on every replica: when false, nothing is
+                updated (e.g. an earlier update of the same step was skipped).
+
+        Returns:
+            The `gradients.update_status` code: `FINITE` when the update was applied, and
+            otherwise what was not finite, in which case nothing was updated.
+
+        Raises:
+            ValueError: If a trainable variable belongs to no optimizer of the set.
+        """
+        names = self.names if parts is None else tuple(parts)
+        per_part = [list(self.layers[name].trainable_variables) for name in names]
+        for variable in (v for part in per_part for v in part):
+            if id(variable) not in self._index:
+                raise ValueError(
+                    f"trainable variable {variable.path} was not trainable when the optimizers "
+                    "were built, so no optimizer can update it; make every layer trainable "
+                    "before training starts and freeze parts from a callback instead"
+                )
+        gradients = tape.gradient(loss, [v for part in per_part for v in part])
+        kept_gradients: list[tf.Tensor] = []
+        kept_per_part: list[list[tf.Variable]] = []
+        start = 0
+        for name, part in zip(names, per_part, strict=True):
+            owner = name if len(self.names) > 1 else None
+            part_gradients = gradients[start : start + len(part)]
+            start += len(part)
+            kept, variables = drop_none_gradients(
+                part_gradients, part, strict=self._strict, owner=owner
+            )
+            kept_gradients.extend(kept)
+            kept_per_part.append(variables)
+        flat = [v for part in kept_per_part for v in part]
+        status = update_status(loss, kept_gradients, [self._index[id(v)] for v in flat])
+        clipped = clip_by_global_norm(kept_gradients, self._clip_norm)
+
+        def apply(gradients: list[tf.Tensor]) -> None:
+            start = 0
+            for name, variables in zip(names, kept_per_part, strict=True):
+                if variables:  # Keras 3 optimizers reject an empty list.
+                    part_gradients = gradients[start : start + len(variables)]
+                    self.by_part[name].apply(part_gradients, variables)
+                start += len(variables)
+
+        condition = status == FINITE
+        if only_if is not None:
+            condition = condition & only_if
+        run_if(condition, apply, clipped)
+        return status
+
+    @property
+    def learning_rate(self) -> float:
+        """The first part's learning rate; setting it scales every part's by the same factor."""
+        return self._rate(self.names[0])
+
+    @learning_rate.setter
+    def learning_rate(self, value: float) -> None:
+        factor = float(value) / self._base_rates[self.names[0]]
+        for name in self.names:
+            self.by_part[name].learning_rate = self._base_rates[name] * factor
+
+    def learning_rates(self) -> dict[str, float]:
+        """Each part's learning rate now, keyed as the epoch logs show it."""
+        if len(self.names) == 1:
+            return {"learning_rate": self.learning_rate}
+        return {f"{name}_learning_rate": self._rate(name) for name in self.names}
+
+    def checkpoint_items(self) -> dict[str, keras.optimizers.Optimizer]:
+        """The optimizers by name, for `tf.train.Checkpoint(**items)`."""
+        return dict(self.by_part)
+
+    def _rate(self, name: str) -> float:
+        return float(self.by_part[name].learning_rate)
+
+
+def build_optimizers(model: keras.Model, config: Config, options: RunOptions) -> OptimizerSet:
+    """One Adam optimizer for every trainable variable of `model`."""
+    adam = keras.optimizers.Adam(learning_rate=config.learning_rate)
+    return OptimizerSet([("model", model, adam)], options)
