@@ -30,7 +30,7 @@ USER_OWNED = {f"src/{PACKAGE}/{name}" for name in ("config.py", "data.py", "mode
 TRAIN = f"src/{PACKAGE}/train.py"
 MODEL = f"src/{PACKAGE}/model.py"
 TRAIN_TEMPLATE = (
-    "template/src/{{package_name}}/{% if optimizers != 'gan' %}train.py{% endif %}.jinja"
+    "template/src/{{package_name}}/train.py.jinja"
 )
 # What v0.2.0 of the template adds to a template-owned module.
 TEMPLATE_FIX = (
