@@ -3,9 +3,21 @@
 Renders the default project (an MLP on digits) and a small-CNN variant from this working tree,
 then times, interleaved round by round so that machine noise hits every contender alike:
 
-- `loop K=1` / `loop K=<default>`: the generated `Trainer`, one or K steps per `tf.function` call;
+- `loop K=1` / `loop K=<default>`: the generated `Trainer`'s `train_epoch` and `evaluate`, one
+  or K steps per `tf.function` call, with no callbacks (`RunOptions.steps_per_execution`);
+- `loop K=<default>, all off`: `Trainer.fit` with `RunOptions(verbose=0, logdir=None)` and no
+  callbacks of yours: what `fit` itself (callback list, batch hooks, `History`, learning rate
+  and `steps_per_second` in the logs) adds to the bare epochs above;
+- `loop K=<default>, all on`: `Trainer.fit` with `RunOptions(verbose=1, logdir=<a temporary
+  directory>, tensorboard=True)`, standard output redirected to a non-terminal (so one line
+  per epoch), `metrics.jsonl` and TensorBoard events written every epoch, and
+  `keras.callbacks.EarlyStopping(monitor="val_loss")` with a patience longer than the run, so
+  that it never stops it;
 - `fit` / `fit K=<default>`: `model.fit` with default settings, and with the same
   `steps_per_execution`;
+- `fit, callbacks` / `fit K=<default>, callbacks`: the same with what `all on` does:
+  `verbose=2` to a non-terminal, `keras.callbacks.TensorBoard` (per-epoch scalars, no graph,
+  no profiling), the same `EarlyStopping`, and `TerminateOnNaN` for the guard;
 - `guide loop`: the guide's plain loop, one `tf.function` step per batch;
 - `... (classic data)`: the same on the training split as
   `from_tensor_slices().cache().shuffle().batch().prefetch()`. `fit` and the guide loop create
@@ -14,11 +26,23 @@ then times, interleaved round by round so that machine noise hits every contende
 - `loop K=<default> train only`: the generated loop without its validation pass;
 - `loop K=<default> train only, cached batches`: the same over the first epoch's batches cached
   in memory, so that no shuffling or batching is left: what the loop itself costs over the floor;
-- `floor`: the generated train step in a `tf.while_loop` over one in-memory batch: no input
-  pipeline, no validation, no Python: the compute floor.
+- `floor`: the task's train step (`trainer.task.make_train_step()`, compiled as the trainer
+  compiles it, without the guard's wrapper) in a `tf.while_loop` over one in-memory batch: no
+  input pipeline, no validation, no Python: the compute floor;
+- `floor, guarded step`: the same with the trainer's step (`trainer.train_step`: the task's
+  step inside the non-finite guard's wrapper), so the two floors price the guard.
+
+The non-finite guard cannot be switched off: every `loop` contender runs it, `all off`
+included; only the floor runs the bare task step. The task's step itself skips a non-finite
+update in the graph (`OptimizerSet.minimize`), in the floor too.
 
 Every figure is training steps per second over whole epochs, validation included (except the
-floor), after one warm-up epoch. Medians over the rounds; ratios from the same run.
+floor), after one warm-up epoch. The `fit`, `fit K=<default>` and loop contenders without
+`all on`/`all off` are timed one epoch per call, as before; the `all on`, `all off` and
+`callbacks` contenders are timed inside one call of warm-up plus timed epochs, from the start of
+the first timed epoch to the call's return, so that callbacks keep their state (open event
+files, early-stopping record) across epochs as in a real run. Medians over the rounds; ratios
+from the same run.
 
     python benchmarks/loop_vs_fit.py [--rounds 5] [--epochs 30] [--out benchmarks/results]
 """
@@ -26,8 +50,10 @@ floor), after one warm-up epoch. Medians over the rounds; ratios from the same r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
+import io
 import json
 import os
 import platform
@@ -35,7 +61,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -47,6 +73,9 @@ import tensorflow as tf
 from scaffold.render import render_project
 
 CLASSIC = "classic data"
+ALL_ON = "all on"
+ALL_OFF = "all off"
+CALLBACKS = "callbacks"
 
 CASES = {
     "mlp-b32": ({"input_shape": "64"}, 32),
@@ -60,7 +89,7 @@ def load_project(root: Path, name: str, answers: dict[str, object]):
     render_project(root / name, {"project_name": name, **answers}, quiet=True)
     sys.path.insert(0, str(root / name / "src"))
     package = name.replace("-", "_")
-    modules = ("config", "data", "model", "losses", "train")
+    modules = ("config", "data", "model", "losses", "options", "train")
     return {m: importlib.import_module(f"{package}.{m}") for m in modules}
 
 
@@ -72,6 +101,47 @@ def time_epochs(run_epoch: Callable[[], int], epochs: int) -> float:
     for _ in range(epochs):
         steps += run_epoch()
     return steps / (time.perf_counter() - start)
+
+
+class EpochClock(keras.callbacks.Callback):
+    """Starts the clock when the second epoch (the first timed one) begins.
+
+    Put first in the callback list, so that the warm-up epoch's own callbacks have all run.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.start: float | None = None
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch == 1:
+            self.start = time.perf_counter()
+
+
+def time_run(run: Callable[[int, keras.callbacks.Callback], int], epochs: int, steps: int) -> float:
+    """Steps per second over `epochs` epochs of one run of warm-up plus `epochs` epochs.
+
+    `run(total_epochs, clock)` runs `total_epochs` epochs with `clock` as its first callback
+    and returns how many epochs it ran; timing ends when it returns.
+    """
+    clock = EpochClock()
+    ran = run(epochs + 1, clock)
+    end = time.perf_counter()
+    if ran != epochs + 1 or clock.start is None:
+        raise RuntimeError(f"the run stopped after {ran} of {epochs + 1} epochs")
+    return epochs * steps / (end - clock.start)
+
+
+@contextlib.contextmanager
+def quiet_run() -> Iterator[str]:
+    """A temporary log directory, and standard output sent to a non-terminal."""
+    with tempfile.TemporaryDirectory() as logdir, contextlib.redirect_stdout(io.StringIO()):
+        yield logdir
+
+
+def never_stops(epochs: int) -> keras.callbacks.EarlyStopping:
+    """Early stopping on `val_loss` that does all its work but never ends the run."""
+    return keras.callbacks.EarlyStopping(monitor="val_loss", patience=epochs + 10)
 
 
 def classic_pipeline(train_ds: tf.data.Dataset, config) -> tf.data.Dataset:
@@ -101,19 +171,42 @@ def contenders(project, config, epochs: int) -> dict[str, Callable[[], float]]:
     pipelines = {"": train_ds, f" ({CLASSIC})": classic}
     num_steps = sum(1 for _ in train_ds)
     losses, build = project["losses"], project["model"].build_model
-    k = config.steps_per_execution
+    run_options = project["options"].RunOptions
+    k = run_options().steps_per_execution
+
+    def trainer(**options: object):
+        return project["train"].Trainer(config, build(config), run_options(**options))
 
     def loop(steps_per_execution: int, train: tf.data.Dataset) -> Callable[[], float]:
         def measure() -> float:
-            run_config = dataclasses.replace(config, steps_per_execution=steps_per_execution)
-            trainer = project["train"].Trainer(run_config, build(run_config))
+            loop_trainer = trainer(steps_per_execution=steps_per_execution)
 
             def epoch() -> int:
-                _, steps = trainer.train_epoch(train)
-                trainer.evaluate(val_ds)
+                _, steps = loop_trainer.train_epoch(train)
+                loop_trainer.evaluate(val_ds)
                 return steps
 
             return time_epochs(epoch, epochs)
+
+        return measure
+
+    def loop_fit(all_on: bool) -> Callable[[], float]:
+        def measure() -> float:
+            with quiet_run() as logdir:
+                if all_on:
+                    options = {"verbose": 1, "logdir": logdir, "tensorboard": True}
+                    callbacks = [never_stops(epochs)]
+                else:
+                    options, callbacks = {"verbose": 0, "logdir": None}, []
+                fit_trainer = trainer(steps_per_execution=k, **options)
+
+                def run(total: int, clock: keras.callbacks.Callback) -> int:
+                    history = fit_trainer.fit(
+                        train_ds, val_ds, epochs=total, callbacks=[clock, *callbacks]
+                    )
+                    return len(history.epoch)
+
+                return time_run(run, epochs, num_steps)
 
         return measure
 
@@ -123,25 +216,54 @@ def contenders(project, config, epochs: int) -> dict[str, Callable[[], float]]:
 
     def loop_train_only(dataset: tf.data.Dataset) -> Callable[[], float]:
         def measure() -> float:
-            run_config = dataclasses.replace(config, steps_per_execution=k)
-            trainer = project["train"].Trainer(run_config, build(run_config))
-            return time_epochs(lambda: trainer.train_epoch(dataset)[1], epochs)
+            loop_trainer = trainer(steps_per_execution=k)
+            return time_epochs(lambda: loop_trainer.train_epoch(dataset)[1], epochs)
 
         return measure
 
+    def compiled(**compile_args: object) -> keras.Model:
+        model = build(config)
+        model.compile(
+            optimizer=keras.optimizers.Adam(config.learning_rate),
+            loss=losses.make_loss(),
+            metrics=[losses.make_accuracy("acc")],
+            **compile_args,
+        )
+        return model
+
     def fit(train: tf.data.Dataset, **compile_args: object) -> Callable[[], float]:
         def measure() -> float:
-            model = build(config)
-            model.compile(
-                optimizer=keras.optimizers.Adam(config.learning_rate),
-                loss=losses.make_loss(),
-                metrics=[losses.make_accuracy("acc")],
-                **compile_args,
-            )
+            model = compiled(**compile_args)
             return time_epochs(
                 lambda: len(model.fit(train, validation_data=val_ds, verbose=0).epoch) * num_steps,
                 epochs,
             )
+
+        return measure
+
+    def fit_callbacks(train: tf.data.Dataset, **compile_args: object) -> Callable[[], float]:
+        def measure() -> float:
+            model = compiled(**compile_args)
+            with quiet_run() as logdir:
+                callbacks = [
+                    keras.callbacks.TensorBoard(
+                        log_dir=logdir, update_freq="epoch", write_graph=False, profile_batch=0
+                    ),
+                    never_stops(epochs),
+                    keras.callbacks.TerminateOnNaN(),
+                ]
+
+                def run(total: int, clock: keras.callbacks.Callback) -> int:
+                    history = model.fit(
+                        train,
+                        validation_data=val_ds,
+                        epochs=total,
+                        verbose=2,
+                        callbacks=[clock, *callbacks],
+                    )
+                    return len(history.epoch)
+
+                return time_run(run, epochs, num_steps)
 
         return measure
 
@@ -185,32 +307,51 @@ def contenders(project, config, epochs: int) -> dict[str, Callable[[], float]]:
 
         return measure
 
-    def floor() -> float:
-        trainer = project["train"].Trainer(config, build(config))
-        x, y = next(iter(train_ds))
+    def floor(guarded: bool) -> Callable[[], float]:
+        def measure() -> float:
+            floor_trainer = trainer()
+            if guarded:
+                step = floor_trainer.train_step
+            else:
+                step = tf.function(
+                    floor_trainer.task.make_train_step(),
+                    input_signature=floor_trainer.task.input_signature,
+                    autograph=False,
+                )
+            x, y = next(iter(train_ds))
 
-        @tf.function
-        def run(n: tf.Tensor) -> tf.Tensor:
-            return tf.while_loop(
-                lambda i: i < n, lambda i: (trainer.train_step(x, y), i + 1)[1:], [0]
-            )[0]
+            @tf.function
+            def run(n: tf.Tensor) -> tf.Tensor:
+                return tf.while_loop(lambda i: i < n, lambda i: (step(x, y), i + 1)[1:], [0])[0]
 
-        n = tf.constant(num_steps)
-        return time_epochs(lambda: int(run(n)), epochs)
+            n = tf.constant(num_steps)
+            return time_epochs(lambda: int(run(n)), epochs)
+
+        return measure
 
     return {
         "loop K=1": loop(1, train_ds),
         f"loop K={k}": loop(k, train_ds),
         f"loop K={k} ({CLASSIC})": loop(k, classic),
+        f"loop K={k}, {ALL_OFF}": loop_fit(all_on=False),
+        f"loop K={k}, {ALL_ON}": loop_fit(all_on=True),
         **{f"fit{suffix}": fit(train) for suffix, train in pipelines.items()},
         **{
             f"fit K={k}{suffix}": fit(train, steps_per_execution=k)
             for suffix, train in pipelines.items()
         },
+        **{
+            f"fit, {CALLBACKS}{suffix}": fit_callbacks(train) for suffix, train in pipelines.items()
+        },
+        **{
+            f"fit K={k}, {CALLBACKS}{suffix}": fit_callbacks(train, steps_per_execution=k)
+            for suffix, train in pipelines.items()
+        },
         **{f"guide loop{suffix}": guide(train) for suffix, train in pipelines.items()},
         f"loop K={k} train only": loop_train_only(train_ds),
         f"loop K={k} train only, cached batches": loop_train_only(cached_batches),
-        "floor": floor,
+        "floor": floor(guarded=False),
+        "floor, guarded step": floor(guarded=True),
     }
 
 
@@ -221,15 +362,23 @@ def ratios(medians: dict[str, float], k: int) -> dict[str, float]:
         return max(medians[name], medians[f"{name} ({CLASSIC})"])
 
     ours = medians[f"loop K={k}"]
+    all_on, all_off = medians[f"loop K={k}, {ALL_ON}"], medians[f"loop K={k}, {ALL_OFF}"]
     return {
         f"loop K={k} / best fit": ours / best("fit"),
         f"loop K={k} / best fit K={k}": ours / best(f"fit K={k}"),
+        f"loop K={k}, {ALL_ON} / loop K={k}, {ALL_OFF}": all_on / all_off,
+        f"loop K={k}, {ALL_OFF} / loop K={k}": all_off / ours,
+        f"loop K={k}, {ALL_ON} / best fit, {CALLBACKS}": all_on / best(f"fit, {CALLBACKS}"),
+        f"loop K={k}, {ALL_ON} / best fit K={k}, {CALLBACKS}": all_on
+        / best(f"fit K={k}, {CALLBACKS}"),
+        f"loop K={k}, {ALL_ON} / best fit": all_on / best("fit"),
         f"loop K={k} / floor": ours / medians["floor"],
         f"loop K={k} train only / floor": medians[f"loop K={k} train only"] / medians["floor"],
         f"loop K={k} train only, cached batches / floor": medians[
             f"loop K={k} train only, cached batches"
         ]
         / medians["floor"],
+        "floor, guarded step / floor": medians["floor, guarded step"] / medians["floor"],
         "loop K=1 / best fit": medians["loop K=1"] / best("fit"),
         "best guide loop / best fit": best("guide loop") / best("fit"),
     }
@@ -263,7 +412,7 @@ def main() -> None:
             results[case] = {
                 "steps_per_second": medians,
                 "samples": samples,
-                "ratios": ratios(medians, config.steps_per_execution),
+                "ratios": ratios(medians, project["options"].RunOptions().steps_per_execution),
             }
     meta = {
         "tensorflow": tf.__version__,
@@ -281,7 +430,11 @@ def main() -> None:
         f"{args.rounds} interleaved rounds of {args.epochs} epochs; training steps per second, "
         f"validation included unless the name says otherwise; `{CLASSIC}`: the training split "
         "as `from_tensor_slices().cache().shuffle().batch().prefetch()` instead of the "
-        "project's `shuffled_batches`.",
+        "project's `shuffled_batches`; the loop's non-finite guard is always on, and `floor` "
+        f"alone runs the task step without it; `{ALL_ON}`: progress lines to a non-terminal, "
+        f"`metrics.jsonl`, TensorBoard and `EarlyStopping`; `{ALL_OFF}`: `verbose=0`, no "
+        f"logdir, no callbacks; `fit, {CALLBACKS}`: `verbose=2` to a non-terminal, "
+        "TensorBoard, `EarlyStopping` and `TerminateOnNaN`.",
     ]
     for key, form in (("steps_per_second", "{:.0f}"), ("ratios", "{:.2f}x")):
         columns = list(first[key])
