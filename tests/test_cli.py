@@ -92,13 +92,11 @@ def test_every_flag_answers_a_question() -> None:
 BAD_INPUT = {
     "project-name-space": (
         ["--project-name", "my proj"],
-        "project name 'my proj' is not valid; use letters, digits, '-' or '_', "
-        "starting with a letter",
+        "project name 'my proj' is invalid; use a letter, then letters, digits, - or _",
     ),
     "package-name-digit": (
         ["--package-name", "1pkg"],
-        "package name '1pkg' is not a Python identifier; use lowercase letters, digits and '_', "
-        "starting with a letter",
+        "package name '1pkg' is invalid; use a lowercase letter, then a-z, 0-9 or _",
     ),
     "package-name-keyword": (
         ["--package-name", "class"],
@@ -106,7 +104,7 @@ BAD_INPUT = {
     ),
     "num-classes-1": (
         ["--num-classes", "1"],
-        "num_classes must be at least 2, got 1; for a single yes/no output choose binary labels",
+        "num_classes must be 2 or more, got 1; for one yes/no output use binary labels",
     ),
     "num-classes-binary": (
         ["--num-classes", "3", "--labels", "binary"],
@@ -133,7 +131,7 @@ BAD_INPUT = {
     ),
     "vocab-size-2": (
         ["--shapes", "variable", "--vocab-size", "2"],
-        "vocab_size must be at least 3 (padding and two tokens), got 2",
+        "vocab_size must be 3 or more (padding and 2 tokens), got 2; e.g. 1000",
     ),
     "labels-gan": (
         ["--optimizers", "gan", "--labels", "binary"],
@@ -162,13 +160,11 @@ BAD_INPUT = {
     ),
     "input-shape-letter": (
         ["--input-shape", "28,x"],
-        "input shape '28,x' is not valid; use 1 to 3 positive integers separated by commas, "
-        "e.g. 64 or 28,28,1",
+        "input shape '28,x' is invalid; use 1-3 positive integers, e.g. 64 or 28,28,1",
     ),
     "input-shape-zero": (
         ["--input-shape", "0"],
-        "input shape '0' is not valid; use 1 to 3 positive integers separated by commas, "
-        "e.g. 64 or 28,28,1",
+        "input shape '0' is invalid; use 1-3 positive integers, e.g. 64 or 28,28,1",
     ),
     "data-labels-multi": (
         ["--data", "labels=multi"],
@@ -201,6 +197,14 @@ BAD_INPUT = {
         "labels is given twice, as --labels and as --data labels; give it once",
     ),
 }
+
+
+# Learning rates that would write `learning_rate: float = nan` (or inf) into config.py.
+BAD_LEARNING_RATES = ["nan", "inf", "1e309", "-0.0"]
+for _rate in BAD_LEARNING_RATES:
+    _message = f"learning_rate must be between 1e-12 and 10, got {float(_rate)}; e.g. 0.001"
+    BAD_INPUT[f"learning-rate-{_rate}"] = (["--learning-rate", _rate], _message)
+    BAD_INPUT[f"data-learning-rate-{_rate}"] = (["--data", f"learning_rate={_rate}"], _message)
 
 
 @pytest.mark.parametrize(("args", "message"), BAD_INPUT.values(), ids=BAD_INPUT.keys())

@@ -481,7 +481,11 @@ def _bad_choice(project: Path) -> str:
 
 
 def _failing_validator(project: Path) -> str:
-    return "num_classes must be at least 2, got 1; for a single yes/no output choose binary labels"
+    return "num_classes must be 2 or more, got 1; for one yes/no output use binary labels"
+
+
+def _learning_rate(project: Path) -> str:
+    return "learning_rate must be between 1e-12 and 10, got {}; e.g. 0.001"
 
 
 BAD_CASES = {
@@ -494,6 +498,10 @@ BAD_CASES = {
     "unknown-question": (_unknown_question, ["--data", "label=binary"]),
     "bad-choice": (_bad_choice, ["--data", "labels=multi"]),
     "failing-validator": (_failing_validator, ["--data", "num_classes=1"]),
+    **{
+        f"learning-rate-{rate}": (_learning_rate, ["--data", f"learning_rate={rate}"])
+        for rate in ("nan", "inf", "1e309", "-0.0")
+    },
 }
 
 
@@ -507,8 +515,13 @@ def test_bad_updates_fail_cleanly_and_change_nothing(
     before = state(project)
     result = invoke("update", project, *args)
     assert result.exit_code == 2, result.output
+    if spoil is _learning_rate:
+        message = message.format(float(args[-1].partition("=")[2]))
     expected = f"Error: {message}\n"
-    if spoil is _failing_validator:  # Copier runs the validators after naming the version
+    if spoil in (
+        _failing_validator,
+        _learning_rate,
+    ):  # Copier runs the validators after naming the version
         expected = f"Updating to template version 0.2.0\n{expected}"
     assert result.output == expected
     assert state(project) == before
