@@ -16,10 +16,11 @@ from typing import Annotated, Any, Literal
 import typer
 from typer.core import TyperGroup
 
-from .errors import ScaffoldError
+from .errors import ScaffoldError, os_problem
 
 EXIT_USAGE = 2  # the exit code of a mistake in the command line, as for Click's usage errors
 EXIT_CONFLICTS = 1  # scaffold update merged, but left conflicts for the user to resolve
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C
 
 # The values of `labels` in copier.yml, written out so `--help` needs no YAML.
 Labels = Literal["sparse", "one-hot", "binary"]
@@ -40,13 +41,22 @@ _CLASSIFIER_ONLY = (
 
 
 class _ScaffoldGroup(TyperGroup):
-    """Turns a ScaffoldError from any command into one line on stderr and exit code 2."""
+    """Turns a ScaffoldError from any command into one line on stderr and its exit code (2, or
+    130 for Ctrl-C); an OSError or a Ctrl-C that no command caught likewise."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except ScaffoldError as error:
             typer.echo(f"Error: {error}", err=True)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("Error: interrupted; run the command again to finish", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except OSError as error:
+            typer.echo(
+                f"Error: {os_problem(error, 'check the path and its permissions')}", err=True
+            )
             raise typer.Exit(EXIT_USAGE) from None
 
 

@@ -263,6 +263,38 @@ def test_non_empty_dest_without_force(tmp_path: Path) -> None:
     assert tree(dest) == before
 
 
+def test_dest_under_a_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("mine\n")
+    result = invoke("new", tmp_path / "afile" / "sub" / "proj", "--yes")
+    assert result.exit_code == 2, result.output
+    assert result.output == (
+        f"Error: cannot create '{tmp_path / 'afile' / 'sub' / 'proj'}': "
+        f"'{tmp_path / 'afile'}' is a file, not a directory; choose a DEST outside it\n"
+    )
+    assert (tmp_path / "afile").read_text() == "mine\n"
+
+
+def test_dest_name_too_long_is_one_line(tmp_path: Path) -> None:
+    dest = tmp_path / ("x" * 300)
+    result = invoke("new", dest, "--yes", "--project-name", "demo")
+    assert result.exit_code == 2, result.output
+    assert result.output == (
+        f"Error: cannot write '{dest}': File name too long; "
+        "choose a DEST in a directory you can write to\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_dest_in_proc_is_one_line() -> None:
+    result = invoke("new", "/proc/scaffold-test", "--yes")
+    assert result.exit_code == 2, result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("Error: cannot write '/proc/scaffold-test': "), result.output
+    assert lines[0].endswith("; choose a DEST in a directory you can write to")
+
+
 # --- what works --------------------------------------------------------------------------------
 
 
