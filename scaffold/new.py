@@ -91,7 +91,7 @@ def create_project(
 
     Args:
         dest: The directory to create; it must be missing or empty unless `force`.
-        answers: Answers by question name.
+        answers: Answers by question name; `project_name` defaults to `dest`'s name.
         template: A template path or URL; default: see `scaffold.source`.
         vcs_ref: A tag, branch or commit of the template; default: see `scaffold.source`.
         git: Make `dest` a git repository with one commit of everything rendered, so that
@@ -108,6 +108,10 @@ def create_project(
             complete.
     """
     dest = Path(dest)
+    # Like `cargo new`: the directory names the project unless told otherwise.
+    derived = "project_name" not in answers
+    if derived:
+        answers = {**answers, "project_name": dest.resolve().name}
     try:
         chosen = source.for_new(template, vcs_ref)
         if chosen.builtin:
@@ -117,6 +121,13 @@ def create_project(
             return _make(dest, dest, answers, chosen, git, defaults, force, pretend, quiet)
         with _staged(dest) as stage:
             return _make(stage, dest, answers, chosen, git, defaults, force, pretend, quiet)
+    except ScaffoldError as error:
+        if derived and error.question == "project_name":
+            raise ScaffoldError(
+                f"{error} (it is DEST's name; pass --project-name to set another)",
+                question="project_name",
+            ) from None
+        raise
     except OSError as error:
         # The staging directory is ours, not the user's: name DEST instead.
         staged = STAGE_PREFIX in str(error.filename2 or error.filename or "")

@@ -227,15 +227,84 @@ def test_invalid_default_names_its_flag(tmp_path: Path) -> None:
     assert not (tmp_path / "class").exists()
 
 
-def test_unknown_label_is_a_usage_error(tmp_path: Path) -> None:
-    dest = tmp_path / "proj"
-    result = invoke("new", dest, "--yes", "--labels", "multi")
+def test_invalid_project_name_from_dest_says_so(tmp_path: Path) -> None:
+    result = invoke("new", tmp_path / "my proj", "--yes")
     assert result.exit_code == 2, result.output
-    # Typer's own check of a choice, before scaffold runs; its wording varies across versions.
-    error_line = result.output.strip().splitlines()[-1]
-    assert error_line.startswith("Error: Invalid value for '--labels'"), result.output
-    assert "'multi' is not one of 'sparse', 'one-hot', 'binary'" in error_line
-    assert not dest.exists()
+    assert result.output == (
+        "Error: project name 'my proj' is invalid; use a letter, then letters, digits, - or _ "
+        "(it is DEST's name; pass --project-name to set another)\n"
+    )
+    assert not (tmp_path / "my proj").exists()
+
+
+# Mistakes in the command line itself, which Typer catches before scaffold runs: our one line.
+USAGE_ERRORS = {
+    "choice-close": (
+        ["new", "p", "--labels", "onehot"],
+        "--labels 'onehot' is not one of sparse, one-hot, binary; did you mean --labels one-hot?",
+    ),
+    "choice-far": (
+        ["new", "p", "--labels", "multi"],
+        "--labels 'multi' is not one of sparse, one-hot, binary; e.g. --labels sparse",
+    ),
+    "choice-equals": (
+        ["new", "p", "--optimizers=gans"],
+        "--optimizers 'gans' is not one of single, backbone-head, gan; "
+        "did you mean --optimizers gan?",
+    ),
+    "not-an-int": (
+        ["new", "p", "--num-classes", "ten"],
+        "--num-classes must be a whole number, got 'ten'; e.g. --num-classes 10",
+    ),
+    "not-a-float": (
+        ["new", "p", "--learning-rate", "fast"],
+        "--learning-rate must be a number, got 'fast'; e.g. --learning-rate 0.001",
+    ),
+    "unknown-option": (
+        ["new", "p", "--lables", "sparse"],
+        "scaffold new has no option --lables; did you mean --labels?",
+    ),
+    "no-value": (["new", "p", "--labels"], "--labels needs a value; see 'scaffold new --help'"),
+    "no-dest": (["new"], "scaffold new needs DEST; see 'scaffold new --help'"),
+    "unknown-command": (["nw", "p"], "scaffold has no command 'nw'; did you mean scaffold new?"),
+    "update-unknown-option": (
+        ["update", "--dat", "x=1"],
+        "scaffold update has no option --dat; did you mean --data?",
+    ),
+}
+
+
+@pytest.mark.parametrize(("args", "message"), USAGE_ERRORS.values(), ids=USAGE_ERRORS.keys())
+def test_usage_errors_are_our_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, args, prog_name="scaffold")
+    assert result.exit_code == 2, result.output
+    assert result.output == f"Error: {message}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["new", "update", "examples"])
+def test_help_reads_plainly(command: str) -> None:
+    result = runner.invoke(app, [command, "--help"], prog_name="scaffold")
+    assert result.exit_code == 0, result.output
+    usage = result.output.splitlines()[0]
+    assert "{" not in usage and "}" not in usage, usage
+    assert "[default: (" not in " ".join(result.output.split()), result.output
+    if command == "new":
+        assert usage == "Usage: scaffold new [OPTIONS] DEST"
+        assert "[default: 10]" in " ".join(result.output.split())
+
+
+def test_shell_completion_is_offered() -> None:
+    result = runner.invoke(app, ["--help"], prog_name="scaffold")
+    assert result.exit_code == 0, result.output
+    assert "--install-completion" in result.output
+    assert "--show-completion" in result.output
+    result = runner.invoke(app, ["--show-completion", "bash"], prog_name="scaffold")
+    assert result.exit_code == 0, result.output
+    assert "complete" in result.output and "scaffold" in result.output
 
 
 def test_no_terminal_without_yes(tmp_path: Path) -> None:
