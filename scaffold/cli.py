@@ -488,8 +488,11 @@ def new(
     for note in made.notes:
         typer.echo(f"note: {note}", err=True)
     if pretend:
+        for name in made.files:
+            typer.echo(f"would create {name}")
         typer.echo(f"Pretend: nothing was written to {dest}.")
         return
+    typer.echo(f"Created {dest}: {len(made.files)} files.")
     if made.commit is not None:
         typer.echo(f"Recorded template {made.src} at {made.commit}, for scaffold update.")
     typer.echo(_next_steps(dest, str(made.answers["package_name"])))

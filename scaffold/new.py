@@ -15,9 +15,10 @@ import os
 import secrets
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import gitrepo, source
@@ -40,12 +41,25 @@ class NewProject:
         commit: The template version recorded as `_commit` (a tag, or `git describe` of a
             commit); None when none could be recorded (git missing).
         notes: What the user should know, one line each (a dirty template, no git).
+        files: The files of the project (or, pretending, that it would have), relative to it,
+            `.git` aside.
     """
 
     answers: dict[str, object]
     src: str
     commit: str | None
     notes: tuple[str, ...]
+    files: tuple[str, ...] = ()
+
+
+def _files(root: Path) -> tuple[str, ...]:
+    return tuple(
+        sorted(
+            path.relative_to(root).as_posix()
+            for path in root.rglob("*")
+            if path.is_file() and ".git" not in path.relative_to(root).parts
+        )
+    )
 
 
 def _recorded_commit(dest: Path) -> str | None:
@@ -98,8 +112,8 @@ def create_project(
             `scaffold update` can run on it at once.
         defaults: Take the default of every question not in `answers`; False asks.
         force: Render into a non-empty `dest`.
-        pretend: Write nothing.
-        quiet: Copier prints nothing.
+        pretend: Write nothing; render into a temporary directory to list the files.
+        quiet: Kept for callers; Copier never prints.
 
     Raises:
         ScaffoldError: For a bad answer, a template or ref that cannot be found, a
@@ -116,11 +130,15 @@ def create_project(
         chosen = source.for_new(template, vcs_ref)
         if chosen.builtin:
             check_answers(answers)  # before a clone: a typo in --data is reported at once
-        in_place = pretend or (force and dest.is_dir() and any(dest.iterdir()))
-        if in_place:
-            return _make(dest, dest, answers, chosen, git, defaults, force, pretend, quiet)
+        if pretend:  # render where nothing of the user's is, to say what would be written
+            _check_dest(dest, force=force)
+            with tempfile.TemporaryDirectory(prefix="scaffold-pretend-") as tmp:
+                made = _make(Path(tmp) / "p", dest, answers, chosen, False, defaults, False, quiet)
+            return replace(made, commit=None)
+        if force and dest.is_dir() and any(dest.iterdir()):
+            return _make(dest, dest, answers, chosen, git, defaults, force, quiet)
         with _staged(dest) as stage:
-            return _make(stage, dest, answers, chosen, git, defaults, force, pretend, quiet)
+            return _make(stage, dest, answers, chosen, git, defaults, force, quiet)
     except ScaffoldError as error:
         if derived and error.question == "project_name":
             raise ScaffoldError(
@@ -147,10 +165,10 @@ def _make(
     git: bool,
     defaults: bool,
     force: bool,
-    pretend: bool,
     quiet: bool,
 ) -> NewProject:
     """Render and commit the project in `where`, which becomes `dest`."""
+    notes = list(chosen.notes)
     recorded = render_project(
         where,
         answers,
@@ -158,16 +176,18 @@ def _make(
         vcs_ref=chosen.ref,
         defaults=defaults,
         force=force,
-        pretend=pretend,
         quiet=quiet,
+        notes=notes,
     )
-    notes = list(chosen.notes)
-    commit = None if pretend else _recorded_commit(where)
-    if git and not pretend:
+    commit = _recorded_commit(where)
+    files = _files(where)
+    if git:
         message = f"Generate {recorded['project_name']} from {chosen.src} at {commit}"
         if note := _first_commit(where, dest, message):
             notes.append(note)
-    return NewProject(answers=recorded, src=chosen.src, commit=commit, notes=tuple(notes))
+    return NewProject(
+        answers=recorded, src=chosen.src, commit=commit, notes=tuple(notes), files=files
+    )
 
 
 def _outermost_missing(path: Path) -> Path | None:
@@ -178,6 +198,16 @@ def _outermost_missing(path: Path) -> Path | None:
             break
         missing = candidate
     return missing
+
+
+def _check_dest(dest: Path, *, force: bool) -> None:
+    if dest.is_file():
+        raise ScaffoldError(f"destination '{dest}' is a file; choose a directory path")
+    if not force and dest.is_dir() and any(dest.iterdir()):
+        raise ScaffoldError(
+            f"destination '{dest}' exists and is not empty; "
+            "choose a new directory or pass --force to render into it"
+        )
 
 
 @contextmanager
@@ -191,13 +221,7 @@ def _staged(dest: Path) -> Iterator[Path]:
         ScaffoldError: For a `dest` that is a file or a non-empty directory.
         Interrupted: On Ctrl-C, saying what was left.
     """
-    if dest.is_file():
-        raise ScaffoldError(f"destination '{dest}' is a file; choose a directory path")
-    if dest.is_dir() and any(dest.iterdir()):
-        raise ScaffoldError(
-            f"destination '{dest}' exists and is not empty; "
-            "choose a new directory or pass --force to render into it"
-        )
+    _check_dest(dest, force=False)
     given, dest = dest, dest.absolute()
     above = next(parent for parent in dest.parents if parent.exists())
     if not above.is_dir():

@@ -2,15 +2,21 @@
 it, or explain why not.
 
 Copier is imported inside the functions so that `scaffold --help` does not pay for it.
+
+Copier always runs quiet, its stray prints and warnings caught: scaffold reports what was
+done itself, so a user sees one version string (the `_commit` recorded), each message once,
+and no colour codes in output that is not a terminal.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
+import io
 import re
 import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from .errors import ScaffoldError
@@ -25,6 +31,37 @@ _CAST_ERROR = re.compile(r"invalid literal for int\(\)|could not convert string 
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+# What Copier prints on its own even when quiet, as scaffold says it, once.
+_COPIER_NOTICES = {
+    "No git tags found in template; using HEAD as ref": (
+        "the template has no version tags; using its latest commit"
+    ),
+}
+
+
+@contextlib.contextmanager
+def _copier_silenced(notes: list[str], *, ignore: tuple[type[Warning], ...] = ()) -> Iterator[None]:
+    """Run Copier with its prints (which ignore `quiet`, in colour) and warnings caught; what a
+    user should know of them is appended to `notes`, each message once."""
+    printed = io.StringIO()
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(printed):
+        warnings.simplefilter("always")
+        for category in ignore:
+            warnings.simplefilter("ignore", category)
+        try:
+            yield
+        finally:
+            found = [str(warning.message) for warning in caught]
+            for line in printed.getvalue().splitlines():
+                plain = re.sub(r"\x1b\[[0-9;]*m", "", line).strip()
+                if plain in _COPIER_NOTICES:
+                    found.append(_COPIER_NOTICES[plain])
+            for note in found:
+                note = _one_line(note)
+                if note and note not in notes:
+                    notes.append(note)
 
 
 def _check_destination(dest: Path, *, force: bool) -> None:
@@ -134,6 +171,7 @@ def render_project(
     force: bool = False,
     pretend: bool = False,
     quiet: bool = False,
+    notes: list[str] | None = None,
 ) -> dict[str, object]:
     """Render the template into `dest` with the given answers.
 
@@ -151,8 +189,9 @@ def render_project(
         defaults: Take the default of every question not in `answers`; False asks on the
             terminal instead.
         force: Render into a non-empty `dest`, overwriting files the template owns.
-        pretend: Report what would be written, write nothing.
-        quiet: Print nothing.
+        pretend: Write nothing.
+        quiet: Kept for callers; Copier never prints (scaffold reports what it did).
+        notes: Where to append what Copier said that a user should know, each once.
 
     Returns:
         The answers Copier recorded (the asked questions, as written to `.copier-answers.yml`).
@@ -171,13 +210,13 @@ def render_project(
         _check_working_tree()
         check_answers(answers)
     created = None if pretend else _first_missing(dest)
+    del quiet
+    # Rendering the working tree of our own template is the point, so Copier's "Dirty template
+    # changes included automatically" would only puzzle a user who never touched the template.
+    # Someone passing their own `src` keeps it.
+    ignore = (DirtyLocalWarning,) if builtin else ()
     try:
-        with warnings.catch_warnings():
-            if builtin:
-                # Rendering the working tree of our own template is the point, so Copier's
-                # "Dirty template changes included automatically" would only puzzle a user who
-                # never touched the template. Someone passing their own `src` keeps it.
-                warnings.simplefilter("ignore", DirtyLocalWarning)
+        with _copier_silenced([] if notes is None else notes, ignore=ignore):
             worker = copier.run_copy(
                 src or str(template_root()),
                 dest,
@@ -189,7 +228,7 @@ def render_project(
                 defaults=defaults,
                 overwrite=force,
                 pretend=pretend,
-                quiet=quiet,
+                quiet=True,
                 unsafe=False,
             )
     except BaseException as error:  # Ctrl-C too: never leave a half-written project behind
@@ -220,7 +259,7 @@ def update_project(
     *,
     vcs_ref: str | None = None,
     quiet: bool = False,
-) -> None:
+) -> tuple[str, ...]:
     """Update `project` from its recorded template, as `copier update --defaults` does.
 
     The previous answers stand unless `data` changes them; a conflict between the user's edits
@@ -233,7 +272,10 @@ def update_project(
         data: New answers by question name.
         vcs_ref: The template ref to update to; `:current:` keeps the recorded one (to change
             an answer only); None: Copier's default, the latest version tag (else HEAD).
-        quiet: Print nothing.
+        quiet: Kept for callers; Copier never prints (scaffold reports what it did).
+
+    Returns:
+        What Copier said that a user should know, one line each, each once.
 
     Raises:
         ScaffoldError: For a bad answer, a ref the template lacks, or a project Copier cannot
@@ -241,23 +283,27 @@ def update_project(
     """
     import copier
 
+    del quiet
     src = _recorded_source(project)
+    notes: list[str] = []
     try:
-        copier.run_update(
-            project,
-            data=dict(data),
-            vcs_ref=copier.VcsRef.CURRENT if vcs_ref == ":current:" else vcs_ref,
-            defaults=True,  # keep every previous answer; ask nothing
-            overwrite=True,  # required by Copier for an update; git holds the previous state
-            conflict="inline",
-            quiet=quiet,
-            unsafe=False,
-        )
+        with _copier_silenced(notes):
+            copier.run_update(
+                project,
+                data=dict(data),
+                vcs_ref=copier.VcsRef.CURRENT if vcs_ref == ":current:" else vcs_ref,
+                defaults=True,  # keep every previous answer; ask nothing
+                overwrite=True,  # required by Copier for an update; git holds the previous state
+                conflict="inline",
+                quiet=True,
+                unsafe=False,
+            )
     except Exception as error:
         translated = _translate(error, flag_style="data") or _git_problem(error, src)
         if translated is None:
             raise
         raise translated from error
+    return tuple(notes)
 
 
 def _recorded_source(project: Path) -> str:
