@@ -18,6 +18,7 @@ import shutil
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from .errors import ScaffoldError
 from .questions import check_answers, template_root
@@ -161,6 +162,75 @@ def _translate(error: Exception, flag_style: str = "flag") -> ScaffoldError | No
     return None  # any other ValueError is a bug, not the user's mistake: keep its traceback
 
 
+# Copier's prompt says only "Invalid input" for an answer its type cannot read.
+_PROMPT_KINDS = {"int": "a whole number", "float": "a number"}
+PROMPT_WIDTH = 80  # a prompt's message is cut at the terminal's width, 80 columns at least
+
+
+def prompt_message(name: str, type_name: str, answer: str, default: object) -> str:
+    """What a prompt says of an answer its question's type cannot read, in 80 columns."""
+    shown = answer if len(answer) <= 16 else answer[:15] + "…"
+    example = f"; e.g. {default}" if default not in (None, "") else ""
+    kind = _PROMPT_KINDS.get(type_name, f"a valid {type_name}")
+    return f"{name} must be {kind}, got {shown!r}{example}"[:PROMPT_WIDTH]
+
+
+def _fit(message: str, answer: str) -> str:
+    """`message` in `PROMPT_WIDTH` columns, the answer it quotes shortened if need be."""
+    excess = len(message) - PROMPT_WIDTH
+    if excess > 0 and answer and answer in message and len(answer) > excess + 1:
+        message = message.replace(answer, answer[: len(answer) - excess - 1] + "…", 1)
+    return message[:PROMPT_WIDTH]
+
+
+@contextlib.contextmanager
+def _clear_prompts() -> Iterator[None]:
+    """Copier's prompts, with "Invalid input" replaced by what is expected, e.g.
+    "num_classes must be a whole number, got 'ten'; e.g. 10", and a validator's message shown
+    without "Validation error for question 'num_classes': " before it.
+
+    Copier offers no hook for this message, so the question's prompt structure is wrapped
+    for the length of one render; should Copier's internals change, its prompts stay as they
+    are.
+    """
+    try:
+        from copier._user_data import Question
+    except ImportError:  # pragma: no cover - a Copier without this internal
+        yield
+        return
+    original = getattr(Question, "get_questionary_structure", None)
+    if original is None:  # pragma: no cover
+        yield
+        return
+
+    def structure(question: Any) -> dict[str, Any]:
+        result = original(question)
+        validate = result.get("validate")
+        if validate is None:
+            return result
+
+        def clearer(answer: str) -> str | bool:
+            outcome = validate(answer)
+            if outcome == "Invalid input":
+                default = result.get("default")
+                return prompt_message(
+                    question.var_name, question.get_type_name(), str(answer), default
+                )
+            if isinstance(outcome, str) and (match := _VALIDATION_ERROR.fullmatch(outcome)):
+                # The validator's own words, without Copier's 46-column preamble.
+                return _fit(_one_line(match["msg"]), str(answer))
+            return outcome
+
+        result["validate"] = clearer
+        return result
+
+    Question.get_questionary_structure = structure
+    try:
+        yield
+    finally:
+        Question.get_questionary_structure = original
+
+
 def render_project(
     dest: Path,
     answers: Mapping[str, object],
@@ -216,7 +286,10 @@ def render_project(
     # Someone passing their own `src` keeps it.
     ignore = (DirtyLocalWarning,) if builtin else ()
     try:
-        with _copier_silenced([] if notes is None else notes, ignore=ignore):
+        with (
+            _copier_silenced([] if notes is None else notes, ignore=ignore),
+            _clear_prompts(),
+        ):
             worker = copier.run_copy(
                 src or str(template_root()),
                 dest,
