@@ -319,6 +319,14 @@ def render_project(
                 f"{translated} (pass {flag} to set it)", question=translated.question
             )
         raise translated from error
+    combined = worker.answers.combined
+    if notes is not None and combined.get("dataset") == "synthetic":
+        # No offline dataset fits these answers: say so now, not after a puzzling first run.
+        notes.append(
+            f"no offline dataset has input shape {combined.get('input_shape')} and "
+            f"{combined.get('num_classes', 2)} classes; data.py generates synthetic data "
+            "(Gaussian blobs): replace it with yours"
+        )
     return {
         name: value
         for name, value in worker.answers.user.items()

@@ -106,6 +106,10 @@ BAD_INPUT = {
         ["--num-classes", "1"],
         "num_classes must be 2 or more, got 1; for one yes/no output use binary labels",
     ),
+    "num-classes-too-many": (
+        ["--num-classes", "100000"],
+        "num_classes 100000 is more than synthetic data can teach; use 200 or fewer",
+    ),
     "num-classes-binary": (
         ["--num-classes", "3", "--labels", "binary"],
         "--num-classes does not apply to --labels binary; "
@@ -197,6 +201,17 @@ BAD_INPUT = {
         "labels is given twice, as --labels and as --data labels; give it once",
     ),
 }
+
+
+def test_synthetic_data_is_named_at_render_time(tmp_path: Path) -> None:
+    result = invoke("new", tmp_path / "proj", "--yes", "--num-classes", "50", "--no-git")
+    assert result.exit_code == 0, result.output
+    assert (
+        "note: no offline dataset has input shape 64 and 50 classes; data.py generates "
+        "synthetic data (Gaussian blobs): replace it with yours\n"
+    ) in result.stderr
+    result = invoke("new", tmp_path / "digits", "--yes", "--no-git")
+    assert "no offline dataset" not in result.output
 
 
 # Learning rates that would write `learning_rate: float = nan` (or inf) into config.py.
