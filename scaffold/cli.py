@@ -8,18 +8,27 @@ Copier nor YAML at start-up, so `scaffold --help` stays fast.
 
 from __future__ import annotations
 
+import difflib
+import re
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-from .errors import ScaffoldError
+from .errors import ScaffoldError, os_problem
+
+try:  # Typer 0.29+ carries its own Click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older Typer on Click
+    from click import exceptions as click_errors  # type: ignore[no-redef]
 
 EXIT_USAGE = 2  # the exit code of a mistake in the command line, as for Click's usage errors
 EXIT_CONFLICTS = 1  # scaffold update merged, but left conflicts for the user to resolve
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C
 
 # The values of `labels` in copier.yml, written out so `--help` needs no YAML.
 Labels = Literal["sparse", "one-hot", "binary"]
@@ -39,14 +48,148 @@ _CLASSIFIER_ONLY = (
 )
 
 
+def _given_value(args: Sequence[str], opts: Sequence[str]) -> str | None:
+    """The value the command line gave an option (`--opt VALUE` or `--opt=VALUE`)."""
+    for index, arg in enumerate(args):
+        for opt in opts:
+            if arg == opt and index + 1 < len(args):
+                return args[index + 1]
+            if arg.startswith(opt + "="):
+                return arg[len(opt) + 1 :]
+    return None
+
+
+def _usage_problem(error: Any, args: Sequence[str]) -> str:
+    """A usage error of the command line as one line of ours: the problem, then the fix."""
+    ctx = error.ctx
+    command = ctx.command_path if ctx is not None else "scaffold"
+    if command == "scaffold" and args and args[0] in app_commands():
+        command = f"scaffold {args[0]}"
+    see = f"see '{command} --help'"
+    if match := re.match(r"No such command '(.*?)'", error.format_message()):
+        close = difflib.get_close_matches(match[1], app_commands(), n=1)
+        fix = f"did you mean scaffold {close[0]}?" if close else see
+        return f"scaffold has no command '{match[1]}'; {fix}"
+    if isinstance(error, click_errors.NoSuchOption):
+        known = [opt for param in ctx.command.params for opt in param.opts + param.secondary_opts]
+        close = difflib.get_close_matches(error.option_name, known, n=1)
+        fix = f"did you mean {close[0]}?" if close else see
+        return f"{command} has no option {error.option_name}; {fix}"
+    param = getattr(error, "param", None)
+    if isinstance(error, click_errors.MissingParameter) and param is not None:
+        name = (param.metavar or param.name or "").upper()
+        return f"{command} needs {name}; {see}"
+    if isinstance(error, click_errors.BadParameter) and isinstance(param, TyperOption):
+        flag = param.opts[0]
+        value = _given_value(args, param.opts)
+        choices = [str(c) for c in getattr(param.type_descriptor, "choices", None) or ()]
+        if choices and value is not None:
+            close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
+            fix = f"did you mean {flag} {close[0]}?" if close else f"e.g. {flag} {choices[0]}"
+            return f"{flag} {value!r} is not one of {', '.join(choices)}; {fix}"
+        kind = {"int": "a whole number", "float": "a number"}.get(_type_name(param))
+        if kind and value is not None:
+            example = param.show_default if isinstance(param.show_default, str) else "1"
+            return f"{flag} must be {kind}, got {value!r}; e.g. {flag} {example}"
+    if isinstance(error, click_errors.BadOptionUsage) and "requires an argument" in str(error):
+        return f"{error.option_name} needs a value; {see}"
+    message = " ".join(error.format_message().split()).rstrip(".")
+    return f"{message[:1].lower()}{message[1:]}; {see}"
+
+
+def _type_name(param: Any) -> str:
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    text = str(annotation)
+    return next((name for name in ("int", "float") if re.search(rf"\b{name}\b", text)), "")
+
+
+# Raised for `scaffold` without a command (Click 8.2+); a class nothing raises on older ones.
+_NO_ARGS_IS_HELP = getattr(click_errors, "NoArgsIsHelpError", type("_Never", (Exception,), {}))
+
+
+def app_commands() -> list[str]:
+    """The names of scaffold's commands."""
+    return [info.name or info.callback.__name__ for info in app.registered_commands]
+
+
+def _plain_default(self: Any, *, ctx: Any, show_default_is_str: bool, **kwargs: Any) -> str:
+    """Help that shows `[default: 10]`, not Typer's `[default: (10)]`."""
+    if show_default_is_str:
+        return str(self.show_default)
+    return (
+        type(self)
+        .__mro__[1]
+        ._get_default_string(self, ctx=ctx, show_default_is_str=show_default_is_str, **kwargs)
+    )
+
+
+class _Option(TyperOption):
+    _get_default_string = _plain_default
+
+
+class _Argument(TyperArgument):
+    _get_default_string = _plain_default
+
+
+class _Command(TyperCommand):
+    """A command whose usage line reads `scaffold new [OPTIONS] DEST`, without Typer's
+    `{DEST}` braces, and whose options show their defaults plainly."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        plain = {TyperOption: _Option, TyperArgument: _Argument}
+        for param in self.params:
+            param.__class__ = plain.get(type(param), type(param))
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [re.sub(r"^\{(.*)\}$", r"\1", piece) for piece in super().collect_usage_pieces(ctx)]
+
+
 class _ScaffoldGroup(TyperGroup):
-    """Turns a ScaffoldError from any command into one line on stderr and exit code 2."""
+    """Turns a ScaffoldError from any command into one line on stderr and its exit code (2, or
+    130 for Ctrl-C); an OSError or a Ctrl-C that no command caught likewise, and a mistake in
+    the command line too (Click's usage errors, reworded as ours)."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        args = list(sys.argv[1:] if args is None else args)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS_IS_HELP as error:
+            error.show()  # `scaffold` alone: the help, as before
+            code = EXIT_USAGE
+        except click_errors.UsageError as error:
+            typer.echo(f"Error: {_usage_problem(error, args)}", err=True)
+            code = EXIT_USAGE
+        except typer.Exit as done:  # --install-completion ends so
+            code = done.exit_code
+        except typer.Abort:  # Ctrl-D at a prompt
+            typer.echo("Error: interrupted; run the command again to finish", err=True)
+            code = EXIT_INTERRUPTED
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except ScaffoldError as error:
             typer.echo(f"Error: {error}", err=True)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("Error: interrupted; run the command again to finish", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except OSError as error:
+            typer.echo(
+                f"Error: {os_problem(error, 'check the path and its permissions')}", err=True
+            )
             raise typer.Exit(EXIT_USAGE) from None
 
 
@@ -55,7 +198,6 @@ app = typer.Typer(
     cls=_ScaffoldGroup,
     help="Start a TensorFlow custom-training-loop project from the scaffold template.",
     no_args_is_help=True,
-    add_completion=False,
     # Plain Click help and errors: Rich would add ~60 ms to every start and box one-line errors.
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
@@ -97,7 +239,7 @@ def _parse_data(items: list[str]) -> dict[str, str]:
     return data
 
 
-def _collect_answers(dest: Path, flags: dict[str, object], data: dict[str, str]) -> dict[str, Any]:
+def _collect_answers(flags: dict[str, object], data: dict[str, str]) -> dict[str, Any]:
     given = {name: value for name, value in flags.items() if value is not None}
     for name in sorted(given.keys() & data.keys()):
         flag = "--" + name.replace("_", "-")
@@ -125,8 +267,6 @@ def _collect_answers(dest: Path, flags: dict[str, object], data: dict[str, str])
                 f"{flag} does not apply to --shapes {shapes}; "
                 f"drop {flag} or choose --shapes {applies}"
             )
-    # Like `cargo new`: the directory names the project unless told otherwise.
-    answers.setdefault("project_name", dest.resolve().name)
     return answers
 
 
@@ -144,7 +284,7 @@ def _next_steps(dest: Path, package: str) -> str:
     return "\n".join([top, *body, "╰" + "─" * width + "╯"])
 
 
-@app.command()
+@app.command(cls=_Command)
 def new(
     dest: Annotated[
         Path,
@@ -308,7 +448,6 @@ def new(
     from .new import create_project
 
     answers = _collect_answers(
-        dest,
         {
             "project_name": project_name,
             "package_name": package_name,
@@ -349,14 +488,17 @@ def new(
     for note in made.notes:
         typer.echo(f"note: {note}", err=True)
     if pretend:
+        for name in made.files:
+            typer.echo(f"would create {name}")
         typer.echo(f"Pretend: nothing was written to {dest}.")
         return
+    typer.echo(f"Created {dest}: {len(made.files)} files.")
     if made.commit is not None:
         typer.echo(f"Recorded template {made.src} at {made.commit}, for scaffold update.")
     typer.echo(_next_steps(dest, str(made.answers["package_name"])))
 
 
-@app.command()
+@app.command(cls=_Command)
 def update(
     path: Annotated[
         Path,
@@ -414,7 +556,7 @@ def update(
         )
 
 
-@app.command()
+@app.command(cls=_Command)
 def examples(
     check: Annotated[
         bool,

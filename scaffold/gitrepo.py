@@ -93,3 +93,11 @@ def init_and_commit(path: Path, message: str) -> None:
     _git(path, "init", "--quiet")
     _git(path, "add", "--all")
     _git(path, *_identity_options(path), "commit", "--quiet", "--no-verify", "-m", message)
+
+
+def restore(path: Path) -> None:
+    """Put every file under `path` back as its last commit has it, removing untracked files
+    (ignored ones stay): for undoing an interrupted update of a project that was clean."""
+    _git(path, "reset", "--quiet", "--", ".")
+    _git(path, "checkout", "--quiet", "HEAD", "--", ".")
+    _git(path, "clean", "-d", "--force", "--quiet", "--", ".")

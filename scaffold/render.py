@@ -2,16 +2,23 @@
 it, or explain why not.
 
 Copier is imported inside the functions so that `scaffold --help` does not pay for it.
+
+Copier always runs quiet, its stray prints and warnings caught: scaffold reports what was
+done itself, so a user sees one version string (the `_commit` recorded), each message once,
+and no colour codes in output that is not a terminal.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
+import io
 import re
 import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from .errors import ScaffoldError
 from .questions import check_answers, template_root
@@ -25,6 +32,37 @@ _CAST_ERROR = re.compile(r"invalid literal for int\(\)|could not convert string 
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+# What Copier prints on its own even when quiet, as scaffold says it, once.
+_COPIER_NOTICES = {
+    "No git tags found in template; using HEAD as ref": (
+        "the template has no version tags; using its latest commit"
+    ),
+}
+
+
+@contextlib.contextmanager
+def _copier_silenced(notes: list[str], *, ignore: tuple[type[Warning], ...] = ()) -> Iterator[None]:
+    """Run Copier with its prints (which ignore `quiet`, in colour) and warnings caught; what a
+    user should know of them is appended to `notes`, each message once."""
+    printed = io.StringIO()
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(printed):
+        warnings.simplefilter("always")
+        for category in ignore:
+            warnings.simplefilter("ignore", category)
+        try:
+            yield
+        finally:
+            found = [str(warning.message) for warning in caught]
+            for line in printed.getvalue().splitlines():
+                plain = re.sub(r"\x1b\[[0-9;]*m", "", line).strip()
+                if plain in _COPIER_NOTICES:
+                    found.append(_COPIER_NOTICES[plain])
+            for note in found:
+                note = _one_line(note)
+                if note and note not in notes:
+                    notes.append(note)
 
 
 def _check_destination(dest: Path, *, force: bool) -> None:
@@ -124,6 +162,75 @@ def _translate(error: Exception, flag_style: str = "flag") -> ScaffoldError | No
     return None  # any other ValueError is a bug, not the user's mistake: keep its traceback
 
 
+# Copier's prompt says only "Invalid input" for an answer its type cannot read.
+_PROMPT_KINDS = {"int": "a whole number", "float": "a number"}
+PROMPT_WIDTH = 80  # a prompt's message is cut at the terminal's width, 80 columns at least
+
+
+def prompt_message(name: str, type_name: str, answer: str, default: object) -> str:
+    """What a prompt says of an answer its question's type cannot read, in 80 columns."""
+    shown = answer if len(answer) <= 16 else answer[:15] + "…"
+    example = f"; e.g. {default}" if default not in (None, "") else ""
+    kind = _PROMPT_KINDS.get(type_name, f"a valid {type_name}")
+    return f"{name} must be {kind}, got {shown!r}{example}"[:PROMPT_WIDTH]
+
+
+def _fit(message: str, answer: str) -> str:
+    """`message` in `PROMPT_WIDTH` columns, the answer it quotes shortened if need be."""
+    excess = len(message) - PROMPT_WIDTH
+    if excess > 0 and answer and answer in message and len(answer) > excess + 1:
+        message = message.replace(answer, answer[: len(answer) - excess - 1] + "…", 1)
+    return message[:PROMPT_WIDTH]
+
+
+@contextlib.contextmanager
+def _clear_prompts() -> Iterator[None]:
+    """Copier's prompts, with "Invalid input" replaced by what is expected, e.g.
+    "num_classes must be a whole number, got 'ten'; e.g. 10", and a validator's message shown
+    without "Validation error for question 'num_classes': " before it.
+
+    Copier offers no hook for this message, so the question's prompt structure is wrapped
+    for the length of one render; should Copier's internals change, its prompts stay as they
+    are.
+    """
+    try:
+        from copier._user_data import Question
+    except ImportError:  # pragma: no cover - a Copier without this internal
+        yield
+        return
+    original = getattr(Question, "get_questionary_structure", None)
+    if original is None:  # pragma: no cover
+        yield
+        return
+
+    def structure(question: Any) -> dict[str, Any]:
+        result = original(question)
+        validate = result.get("validate")
+        if validate is None:
+            return result
+
+        def clearer(answer: str) -> str | bool:
+            outcome = validate(answer)
+            if outcome == "Invalid input":
+                default = result.get("default")
+                return prompt_message(
+                    question.var_name, question.get_type_name(), str(answer), default
+                )
+            if isinstance(outcome, str) and (match := _VALIDATION_ERROR.fullmatch(outcome)):
+                # The validator's own words, without Copier's 46-column preamble.
+                return _fit(_one_line(match["msg"]), str(answer))
+            return outcome
+
+        result["validate"] = clearer
+        return result
+
+    Question.get_questionary_structure = structure
+    try:
+        yield
+    finally:
+        Question.get_questionary_structure = original
+
+
 def render_project(
     dest: Path,
     answers: Mapping[str, object],
@@ -134,6 +241,7 @@ def render_project(
     force: bool = False,
     pretend: bool = False,
     quiet: bool = False,
+    notes: list[str] | None = None,
 ) -> dict[str, object]:
     """Render the template into `dest` with the given answers.
 
@@ -151,8 +259,9 @@ def render_project(
         defaults: Take the default of every question not in `answers`; False asks on the
             terminal instead.
         force: Render into a non-empty `dest`, overwriting files the template owns.
-        pretend: Report what would be written, write nothing.
-        quiet: Print nothing.
+        pretend: Write nothing.
+        quiet: Kept for callers; Copier never prints (scaffold reports what it did).
+        notes: Where to append what Copier said that a user should know, each once.
 
     Returns:
         The answers Copier recorded (the asked questions, as written to `.copier-answers.yml`).
@@ -171,13 +280,16 @@ def render_project(
         _check_working_tree()
         check_answers(answers)
     created = None if pretend else _first_missing(dest)
+    del quiet
+    # Rendering the working tree of our own template is the point, so Copier's "Dirty template
+    # changes included automatically" would only puzzle a user who never touched the template.
+    # Someone passing their own `src` keeps it.
+    ignore = (DirtyLocalWarning,) if builtin else ()
     try:
-        with warnings.catch_warnings():
-            if builtin:
-                # Rendering the working tree of our own template is the point, so Copier's
-                # "Dirty template changes included automatically" would only puzzle a user who
-                # never touched the template. Someone passing their own `src` keeps it.
-                warnings.simplefilter("ignore", DirtyLocalWarning)
+        with (
+            _copier_silenced([] if notes is None else notes, ignore=ignore),
+            _clear_prompts(),
+        ):
             worker = copier.run_copy(
                 src or str(template_root()),
                 dest,
@@ -189,7 +301,7 @@ def render_project(
                 defaults=defaults,
                 overwrite=force,
                 pretend=pretend,
-                quiet=quiet,
+                quiet=True,
                 unsafe=False,
             )
     except BaseException as error:  # Ctrl-C too: never leave a half-written project behind
@@ -207,6 +319,14 @@ def render_project(
                 f"{translated} (pass {flag} to set it)", question=translated.question
             )
         raise translated from error
+    combined = worker.answers.combined
+    if notes is not None and combined.get("dataset") == "synthetic":
+        # No offline dataset fits these answers: say so now, not after a puzzling first run.
+        notes.append(
+            f"no offline dataset has input shape {combined.get('input_shape')} and "
+            f"{combined.get('num_classes', 2)} classes; data.py generates synthetic data "
+            "(Gaussian blobs): replace it with yours"
+        )
     return {
         name: value
         for name, value in worker.answers.user.items()
@@ -220,7 +340,7 @@ def update_project(
     *,
     vcs_ref: str | None = None,
     quiet: bool = False,
-) -> None:
+) -> tuple[str, ...]:
     """Update `project` from its recorded template, as `copier update --defaults` does.
 
     The previous answers stand unless `data` changes them; a conflict between the user's edits
@@ -233,7 +353,10 @@ def update_project(
         data: New answers by question name.
         vcs_ref: The template ref to update to; `:current:` keeps the recorded one (to change
             an answer only); None: Copier's default, the latest version tag (else HEAD).
-        quiet: Print nothing.
+        quiet: Kept for callers; Copier never prints (scaffold reports what it did).
+
+    Returns:
+        What Copier said that a user should know, one line each, each once.
 
     Raises:
         ScaffoldError: For a bad answer, a ref the template lacks, or a project Copier cannot
@@ -241,23 +364,27 @@ def update_project(
     """
     import copier
 
+    del quiet
     src = _recorded_source(project)
+    notes: list[str] = []
     try:
-        copier.run_update(
-            project,
-            data=dict(data),
-            vcs_ref=copier.VcsRef.CURRENT if vcs_ref == ":current:" else vcs_ref,
-            defaults=True,  # keep every previous answer; ask nothing
-            overwrite=True,  # required by Copier for an update; git holds the previous state
-            conflict="inline",
-            quiet=quiet,
-            unsafe=False,
-        )
+        with _copier_silenced(notes):
+            copier.run_update(
+                project,
+                data=dict(data),
+                vcs_ref=copier.VcsRef.CURRENT if vcs_ref == ":current:" else vcs_ref,
+                defaults=True,  # keep every previous answer; ask nothing
+                overwrite=True,  # required by Copier for an update; git holds the previous state
+                conflict="inline",
+                quiet=True,
+                unsafe=False,
+            )
     except Exception as error:
         translated = _translate(error, flag_style="data") or _git_problem(error, src)
         if translated is None:
             raise
         raise translated from error
+    return tuple(notes)
 
 
 def _recorded_source(project: Path) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import gitrepo, source
-from .errors import ScaffoldError
+from .errors import Interrupted, ScaffoldError
 from .questions import check_answers, check_choices
 from .render import update_project as run_update
 
@@ -114,6 +114,7 @@ def update_project(
     Raises:
         ScaffoldError: Before anything is changed: for a directory that is not a committed git
             project with a complete `.copier-answers.yml`, a bad answer, or an unknown ref.
+        Interrupted: On Ctrl-C during the update, which is then undone.
     """
     project = Path(project)
     _check_project(project)
@@ -123,11 +124,20 @@ def update_project(
         check_answers(data)
         check_choices(data)
     ref, notes = source.for_update(str(recorded["_src_path"]), vcs_ref)
-    run_update(project, data, vcs_ref=ref, quiet=quiet)
+    try:
+        said = run_update(project, data, vcs_ref=ref, quiet=quiet)
+    except KeyboardInterrupt:
+        # The project was committed and clean (_check_project), so its last commit is exactly
+        # what it was: put it back rather than leave half an update.
+        gitrepo.restore(project)
+        raise Interrupted(
+            f"interrupted; the update was undone and '{project}' is as it was; "
+            "run scaffold update again"
+        ) from None
     new = _recorded(project)["_commit"]
     return Updated(
         old=str(recorded["_commit"]),
         new=str(new),
         conflicts=gitrepo.conflicted_files(project),
-        notes=notes,
+        notes=(*notes, *(note for note in said if note not in notes)),
     )

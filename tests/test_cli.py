@@ -92,13 +92,11 @@ def test_every_flag_answers_a_question() -> None:
 BAD_INPUT = {
     "project-name-space": (
         ["--project-name", "my proj"],
-        "project name 'my proj' is not valid; use letters, digits, '-' or '_', "
-        "starting with a letter",
+        "project name 'my proj' is invalid; use a letter, then letters, digits, - or _",
     ),
     "package-name-digit": (
         ["--package-name", "1pkg"],
-        "package name '1pkg' is not a Python identifier; use lowercase letters, digits and '_', "
-        "starting with a letter",
+        "package name '1pkg' is invalid; use a lowercase letter, then a-z, 0-9 or _",
     ),
     "package-name-keyword": (
         ["--package-name", "class"],
@@ -106,7 +104,11 @@ BAD_INPUT = {
     ),
     "num-classes-1": (
         ["--num-classes", "1"],
-        "num_classes must be at least 2, got 1; for a single yes/no output choose binary labels",
+        "num_classes must be 2 or more, got 1; for one yes/no output use binary labels",
+    ),
+    "num-classes-too-many": (
+        ["--num-classes", "100000"],
+        "num_classes 100000 is more than synthetic data can teach; use 200 or fewer",
     ),
     "num-classes-binary": (
         ["--num-classes", "3", "--labels", "binary"],
@@ -133,7 +135,7 @@ BAD_INPUT = {
     ),
     "vocab-size-2": (
         ["--shapes", "variable", "--vocab-size", "2"],
-        "vocab_size must be at least 3 (padding and two tokens), got 2",
+        "vocab_size must be 3 or more (padding and 2 tokens), got 2; e.g. 1000",
     ),
     "labels-gan": (
         ["--optimizers", "gan", "--labels", "binary"],
@@ -162,13 +164,11 @@ BAD_INPUT = {
     ),
     "input-shape-letter": (
         ["--input-shape", "28,x"],
-        "input shape '28,x' is not valid; use 1 to 3 positive integers separated by commas, "
-        "e.g. 64 or 28,28,1",
+        "input shape '28,x' is invalid; use 1-3 positive integers, e.g. 64 or 28,28,1",
     ),
     "input-shape-zero": (
         ["--input-shape", "0"],
-        "input shape '0' is not valid; use 1 to 3 positive integers separated by commas, "
-        "e.g. 64 or 28,28,1",
+        "input shape '0' is invalid; use 1-3 positive integers, e.g. 64 or 28,28,1",
     ),
     "data-labels-multi": (
         ["--data", "labels=multi"],
@@ -203,6 +203,25 @@ BAD_INPUT = {
 }
 
 
+def test_synthetic_data_is_named_at_render_time(tmp_path: Path) -> None:
+    result = invoke("new", tmp_path / "proj", "--yes", "--num-classes", "50", "--no-git")
+    assert result.exit_code == 0, result.output
+    assert (
+        "note: no offline dataset has input shape 64 and 50 classes; data.py generates "
+        "synthetic data (Gaussian blobs): replace it with yours\n"
+    ) in result.stderr
+    result = invoke("new", tmp_path / "digits", "--yes", "--no-git")
+    assert "no offline dataset" not in result.output
+
+
+# Learning rates that would write `learning_rate: float = nan` (or inf) into config.py.
+BAD_LEARNING_RATES = ["nan", "inf", "1e309", "-0.0"]
+for _rate in BAD_LEARNING_RATES:
+    _message = f"learning_rate must be between 1e-12 and 10, got {float(_rate)}; e.g. 0.001"
+    BAD_INPUT[f"learning-rate-{_rate}"] = (["--learning-rate", _rate], _message)
+    BAD_INPUT[f"data-learning-rate-{_rate}"] = (["--data", f"learning_rate={_rate}"], _message)
+
+
 @pytest.mark.parametrize(("args", "message"), BAD_INPUT.values(), ids=BAD_INPUT.keys())
 def test_bad_input_fails_cleanly(tmp_path: Path, args: list[str], message: str) -> None:
     dest = tmp_path / "new" / "proj"
@@ -223,15 +242,84 @@ def test_invalid_default_names_its_flag(tmp_path: Path) -> None:
     assert not (tmp_path / "class").exists()
 
 
-def test_unknown_label_is_a_usage_error(tmp_path: Path) -> None:
-    dest = tmp_path / "proj"
-    result = invoke("new", dest, "--yes", "--labels", "multi")
+def test_invalid_project_name_from_dest_says_so(tmp_path: Path) -> None:
+    result = invoke("new", tmp_path / "my proj", "--yes")
     assert result.exit_code == 2, result.output
-    # Typer's own check of a choice, before scaffold runs; its wording varies across versions.
-    error_line = result.output.strip().splitlines()[-1]
-    assert error_line.startswith("Error: Invalid value for '--labels'"), result.output
-    assert "'multi' is not one of 'sparse', 'one-hot', 'binary'" in error_line
-    assert not dest.exists()
+    assert result.output == (
+        "Error: project name 'my proj' is invalid; use a letter, then letters, digits, - or _ "
+        "(it is DEST's name; pass --project-name to set another)\n"
+    )
+    assert not (tmp_path / "my proj").exists()
+
+
+# Mistakes in the command line itself, which Typer catches before scaffold runs: our one line.
+USAGE_ERRORS = {
+    "choice-close": (
+        ["new", "p", "--labels", "onehot"],
+        "--labels 'onehot' is not one of sparse, one-hot, binary; did you mean --labels one-hot?",
+    ),
+    "choice-far": (
+        ["new", "p", "--labels", "multi"],
+        "--labels 'multi' is not one of sparse, one-hot, binary; e.g. --labels sparse",
+    ),
+    "choice-equals": (
+        ["new", "p", "--optimizers=gans"],
+        "--optimizers 'gans' is not one of single, backbone-head, gan; "
+        "did you mean --optimizers gan?",
+    ),
+    "not-an-int": (
+        ["new", "p", "--num-classes", "ten"],
+        "--num-classes must be a whole number, got 'ten'; e.g. --num-classes 10",
+    ),
+    "not-a-float": (
+        ["new", "p", "--learning-rate", "fast"],
+        "--learning-rate must be a number, got 'fast'; e.g. --learning-rate 0.001",
+    ),
+    "unknown-option": (
+        ["new", "p", "--lables", "sparse"],
+        "scaffold new has no option --lables; did you mean --labels?",
+    ),
+    "no-value": (["new", "p", "--labels"], "--labels needs a value; see 'scaffold new --help'"),
+    "no-dest": (["new"], "scaffold new needs DEST; see 'scaffold new --help'"),
+    "unknown-command": (["nw", "p"], "scaffold has no command 'nw'; did you mean scaffold new?"),
+    "update-unknown-option": (
+        ["update", "--dat", "x=1"],
+        "scaffold update has no option --dat; did you mean --data?",
+    ),
+}
+
+
+@pytest.mark.parametrize(("args", "message"), USAGE_ERRORS.values(), ids=USAGE_ERRORS.keys())
+def test_usage_errors_are_our_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, args, prog_name="scaffold")
+    assert result.exit_code == 2, result.output
+    assert result.output == f"Error: {message}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["new", "update", "examples"])
+def test_help_reads_plainly(command: str) -> None:
+    result = runner.invoke(app, [command, "--help"], prog_name="scaffold")
+    assert result.exit_code == 0, result.output
+    usage = result.output.splitlines()[0]
+    assert "{" not in usage and "}" not in usage, usage
+    assert "[default: (" not in " ".join(result.output.split()), result.output
+    if command == "new":
+        assert usage == "Usage: scaffold new [OPTIONS] DEST"
+        assert "[default: 10]" in " ".join(result.output.split())
+
+
+def test_shell_completion_is_offered() -> None:
+    result = runner.invoke(app, ["--help"], prog_name="scaffold")
+    assert result.exit_code == 0, result.output
+    assert "--install-completion" in result.output
+    assert "--show-completion" in result.output
+    result = runner.invoke(app, ["--show-completion", "bash"], prog_name="scaffold")
+    assert result.exit_code == 0, result.output
+    assert "complete" in result.output and "scaffold" in result.output
 
 
 def test_no_terminal_without_yes(tmp_path: Path) -> None:
@@ -257,6 +345,38 @@ def test_non_empty_dest_without_force(tmp_path: Path) -> None:
         "choose a new directory or pass --force to render into it\n"
     )
     assert tree(dest) == before
+
+
+def test_dest_under_a_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("mine\n")
+    result = invoke("new", tmp_path / "afile" / "sub" / "proj", "--yes")
+    assert result.exit_code == 2, result.output
+    assert result.output == (
+        f"Error: cannot create '{tmp_path / 'afile' / 'sub' / 'proj'}': "
+        f"'{tmp_path / 'afile'}' is a file, not a directory; choose a DEST outside it\n"
+    )
+    assert (tmp_path / "afile").read_text() == "mine\n"
+
+
+def test_dest_name_too_long_is_one_line(tmp_path: Path) -> None:
+    dest = tmp_path / ("x" * 300)
+    result = invoke("new", dest, "--yes", "--project-name", "demo")
+    assert result.exit_code == 2, result.output
+    assert result.output == (
+        f"Error: cannot write '{dest}': File name too long; "
+        "choose a DEST in a directory you can write to\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_dest_in_proc_is_one_line() -> None:
+    result = invoke("new", "/proc/scaffold-test", "--yes")
+    assert result.exit_code == 2, result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("Error: cannot write '/proc/scaffold-test': "), result.output
+    assert lines[0].endswith("; choose a DEST in a directory you can write to")
 
 
 # --- what works --------------------------------------------------------------------------------
