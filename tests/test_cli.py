@@ -110,6 +110,18 @@ BAD_INPUT = {
         ["--num-classes", "100000"],
         "num_classes 100000 is more than synthetic data can teach; use 200 or fewer",
     ),
+    "epochs-huge": (
+        ["--epochs", str(2**70)],
+        f"epochs must be 100000 or fewer, got {2**70}; e.g. 10",
+    ),
+    "batch-size-huge": (
+        ["--batch-size", "1000000"],
+        "batch_size must be 65536 or fewer, got 1000000; e.g. 32",
+    ),
+    "vocab-size-huge": (
+        ["--shapes", "variable", "--vocab-size", "10000000"],
+        "vocab_size must be 100000 or fewer, got 10000000; e.g. 1000",
+    ),
     "num-classes-binary": (
         ["--num-classes", "3", "--labels", "binary"],
         "--num-classes does not apply to --labels binary; "
