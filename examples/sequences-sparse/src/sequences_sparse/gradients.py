@@ -88,18 +88,26 @@ def update_status(
         gradients: The gradients, none of them `None`.
         indices: For each gradient, its variable's index in the list that names them.
     """
-    codes = [tf.where(tf.math.is_finite(loss), FINITE, NONFINITE_LOSS)]
-    for index, gradient in zip(indices, gradients, strict=True):
-        finite = tf.reduce_all(tf.math.is_finite(gradient))
-        codes.append(tf.where(finite, FINITE, 2 + index))
-    # The first non-zero code: the loss before any gradient, gradients in variable order.
-    codes = tf.stack(codes)
-    status = tf.gather(codes, tf.argmax(tf.cast(codes != FINITE, tf.int32)))
+    finite = tf.stack(
+        [
+            tf.math.is_finite(loss),
+            *(tf.reduce_all(tf.math.is_finite(_values(g))) for g in gradients),
+        ]
+    )
+    codes = tf.constant([NONFINITE_LOSS, *(2 + i for i in indices)], dtype=tf.int32)
+    # The first code that is not finite: the loss before any gradient, gradients in order.
+    first_bad = tf.gather(codes, tf.argmin(tf.cast(finite, tf.int32)))
+    status = tf.where(tf.reduce_all(finite), FINITE, first_bad)
     context = tf.distribute.get_replica_context()
     if context is not None and context.num_replicas_in_sync > 1:
         bad_replicas = context.all_reduce("sum", tf.cast(status != FINITE, tf.int32))
         status = tf.where((bad_replicas > 0) & (status == FINITE), NONFINITE_ELSEWHERE, status)
     return status
+
+
+def _values(gradient: tf.Tensor | tf.IndexedSlices) -> tf.Tensor:
+    """What a gradient adds: its values, without making a sparse one dense."""
+    return gradient.values if isinstance(gradient, tf.IndexedSlices) else gradient
 
 
 def clip_by_global_norm(gradients: list[tf.Tensor], clip_norm: float | None) -> list[tf.Tensor]:
@@ -193,13 +201,9 @@ class NonFiniteGuard:
         `tf.function`-compatible.
         """
         bad = status != FINITE
-
-        def restore(saved: Sequence[tf.Tensor]) -> None:
-            for variable, value in zip(self.state, saved, strict=True):
-                variable.assign(value)
-
-        if self.state:
-            run_if(bad, restore, list(saved))
+        # A select rather than a `tf.cond`: the state is small, and a cond costs more per step.
+        for variable, value in zip(self.state, saved, strict=True):
+            variable.assign(tf.where(bad, value, variable))
         self.skipped.update_state(tf.cast(bad, tf.float32))
         starts = bad & (self.bad_in_a_row == 0)
         self.first_bad_step.assign(tf.where(starts, step, self.first_bad_step))
