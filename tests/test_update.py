@@ -29,9 +29,7 @@ PACKAGE = "demo"
 USER_OWNED = {f"src/{PACKAGE}/{name}" for name in ("config.py", "data.py", "model.py")}
 TRAIN = f"src/{PACKAGE}/train.py"
 MODEL = f"src/{PACKAGE}/model.py"
-TRAIN_TEMPLATE = (
-    "template/src/{{package_name}}/train.py.jinja"
-)
+TRAIN_TEMPLATE = "template/src/{{package_name}}/train.py.jinja"
 # What v0.2.0 of the template adds to a template-owned module.
 TEMPLATE_FIX = (
     '\n\ndef template_fix() -> str:\n    """Added by v0.2.0 of the template."""\n'

@@ -7,6 +7,7 @@ import dataclasses
 import io
 import re
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from digits_gan.callbacks import ProgressLogger
 from digits_gan.config import Config
 from digits_gan.data import load_datasets
 from digits_gan.model import build_model
@@ -210,3 +212,18 @@ def test_progress_bar_on_a_terminal_and_lines_otherwise(
     _fit(config, [], dataclasses.replace(QUIET, verbose=1))  # Captured: not a terminal.
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(" | ")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+
+
+def test_the_bar_shows_running_figures_as_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The logs hold running results already: averaging them again would show 3.0, not 5.0.
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    logger = ProgressLogger(verbose=1)
+    logger.set_params({"epochs": 1, "steps": 4, "verbose": 1})
+    logger.on_epoch_begin(0)
+    for batch, loss in enumerate([1.0, 3.0, 5.0]):
+        time.sleep(0.06)  # The bar redraws at most every 0.05 s.
+        logger.on_train_batch_end(batch, {"loss": loss})
+    monkeypatch.undo()
+    shown = re.findall(r"loss: (\d+\.\d+)", terminal.getvalue())
+    assert shown[-1] == "5.0000", shown
