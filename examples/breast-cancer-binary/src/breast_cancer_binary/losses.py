@@ -117,17 +117,22 @@ def _conversion_hint(spec: object) -> str:
     return "Give one 0/1 label per example, in one column."
 
 
-def assert_label_values(y: tf.Tensor, config: Config) -> None:
-    """Check label values inside the step, where only graph-compatible checks can run.
+def checked_label_values(y: tf.Tensor, config: Config) -> tf.Tensor:
+    """Return `y`, checked inside the step, where only graph-compatible checks can run.
 
-    Must be `tf.function`-compatible: it adds assertion ops that fail the step with a
-    readable message instead of a NaN loss or an opaque kernel error.
+    Must be `tf.function`-compatible. The returned tensor depends on the assertions, so a
+    loss computed from it cannot run first: a bad label fails the step with this readable
+    message instead of a NaN loss or an opaque kernel error.
     """
     del config  # Binary labels have one column whatever the config.
     is_binary = tf.logical_or(tf.equal(y, 0.0), tf.equal(y, 1.0))
-    tf.debugging.assert_equal(
-        tf.reduce_all(is_binary), True, message="binary labels must be 0.0 or 1.0"
-    )
+    checks = [
+        tf.debugging.assert_equal(
+            tf.reduce_all(is_binary), True, message="binary labels must be 0.0 or 1.0"
+        )
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(y)
 
 
 def check_model_output(model: keras.Model, config: Config) -> None:

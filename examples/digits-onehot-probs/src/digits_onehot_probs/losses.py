@@ -115,18 +115,23 @@ def _conversion_hint(spec: object) -> str:
     return "Give one row of num_classes values per example and check Config.num_classes."
 
 
-def assert_label_values(y: tf.Tensor, config: Config) -> None:
-    """Check label values inside the step, where only graph-compatible checks can run.
+def checked_label_values(y: tf.Tensor, config: Config) -> tf.Tensor:
+    """Return `y`, checked inside the step, where only graph-compatible checks can run.
 
-    Must be `tf.function`-compatible: it adds assertion ops that fail the step with a
-    readable message instead of a NaN loss or an opaque kernel error.
+    Must be `tf.function`-compatible. The returned tensor depends on the assertions, so a
+    loss computed from it cannot run first: a bad label fails the step with this readable
+    message instead of a NaN loss or an opaque kernel error.
     """
     del config  # The shape check already pinned the number of columns.
     message = "one-hot labels must be rows of values in [0, 1] that sum to 1"
-    tf.debugging.assert_non_negative(y, message=message)
-    tf.debugging.assert_near(
-        tf.reduce_sum(y, axis=-1), tf.ones_like(y[:, 0]), atol=1e-3, message=message
-    )
+    checks = [
+        tf.debugging.assert_non_negative(y, message=message),
+        tf.debugging.assert_near(
+            tf.reduce_sum(y, axis=-1), tf.ones_like(y[:, 0]), atol=1e-3, message=message
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(y)
 
 
 def check_model_output(model: keras.Model, config: Config) -> None:

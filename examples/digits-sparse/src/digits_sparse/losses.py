@@ -114,15 +114,20 @@ def _conversion_hint(spec: object) -> str:
     return "Give one class id per example."
 
 
-def assert_label_values(y: tf.Tensor, config: Config) -> None:
-    """Check label values inside the step, where only graph-compatible checks can run.
+def checked_label_values(y: tf.Tensor, config: Config) -> tf.Tensor:
+    """Return `y`, checked inside the step, where only graph-compatible checks can run.
 
-    Must be `tf.function`-compatible: it adds assertion ops that fail the step with a
-    readable message instead of a NaN loss or an opaque kernel error.
+    Must be `tf.function`-compatible. The returned tensor depends on the assertions, so a
+    loss computed from it cannot run first: a bad label fails the step with this readable
+    message instead of a NaN loss or an opaque kernel error.
     """
     message = f"sparse labels must be class ids in [0, {config.num_classes})"
-    tf.debugging.assert_non_negative(y, message=message)
-    tf.debugging.assert_less(y, tf.constant(config.num_classes, y.dtype), message=message)
+    checks = [
+        tf.debugging.assert_non_negative(y, message=message),
+        tf.debugging.assert_less(y, tf.constant(config.num_classes, y.dtype), message=message),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(y)
 
 
 def check_model_output(model: keras.Model, config: Config) -> None:

@@ -87,7 +87,7 @@ def make_train_step(
     """
 
     def train_step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        losses.assert_label_values(y, config)
+        y = losses.checked_label_values(y, config)
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True)
             loss = total_loss(model, loss_fn, y, y_pred)
@@ -104,7 +104,7 @@ def make_eval_step(
     """Return the evaluation step: forward pass with `training=False`, loss, metrics."""
 
     def eval_step(x: tf.Tensor, y: tf.Tensor) -> None:
-        losses.assert_label_values(y, config)
+        y = losses.checked_label_values(y, config)
         y_pred = model(x, training=False)
         loss = total_loss(model, loss_fn, y, y_pred)
         metrics.update(loss, y, y_pred)
