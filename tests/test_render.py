@@ -85,15 +85,18 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                     "__main__",
                     "batches",
                     "callbacks",
+                    "checkpoints",
                     "config",
                     "data",
                     "gan",
                     "gradients",
+                    "interrupts",
                     "loop",
                     "model",
                     "optimizers",
                     "options",
                     "train",
+                    "trained",
                 )
             ),
             *(
@@ -102,8 +105,11 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                     "conftest",
                     "test_batches",
                     "test_callbacks",
+                    "test_checkpoints",
                     "test_gan",
+                    "test_signals",
                     "test_step_runner",
+                    "test_trained",
                 )
             ),
         }
@@ -125,10 +131,12 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                 "__init__",
                 "__main__",
                 "callbacks",
+                "checkpoints",
                 "config",
                 "data",
                 "gradients",
                 "inputs",
+                "interrupts",
                 "loop",
                 "losses",
                 "model",
@@ -136,6 +144,7 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                 "options",
                 "steps",
                 "train",
+                "trained",
             )
         ),
         *(
@@ -144,13 +153,16 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                 "conftest",
                 "helpers",
                 "test_callbacks",
+                "test_checkpoints",
                 "test_contract",
                 "test_guards",
                 "test_learns",
                 "test_loop",
                 "test_parity",
+                "test_signals",
                 "test_step_runner",
                 "test_steps",
+                "test_trained",
             )
         ),
     }
@@ -217,7 +229,12 @@ def test_ruff_clean(project: Path) -> None:
 
 
 # Every project runs its fast tests; these few run the slow ones too (subprocesses).
-WITH_SLOW_TESTS = {"sparse-logits-default", "backbone-head-one-hot-probs-image"}
+WITH_SLOW_TESTS = {
+    "sparse-logits-default",
+    "backbone-head-one-hot-probs-image",
+    "binary-logits-variable",
+    "gan",
+}
 
 
 def test_generated_tests_pass(project: Path, request: pytest.FixtureRequest) -> None:

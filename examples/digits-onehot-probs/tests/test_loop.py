@@ -148,8 +148,15 @@ def test_command_line_trains_into_a_new_run_directory(
 
     runs = sorted((tmp_path / "runs").iterdir())
     assert len(runs) == 2
-    assert {p.name for p in runs[0].iterdir()} == {"metrics.jsonl", "train", "validation"}
-    assert {p.name for p in runs[1].iterdir()} == {"metrics.jsonl"}
+    assert {p.name for p in runs[0].iterdir()} == {
+        "run.json",
+        "metrics.jsonl",
+        "train",
+        "validation",
+        "checkpoints",
+        "model.keras",
+    }
+    assert "train" not in {p.name for p in runs[1].iterdir()}
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"run directory: {Path('runs') / runs[0].name}")
     assert LINE.fullmatch(out[1])
@@ -162,9 +169,7 @@ def test_command_line_refuses_a_directory_that_holds_a_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "metrics.jsonl").write_text("{}\n")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--epochs", "1", "--logdir", str(tmp_path)])
-    assert exit_info.value.code == 2
+    assert main(["train", "--epochs", "1", "--logdir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith(
         f"error: --logdir {tmp_path} already holds a run; choose a new "

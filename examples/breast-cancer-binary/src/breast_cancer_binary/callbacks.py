@@ -19,6 +19,8 @@ from typing import TextIO
 
 import keras
 import tensorflow as tf
+from tensorboard.compat.proto import event_pb2
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 from .config import Config
 from .options import RunOptions
@@ -30,6 +32,12 @@ def format_logs(epoch: int, epochs: int, logs: dict[str, float]) -> str:
     Training figures first, then validation, then the learning rate(s), losses before the
     other figures of a group; `skipped_steps` shows only when a step was skipped.
     """
+    speed = f" | {logs['steps_per_second']:.0f} steps/s" if "steps_per_second" in logs else ""
+    return f"epoch {epoch}/{epochs} | {format_metrics(logs)}{speed}"
+
+
+def format_metrics(logs: dict[str, float]) -> str:
+    """The figures of `format_logs`, without the epoch and the speed: `loss 0.1234 | ...`."""
 
     def group(key: str) -> tuple[int, bool]:
         if key.startswith("val_"):
@@ -47,8 +55,7 @@ def format_logs(epoch: int, epochs: int, logs: dict[str, float]) -> str:
             continue
         number = f"{value:.3g}" if key.endswith("learning_rate") else f"{value:.4f}"
         figures.append(f"{key} {number}")
-    speed = f" | {logs['steps_per_second']:.0f} steps/s" if "steps_per_second" in logs else ""
-    return f"epoch {epoch}/{epochs} | {' | '.join(figures)}{speed}"
+    return " | ".join(figures)
 
 
 class ProgressLogger(keras.callbacks.Callback):
@@ -129,17 +136,37 @@ class MetricsFile(keras.callbacks.Callback):
 
     Each line is written and flushed at the end of its epoch, so a run that is stopped keeps
     every finished epoch. The file is opened at the start of the run and closed at its end.
+    A resumed run first drops the lines of the epochs it runs again (those a killed run wrote
+    after its last checkpoint), so every epoch has one line.
     """
 
     def __init__(self, path: str | Path) -> None:
         super().__init__()
         self.path = Path(path)
         self._stream: TextIO | None = None
+        self._started = False
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         """Open the file for appending, creating its directory."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._stream = self.path.open("a", encoding="utf-8")
+        self._started = False
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        """On the run's first epoch, drop the lines of this epoch and later ones."""
+        if self._started or epoch == 0 or not self.path.exists():
+            self._started = True
+            return
+        self._started = True
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if json.loads(line)["epoch"] <= epoch]
+        if len(kept) < len(lines):
+            partial = self.path.with_name(self.path.name + ".partial")
+            partial.write_text("".join(kept), encoding="utf-8")
+            partial.replace(self.path)  # Atomic: a kill leaves the old file or the new one.
+            if self._stream is not None:
+                self._stream.close()
+                self._stream = self.path.open("a", encoding="utf-8")
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         """Append the epoch's line."""
@@ -155,15 +182,41 @@ class MetricsFile(keras.callbacks.Callback):
             self._stream = None
 
 
+def mark_restart(run_dir: Path, step: int) -> None:
+    """Tell TensorBoard that `run_dir`'s run starts again at `step`.
+
+    A `SessionLog.START` event makes TensorBoard drop the points at `step` and later that
+    earlier files hold, except the first START it sees in a run (which it takes for the
+    run's beginning): the file holds two. It goes in a file of its own, named to sort right
+    after the latest one: TensorBoard reads a run's files in the order of their names.
+    """
+    files = sorted(path.name for path in run_dir.iterdir() if "tfevents" in path.name)
+    if not files:
+        return
+    now = time.time()
+    start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+    events = (
+        event_pb2.Event(wall_time=now, file_version="brain.Event:2"),
+        event_pb2.Event(wall_time=now, step=step, session_log=start),
+        event_pb2.Event(wall_time=now, step=step, session_log=start),
+    )
+    with (run_dir / f"{files[-1]}.restart-{step}").open("wb") as stream:
+        writer = RecordWriter(stream)
+        for event in events:
+            writer.write(event.SerializeToString())
+
+
 class TensorBoard(keras.callbacks.Callback):
     """Per-epoch scalars for TensorBoard: `logdir/train` and `logdir/validation`.
 
     `loss` and `val_loss` are both written as `loss`, to the `train` and the `validation` run,
     so that TensorBoard draws them on one chart (likewise `accuracy`); every other figure
     (`skipped_steps`, the learning rate(s), `steps_per_second`) goes to `train`.
-    The step of each point is the epoch number, from 1. Written eagerly, once per epoch, and
-    flushed, so nothing is traced and a stopped run keeps every finished epoch. Watch a run
-    with `tensorboard --logdir runs`.
+    The step of each point is the epoch number, from 1. Written once per epoch and flushed,
+    so a stopped run keeps every finished epoch. A resumed run first marks a restart at its
+    first epoch (`SessionLog.START`), so TensorBoard drops the points a killed run wrote
+    after its last checkpoint, and draws every epoch once. Watch a run with
+    `tensorboard --logdir runs`.
     """
 
     def __init__(self, logdir: str | Path) -> None:
@@ -171,6 +224,22 @@ class TensorBoard(keras.callbacks.Callback):
         self.logdir = Path(logdir)
         self._writers: dict[str, tf.summary.SummaryWriter] = {}
         self._writes: dict[tuple[tuple[str, str], ...], Callable[..., None]] = {}
+        self._started = False
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        """Start a run."""
+        self._started = False
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        """On the run's first epoch, if it is not the first, mark the restart in each run."""
+        if self._started:
+            return
+        self._started = True
+        if epoch == 0:
+            return
+        for run in ("train", "validation"):
+            if (self.logdir / run).is_dir():
+                mark_restart(self.logdir / run, step=epoch + 1)
 
     def _write(self, tags: tuple[tuple[str, str], ...]) -> Callable[..., None]:
         """A `tf.function` that writes one value per `(run, tag)` at a step.

@@ -51,6 +51,16 @@ def output_layer(config: Config) -> keras.layers.Dense:
     return keras.layers.Dense(output_units(config), name="logits")
 
 
+def probabilities(outputs: tf.Tensor) -> tf.Tensor:
+    """The probability of class 1 for each example, `(batch, 1)`, from the model's outputs."""
+    return tf.sigmoid(outputs)
+
+
+def class_ids(outputs: tf.Tensor) -> tf.Tensor:
+    """The predicted class id of each example, int32 `(batch,)`, from the model's outputs."""
+    return tf.cast(outputs[:, 0] > THRESHOLD, tf.int32)
+
+
 def label_spec(config: Config) -> tf.TensorSpec:
     """The labels of one batch, as the step functions' input signature declares them."""
     del config  # One column, whatever the config.

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import keras
 import tensorflow as tf
 
+from . import interrupts
 from .callbacks import default_callbacks
+from .checkpoints import CHECKPOINTS, RunCheckpoint, check_same_config, save_model, write_run_file
 from .config import Config
 from .data import load_datasets
 from .gradients import NonFiniteGuard
@@ -73,11 +76,11 @@ class Trainer:
             stop=self.guard.tripped,
             run_eagerly=self.options.run_eagerly,
         )
+        self.eval_steps: dict[tuple[int, ...], StepFn] = {}
         self.eval_runner: StepRunner | None = None
         if self.task.make_eval_step is not None:
-            self.eval_step = self._compile(self.task.make_eval_step())
             self.eval_runner = StepRunner(
-                self.eval_step,
+                None,
                 self.options.steps_per_execution,
                 self.task.val_metrics,
                 run_eagerly=self.options.run_eagerly,
@@ -97,6 +100,33 @@ class Trainer:
         if key not in self.train_steps:
             self.train_steps[key] = self._compile(self._guarded(self.task.make_train_step()))
         return self.train_steps[key]
+
+    @property
+    def eval_step(self) -> StepFn:
+        """The evaluation step for the model's trainable variables now.
+
+        Traced once per set of trainable variables too, because the loss it reports adds the
+        regularization losses of the trainable weights only (`model.losses`).
+        """
+        assert self.task.make_eval_step is not None
+        key = tuple(id(v) for v in self.model.trainable_variables)
+        if key not in self.eval_steps:
+            self.eval_steps[key] = self._compile(self.task.make_eval_step())
+        return self.eval_steps[key]
+
+    def checkpoint_items(self) -> dict[str, object]:
+        """The run's state for `checkpoints.RunCheckpoint`, all but the data's position."""
+        metrics = (*self.task.train_metrics, self.guard.skipped)
+        return {
+            "model": self.model,
+            # Random layers' seed states (e.g. Dropout's) are not among the model's weights.
+            "model_state": list(self.model.non_trainable_variables),
+            "optimizers": self.task.optimizers.checkpoint_items(),
+            "global_step": self.global_step,
+            "guard": self.guard.variables,
+            "metrics": [variable for metric in metrics for variable in metric.variables],
+            **self.task.checkpoint_items(),
+        }
 
     def _guarded(self, step: StepFn) -> StepFn:
         guard, global_step = self.guard, self.global_step
@@ -122,15 +152,20 @@ class Trainer:
         )
 
     def train_epoch(
-        self, dataset: tf.data.Dataset, hooks: CallHooks | None = None
+        self, dataset: tf.data.Dataset, hooks: CallHooks | None = None, *, first_step: int = 0
     ) -> tuple[EpochLogs, int]:
         """Train on every batch once; return this epoch's figures and its number of steps.
+
+        Args:
+            dataset: The batches.
+            hooks: Called around each call of `options.steps_per_execution` steps.
+            first_step: Steps of this epoch already run (when resuming from a checkpoint).
 
         Raises:
             gradients.NonFiniteError: If `options.max_bad_steps` steps in a row were skipped.
         """
         self.train_runner.use_step(self.train_step)
-        logs, steps = self.train_runner.run_epoch(dataset, hooks)
+        logs, steps = self.train_runner.run_epoch(dataset, hooks, first_step=first_step)
         if bool(self.guard.tripped()):
             raise self.guard.error(int(self.global_step.numpy()))
         return logs, steps
@@ -145,6 +180,7 @@ class Trainer:
         """
         if self.eval_runner is None:
             raise ValueError("this project has no evaluation step: a GAN has no validation")
+        self.eval_runner.use_step(self.eval_step)
         if callbacks is None:
             logs, _ = self.eval_runner.run_epoch(dataset)
             return logs
@@ -175,6 +211,11 @@ class Trainer:
         `model.optimizer` is the `OptimizerSet`, so that callbacks which read or set
         `model.optimizer.learning_rate` work with every optimizer.
 
+        With `options.logdir`, the run writes `run.json`, a checkpoint at the end of every
+        epoch (and every `options.checkpoint_every_steps` steps) and, when it ends,
+        `model.keras`. With `options.resume`, it first restores the latest checkpoint and goes
+        on from its epoch and step, in place of `initial_epoch`.
+
         Args:
             train_ds: Batches to train on.
             val_ds: Batches to evaluate on after each epoch; no evaluation when `None`.
@@ -184,16 +225,24 @@ class Trainer:
                 `callbacks.default_callbacks`), so those see what yours add to the logs.
 
         Returns:
-            The `History`: `.history` maps each key of the epoch logs to its per-epoch values,
-            `.model` is the trained model.
+            The `History` of this call's epochs: `.history` maps each key of the epoch logs
+            to its per-epoch values, `.model` is the trained model.
 
         Raises:
             gradients.NonFiniteError: If `options.max_bad_steps` steps in a row were skipped.
+            interrupts.Interrupted: If a stop was requested (`interrupts.request`, or Ctrl-C
+                within `interrupts.catch_signals`); raised after the current call of steps
+                and, with a logdir, a checkpoint.
+            checkpoints.CheckpointError: If `options.resume` finds nothing to resume, or a
+                checkpoint that cannot be read or that another model wrote.
         """
         epochs = self.config.epochs if epochs is None else epochs
         self.task.check_dataset(train_ds, "train_ds")
         if val_ds is not None:
             self.task.check_dataset(val_ds, "val_ds")
+        logdir = None if self.options.logdir is None else Path(self.options.logdir)
+        if self.options.resume and logdir is not None:
+            check_same_config(logdir, self.config)
         num_batches = int(train_ds.cardinality())
         history = keras.callbacks.History()
         callback_list = keras.callbacks.CallbackList(
@@ -203,27 +252,59 @@ class Trainer:
             steps=num_batches if num_batches >= 0 else None,
             verbose=self.options.verbose,
         )
+        checkpoint = None
+        if logdir is not None:
+            checkpoint = RunCheckpoint(
+                logdir / CHECKPOINTS,
+                self.checkpoint_items(),
+                callback_list.callbacks,
+                self.options.max_checkpoints,
+            )
+        epoch = first_step = 0
+        every = self.options.checkpoint_every_steps if checkpoint is not None else None
+
+        def after_call(batch: int, logs: EpochLogs) -> None:
+            callback_list.on_train_batch_end(batch, logs)
+            if checkpoint is not None and every and int(self.global_step) % every == 0:
+                checkpoint.save(epoch, batch + 1, self.train_runner.iterator)
+
         hooks = CallHooks(
             callback_list.on_train_batch_begin,
-            callback_list.on_train_batch_end,
-            stop=lambda: bool(self.model.stop_training),
+            after_call,
+            stop=lambda: bool(self.model.stop_training) or interrupts.requested() is not None,
+            limit=None if not every else lambda: every - int(self.global_step) % every,
         )
         optimizer = getattr(self.model, "optimizer", None)
         self.model.optimizer = self.task.optimizers
         self.model.stop_training = False
         try:
+            self.train_runner.start(train_ds)
+            if checkpoint is not None and self.options.resume:
+                initial_epoch, first_step = checkpoint.restore(self.train_runner.iterator)
+            elif logdir is not None:
+                write_run_file(logdir, self.config, self.options)
             callback_list.on_train_begin()
+            if checkpoint is not None:
+                checkpoint.restore_callbacks()  # After on_train_begin, which resets them.
             logs: EpochLogs = {}
             for epoch in range(initial_epoch, epochs):
                 callback_list.on_epoch_begin(epoch)
                 start = time.perf_counter()
-                logs, steps = self.train_epoch(train_ds, hooks)
+                logs, steps = self.train_epoch(train_ds, hooks, first_step=first_step)
                 seconds = time.perf_counter() - start
+                if interrupts.requested() is not None and self.train_runner.ended_early:
+                    raise self._interrupted(checkpoint, epoch, steps)
                 if val_ds is not None:
                     logs.update(self.evaluate(val_ds, callback_list))
                 logs.update(self.task.optimizers.learning_rates())
-                logs["steps_per_second"] = steps / seconds if seconds > 0 else 0.0
+                logs["steps_per_second"] = (steps - first_step) / seconds if seconds > 0 else 0.0
+                first_step = 0
                 callback_list.on_epoch_end(epoch, logs)
+                saved = None
+                if checkpoint is not None:
+                    saved = checkpoint.save(epoch + 1, 0, self.train_runner.iterator)
+                if interrupts.requested() is not None:
+                    raise self._interrupted(checkpoint, epoch + 1, 0, saved=saved)
                 if self.model.stop_training:
                     break
             callback_list.on_train_end(logs)
@@ -233,7 +314,20 @@ class Trainer:
             self.train_runner.close()
             if self.eval_runner is not None:
                 self.eval_runner.close()
+        if logdir is not None:
+            save_model(self.model, logdir)
         return history
+
+    def _interrupted(
+        self,
+        checkpoint: RunCheckpoint | None,
+        epoch: int,
+        step: int,
+        saved: Path | None = None,
+    ) -> interrupts.Interrupted:
+        if checkpoint is not None and saved is None:
+            saved = checkpoint.save(epoch, step, self.train_runner.iterator)
+        return interrupts.Interrupted(interrupts.requested() or 2, epoch, step, saved)
 
 
 def fit(

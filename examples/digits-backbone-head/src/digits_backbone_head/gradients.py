@@ -191,6 +191,11 @@ class NonFiniteGuard:
         self.first_bad_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="first_bad")
         self.first_bad_status = tf.Variable(0, dtype=tf.int32, trainable=False, name="status")
 
+    @property
+    def variables(self) -> list[tf.Variable]:
+        """Its counters, for checkpoints (`skipped` is a metric, read and reset by the loop)."""
+        return [self.bad_in_a_row, self.first_bad_step, self.first_bad_status]
+
     def save_state(self) -> list[tf.Tensor]:
         """The layer state before a step. `tf.function`-compatible."""
         return [tf.identity(variable) for variable in self.state]

@@ -1,8 +1,16 @@
-"""Command line: `python -m digits_gan train [--epochs N] [--logdir DIR] ...`.
+"""Command line: `python -m digits_gan train|predict|export ...`.
 
+    python -m digits_gan train [--epochs N] [--logdir DIR] ...
+    python -m digits_gan train --logdir DIR --resume [--epochs N]
+    python -m digits_gan predict DIR --input Z.npy --output IMAGES.npy
+    python -m digits_gan export DIR OUT
+
+`train` trains into a run directory, or with `--resume` goes on from its latest checkpoint;
+the others use the model a finished run saved: generated images, a SavedModel.
 `--help` imports no TensorFlow, so it answers at once; TensorFlow's start-up messages are
-silenced unless `TF_CPP_MIN_LOG_LEVEL` is set. Exit codes: 0 when the run finished, 1 when it
-stopped on non-finite steps, 2 for a usage error (nothing is written then), 130 on Ctrl-C.
+silenced unless `TF_CPP_MIN_LOG_LEVEL` is set. Exit codes: 0 when the command did its work,
+1 when training stopped on non-finite steps, 2 for a usage error or a run that cannot be used
+(one line; nothing is written), 130 on Ctrl-C and 143 on SIGTERM (after a checkpoint).
 
 Template-owned: `copier update` merges template changes into it.
 """
@@ -46,19 +54,25 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser; `train` is the one command. Defaults come from `Config`."""
+    """The argument parser, one sub-command per task. Defaults come from `Config`."""
     config, options = Config(), RunOptions()
     parser = argparse.ArgumentParser(
-        prog=f"python -m {__package__}", description="Train the model with the custom loop."
+        prog=f"python -m {__package__}",
+        description="Train the model with the custom loop, and use what it trained.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser(
         "train",
         help="train with the custom loop",
-        description="Train with the custom loop; every figure goes to the run's directory.",
+        description=(
+            "Train with the custom loop; every figure, checkpoint and the trained model go to "
+            "the run's directory."
+        ),
     )
     train.add_argument(
-        "--epochs", type=_positive_int, help=f"passes over the data (default: {config.epochs})"
+        "--epochs",
+        type=_positive_int,
+        help=f"passes over the data, in all when resuming (default: {config.epochs})",
     )
     train.add_argument(
         "--batch-size",
@@ -69,9 +83,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--logdir",
         type=Path,
         help=(
-            "the run's directory, for metrics.jsonl and TensorBoard events; it must not hold "
-            f"a run already (default: a new {RUNS}/<date>-<time>)"
+            "the run's directory; it must not hold a run already, unless --resume "
+            f"(default: a new {RUNS}/<date>-<time>)"
         ),
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help=(
+            "go on with the run in --logdir from its latest checkpoint, with its config "
+            "(run.json) and options; flags given now replace them"
+        ),
+    )
+    train.add_argument(
+        "--checkpoint-every-steps",
+        type=_positive_int,
+        help="also write a checkpoint every N training steps (default: at epoch ends only)",
+    )
+    train.add_argument(
+        "--max-checkpoints",
+        type=_positive_int,
+        help=f"how many of the latest checkpoints to keep (default: {options.max_checkpoints})",
     )
     train.add_argument(
         "--steps-per-execution",
@@ -99,18 +131,56 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--strict-gradients",
         action="store_true",
+        default=None,
         help="fail, rather than warn, when a trainable variable gets no gradient",
     )
     train.add_argument(
         "--deterministic",
         action="store_true",
+        default=None,
         help="make every op deterministic, so two runs give identical results (slower)",
     )
-    train.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard events")
     train.add_argument(
-        "--eager", action="store_true", help="run the steps eagerly for readable stack traces"
+        "--no-tensorboard",
+        dest="tensorboard",
+        action="store_false",
+        default=None,
+        help="write no TensorBoard events",
+    )
+    train.add_argument(
+        "--eager",
+        action="store_true",
+        default=None,
+        help="run the steps eagerly for readable stack traces",
     )
     train.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+    predict = commands.add_parser(
+        "predict",
+        help="generate images with a run's generator",
+        description=(
+            "Write the images the generator makes of latent vectors: --input holds an "
+            "(n, latent_dim) array, --output gets float32 (n, *image_shape) images."
+        ),
+    )
+    predict.add_argument("logdir", type=Path, help="the run's directory")
+    predict.add_argument(
+        "--input", type=Path, required=True, help="a .npy file of examples, one per row"
+    )
+    predict.add_argument(
+        "--output", type=Path, required=True, help="the .npy file to write; must not exist"
+    )
+
+    export = commands.add_parser(
+        "export",
+        help="export a run's model as a SavedModel for serving",
+        description=(
+            "Write a finished run's generator as a TensorFlow SavedModel (model.export); "
+            "tf.saved_model.load(OUT).serve(x) runs it."
+        ),
+    )
+    export.add_argument("logdir", type=Path, help="the run's directory")
+    export.add_argument("out", type=Path, help="where to write the SavedModel; must not exist")
     return parser
 
 
@@ -159,46 +229,122 @@ def import_tensorflow_quietly() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse the command line, train, and return the exit code."""
+    """Parse the command line, run the command, and return the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    overrides = {"epochs": args.epochs, "batch_size": args.batch_size}
-    config = dataclasses.replace(Config(), **{k: v for k, v in overrides.items() if v is not None})
-    logdir = new_run_dir() if args.logdir is None else args.logdir
-    problem = check_run_dir(logdir)
-    if problem:
-        parser.exit(EXIT_USAGE, f"{parser.prog} train: error: {problem}\n")
+    prog = f"{parser.prog} {args.command}"
+    try:
+        if args.command == "train":
+            return train(args, prog)
+        import_tensorflow_quietly()
+        from .checkpoints import CheckpointError
+
+        try:
+            return use_run(args)
+        except CheckpointError as error:
+            print(f"{prog}: error: {error}", file=sys.stderr)
+            return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def train(args: argparse.Namespace, prog: str) -> int:
+    """`train`: a new run, or `--resume` of one; the exit code."""
+    if args.resume:
+        if args.logdir is None:
+            return _usage(prog, "--resume needs --logdir DIR, the directory of the run to resume")
+        if args.batch_size is not None:
+            return _usage(
+                prog,
+                f"--batch-size cannot change when resuming; the run's is in {args.logdir}/run.json",
+            )
+        if not args.logdir.is_dir():
+            return _usage(prog, f"--logdir {args.logdir} does not exist: no run to resume")
+        logdir = args.logdir
+    else:
+        logdir = new_run_dir() if args.logdir is None else args.logdir
+        problem = check_run_dir(logdir)
+        if problem:
+            return _usage(prog, problem)
+    import_tensorflow_quietly()
+    from . import interrupts
+    from .checkpoints import CheckpointError, read_run_config, read_run_options
+    from .gradients import NonFiniteError
+    from .train import fit
+
+    config, options = Config(), RunOptions()
+    if args.resume:
+        try:
+            config, options = read_run_config(logdir), read_run_options(logdir)
+        except CheckpointError as error:
+            return _usage(prog, str(error))
+    if args.epochs is not None:
+        config = dataclasses.replace(config, epochs=args.epochs)
+    if args.batch_size is not None:
+        config = dataclasses.replace(config, batch_size=args.batch_size)
     changes = {
         "steps_per_execution": args.steps_per_execution,
         "jit_compile": args.jit_compile,
         "clip_global_norm": args.clip_global_norm,
         "max_bad_steps": args.max_bad_steps,
+        "checkpoint_every_steps": args.checkpoint_every_steps,
+        "max_checkpoints": args.max_checkpoints,
+        "strict_gradients": args.strict_gradients,
+        "deterministic": args.deterministic,
+        "tensorboard": args.tensorboard,
+        "run_eagerly": args.eager,
     }
     options = dataclasses.replace(
-        RunOptions(),
+        options,
         **{k: v for k, v in changes.items() if v is not None},
-        strict_gradients=args.strict_gradients,
-        deterministic=args.deterministic,
-        tensorboard=not args.no_tensorboard,
-        run_eagerly=args.eager,
         logdir=logdir,
+        resume=args.resume,
         verbose=0 if args.quiet else 1,
     )
-    import_tensorflow_quietly()
-    from .gradients import NonFiniteError
-    from .train import fit
-
     if not args.quiet:
         print(f"run directory: {logdir}  (watch it: tensorboard --logdir {logdir.parent})")
     try:
-        fit(config, options=options)
+        with interrupts.catch_signals():
+            fit(config, options=options)
     except NonFiniteError as error:
-        print(f"{parser.prog} train: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {error}", file=sys.stderr)
         return EXIT_NONFINITE
-    except KeyboardInterrupt:
-        print(f"{parser.prog} train: interrupted; finished epochs are in {logdir}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except CheckpointError as error:
+        return _usage(prog, str(error))
+    except interrupts.Interrupted as stop:
+        resume = f"python -m {__package__} train --logdir {logdir} --resume"
+        print(f"{prog}: {stop}; resume with: {resume}", file=sys.stderr)
+        return stop.exit_code
     return 0
+
+
+def use_run(args: argparse.Namespace) -> int:
+    """`predict` or `export` of a finished run; the exit code.
+
+    Raises:
+        checkpoints.CheckpointError: With the one line to print, for exit code 2.
+    """
+    import numpy as np
+
+    from . import trained
+
+    if args.command == "predict":
+        if args.output.exists():
+            raise trained.RunFileError(f"{args.output} exists already; give a new file to write")
+        inputs = trained.load_input(args.input)
+        predictions = trained.predict(args.logdir, inputs)
+        np.save(args.output, predictions)
+        print(f"wrote {args.output}: {predictions.dtype} {predictions.shape}")
+        return 0
+    out = trained.export(args.logdir, args.out)
+    print(f"wrote {out}: load it with tf.saved_model.load({str(out)!r}).serve")
+    return 0
+
+
+def _usage(prog: str, problem: str) -> int:
+    print(f"{prog}: error: {problem}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":

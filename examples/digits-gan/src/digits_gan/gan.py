@@ -277,6 +277,10 @@ class GanTask:
         self.input_signature = input_signature(config)
         self._loss_fn = make_loss()
 
+    def checkpoint_items(self) -> dict[str, object]:
+        """What a checkpoint holds beyond the model, its optimizers and the loop's state."""
+        return {"noise": self.noise}
+
     def make_train_step(self) -> StepFn:
         """The training step."""
         args = (self.model, self.optimizers, self._loss_fn, self.noise, self.config)

@@ -50,15 +50,30 @@ class RunOptions:
     max_bad_steps: int = 10
     deterministic: bool = False
     logdir: str | Path | None = None
+    checkpoint_every_steps: int | None = None
+    max_checkpoints: int = 3
+    resume: bool = False
     tensorboard: bool = True
     verbose: int = 1
 
     def __post_init__(self) -> None:
         """Reject values that would fail later with a less helpful error."""
-        for name in ("steps_per_execution", "max_bad_steps"):
+        for name in ("steps_per_execution", "max_bad_steps", "max_checkpoints"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"RunOptions.{name}={value!r} is invalid; use an integer >= 1")
+        every = self.checkpoint_every_steps
+        if every is not None and (
+            isinstance(every, bool) or not isinstance(every, int) or every < 1
+        ):
+            raise ValueError(
+                f"RunOptions.checkpoint_every_steps={every!r} is invalid; "
+                "use an integer >= 1, or None for checkpoints at epoch ends only"
+            )
+        if self.resume and self.logdir is None:
+            raise ValueError(
+                "RunOptions.resume=True needs the run's directory; set RunOptions.logdir"
+            )
         if self.clip_global_norm is not None and not (
             math.isfinite(self.clip_global_norm) and self.clip_global_norm > 0
         ):

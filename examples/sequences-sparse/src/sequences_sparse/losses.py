@@ -48,6 +48,16 @@ def output_layer(config: Config) -> keras.layers.Dense:
     return keras.layers.Dense(output_units(config), name="logits")
 
 
+def probabilities(outputs: tf.Tensor) -> tf.Tensor:
+    """The probability of each class for each example, `(batch, num_classes)`."""
+    return tf.nn.softmax(outputs, axis=-1)
+
+
+def class_ids(outputs: tf.Tensor) -> tf.Tensor:
+    """The predicted class id of each example, int32 `(batch,)`, from the model's outputs."""
+    return tf.argmax(outputs, axis=-1, output_type=tf.int32)
+
+
 def label_spec(config: Config) -> tf.TensorSpec:
     """The labels of one batch, as the step functions' input signature declares them."""
     del config  # Class ids have no class dimension.

@@ -141,6 +141,10 @@ class ClassifierTask:
         self.val_metrics = self._val.all()
         self.input_signature = (inputs.features_spec(config), losses.label_spec(config))
 
+    def checkpoint_items(self) -> dict[str, object]:
+        """What a checkpoint holds beyond the model, its optimizers and the loop's state."""
+        return {}
+
     def make_train_step(self) -> StepFn:
         """The training step for the model's trainable variables now."""
         return make_train_step(self.model, self.optimizers, self.loss_fn, self._train, self.config)

@@ -1,0 +1,100 @@
+"""What checkpointing at every epoch's end costs the default run (the batch-32 MLP on digits).
+
+Renders the default project, then runs its default training (`fit(Config())`: 10 epochs,
+TensorBoard and metrics.jsonl on) into a fresh run directory, ROUNDS times in one process.
+For each run it times `fit` as a whole and, inside it, every `RunCheckpoint.save` (the first
+of a run includes tracing the write). It also times the default command,
+`python -m bench train --quiet`, end to end, ROUNDS times. Quotes medians, the checkpoint
+writes' share of `fit` and of the command, and writes benchmarks/checkpoints.md.
+
+    python benchmarks/checkpoint_cost.py [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf
+
+from scaffold.render import render_project
+
+OUT = Path(__file__).with_name("checkpoints.md")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp())
+    render_project(root / "bench", {"project_name": "bench"}, quiet=True)
+    sys.path.insert(0, str(root / "bench" / "src"))
+    checkpoints = importlib.import_module("bench.checkpoints")
+    train = importlib.import_module("bench.train")
+    Config = importlib.import_module("bench.config").Config
+    RunOptions = importlib.import_module("bench.options").RunOptions
+
+    saves: list[float] = []
+    original = checkpoints.RunCheckpoint.save
+
+    def timed_save(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            saves.append(time.perf_counter() - start)
+
+    checkpoints.RunCheckpoint.save = timed_save
+    rows = []
+    for round_ in range(args.rounds):
+        saves.clear()
+        options = RunOptions(verbose=0, logdir=root / f"run{round_}")
+        start = time.perf_counter()
+        train.fit(Config(), options=options)
+        total = time.perf_counter() - start
+        rows.append((total, sum(saves), len(saves), statistics.median(saves)))
+    commands = []
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = str(root / "bench" / "src")
+    for round_ in range(args.rounds):
+        argv = ["train", "--quiet", "--logdir", str(root / f"cli{round_}")]
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "bench", *argv], check=True, env=env)
+        commands.append(time.perf_counter() - start)
+    command = statistics.median(commands)
+    total = statistics.median(row[0] for row in rows)
+    saving = statistics.median(row[1] for row in rows)
+    share = statistics.median(row[1] / row[0] for row in rows)
+    per_save = statistics.median(row[3] for row in rows)
+    lines = [
+        "# Checkpoint cost on the default run",
+        "",
+        f"`python benchmarks/checkpoint_cost.py --rounds {args.rounds}`; TensorFlow "
+        f"{tf.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs.",
+        "",
+        "| `fit`, default run (10 epochs) | checkpoint writes in it | one write (median) "
+        "| share of `fit` | `python -m bench train` | share of the command |",
+        "|---|---|---|---|---|---|",
+        f"| {total:.2f} s | {saving * 1000:.0f} ms ({rows[0][2]} writes, the first traced) | "
+        f"{per_save * 1000:.1f} ms | {share:.1%} | {command:.2f} s | {saving / command:.1%} |",
+        "",
+        "Medians over the rounds. The command's time includes starting Python, importing",
+        "TensorFlow and loading the data, which a run pays once.",
+        "",
+    ]
+    OUT.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

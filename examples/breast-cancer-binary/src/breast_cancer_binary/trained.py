@@ -1,0 +1,133 @@
+"""Use a finished run: evaluate its model, predict with it, export it.
+
+Each function takes the run's directory, which holds `model.keras` (written when the run
+ended) and `run.json` (its config). The command line calls them:
+    python -m breast_cancer_binary evaluate DIR
+    python -m breast_cancer_binary predict DIR --input X.npy --output Y.npy [--class-ids]
+    python -m breast_cancer_binary export DIR OUT
+
+Template-owned: `copier update` merges template changes into it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from .checkpoints import MODEL_FILE, CheckpointError, read_run_config
+from .config import Config
+from .data import load_datasets
+from .inputs import features_spec
+from .loop import EpochLogs
+from .losses import class_ids, probabilities
+from .options import RunOptions
+from .train import Trainer
+
+
+class RunFileError(CheckpointError):
+    """A run's directory or an input file cannot be used: what is wrong, and the fix."""
+
+
+def load_run(logdir: str | Path) -> tuple[Config, keras.Model]:
+    """The config and the trained model of the run in `logdir`.
+
+    Raises:
+        RunFileError: If `logdir` holds no finished run.
+    """
+    logdir = Path(logdir)
+    if not logdir.is_dir():
+        raise RunFileError(f"{logdir} is not a directory; give a run's directory, e.g. runs/…")
+    path = logdir / MODEL_FILE
+    if not path.is_file():
+        raise RunFileError(
+            f"{path} does not exist: the run has not finished; resume it with "
+            f"`python -m {__package__} train --logdir {logdir} --resume`"
+        )
+    config = read_run_config(logdir)
+    return config, keras.saving.load_model(path)
+
+
+def evaluate(logdir: str | Path) -> EpochLogs:
+    """The run's model on the validation split of `load_datasets`: `val_loss`, `val_accuracy`.
+
+    The same evaluation step as during training, so for the model of the last epoch these
+    are that epoch's `val_loss` and `val_accuracy` in `metrics.jsonl`, to the last digit.
+    """
+    config, model = load_run(logdir)
+    _, val_ds = load_datasets(config)
+    return Trainer(config, model, RunOptions(verbose=0)).evaluate(val_ds)
+
+
+def predict(logdir: str | Path, features: np.ndarray, *, as_class_ids: bool = False) -> np.ndarray:
+    """Predict for `features`, an array of examples of the model's input shape.
+
+    Args:
+        logdir: The run's directory.
+        features: `(n, *config.input_shape)`.
+        as_class_ids: Return class ids `(n,)` instead of probabilities.
+
+    Returns:
+        The probability of class 1, float32 `(n, 1)`, or class ids 0/1, int32 `(n,)`.
+
+    Raises:
+        RunFileError: If the run has no model, or `features` does not fit it.
+    """
+    config, model = load_run(logdir)
+    features = check_features(features, config)
+    outputs = model.predict(features, batch_size=config.batch_size, verbose=0)
+    result = class_ids(outputs) if as_class_ids else probabilities(outputs)
+    return np.asarray(result)
+
+
+def check_features(features: np.ndarray, config: Config) -> np.ndarray:
+    """`features` in the model's input dtype, or a one-line error naming what does not fit."""
+    spec = features_spec(config)
+    expected = tuple(spec.shape[1:])
+    found = tuple(features.shape[1:])
+    fits = len(found) == len(expected) and all(
+        e is None or e == f for e, f in zip(expected, found, strict=True)
+    )
+    if features.ndim < 1 or not fits:
+        shape = ", ".join("length" if e is None else str(e) for e in expected)
+        raise RunFileError(
+            f"the input has shape {features.shape}, but the model takes (n, {shape}) "
+            f"arrays of {spec.dtype.name}"
+        )
+    if features.dtype.kind not in "iuf":  # Signed or unsigned integers, or floats.
+        raise RunFileError(f"the input holds {features.dtype} values; give numbers")
+    return features.astype(spec.dtype.as_numpy_dtype)
+
+
+def export(logdir: str | Path, out: str | Path) -> Path:
+    """Write the run's model as a SavedModel for serving, with `model.export`.
+
+    Load it with `tf.saved_model.load(out)` and call its `serve` endpoint:
+    features in, the model's raw outputs (logits) out; apply `losses.probabilities` for
+    probabilities.
+
+    Raises:
+        RunFileError: If the run has no model, or `out` exists already.
+    """
+    out = Path(out)
+    if out.exists():
+        raise RunFileError(f"{out} exists already; give a new path for the SavedModel")
+    _, model = load_run(logdir)
+    model.export(str(out), verbose=False)
+    return out
+
+
+def load_input(path: str | Path) -> np.ndarray:
+    """An array from a `.npy` file, or a one-line error.
+
+    Raises:
+        RunFileError: If `path` is missing or not a NumPy array file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RunFileError(f"{path} does not exist; give a .npy file made with numpy.save")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise RunFileError(f"{path} is not a .npy array file: {error}") from None
