@@ -45,4 +45,11 @@ def test_installed_project_trains(tmp_path: Path) -> None:
     assert second.startswith("epoch 1/1 | loss "), train.stdout
     (line,) = (logdir / "metrics.jsonl").read_text().splitlines()
     assert json.loads(line)["val_accuracy"] > 0.5
-    assert sorted(p.name for p in logdir.iterdir()) == ["metrics.jsonl", "train", "validation"]
+    assert sorted(p.name for p in logdir.iterdir()) == [
+        "checkpoints",
+        "metrics.jsonl",
+        "model.keras",
+        "run.json",
+        "train",
+        "validation",
+    ]
