@@ -229,12 +229,7 @@ def test_ruff_clean(project: Path) -> None:
 
 
 # Every project runs its fast tests; these few run the slow ones too (subprocesses).
-WITH_SLOW_TESTS = {
-    "sparse-logits-default",
-    "backbone-head-one-hot-probs-image",
-    "binary-logits-variable",
-    "gan",
-}
+WITH_SLOW_TESTS = {"sparse-logits-default", "backbone-head-one-hot-probs-image"}
 
 
 def test_generated_tests_pass(project: Path, request: pytest.FixtureRequest) -> None:

@@ -65,12 +65,20 @@ def labels_for(model: keras.Model, x: np.ndarray, config: Config, *, agree: bool
 
 
 def traced_once_per_phase(trainer: Trainer) -> bool:
-    """Whether each training step, one per set of trainable variables, was traced just once.
+    """Whether each step, one per set of trainable variables, was traced just once.
 
-    A backbone frozen for the first epochs makes a second set, and so a second trace.
+    A backbone frozen for the first epochs makes a second set, and so a second trace of the
+    training step and of the evaluation step (whose loss adds the trainable weights'
+    regularization).
     """
-    counts = [step.experimental_get_tracing_count() for step in trainer.train_steps.values()]
-    return counts == [1] * len(counts) and trainer.train_runner.tracing_count() == len(counts)
+    runners = [(trainer.train_steps, trainer.train_runner)]
+    if trainer.eval_runner is not None and trainer.eval_steps:
+        runners.append((trainer.eval_steps, trainer.eval_runner))
+    for steps, runner in runners:
+        counts = [step.experimental_get_tracing_count() for step in steps.values()]
+        if counts != [1] * len(counts) or runner.tracing_count() != len(counts):
+            return False
+    return True
 
 
 def linear_model(

@@ -24,6 +24,7 @@ import base64
 import dataclasses
 import io
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -241,7 +242,11 @@ class RunCheckpoint:
         number = 1 + max((int(path.rsplit("-", 1)[1]) for path in kept), default=0)
         path = self.directory / f"ckpt-{number}"
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._write(data)(tf.constant(str(path)))
+        with warnings.catch_warnings():
+            # Saving an iterator from a traced function reads its dataset's options in graph
+            # mode, which tf.data warns about; the options are not used there.
+            warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data")
+            self._write(data)(tf.constant(str(path)))
         kept = [*kept, str(path)]
         # The state file of `tf.train.CheckpointManager`, names relative to the directory,
         # replaced whole so that a kill leaves the old one or the new one.
