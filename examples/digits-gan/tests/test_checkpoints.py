@@ -26,15 +26,18 @@ PROG = "python -m digits_gan"
 
 
 class StopAfter(keras.callbacks.Callback):
-    """Stops the run after its `calls`-th call of steps: as Ctrl-C, or as a crash."""
+    """Stops the run after its `calls`-th call of steps in epoch 2: as Ctrl-C, or as a crash."""
 
     def __init__(self, calls: int, *, crash: bool = False) -> None:
         super().__init__()
-        self.calls, self.crash, self.seen = calls, crash, 0
+        self.calls, self.crash, self.epoch, self.seen = calls, crash, 0, 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch, self.seen = epoch, 0
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self.seen += 1
-        if self.seen == self.calls:
+        if self.epoch == 1 and self.seen == self.calls:
             if self.crash:
                 raise RuntimeError("the machine went away")
             interrupts.request()
@@ -85,18 +88,18 @@ def test_a_stopped_run_resumes_bit_for_bit(
 ) -> None:
     if stop == "epoch-end":  # The first epoch's run, then the rest: the epoch's checkpoint.
         fit(dataclasses.replace(config, epochs=1), options=run(tmp_path))
-    elif stop == "interrupt":  # Ctrl-C in the middle of an epoch: a checkpoint there.
+    elif stop == "interrupt":  # Ctrl-C in the middle of epoch 2: a checkpoint there.
         with pytest.raises(interrupts.Interrupted) as stopped:
-            fit(config, options=run(tmp_path, steps_per_execution=4), callbacks=[StopAfter(17)])
+            fit(config, options=run(tmp_path, steps_per_execution=2), callbacks=[StopAfter(2)])
         interrupts.clear()
-        assert stopped.value.step > 0
+        assert (stopped.value.epoch, stopped.value.step) == (1, 4)
         assert stopped.value.checkpoint is not None and stopped.value.checkpoint.parent.is_dir()
-    else:  # Killed in an epoch, the last checkpoint up to 7 steps before: data position too.
+    else:  # Killed in epoch 2, the last checkpoint a few steps before: data position too.
         with pytest.raises(RuntimeError, match="went away"):
             fit(
                 config,
                 options=run(tmp_path, steps_per_execution=3, checkpoint_every_steps=7),
-                callbacks=[StopAfter(20, crash=True)],
+                callbacks=[StopAfter(3, crash=True)],
             )
     resumed = fit(config, options=run(tmp_path, resume=True))
 
@@ -109,14 +112,14 @@ def test_a_stopped_run_resumes_bit_for_bit(
 
 def test_step_checkpoints_land_on_their_steps(config: Config, tmp_path: Path) -> None:
     config = dataclasses.replace(config, epochs=1)
-    fit(config, options=run(tmp_path, checkpoint_every_steps=10, max_checkpoints=3))
+    fit(config, options=run(tmp_path, checkpoint_every_steps=4, max_checkpoints=3))
     kept = tf.train.get_checkpoint_state(str(tmp_path / "checkpoints"))
     steps = [
         int(tf.train.load_checkpoint(path).get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE"))
         for path in kept.all_model_checkpoint_paths
     ]
     assert len(steps) == 3 and steps == sorted(steps)
-    assert all(step % 10 == 0 for step in steps[:-1]), steps  # The last is the epoch's end.
+    assert all(step % 4 == 0 for step in steps[:-1]), steps  # The last is the epoch's end.
 
 
 def test_a_resumed_run_repeats_no_epoch_in_its_logs(config: Config, tmp_path: Path) -> None:
