@@ -384,7 +384,7 @@ def test_v1_to_v2_brings_the_fix_and_keeps_the_users_work(tmp_path: Path, templa
     assert git(project, "ls-files", "--others", "--exclude-standard") == ""
 
     tests = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", "-m", "not slow"],
         cwd=project,
         capture_output=True,
         text=True,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
+from digits_gan.__main__ import main
 from digits_gan.config import Config
 
 
@@ -13,3 +15,11 @@ from digits_gan.config import Config
 def config() -> Config:
     """The default configuration, shortened to two epochs."""
     return dataclasses.replace(Config(), epochs=2)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished two-epoch run, trained through the command line; copy it to change it."""
+    logdir = tmp_path_factory.mktemp("finished") / "run"
+    assert main(["train", "--epochs", "2", "--quiet", "--logdir", str(logdir)]) == 0
+    return logdir

@@ -16,12 +16,10 @@ from digits_gan.config import Config
 PROG = "python -m digits_gan"
 
 
-@pytest.fixture(scope="module")
-def logdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished two-epoch run, trained through the command line."""
-    path = tmp_path_factory.mktemp("trained") / "run"
-    assert main(["train", "--epochs", "2", "--quiet", "--logdir", str(path)]) == 0
-    return path
+@pytest.fixture
+def logdir(finished_run: Path) -> Path:
+    """A finished two-epoch run (the session's), read but not changed here."""
+    return finished_run
 
 
 def test_the_run_ends_with_a_loadable_model(logdir: Path) -> None:
