@@ -16,10 +16,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from .checkpoints import MODEL_FILE, CheckpointError, read_run_config
+from .checkpoints import MODEL_FILE, CheckpointError, read_run
 from .config import Config
 from .data import load_datasets
-from .inputs import features_spec
+from .inputs import describe, features_spec
 from .loop import EpochLogs
 from .losses import class_ids, probabilities
 from .options import RunOptions
@@ -45,7 +45,7 @@ def load_run(logdir: str | Path) -> tuple[Config, keras.Model]:
             f"{path} does not exist: the run has not finished; resume it with "
             f"`python -m {__package__} train --logdir {logdir} --resume`"
         )
-    config = read_run_config(logdir)
+    config, _ = read_run(logdir)
     return config, keras.saving.load_model(path)
 
 
@@ -84,16 +84,9 @@ def predict(logdir: str | Path, features: np.ndarray, *, as_class_ids: bool = Fa
 def check_features(features: np.ndarray, config: Config) -> np.ndarray:
     """`features` in the model's input dtype, or a one-line error naming what does not fit."""
     spec = features_spec(config)
-    expected = tuple(spec.shape[1:])
-    found = tuple(features.shape[1:])
-    fits = len(found) == len(expected) and all(
-        e is None or e == f for e, f in zip(expected, found, strict=True)
-    )
-    if features.ndim < 1 or not fits:
-        shape = ", ".join("length" if e is None else str(e) for e in expected)
+    if features.ndim < 1 or not spec.shape.is_compatible_with((None, *features.shape[1:])):
         raise RunFileError(
-            f"the input has shape {features.shape}, but the model takes (n, {shape}) "
-            f"arrays of {spec.dtype.name}"
+            f"the input has shape {features.shape}, but the model takes {describe(spec)}"
         )
     if features.dtype.kind not in "iuf":  # Signed or unsigned integers, or floats.
         raise RunFileError(f"the input holds {features.dtype} values; give numbers")

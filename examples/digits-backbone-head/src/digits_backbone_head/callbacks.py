@@ -154,10 +154,11 @@ class MetricsFile(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         """On the run's first epoch, drop the lines of this epoch and later ones."""
-        if self._started or epoch == 0 or not self.path.exists():
-            self._started = True
+        if self._started:
             return
         self._started = True
+        if epoch == 0 or not self.path.exists():
+            return
         lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
         kept = [line for line in lines if json.loads(line)["epoch"] <= epoch]
         if len(kept) < len(lines):

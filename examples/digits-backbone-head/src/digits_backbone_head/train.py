@@ -11,6 +11,7 @@ Template-owned: `copier update` merges template changes into it.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -327,7 +328,8 @@ class Trainer:
     ) -> interrupts.Interrupted:
         if checkpoint is not None and saved is None:
             saved = checkpoint.save(epoch, step, self.train_runner.iterator)
-        return interrupts.Interrupted(interrupts.requested() or 2, epoch, step, saved)
+        signum = interrupts.requested() or signal.SIGINT
+        return interrupts.Interrupted(signum, epoch, step, saved)
 
 
 def fit(

@@ -15,7 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from .checkpoints import MODEL_FILE, CheckpointError, read_run_config
+from .checkpoints import MODEL_FILE, CheckpointError, read_run
 from .config import Config
 from .gan import GAN
 
@@ -39,7 +39,7 @@ def load_run(logdir: str | Path) -> tuple[Config, keras.Model]:
             f"{path} does not exist: the run has not finished; resume it with "
             f"`python -m {__package__} train --logdir {logdir} --resume`"
         )
-    config = read_run_config(logdir)
+    config, _ = read_run(logdir)
     return config, keras.saving.load_model(path)
 
 

@@ -256,8 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return use_run(args)
         except CheckpointError as error:
-            print(f"{prog}: error: {error}", file=sys.stderr)
-            return EXIT_USAGE
+            return _usage(prog, str(error))
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -283,14 +282,14 @@ def train(args: argparse.Namespace, prog: str) -> int:
             return _usage(prog, problem)
     import_tensorflow_quietly()
     from . import interrupts
-    from .checkpoints import CheckpointError, read_run_config, read_run_options
+    from .checkpoints import CheckpointError, read_run
     from .gradients import NonFiniteError
     from .train import fit
 
     config, options = Config(), RunOptions()
     if args.resume:
         try:
-            config, options = read_run_config(logdir), read_run_options(logdir)
+            config, options = read_run(logdir)
         except CheckpointError as error:
             return _usage(prog, str(error))
     if args.epochs is not None:
