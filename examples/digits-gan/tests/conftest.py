@@ -9,6 +9,11 @@ import pytest
 
 from digits_gan.__main__ import main
 from digits_gan.config import Config
+from digits_gan.distribution import use_cpu_devices
+
+# Three logical CPU devices, for the tests of runs on several replicas (test_distribute.py);
+# TensorFlow fixes its devices when it runs its first op, so this comes first.
+use_cpu_devices(3)
 
 
 @pytest.fixture

@@ -82,6 +82,7 @@ def linear_model(
     *,
     front: keras.layers.Layer | None = None,
     regularizer: keras.regularizers.Regularizer | None = None,
+    output_dtype: str | None = None,
 ) -> keras.Model:
     """A deterministic model (no dropout) whose output fits the loss.
 
@@ -89,11 +90,14 @@ def linear_model(
         config: The run's configuration.
         front: A layer applied to the inputs first, e.g. a probe.
         regularizer: The output layer's kernel regularizer.
+        output_dtype: The output layer's dtype policy; the global policy's by default.
     """
     inputs, x = encoder(config, front=front)
     outputs = keras.layers.Dense(
         losses.output_units(config),
         activation=losses.OUTPUT_ACTIVATION,
         kernel_regularizer=regularizer,
+        dtype=output_dtype,
+        name="last",
     )(x)
     return keras.Model(inputs, outputs)

@@ -11,6 +11,7 @@ Template-owned: `copier update` merges template changes into it.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from . import interrupts
+from . import distribution, interrupts, precision
 from .callbacks import default_callbacks
 from .checkpoints import CHECKPOINTS, RunCheckpoint, check_same_config, save_model, write_run_file
 from .config import Config
@@ -41,11 +42,15 @@ class Trainer:
         config: The run's hyperparameters.
         model: The model to train; its output must fit the loss.
         options: How the run executes; `RunOptions()` by default.
+        strategy: The `tf.distribute.Strategy` to train with, in whose scope the model was
+            built; `None` trains on one device. Each step's batch is then split among the
+            replicas (see `distribution.py`).
 
     Attributes:
         task: The model, its `OptimizerSet`, metrics and step factories.
-        global_step: Training steps taken in this run, an int64 variable that the step
-            increments in the graph (skipped steps included).
+        global_step: Training steps taken in this run, an int64 variable that the loop
+            increments in the graph (skipped steps included). It and the guard's counters
+            live outside the strategy: the loop updates them between steps, once per step.
         guard: Skips non-finite steps' layer-state changes, counts `skipped_steps`, and stops
             the run after `options.max_bad_steps` in a row.
         train_runner: Runs the training step over an epoch, `options.steps_per_execution`
@@ -56,12 +61,24 @@ class Trainer:
     """
 
     def __init__(
-        self, config: Config, model: keras.Model, options: RunOptions | None = None
+        self,
+        config: Config,
+        model: keras.Model,
+        options: RunOptions | None = None,
+        strategy: tf.distribute.Strategy | None = None,
     ) -> None:
         self.config = config
         self.options = RunOptions() if options is None else options
         self.model = model
-        self.task = build_task(model, config, self.options)
+        self.strategy = strategy
+        distribution.check_model(model, strategy)
+        if strategy is not None and self.options.jit_compile:
+            raise distribution.DistributionError(
+                "jit_compile cannot run under a tf.distribute strategy: XLA compiles for one "
+                "device, and the strategy's variables live on several; drop jit_compile"
+            )
+        with self.scope():
+            self.task = build_task(model, config, self.options)
         self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         self.guard = NonFiniteGuard(
             self.options.max_bad_steps,
@@ -87,6 +104,10 @@ class Trainer:
                 run_eagerly=self.options.run_eagerly,
             )
 
+    def scope(self) -> contextlib.AbstractContextManager[object]:
+        """The strategy's scope, in which variables of the run are created; none without one."""
+        return contextlib.nullcontext() if self.strategy is None else self.strategy.scope()
+
     @property
     def train_step(self) -> StepFn:
         """The training step for the model's trainable variables now.
@@ -99,7 +120,7 @@ class Trainer:
         """
         key = tuple(id(v) for v in self.model.trainable_variables)
         if key not in self.train_steps:
-            self.train_steps[key] = self._compile(self._guarded(self.task.make_train_step()))
+            self.train_steps[key] = self._compile(self.task.make_train_step(), guarded=True)
         return self.train_steps[key]
 
     @property
@@ -112,7 +133,7 @@ class Trainer:
         assert self.task.make_eval_step is not None
         key = tuple(id(v) for v in self.model.trainable_variables)
         if key not in self.eval_steps:
-            self.eval_steps[key] = self._compile(self.task.make_eval_step())
+            self.eval_steps[key] = self._compile(self.task.make_eval_step(), guarded=False)
         return self.eval_steps[key]
 
     def checkpoint_items(self) -> dict[str, object]:
@@ -140,7 +161,18 @@ class Trainer:
 
         return guarded_step
 
-    def _compile(self, step: StepFn) -> StepFn:
+    def _compile(self, step: StepFn, *, guarded: bool) -> StepFn:
+        """The step of one global batch, as the loop calls it: on every replica, guarded.
+
+        One `tf.function` holds the step and the guard (compiled by XLA with `jit_compile`).
+        Under a strategy, each replica runs the step on its share of the batch inside it; the
+        step stays a plain function there, as `strategy.run` needs for the optimizers'
+        all-reduce.
+        """
+        if self.strategy is not None:
+            step = distribution.run_on_replicas(self.strategy, step)
+        if guarded:
+            step = self._guarded(step)
         if self.options.run_eagerly:
             return step
         # The steps branch on Python values only, so AutoGraph has nothing to convert; without
@@ -340,6 +372,7 @@ def fit(
     *,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     options: RunOptions | None = None,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> keras.callbacks.History:
     """Train a model with the custom loop, as `model.fit` would.
 
@@ -348,26 +381,39 @@ def fit(
 
     Args:
         config: The run's hyperparameters.
-        model: Defaults to `build_model(config)`.
+        model: Defaults to `build_model(config)`, built under the dtype policy
+            `options.precision` in the strategy's scope. A model of yours must have been
+            built likewise.
         train_ds: Defaults to the training split of `load_datasets(config)`.
         val_ds: When `train_ds` is defaulted too, defaults to the validation split of
             `load_datasets(config)`; otherwise `None` means no evaluation.
         callbacks: Keras callbacks, as for `model.fit`.
         options: How the run executes; `RunOptions()` by default.
+        strategy: Any `tf.distribute.Strategy`; by default the one `options.strategy` names
+            (see `distribution.make_strategy`).
 
     Returns:
         The `History`: `.history[key]` holds one value per epoch, `.model` the trained model.
 
     Raises:
         gradients.NonFiniteError: If `options.max_bad_steps` steps in a row were skipped.
+        distribution.DistributionError: If the strategy cannot be built, or `model` was
+            built outside its scope.
+        precision.PrecisionError: If `model` was built under another dtype policy, or does
+            not output float32.
     """
     options = RunOptions() if options is None else options
     keras.utils.set_random_seed(config.seed)
     if options.deterministic:
         tf.config.experimental.enable_op_determinism()
-    model = build_model(config) if model is None else model
+    if strategy is None:
+        strategy = distribution.make_strategy(options.strategy, options.cpu_devices)
+    if model is None:
+        scope = contextlib.nullcontext() if strategy is None else strategy.scope()
+        with precision.dtype_policy(options.precision), scope:
+            model = build_model(config)
     if train_ds is None:
         train_ds, default_val = load_datasets(config)
         val_ds = default_val if val_ds is None else val_ds
-    trainer = Trainer(config, model, options)
+    trainer = Trainer(config, model, options, strategy)
     return trainer.fit(train_ds, val_ds, callbacks=callbacks)

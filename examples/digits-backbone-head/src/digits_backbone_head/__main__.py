@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from .config import Config
-from .options import RunOptions
+from .options import PRECISIONS, STRATEGIES, RunOptions
 
 RUNS = Path("runs")
 EXIT_NONFINITE = 1
@@ -154,6 +154,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="run the steps eagerly for readable stack traces",
     )
+    train.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        help=(
+            "none: one device; mirrored: a replica on every local GPU, or on every CPU device "
+            f"of --cpu-devices; --batch-size is the global batch (default: {options.strategy})"
+        ),
+    )
+    train.add_argument(
+        "--cpu-devices",
+        type=_positive_int,
+        help="split the CPU into N logical devices, to try --strategy mirrored without GPUs",
+    )
+    train.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help=(
+            "float32, or float16/bfloat16 computations on float32 weights (mixed_float16 "
+            f"scales the loss) (default: {options.precision})"
+        ),
+    )
     train.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
     evaluate = commands.add_parser(
@@ -267,11 +288,12 @@ def train(args: argparse.Namespace, prog: str) -> int:
     if args.resume:
         if args.logdir is None:
             return _usage(prog, "--resume needs --logdir DIR, the directory of the run to resume")
-        if args.batch_size is not None:
-            return _usage(
-                prog,
-                f"--batch-size cannot change when resuming; the run's is in {args.logdir}/run.json",
-            )
+        for flag, value in (("--batch-size", args.batch_size), ("--precision", args.precision)):
+            if value is not None:
+                return _usage(
+                    prog,
+                    f"{flag} cannot change when resuming; the run's is in {args.logdir}/run.json",
+                )
         if not args.logdir.is_dir():
             return _usage(prog, f"--logdir {args.logdir} does not exist: no run to resume")
         logdir = args.logdir
@@ -283,7 +305,9 @@ def train(args: argparse.Namespace, prog: str) -> int:
     import_tensorflow_quietly()
     from . import interrupts
     from .checkpoints import CheckpointError, read_run
+    from .distribution import DistributionError
     from .gradients import NonFiniteError
+    from .precision import PrecisionError
     from .train import fit
 
     config, options = Config(), RunOptions()
@@ -307,14 +331,20 @@ def train(args: argparse.Namespace, prog: str) -> int:
         "deterministic": args.deterministic,
         "tensorboard": args.tensorboard,
         "run_eagerly": args.eager,
+        "strategy": args.strategy,
+        "cpu_devices": args.cpu_devices,
+        "precision": args.precision,
     }
-    options = dataclasses.replace(
-        options,
-        **{k: v for k, v in changes.items() if v is not None},
-        logdir=logdir,
-        resume=args.resume,
-        verbose=0 if args.quiet else 1,
-    )
+    try:
+        options = dataclasses.replace(
+            options,
+            **{k: v for k, v in changes.items() if v is not None},
+            logdir=logdir,
+            resume=args.resume,
+            verbose=0 if args.quiet else 1,
+        )
+    except ValueError as error:
+        return _usage(prog, str(error))
     if not args.quiet:
         print(f"run directory: {logdir}  (watch it: tensorboard --logdir {logdir.parent})")
     try:
@@ -323,7 +353,7 @@ def train(args: argparse.Namespace, prog: str) -> int:
     except NonFiniteError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return EXIT_NONFINITE
-    except CheckpointError as error:
+    except (CheckpointError, DistributionError, PrecisionError) as error:
         return _usage(prog, str(error))
     except interrupts.Interrupted as stop:
         resume = f"python -m {__package__} train --logdir {logdir} --resume"

@@ -12,6 +12,9 @@ import dataclasses
 import math
 from pathlib import Path
 
+STRATEGIES = ("none", "mirrored")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
 
 @dataclasses.dataclass(frozen=True)
 class RunOptions:
@@ -37,6 +40,18 @@ class RunOptions:
             cost in speed. It holds for the rest of the process.
         logdir: Where the run writes `metrics.jsonl` and TensorBoard events (`logdir/train`,
             `logdir/validation`); nothing is written when `None`.
+        checkpoint_every_steps: With a `logdir`, also write a checkpoint every this many
+            training steps; `None` writes one at the end of every epoch only.
+        max_checkpoints: How many of the latest checkpoints to keep.
+        resume: Go on with the run in `logdir` from its latest checkpoint.
+        strategy: Where the steps run (see `distribution.make_strategy`): `none`, one device;
+            `mirrored`, a replica on every local GPU, or on every logical CPU device without
+            GPUs. `Config.batch_size` is the global batch, split among the replicas; the
+            figures stay those of one device. Not with `jit_compile`.
+        cpu_devices: Split the CPU into this many logical devices before TensorFlow starts,
+            so that `mirrored` can run (and be tried) on a machine without GPUs.
+        precision: The Keras dtype policy the model is built under: `float32`,
+            `mixed_float16` (with loss scaling) or `mixed_bfloat16` (see `precision.py`).
         tensorboard: Write TensorBoard events when `logdir` is set.
         verbose: 0 prints nothing; 1 shows a progress bar per epoch on a terminal and one line
             per epoch otherwise; 2 prints one line per epoch.
@@ -53,6 +68,9 @@ class RunOptions:
     checkpoint_every_steps: int | None = None
     max_checkpoints: int = 3
     resume: bool = False
+    strategy: str = "none"
+    cpu_devices: int | None = None
+    precision: str = "float32"
     tensorboard: bool = True
     verbose: int = 1
 
@@ -69,6 +87,30 @@ class RunOptions:
             raise ValueError(
                 f"RunOptions.checkpoint_every_steps={every!r} is invalid; "
                 "use an integer >= 1, or None for checkpoints at epoch ends only"
+            )
+        if self.strategy not in STRATEGIES:
+            raise ValueError(
+                f"RunOptions.strategy={self.strategy!r} is invalid; use one of "
+                + ", ".join(STRATEGIES)
+            )
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"RunOptions.precision={self.precision!r} is invalid; use one of "
+                + ", ".join(PRECISIONS)
+            )
+        devices = self.cpu_devices
+        if devices is not None and (
+            isinstance(devices, bool) or not isinstance(devices, int) or devices < 1
+        ):
+            raise ValueError(
+                f"RunOptions.cpu_devices={devices!r} is invalid; use an integer >= 1, or None "
+                "to leave the CPU as one device"
+            )
+        if self.jit_compile and self.strategy != "none":
+            raise ValueError(
+                f"RunOptions.jit_compile=True cannot run with strategy={self.strategy!r}: XLA "
+                "compiles for one device, and the strategy's variables live on several; "
+                "drop jit_compile, or use strategy='none'"
             )
         if self.resume and self.logdir is None:
             raise ValueError(

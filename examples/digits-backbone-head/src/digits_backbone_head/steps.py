@@ -1,9 +1,10 @@
 """Step functions: what happens to one batch, and the task that the loop trains.
 
 Each factory returns a plain Python function of one batch `(x, y)`. It is
-`tf.function`-compatible and can run under `tf.distribute.Strategy.run`; `train.Trainer`
-wraps it in a `tf.function` with an input signature so that a whole run traces it once (once
-per set of trainable variables, if a callback freezes or unfreezes layers).
+`tf.function`-compatible and runs on each replica under `tf.distribute.Strategy.run`, with
+that replica's share of the batch; `train.Trainer` wraps it in a `tf.function` with an input
+signature so that a whole run traces it once (once per set of trainable variables, if a
+callback freezes or unfreezes layers).
 
 Template-owned: `copier update` merges template changes into it.
 """
@@ -16,8 +17,9 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from . import inputs, losses
+from . import inputs, losses, precision
 from .config import Config
+from .distribution import BatchMean, global_batch_size
 from .optimizers import OptimizerSet, build_optimizers
 from .options import RunOptions
 
@@ -28,24 +30,29 @@ StepFn = Callable[..., tf.Tensor | None]
 class StepMetrics:
     """The running loss and accuracy of one phase, e.g. training or validation."""
 
-    loss: keras.metrics.Mean
+    loss: BatchMean
     accuracy: keras.metrics.Metric
 
     @classmethod
     def create(cls, prefix: str = "") -> StepMetrics:
         """Metrics named `{prefix}loss` and `{prefix}accuracy`, as `model.fit` names them."""
-        return cls(
-            keras.metrics.Mean(name=f"{prefix}loss"), losses.make_accuracy(f"{prefix}accuracy")
-        )
+        return cls(BatchMean(name=f"{prefix}loss"), losses.make_accuracy(f"{prefix}accuracy"))
 
-    def update(self, loss: tf.Tensor, y: tf.Tensor, y_pred: tf.Tensor) -> None:
-        """Record one batch. Must be `tf.function`-compatible.
+    def update(
+        self, loss: tf.Tensor, batch_size: tf.Tensor, y: tf.Tensor, y_pred: tf.Tensor
+    ) -> None:
+        """Record one batch (this replica's share of it). Must be `tf.function`-compatible.
 
         The loss is weighted by the batch size, as `model.fit` does, so a smaller last batch
         counts for what it holds.
+
+        Args:
+            loss: This replica's part of the batch's loss, from `total_loss`.
+            batch_size: The examples in the whole batch, from `global_batch_size`.
+            y: This replica's labels.
+            y_pred: This replica's outputs.
         """
-        batch_size = tf.cast(tf.shape(y)[0], loss.dtype)
-        self.loss.update_state(loss, sample_weight=batch_size)
+        self.loss.add(loss, batch_size, tf.shape(y)[0])
         self.accuracy.update_state(y, y_pred)
 
     def all(self) -> tuple[keras.metrics.Metric, ...]:
@@ -54,15 +61,24 @@ class StepMetrics:
 
 
 def total_loss(
-    model: keras.Model, loss_fn: keras.losses.Loss, y: tf.Tensor, y_pred: tf.Tensor
+    model: keras.Model,
+    loss_fn: keras.losses.Loss,
+    y: tf.Tensor,
+    y_pred: tf.Tensor,
+    batch_size: tf.Tensor,
 ) -> tf.Tensor:
     """The data loss plus the model's regularization losses, as `model.fit` optimizes it.
 
-    The reduction is the loss object's: the mean over the batch. Regularization losses are
-    scaled with `tf.nn.scale_regularization_loss`, which divides by the number of replicas
-    under `tf.distribute` and by 1 otherwise.
+    The data loss is the mean over the batch: `loss_fn` sums over this replica's examples
+    (`losses.make_loss("sum")`) and the sum is divided by `batch_size`, the examples of the
+    whole batch, so that the replicas' losses add up to the mean over the batch however it
+    was split (Keras's own mean reduction divides by the number of replicas instead, which
+    is exact only for equal shares). Regularization losses are scaled with
+    `tf.nn.scale_regularization_loss`, which divides by the number of replicas under
+    `tf.distribute` and by 1 otherwise. Outside `tf.distribute` this is exactly `model.fit`'s
+    loss.
     """
-    loss = loss_fn(y, y_pred)
+    loss = loss_fn(y, y_pred) / batch_size
     if model.losses:
         loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
     return loss
@@ -88,11 +104,12 @@ def make_train_step(
 
     def train_step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         y = losses.checked_label_values(y, config)
+        batch_size = global_batch_size(y)
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True)
-            loss = total_loss(model, loss_fn, y, y_pred)
+            loss = total_loss(model, loss_fn, y, y_pred, batch_size)
         status = optimizers.minimize(loss, tape)
-        metrics.update(loss, y, y_pred)
+        metrics.update(loss, batch_size, y, y_pred)
         return status
 
     return train_step
@@ -105,9 +122,10 @@ def make_eval_step(
 
     def eval_step(x: tf.Tensor, y: tf.Tensor) -> None:
         y = losses.checked_label_values(y, config)
+        batch_size = global_batch_size(y)
         y_pred = model(x, training=False)
-        loss = total_loss(model, loss_fn, y, y_pred)
-        metrics.update(loss, y, y_pred)
+        loss = total_loss(model, loss_fn, y, y_pred, batch_size)
+        metrics.update(loss, batch_size, y, y_pred)
 
     return eval_step
 
@@ -130,11 +148,13 @@ class ClassifierTask:
     """
 
     def __init__(self, model: keras.Model, config: Config, options: RunOptions) -> None:
-        losses.check_model_output(model, config)
+        outputs = losses.check_model_output(model, config)
+        precision.check_output(outputs, model)
+        precision.check_model(model, options.precision)
         self.model = model
         self.config = config
         self.optimizers = build_optimizers(model, config, options)
-        self.loss_fn = losses.make_loss()
+        self.loss_fn = losses.make_loss("sum")
         self._train = StepMetrics.create()
         self._val = StepMetrics.create("val_")
         self.train_metrics = self._train.all()

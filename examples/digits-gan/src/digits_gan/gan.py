@@ -1,9 +1,10 @@
 """The GAN: the model that holds both networks, its step, and the task the loop trains.
 
 The step is one discriminator update, then one generator update, on one batch. Each factory
-returns a plain Python function that is `tf.function`-compatible and can run under
-`tf.distribute.Strategy.run`; `train.Trainer` wraps the combined step in a `tf.function` with
-an input signature so that a whole run traces it exactly once. Each update has its own tape,
+returns a plain Python function that is `tf.function`-compatible and runs on each replica
+under `tf.distribute.Strategy.run`, with that replica's share of the batch; `train.Trainer`
+wraps the combined step in a `tf.function` with an input signature so that a whole run
+traces it exactly once. Each update has its own tape,
 its own loss and its own part of `OptimizerSet`, and touches only its own model's variables:
 the discriminator's loss must not move the generator, nor the generator's the discriminator.
 
@@ -21,7 +22,9 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
+from . import precision
 from .config import Config
+from .distribution import BatchMean, global_batch_size
 from .gradients import FINITE
 from .optimizers import OptimizerSet, build_optimizers
 from .options import RunOptions
@@ -71,8 +74,13 @@ class GAN(keras.Model):
 
 
 def make_loss() -> keras.losses.Loss:
-    """Binary cross-entropy on logits, averaged over the batch; both models' losses use it."""
-    return keras.losses.BinaryCrossentropy(from_logits=True, reduction="sum_over_batch_size")
+    """Binary cross-entropy on logits, summed; both models' losses use it.
+
+    The steps divide the sum by the examples of the whole batch, so that under
+    `tf.distribute` the replicas' losses add up to the mean over the batch however it was
+    split (Keras's own mean divides by the number of replicas, exact only for equal shares).
+    """
+    return keras.losses.BinaryCrossentropy(from_logits=True, reduction="sum")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +91,8 @@ class GanMetrics:
     fraction of generated images it calls fake (a logit below 0).
     """
 
-    d_loss: keras.metrics.Mean
-    g_loss: keras.metrics.Mean
+    d_loss: BatchMean
+    g_loss: BatchMean
     d_acc_real: keras.metrics.BinaryAccuracy
     d_acc_fake: keras.metrics.BinaryAccuracy
 
@@ -92,8 +100,8 @@ class GanMetrics:
     def create(cls) -> GanMetrics:
         """Metrics named `d_loss`, `g_loss`, `d_acc_real` and `d_acc_fake`."""
         return cls(
-            keras.metrics.Mean(name="d_loss"),
-            keras.metrics.Mean(name="g_loss"),
+            BatchMean(name="d_loss"),
+            BatchMean(name="g_loss"),
             keras.metrics.BinaryAccuracy(name="d_acc_real", threshold=0.0),
             keras.metrics.BinaryAccuracy(name="d_acc_fake", threshold=0.0),
         )
@@ -102,16 +110,24 @@ class GanMetrics:
         self,
         d_loss: tf.Tensor,
         g_loss: tf.Tensor,
+        batch_size: tf.Tensor,
         real_logits: tf.Tensor,
         fake_logits: tf.Tensor,
     ) -> None:
-        """Record one batch. Must be `tf.function`-compatible.
+        """Record one batch (this replica's share of it). Must be `tf.function`-compatible.
 
         Losses are weighted by the batch size, so a smaller last batch counts for what it holds.
+
+        Args:
+            d_loss: This replica's part of the discriminator's loss.
+            g_loss: This replica's part of the generator's loss.
+            batch_size: The examples in the whole batch, from `global_batch_size`.
+            real_logits: The discriminator's logits for this replica's real images.
+            fake_logits: Its logits for as many generated images.
         """
-        batch_size = tf.cast(tf.shape(real_logits)[0], d_loss.dtype)
-        self.d_loss.update_state(d_loss, sample_weight=batch_size)
-        self.g_loss.update_state(g_loss, sample_weight=batch_size)
+        examples = tf.shape(real_logits)[0]
+        self.d_loss.add(d_loss, batch_size, examples)
+        self.g_loss.add(g_loss, batch_size, examples)
         self.d_acc_real.update_state(tf.ones_like(real_logits), real_logits)
         self.d_acc_fake.update_state(tf.zeros_like(fake_logits), fake_logits)
 
@@ -133,19 +149,23 @@ def make_discriminator_step(
     the generator.
 
     Returns:
-        A function of a batch of real images that returns `(status, d_loss, real_logits,
-        fake_logits)`, where `status` is the update's `gradients.update_status` code.
+        A function of a batch of real images and the examples in the whole batch that returns
+        `(status, d_loss, real_logits, fake_logits)`, where `status` is the update's
+        `gradients.update_status` code.
     """
 
-    def discriminator_step(real: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    def discriminator_step(
+        real: tf.Tensor, batch_size: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
         latent = noise.normal(tf.stack([tf.shape(real)[0], config.latent_dim]))
         fake = model.generator(latent, training=True)
         with tf.GradientTape() as tape:
             real_logits = model.discriminator(real, training=True)
             fake_logits = model.discriminator(fake, training=True)
-            d_loss = loss_fn(tf.ones_like(real_logits), real_logits) + loss_fn(
-                tf.zeros_like(fake_logits), fake_logits
-            )
+            d_loss = (
+                loss_fn(tf.ones_like(real_logits), real_logits)
+                + loss_fn(tf.zeros_like(fake_logits), fake_logits)
+            ) / batch_size
         status = optimizers.minimize(d_loss, tape, parts=["discriminator"])
         return status, d_loss, real_logits, fake_logits
 
@@ -165,15 +185,17 @@ def make_generator_step(
     evaluated inside the tape but left unchanged.
 
     Returns:
-        A function of the batch size and a boolean, whether to update at all, that returns
-        `(status, g_loss)`.
+        A function of the number of images to generate, the examples in the whole batch, and
+        a boolean, whether to update at all, that returns `(status, g_loss)`.
     """
 
-    def generator_step(batch_size: tf.Tensor, only_if: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        latent = noise.normal(tf.stack([batch_size, config.latent_dim]))
+    def generator_step(
+        examples: tf.Tensor, batch_size: tf.Tensor, only_if: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        latent = noise.normal(tf.stack([examples, config.latent_dim]))
         with tf.GradientTape() as tape:
             fake_logits = model.discriminator(model.generator(latent, training=True), training=True)
-            g_loss = loss_fn(tf.ones_like(fake_logits), fake_logits)
+            g_loss = loss_fn(tf.ones_like(fake_logits), fake_logits) / batch_size
         status = optimizers.minimize(g_loss, tape, parts=["generator"], only_if=only_if)
         return status, g_loss
 
@@ -196,9 +218,10 @@ def make_train_step(
     """
 
     def train_step(real: tf.Tensor) -> tf.Tensor:
-        d_status, d_loss, real_logits, fake_logits = discriminator_step(real)
-        g_status, g_loss = generator_step(tf.shape(real)[0], d_status == FINITE)
-        metrics.update(d_loss, g_loss, real_logits, fake_logits)
+        batch_size = global_batch_size(real)
+        d_status, d_loss, real_logits, fake_logits = discriminator_step(real, batch_size)
+        g_status, g_loss = generator_step(tf.shape(real)[0], batch_size, d_status == FINITE)
+        metrics.update(d_loss, g_loss, batch_size, real_logits, fake_logits)
         return tf.where(d_status != FINITE, d_status, g_status)
 
     return train_step
@@ -225,6 +248,7 @@ def check_models(model: GAN, config: Config) -> None:
             f"Config.image_shape is {config.image_shape}; make its output match"
         )
     logits = model.discriminator(images, training=False)
+    precision.check_output(logits, model.discriminator)
     if tuple(logits.shape) != (2, 1):
         raise ValueError(
             f"the discriminator outputs shape {tuple(logits.shape[1:])} per image, but the loss "
@@ -267,6 +291,7 @@ class GanTask:
                 "pass model.build_model(config), or GAN(generator, discriminator)"
             )
         check_models(model, config)
+        precision.check_model(model, options.precision)
         self.model = model
         self.config = config
         self.optimizers = build_optimizers(model, config, options)

@@ -4,8 +4,8 @@
 Contract, checked by `train.Trainer` before training: `build_generator(config)` maps noise of
 shape `(batch, config.latent_dim)` to images of shape `(batch, *config.image_shape)` in [-1, 1]
 (a `tanh` output); `build_discriminator(config)` maps such images to one logit each, shape
-`(batch, 1)`, with no activation on the last layer (the loss applies the sigmoid, numerically
-safely).
+`(batch, 1)`, float32, with no activation on the last layer (the loss applies the sigmoid,
+numerically safely).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def build_discriminator(config: Config) -> keras.Model:
     x = keras.layers.Flatten()(images)
     x = keras.layers.Dense(128)(x)
     x = keras.layers.LeakyReLU(negative_slope=0.2)(x)
-    logits = keras.layers.Dense(1, name="logits")(x)
+    # float32 under any dtype policy: the loss needs float32 logits with mixed precision.
+    logits = keras.layers.Dense(1, name="logits", dtype="float32")(x)
     return keras.Model(images, logits, name="discriminator")
 
 

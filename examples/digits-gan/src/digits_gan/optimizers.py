@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING
 import keras
 import tensorflow as tf
 
+from . import precision
 from .config import Config
 from .gradients import (
     FINITE,
     clip_by_global_norm,
     drop_none_gradients,
     run_if,
+    scale_gradient,
     update_status,
 )
 from .options import RunOptions
@@ -35,6 +37,9 @@ class OptimizerSet:
     optimizer updates only the variables it was built with, and one built while a step is
     traced makes the step trace twice (and fails under `tf.distribute`).
 
+    Under the `mixed_float16` precision each optimizer is wrapped in a
+    `keras.optimizers.LossScaleOptimizer` (see `precision.py`), and `minimize` scales the loss.
+
     Stock Keras callbacks that read or set `model.optimizer.learning_rate`
     (`ReduceLROnPlateau`, `LearningRateScheduler`) see this object as the model's optimizer
     during a run: its `learning_rate` is the first part's, and setting it scales every
@@ -44,7 +49,7 @@ class OptimizerSet:
         parts: `(name, layer, optimizer)` for each part; every trainable variable of the
             model must belong to exactly one layer. The first part's learning rate is the
             one `learning_rate` reads.
-        options: Gives `strict_gradients` and `clip_global_norm`.
+        options: Gives `strict_gradients`, `clip_global_norm` and `precision`.
 
     Attributes:
         names: The parts' names, in order.
@@ -63,15 +68,19 @@ class OptimizerSet:
     ) -> None:
         self.names = tuple(name for name, _, _ in parts)
         self.layers = {name: layer for name, layer, _ in parts}
-        self.by_part = {name: optimizer for name, _, optimizer in parts}
+        self.by_part = {
+            name: precision.loss_scaled(optimizer, options.precision)
+            for name, _, optimizer in parts
+        }
         self.variables: list[tf.Variable] = []
-        for _, layer, optimizer in parts:
-            optimizer.build(layer.trainable_variables)
+        for name, layer, _ in parts:
+            self.by_part[name].build(layer.trainable_variables)
             self.variables.extend(layer.trainable_variables)
         self._index = {id(v): i for i, v in enumerate(self.variables)}
         self._base_rates = {name: self._rate(name) for name in self.names}
         self._strict = options.strict_gradients
         self._clip_norm = options.clip_global_norm
+        self._loss_scaling = options.precision == "mixed_float16"
 
     def minimize(
         self,
@@ -89,6 +98,12 @@ class OptimizerSet:
         `gradients.drop_none_gradients`); the gradients are clipped by their global norm when
         `RunOptions.clip_global_norm` is set.
 
+        With loss scaling (`mixed_float16`), the loss is multiplied by the first part's
+        dynamic scale inside `tape`, and each `LossScaleOptimizer` gets the gradients in
+        units of its own scale, divides it out, and skips (lowering its scale) a step whose
+        gradients overflowed. Only a non-finite loss then counts as a bad step: overflowing
+        scaled gradients are the loss scale's to handle, not a fault of the data.
+
         Args:
             loss: The scalar loss, computed inside `tape`.
             tape: The tape that recorded the forward pass.
@@ -97,8 +112,9 @@ class OptimizerSet:
                 updated (e.g. an earlier update of the same step was skipped).
 
         Returns:
-            The `gradients.update_status` code: `FINITE` when the update was applied, and
-            otherwise what was not finite, in which case nothing was updated.
+            The `gradients.update_status` code: `FINITE` when the update was applied (or
+            left to the loss scale), and otherwise what was not finite, in which case nothing
+            was updated.
 
         Raises:
             ValueError: If a trainable variable belongs to no optimizer of the set.
@@ -112,7 +128,12 @@ class OptimizerSet:
                     "were built, so no optimizer can update it; make every layer trainable "
                     "before training starts and freeze parts from a callback instead"
                 )
-        gradients = tape.gradient(loss, [v for part in per_part for v in part])
+        target, scale = loss, None
+        if self._loss_scaling:
+            scale = self.by_part[names[0]].dynamic_scale
+            with tape:  # Recorded by the tape, so that the backward pass runs scaled.
+                target = self.by_part[names[0]].scale_loss(loss)
+        gradients = tape.gradient(target, [v for part in per_part for v in part])
         kept_gradients: list[tf.Tensor] = []
         kept_per_part: list[list[tf.Variable]] = []
         start = 0
@@ -126,15 +147,24 @@ class OptimizerSet:
             kept_gradients.extend(kept)
             kept_per_part.append(variables)
         flat = [v for part in kept_per_part for v in part]
-        status = update_status(loss, kept_gradients, [self._index[id(v)] for v in flat])
-        clipped = clip_by_global_norm(kept_gradients, self._clip_norm)
+        checked = [] if scale is not None else kept_gradients
+        status = update_status(loss, checked, [self._index[id(v)] for v in flat])
+        clip_norm = self._clip_norm
+        if clip_norm is not None and scale is not None:
+            clip_norm = clip_norm * scale  # The gradients are scaled; so is their norm.
+        clipped = clip_by_global_norm(kept_gradients, clip_norm)
 
         def apply(gradients: list[tf.Tensor]) -> None:
             start = 0
             for name, variables in zip(names, kept_per_part, strict=True):
                 if variables:  # Keras 3 optimizers reject an empty list.
                     part_gradients = gradients[start : start + len(variables)]
-                    self.by_part[name].apply(part_gradients, variables)
+                    optimizer = self.by_part[name]
+                    if scale is not None and name != names[0]:
+                        # The scales part ways once one part skipped an overflowing step alone.
+                        ratio = optimizer.dynamic_scale / scale
+                        part_gradients = [scale_gradient(g, ratio) for g in part_gradients]
+                    optimizer.apply(part_gradients, variables)
                 start += len(variables)
 
         condition = status == FINITE
@@ -165,7 +195,8 @@ class OptimizerSet:
         return dict(self.by_part)
 
     def _rate(self, name: str) -> float:
-        return float(self.by_part[name].learning_rate)
+        # Through NumPy: `float()` of a variable fails under `tf.distribute`.
+        return float(keras.ops.convert_to_numpy(self.by_part[name].learning_rate))
 
 
 def build_optimizers(model: GAN, config: Config, options: RunOptions) -> OptimizerSet:

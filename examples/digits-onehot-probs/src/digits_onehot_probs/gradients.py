@@ -110,7 +110,16 @@ def _values(gradient: tf.Tensor | tf.IndexedSlices) -> tf.Tensor:
     return gradient.values if isinstance(gradient, tf.IndexedSlices) else gradient
 
 
-def clip_by_global_norm(gradients: list[tf.Tensor], clip_norm: float | None) -> list[tf.Tensor]:
+def scale_gradient(gradient: tf.Tensor | tf.IndexedSlices, factor: tf.Tensor) -> tf.Tensor:
+    """`gradient * factor`, keeping a sparse gradient (`tf.IndexedSlices`) sparse."""
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.IndexedSlices(gradient.values * factor, gradient.indices, gradient.dense_shape)
+    return gradient * factor
+
+
+def clip_by_global_norm(
+    gradients: list[tf.Tensor], clip_norm: float | tf.Tensor | None
+) -> list[tf.Tensor]:
     """Scale `gradients` down so that their global norm is at most `clip_norm` (if set).
 
     Sparse gradients (`tf.IndexedSlices`, from an `Embedding`) are made dense first: their

@@ -44,9 +44,12 @@ def encode_labels(class_ids: np.ndarray, config: Config) -> np.ndarray:
 
 
 def output_layer(config: Config) -> keras.layers.Dense:
-    """The model's last layer: `output_units(config)` units, `OUTPUT_ACTIVATION`."""
+    """The model's last layer: `output_units(config)` units, `OUTPUT_ACTIVATION`.
+
+    float32 under any dtype policy, so that a mixed precision model gives the loss float32.
+    """
     return keras.layers.Dense(
-        output_units(config), activation=OUTPUT_ACTIVATION, name="probabilities"
+        output_units(config), activation=OUTPUT_ACTIVATION, name="probabilities", dtype="float32"
     )
 
 
@@ -65,12 +68,15 @@ def label_spec(config: Config) -> tf.TensorSpec:
     return tf.TensorSpec(shape=(None, config.num_classes), dtype=tf.float32, name="labels")
 
 
-def make_loss() -> keras.losses.Loss:
+def make_loss(reduction: str = REDUCTION) -> keras.losses.Loss:
     """The loss for these labels, averaged over the batch (the reduction `model.fit` uses).
 
-    Under `tf.distribute`, Keras 3 loss objects already divide by the number of replicas.
+    The training and evaluation steps take `make_loss("sum")` and divide by the examples of
+    the whole batch themselves (see `steps.total_loss`): under `tf.distribute`, Keras 3's
+    mean divides by the number of replicas, which is exact only when every replica gets as
+    many examples.
     """
-    return keras.losses.CategoricalCrossentropy(from_logits=FROM_LOGITS, reduction=REDUCTION)
+    return keras.losses.CategoricalCrossentropy(from_logits=FROM_LOGITS, reduction=reduction)
 
 
 def make_accuracy(name: str) -> keras.metrics.Metric:
@@ -144,8 +150,8 @@ def checked_label_values(y: tf.Tensor, config: Config) -> tf.Tensor:
         return tf.identity(y)
 
 
-def check_model_output(model: keras.Model, config: Config) -> None:
-    """Fail fast when the model's output does not fit the loss.
+def check_model_output(model: keras.Model, config: Config) -> tf.Tensor:
+    """Fail fast when the model's output does not fit the loss; return it for a probe batch.
 
     Checks the number of output units and that the last layer's activation matches
     `FROM_LOGITS`: a softmax or sigmoid in front of a `from_logits=True` loss trains on the
@@ -166,7 +172,7 @@ def check_model_output(model: keras.Model, config: Config) -> None:
         last = last.layers[-1]  # Descend into nested models to the layer that outputs.
     activation = getattr(last, "activation", None)
     if activation is None:
-        return
+        return outputs
     name = keras.activations.serialize(activation)
     name = name if isinstance(name, str) else str(name.get("config", name))
     if name != OUTPUT_ACTIVATION:
@@ -175,3 +181,4 @@ def check_model_output(model: keras.Model, config: Config) -> None:
             f"probabilities (from_logits=False); give the last layer a {OUTPUT_ACTIVATION} "
             "activation"
         )
+    return outputs

@@ -44,8 +44,11 @@ def encode_labels(class_ids: np.ndarray, config: Config) -> np.ndarray:
 
 
 def output_layer(config: Config) -> keras.layers.Dense:
-    """The model's last layer: `output_units(config)` units, no activation (logits)."""
-    return keras.layers.Dense(output_units(config), name="logits")
+    """The model's last layer: `output_units(config)` units, no activation (logits).
+
+    float32 under any dtype policy, so that a mixed precision model gives the loss float32.
+    """
+    return keras.layers.Dense(output_units(config), name="logits", dtype="float32")
 
 
 def probabilities(outputs: tf.Tensor) -> tf.Tensor:
@@ -64,12 +67,15 @@ def label_spec(config: Config) -> tf.TensorSpec:
     return tf.TensorSpec(shape=(None,), dtype=tf.int32, name="labels")
 
 
-def make_loss() -> keras.losses.Loss:
+def make_loss(reduction: str = REDUCTION) -> keras.losses.Loss:
     """The loss for these labels, averaged over the batch (the reduction `model.fit` uses).
 
-    Under `tf.distribute`, Keras 3 loss objects already divide by the number of replicas.
+    The training and evaluation steps take `make_loss("sum")` and divide by the examples of
+    the whole batch themselves (see `steps.total_loss`): under `tf.distribute`, Keras 3's
+    mean divides by the number of replicas, which is exact only when every replica gets as
+    many examples.
     """
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=FROM_LOGITS, reduction=REDUCTION)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=FROM_LOGITS, reduction=reduction)
 
 
 def make_accuracy(name: str) -> keras.metrics.Metric:
@@ -140,8 +146,8 @@ def checked_label_values(y: tf.Tensor, config: Config) -> tf.Tensor:
         return tf.identity(y)
 
 
-def check_model_output(model: keras.Model, config: Config) -> None:
-    """Fail fast when the model's output does not fit the loss.
+def check_model_output(model: keras.Model, config: Config) -> tf.Tensor:
+    """Fail fast when the model's output does not fit the loss; return it for a probe batch.
 
     Checks the number of output units and that the last layer's activation matches
     `FROM_LOGITS`: a softmax or sigmoid in front of a `from_logits=True` loss trains on the
@@ -162,7 +168,7 @@ def check_model_output(model: keras.Model, config: Config) -> None:
         last = last.layers[-1]  # Descend into nested models to the layer that outputs.
     activation = getattr(last, "activation", None)
     if activation is None:
-        return
+        return outputs
     name = keras.activations.serialize(activation)
     name = name if isinstance(name, str) else str(name.get("config", name))
     if name in ("softmax", "sigmoid"):
@@ -170,3 +176,4 @@ def check_model_output(model: keras.Model, config: Config) -> None:
             f"the model's last layer applies {name}, but this project's loss expects logits "
             "(from_logits=True); remove the activation from the last layer"
         )
+    return outputs

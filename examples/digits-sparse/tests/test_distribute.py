@@ -1,0 +1,160 @@
+"""More devices and lower precision: the same run under `tf.distribute` and mixed precision.
+
+The CPU is split into logical devices in `conftest.py`, so `MirroredStrategy` runs here with
+up to three replicas.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import features, linear_model
+
+from digits_sparse import precision
+from digits_sparse.config import Config
+from digits_sparse.distribution import DistributionError
+from digits_sparse.losses import class_count, encode_labels
+from digits_sparse.model import build_model
+from digits_sparse.optimizers import OptimizerSet
+from digits_sparse.options import RunOptions
+from digits_sparse.train import fit
+
+QUIET = RunOptions(verbose=0, steps_per_execution=4)
+# 45 examples in batches of 12: the last batch of 9 splits unevenly over 2 replicas (4 and 5).
+EXAMPLES, BATCH = 45, 12
+
+
+def mirrored(replicas: int) -> tf.distribute.MirroredStrategy:
+    """A strategy over the first `replicas` logical CPU devices."""
+    devices = [f"/cpu:{index}" for index in range(replicas)]
+    return tf.distribute.MirroredStrategy(
+        devices, cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
+
+
+def small_config(config: Config) -> Config:
+    """Two epochs of a few small batches."""
+    return dataclasses.replace(config, epochs=2, batch_size=BATCH)
+
+
+def datasets(config: Config) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """Training and validation batches, in order, each ending with a smaller batch."""
+    rng = np.random.default_rng(0)
+    x = features(config, 2 * EXAMPLES)
+    labels = encode_labels(rng.integers(0, class_count(config), 2 * EXAMPLES), config)
+
+    def batches(rows: slice) -> tf.data.Dataset:
+        return tf.data.Dataset.from_tensor_slices((x[rows], labels[rows])).batch(BATCH)
+
+    return batches(slice(0, EXAMPLES)), batches(slice(EXAMPLES, None))
+
+
+Run = tuple[dict[str, list[float]], list[np.ndarray], list[np.ndarray]]
+
+
+@pytest.fixture(scope="module")
+def one_device() -> Run:
+    """The float32 run on one device that the others are held to."""
+    return train(small_config(Config()), None)
+
+
+def train(
+    config: Config,
+    strategy: tf.distribute.Strategy | None,
+    policy: str = "float32",
+) -> Run:
+    """Train the project's model without dropout; its history, first and last weights."""
+    keras.utils.set_random_seed(config.seed)
+    scope = contextlib.nullcontext() if strategy is None else strategy.scope()
+    with precision.dtype_policy(policy), scope:
+        model = build_model(config)
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.Dropout):
+            layer.rate = 0.0  # Replicas draw other dropout masks than one device.
+    before = [keras.ops.convert_to_numpy(w) for w in model.weights]
+    train_ds, val_ds = datasets(config)
+    options = dataclasses.replace(QUIET, precision=policy)
+    history = fit(config, model, train_ds, val_ds, options=options, strategy=strategy)
+    after = [keras.ops.convert_to_numpy(w) for w in model.weights]
+    return history.history, before, after
+
+
+@pytest.mark.parametrize("replicas", [2, 3])
+def test_replicas_train_exactly_as_one_device(one_device: Run, replicas: int) -> None:
+    """The same global batches give the same weights and figures on 1, 2 or 3 replicas.
+
+    The loss is scaled exactly once (the replicas' parts add up to the batch's mean, even
+    for the last, uneven batch), and the reported figures are reduced across replicas.
+    """
+    one_history, _, one_device_weights = one_device
+    history, _, weights = train(small_config(Config()), mirrored(replicas))
+    for ours, theirs in zip(weights, one_device_weights, strict=True):
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    assert history.keys() == one_history.keys()
+    for key, values in one_history.items():
+        if key != "steps_per_second":
+            np.testing.assert_allclose(history[key], values, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_a_model_built_outside_the_scope_is_refused_until_built_inside(config: Config) -> None:
+    """The error names the fix; following it trains."""
+    config = dataclasses.replace(small_config(config), epochs=1)
+    strategy = mirrored(2)
+    train_ds, val_ds = datasets(config)
+    with pytest.raises(DistributionError, match=r"build it inside `with strategy.scope\(\):`"):
+        fit(config, build_model(config), train_ds, val_ds, options=QUIET, strategy=strategy)
+    with strategy.scope():
+        model = build_model(config)
+    history = fit(config, model, train_ds, val_ds, options=QUIET, strategy=strategy)
+    assert len(next(iter(history.history.values()))) == 1
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_moves_the_weights_as_float32_does(one_device: Run, policy: str) -> None:
+    """Within 10 % of float32's update after two epochs, every figure finite."""
+    _, start, float32 = one_device
+    history, _, mixed = train(small_config(Config()), None, policy)
+    assert all(np.isfinite(values).all() for values in history.values())
+    moved = np.concatenate([(w - s).ravel() for w, s in zip(float32, start, strict=True)])
+    ours = np.concatenate([(w - s).ravel() for w, s in zip(mixed, start, strict=True)])
+    assert np.linalg.norm(ours - moved) <= 0.1 * np.linalg.norm(moved)
+
+
+def test_loss_scaling_keeps_small_float16_gradients_from_vanishing() -> None:
+    """Gradients below float16's smallest number would be 0 without `scale_loss`."""
+    with precision.dtype_policy("mixed_float16"):
+        inputs = keras.Input((4,))
+        hidden = keras.layers.Dense(4, name="hidden")(inputs)
+        outputs = keras.layers.Dense(1, dtype="float32")(hidden)
+        model = keras.Model(inputs, outputs)
+    options = RunOptions(precision="mixed_float16")
+    optimizers = OptimizerSet([("model", model, keras.optimizers.Adam(1e-3))], options)
+    kernel = model.get_layer("hidden").kernel
+    before = keras.ops.convert_to_numpy(kernel)
+    with tf.GradientTape() as tape:
+        loss = 1e-7 * tf.reduce_sum(model(tf.ones((8, 4))))  # float16 gradients of ~1e-8.
+    optimizers.minimize(loss, tape)
+    assert not np.array_equal(keras.ops.convert_to_numpy(kernel), before)
+
+
+def test_an_output_that_is_not_float32_is_named_until_made_float32(config: Config) -> None:
+    """The error names the layer and the fix; following it trains."""
+    config = dataclasses.replace(small_config(config), epochs=1)
+    train_ds, val_ds = datasets(config)
+    options = dataclasses.replace(QUIET, precision="mixed_float16")
+
+    def model_with_output(dtype: str | None) -> keras.Model:
+        with precision.dtype_policy("mixed_float16"):
+            return linear_model(config, output_dtype=dtype)
+
+    model = model_with_output(None)
+    fix = r"layer 'last'.*give that layer dtype='float32'"
+    with pytest.raises(precision.PrecisionError, match=fix):
+        fit(config, model, train_ds, val_ds, options=options)
+    history = fit(config, model_with_output("float32"), train_ds, val_ds, options=options)
+    assert all(np.isfinite(values).all() for values in history.history.values())
