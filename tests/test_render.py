@@ -140,6 +140,7 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                 "gradients",
                 "inputs",
                 "interrupts",
+                "accumulation",
                 "distribution",
                 "precision",
                 "loop",

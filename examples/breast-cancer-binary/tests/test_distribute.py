@@ -49,7 +49,8 @@ def datasets(config: Config) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     labels = encode_labels(rng.integers(0, class_count(config), 2 * EXAMPLES), config)
 
     def batches(rows: slice) -> tf.data.Dataset:
-        return tf.data.Dataset.from_tensor_slices((x[rows], labels[rows])).batch(BATCH)
+        examples = tf.data.Dataset.from_tensor_slices((x[rows], labels[rows]))
+        return examples.batch(config.batch_size)
 
     return batches(slice(0, EXAMPLES)), batches(slice(EXAMPLES, None))
 
@@ -67,6 +68,7 @@ def train(
     config: Config,
     strategy: tf.distribute.Strategy | None,
     policy: str = "float32",
+    **options: object,
 ) -> Run:
     """Train the project's model without dropout; its history, first and last weights."""
     keras.utils.set_random_seed(config.seed)
@@ -78,8 +80,8 @@ def train(
             layer.rate = 0.0  # Replicas draw other dropout masks than one device.
     before = [keras.ops.convert_to_numpy(w) for w in model.weights]
     train_ds, val_ds = datasets(config)
-    options = dataclasses.replace(QUIET, precision=policy)
-    history = fit(config, model, train_ds, val_ds, options=options, strategy=strategy)
+    run_options = dataclasses.replace(QUIET, precision=policy, **options)
+    history = fit(config, model, train_ds, val_ds, options=run_options, strategy=strategy)
     after = [keras.ops.convert_to_numpy(w) for w in model.weights]
     return history.history, before, after
 
@@ -99,6 +101,30 @@ def test_replicas_train_exactly_as_one_device(one_device: Run, replicas: int) ->
     for key, values in one_history.items():
         if key != "steps_per_second":
             np.testing.assert_allclose(history[key], values, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize(
+    ("replicas", "policy", "tolerance"),
+    [(None, "float32", 0.0), (2, "float32", 0.0), (None, "mixed_float16", 0.02)],
+)
+def test_accumulated_micro_batches_update_as_one_step_on_their_concatenation(
+    one_device: Run, replicas: int | None, policy: str, tolerance: float
+) -> None:
+    """Four micro-batches of 3 give the update of one batch of 12, weighted by examples.
+
+    Each epoch ends with a smaller group, 3 micro-batches as a batch of 9, applied when the
+    epoch ends. The weights agree to 1e-5; in float16, where the two round differently,
+    to 2 % of the update.
+    """
+    concatenated = one_device
+    if policy != "float32":
+        concatenated = train(small_config(Config()), None, policy)
+    micro = dataclasses.replace(small_config(Config()), batch_size=BATCH // 4)
+    strategy = None if replicas is None else mirrored(replicas)
+    _, start, weights = train(micro, strategy, policy, accumulation_steps=4)
+    for ours, theirs, first in zip(weights, concatenated[2], start, strict=True):
+        atol = max(1e-5, tolerance * float(np.linalg.norm(theirs - first)))
+        np.testing.assert_allclose(ours, theirs, atol=atol)
 
 
 def test_a_model_built_outside_the_scope_is_refused_until_built_inside(config: Config) -> None:

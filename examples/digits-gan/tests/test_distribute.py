@@ -45,7 +45,7 @@ def datasets(config: Config) -> tuple[tf.data.Dataset, None]:
     """Batches of real images in [-1, 1], ending with a smaller batch; a GAN has no validation."""
     rng = np.random.default_rng(0)
     images = rng.uniform(-1, 1, size=(EXAMPLES, *config.image_shape)).astype(np.float32)
-    return tf.data.Dataset.from_tensor_slices(images).batch(BATCH), None
+    return tf.data.Dataset.from_tensor_slices(images).batch(config.batch_size), None
 
 
 Run = tuple[dict[str, list[float]], list[np.ndarray], list[np.ndarray]]
@@ -61,6 +61,7 @@ def train(
     config: Config,
     strategy: tf.distribute.Strategy | None,
     policy: str = "float32",
+    **options: object,
 ) -> Run:
     """Train the project's model without dropout; its history, first and last weights."""
     keras.utils.set_random_seed(config.seed)
@@ -72,8 +73,8 @@ def train(
             layer.rate = 0.0  # Replicas draw other dropout masks than one device.
     before = [keras.ops.convert_to_numpy(w) for w in model.weights]
     train_ds, val_ds = datasets(config)
-    options = dataclasses.replace(QUIET, precision=policy)
-    history = fit(config, model, train_ds, val_ds, options=options, strategy=strategy)
+    run_options = dataclasses.replace(QUIET, precision=policy, **options)
+    history = fit(config, model, train_ds, val_ds, options=run_options, strategy=strategy)
     after = [keras.ops.convert_to_numpy(w) for w in model.weights]
     return history.history, before, after
 

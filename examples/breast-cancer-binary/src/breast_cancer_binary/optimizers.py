@@ -8,12 +8,14 @@ Template-owned: `copier update` merges template changes into it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 
 from . import precision
+from .accumulation import GradientAccumulator
 from .config import Config
 from .gradients import (
     FINITE,
@@ -55,6 +57,8 @@ class OptimizerSet:
             rate would give every part the same one.)
         variables: Every variable that an optimizer of the set was built on; the guard
             against non-finite steps names a variable by its index here.
+        accumulator: With `RunOptions.accumulation_steps` above 1, the gradients summed
+            between two updates (see `accumulation.py`); `None` otherwise.
     """
 
     def __init__(
@@ -77,6 +81,13 @@ class OptimizerSet:
         self._strict = options.strict_gradients
         self._clip_norm = options.clip_global_norm
         self._loss_scaling = options.precision == "mixed_float16"
+        self.accumulator = (
+            GradientAccumulator(options.accumulation_steps, self.variables)
+            if options.accumulation_steps > 1
+            else None
+        )
+        # The variables each traced step updates, by the trainable variables it was traced for.
+        self._groups: dict[tuple[int, ...], list[list[tf.Variable]]] = {}
 
     def minimize(
         self,
@@ -84,6 +95,7 @@ class OptimizerSet:
         tape: tf.GradientTape,
         parts: Sequence[str] | None = None,
         only_if: tf.Tensor | None = None,
+        batch_size: tf.Tensor | None = None,
     ) -> tf.Tensor:
         """Differentiate `loss` and update the parts' trainable variables, unless not finite.
 
@@ -106,6 +118,8 @@ class OptimizerSet:
             parts: The names of the parts to update; all of them by default.
             only_if: A boolean tensor, the same on every replica: when false, nothing is
                 updated (e.g. an earlier update of the same step was skipped).
+            batch_size: The examples in the whole batch; needed with an `accumulator`, which
+                then adds the gradients (weighted by it) and updates once its group is full.
 
         Returns:
             The `gradients.update_status` code: `FINITE` when the update was applied (or
@@ -124,9 +138,8 @@ class OptimizerSet:
                     "were built, so no optimizer can update it; make every layer trainable "
                     "before training starts and freeze parts from a callback instead"
                 )
-        target, scale = loss, None
+        target = loss
         if self._loss_scaling:
-            scale = self.by_part[names[0]].dynamic_scale
             with tape:  # Recorded by the tape, so that the backward pass runs scaled.
                 target = self.by_part[names[0]].scale_loss(loss)
         gradients = tape.gradient(target, [v for part in per_part for v in part])
@@ -143,31 +156,76 @@ class OptimizerSet:
             kept_gradients.extend(kept)
             kept_per_part.append(variables)
         flat = [v for part in kept_per_part for v in part]
-        checked = [] if scale is not None else kept_gradients
+        checked = [] if self._loss_scaling else kept_gradients
         status = update_status(loss, checked, [self._index[id(v)] for v in flat])
-        clip_norm = self._clip_norm
-        if clip_norm is not None and scale is not None:
-            clip_norm = clip_norm * scale  # The gradients are scaled; so is their norm.
-        clipped = clip_by_global_norm(kept_gradients, clip_norm)
-
-        def apply(gradients: list[tf.Tensor]) -> None:
-            start = 0
-            for name, variables in zip(names, kept_per_part, strict=True):
-                if variables:  # Keras 3 optimizers reject an empty list.
-                    part_gradients = gradients[start : start + len(variables)]
-                    optimizer = self.by_part[name]
-                    if scale is not None and name != names[0]:
-                        # The scales part ways once one part skipped an overflowing step alone.
-                        ratio = optimizer.dynamic_scale / scale
-                        part_gradients = [scale_gradient(g, ratio) for g in part_gradients]
-                    optimizer.apply(part_gradients, variables)
-                start += len(variables)
-
         condition = status == FINITE
         if only_if is not None:
             condition = condition & only_if
-        run_if(condition, apply, clipped)
+        if self.accumulator is None:
+            apply = functools.partial(self._apply, names=names, kept_per_part=kept_per_part)
+            run_if(condition, apply, self._clipped(kept_gradients, names))
+            return status
+        assert batch_size is not None, "accumulating gradients needs the batch size"
+        self._groups[self._key()] = kept_per_part
+        self.accumulator.add(kept_gradients, flat, batch_size, condition)
+        self._apply_group(kept_per_part, self.accumulator.full())
         return status
+
+    def flush(self) -> None:
+        """Apply the micro-batches accumulated so far, if any: an epoch's last group.
+
+        `tf.function`-compatible; under `tf.distribute`, run it on every replica. The
+        variables are those of the last step traced for the trainable variables now.
+        """
+        assert self.accumulator is not None, "flush is for RunOptions.accumulation_steps > 1"
+        kept_per_part = self._groups.get(self._key())
+        if kept_per_part is not None:  # Else no step ran since they were trainable.
+            self._apply_group(kept_per_part, self.accumulator.pending())
+
+    def _key(self) -> tuple[int, ...]:
+        return tuple(id(v) for name in self.names for v in self.layers[name].trainable_variables)
+
+    def _apply_group(self, kept_per_part: list[list[tf.Variable]], condition: tf.Tensor) -> None:
+        """Apply the accumulated group and empty it, where `condition` holds."""
+        accumulator = self.accumulator
+        assert accumulator is not None
+        means = accumulator.means([v for part in kept_per_part for v in part])
+
+        def apply_and_reset(gradients: list[tf.Tensor]) -> None:
+            self._apply(gradients, self.names, kept_per_part)
+            accumulator.reset()
+
+        run_if(condition, apply_and_reset, self._clipped(means, self.names))
+
+    def _scale(self, names: Sequence[str]) -> tf.Variable | None:
+        """The loss scale the gradients are in units of: the first part's; `None` unscaled."""
+        return self.by_part[names[0]].dynamic_scale if self._loss_scaling else None
+
+    def _clipped(self, gradients: list[tf.Tensor], names: Sequence[str]) -> list[tf.Tensor]:
+        clip_norm = self._clip_norm
+        scale = self._scale(names)
+        if clip_norm is not None and scale is not None:
+            clip_norm = clip_norm * scale  # The gradients are scaled; so is their norm.
+        return clip_by_global_norm(gradients, clip_norm)
+
+    def _apply(
+        self,
+        gradients: list[tf.Tensor],
+        names: Sequence[str],
+        kept_per_part: list[list[tf.Variable]],
+    ) -> None:
+        scale = self._scale(names)
+        start = 0
+        for name, variables in zip(names, kept_per_part, strict=True):
+            if variables:  # Keras 3 optimizers reject an empty list.
+                part_gradients = gradients[start : start + len(variables)]
+                optimizer = self.by_part[name]
+                if scale is not None and name != names[0]:
+                    # The scales part ways once one part skipped an overflowing step alone.
+                    ratio = optimizer.dynamic_scale / scale
+                    part_gradients = [scale_gradient(g, ratio) for g in part_gradients]
+                optimizer.apply(part_gradients, variables)
+            start += len(variables)
 
     @property
     def learning_rate(self) -> float:
@@ -186,8 +244,13 @@ class OptimizerSet:
             return {"learning_rate": self.learning_rate}
         return {f"{name}_learning_rate": self._rate(name) for name in self.names}
 
-    def checkpoint_items(self) -> dict[str, keras.optimizers.Optimizer]:
-        """The optimizers by name, for `tf.train.Checkpoint(**items)`."""
+    def checkpoint_items(self) -> dict[str, object]:
+        """The optimizers by name, for `tf.train.Checkpoint(**items)`.
+
+        With gradient accumulation, also the accumulator's state: a group can span a resume.
+        """
+        if self.accumulator is not None:
+            return {**self.by_part, "accumulator": self.accumulator.variables}
         return dict(self.by_part)
 
     def _rate(self, name: str) -> float:

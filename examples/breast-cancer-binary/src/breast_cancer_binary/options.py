@@ -52,6 +52,9 @@ class RunOptions:
             so that `mirrored` can run (and be tried) on a machine without GPUs.
         precision: The Keras dtype policy the model is built under: `float32`,
             `mixed_float16` (with loss scaling) or `mixed_bfloat16` (see `precision.py`).
+        accumulation_steps: Update the weights once per this many batches, with the
+            gradient of the mean loss over all their examples: as one step on their
+            concatenation (see `accumulation.py`).
         tensorboard: Write TensorBoard events when `logdir` is set.
         verbose: 0 prints nothing; 1 shows a progress bar per epoch on a terminal and one line
             per epoch otherwise; 2 prints one line per epoch.
@@ -71,12 +74,15 @@ class RunOptions:
     strategy: str = "none"
     cpu_devices: int | None = None
     precision: str = "float32"
+    accumulation_steps: int = 1
     tensorboard: bool = True
     verbose: int = 1
 
     def __post_init__(self) -> None:
         """Reject values that would fail later with a less helpful error."""
-        for name in ("steps_per_execution", "max_bad_steps", "max_checkpoints"):
+        names = ["steps_per_execution", "max_bad_steps", "max_checkpoints"]
+        names.append("accumulation_steps")
+        for name in names:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"RunOptions.{name}={value!r} is invalid; use an integer >= 1")

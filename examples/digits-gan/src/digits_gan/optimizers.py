@@ -8,6 +8,7 @@ Template-owned: `copier update` merges template changes into it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -128,9 +129,8 @@ class OptimizerSet:
                     "were built, so no optimizer can update it; make every layer trainable "
                     "before training starts and freeze parts from a callback instead"
                 )
-        target, scale = loss, None
+        target = loss
         if self._loss_scaling:
-            scale = self.by_part[names[0]].dynamic_scale
             with tape:  # Recorded by the tape, so that the backward pass runs scaled.
                 target = self.by_part[names[0]].scale_loss(loss)
         gradients = tape.gradient(target, [v for part in per_part for v in part])
@@ -147,31 +147,44 @@ class OptimizerSet:
             kept_gradients.extend(kept)
             kept_per_part.append(variables)
         flat = [v for part in kept_per_part for v in part]
-        checked = [] if scale is not None else kept_gradients
+        checked = [] if self._loss_scaling else kept_gradients
         status = update_status(loss, checked, [self._index[id(v)] for v in flat])
-        clip_norm = self._clip_norm
-        if clip_norm is not None and scale is not None:
-            clip_norm = clip_norm * scale  # The gradients are scaled; so is their norm.
-        clipped = clip_by_global_norm(kept_gradients, clip_norm)
-
-        def apply(gradients: list[tf.Tensor]) -> None:
-            start = 0
-            for name, variables in zip(names, kept_per_part, strict=True):
-                if variables:  # Keras 3 optimizers reject an empty list.
-                    part_gradients = gradients[start : start + len(variables)]
-                    optimizer = self.by_part[name]
-                    if scale is not None and name != names[0]:
-                        # The scales part ways once one part skipped an overflowing step alone.
-                        ratio = optimizer.dynamic_scale / scale
-                        part_gradients = [scale_gradient(g, ratio) for g in part_gradients]
-                    optimizer.apply(part_gradients, variables)
-                start += len(variables)
-
         condition = status == FINITE
         if only_if is not None:
             condition = condition & only_if
-        run_if(condition, apply, clipped)
+        apply = functools.partial(self._apply, names=names, kept_per_part=kept_per_part)
+        run_if(condition, apply, self._clipped(kept_gradients, names))
         return status
+
+    def _scale(self, names: Sequence[str]) -> tf.Variable | None:
+        """The loss scale the gradients are in units of: the first part's; `None` unscaled."""
+        return self.by_part[names[0]].dynamic_scale if self._loss_scaling else None
+
+    def _clipped(self, gradients: list[tf.Tensor], names: Sequence[str]) -> list[tf.Tensor]:
+        clip_norm = self._clip_norm
+        scale = self._scale(names)
+        if clip_norm is not None and scale is not None:
+            clip_norm = clip_norm * scale  # The gradients are scaled; so is their norm.
+        return clip_by_global_norm(gradients, clip_norm)
+
+    def _apply(
+        self,
+        gradients: list[tf.Tensor],
+        names: Sequence[str],
+        kept_per_part: list[list[tf.Variable]],
+    ) -> None:
+        scale = self._scale(names)
+        start = 0
+        for name, variables in zip(names, kept_per_part, strict=True):
+            if variables:  # Keras 3 optimizers reject an empty list.
+                part_gradients = gradients[start : start + len(variables)]
+                optimizer = self.by_part[name]
+                if scale is not None and name != names[0]:
+                    # The scales part ways once one part skipped an overflowing step alone.
+                    ratio = optimizer.dynamic_scale / scale
+                    part_gradients = [scale_gradient(g, ratio) for g in part_gradients]
+                optimizer.apply(part_gradients, variables)
+            start += len(variables)
 
     @property
     def learning_rate(self) -> float:
@@ -190,7 +203,7 @@ class OptimizerSet:
             return {"learning_rate": self.learning_rate}
         return {f"{name}_learning_rate": self._rate(name) for name in self.names}
 
-    def checkpoint_items(self) -> dict[str, keras.optimizers.Optimizer]:
+    def checkpoint_items(self) -> dict[str, object]:
         """The optimizers by name, for `tf.train.Checkpoint(**items)`."""
         return dict(self.by_part)
 

@@ -76,7 +76,8 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         """Reject values that would fail later with a less helpful error."""
-        for name in ("steps_per_execution", "max_bad_steps", "max_checkpoints"):
+        names = ["steps_per_execution", "max_bad_steps", "max_checkpoints"]
+        for name in names:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"RunOptions.{name}={value!r} is invalid; use an integer >= 1")

@@ -108,7 +108,7 @@ def make_train_step(
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True)
             loss = total_loss(model, loss_fn, y, y_pred, batch_size)
-        status = optimizers.minimize(loss, tape)
+        status = optimizers.minimize(loss, tape, batch_size=batch_size)
         metrics.update(loss, batch_size, y, y_pred)
         return status
 

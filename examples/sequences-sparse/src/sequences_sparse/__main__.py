@@ -175,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
             f"scales the loss) (default: {options.precision})"
         ),
     )
+    train.add_argument(
+        "--accumulation-steps",
+        type=_positive_int,
+        help=(
+            "update the weights once per N batches, as one step on their concatenation "
+            f"(default: {options.accumulation_steps})"
+        ),
+    )
     train.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
     evaluate = commands.add_parser(
@@ -334,6 +342,7 @@ def train(args: argparse.Namespace, prog: str) -> int:
         "strategy": args.strategy,
         "cpu_devices": args.cpu_devices,
         "precision": args.precision,
+        "accumulation_steps": args.accumulation_steps,
     }
     try:
         options = dataclasses.replace(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
@@ -95,6 +95,7 @@ class Trainer:
             run_eagerly=self.options.run_eagerly,
         )
         self.eval_steps: dict[tuple[int, ...], StepFn] = {}
+        self.flush_steps: dict[tuple[int, ...], Callable[[], None]] = {}
         self.eval_runner: StepRunner | None = None
         if self.task.make_eval_step is not None:
             self.eval_runner = StepRunner(
@@ -201,7 +202,30 @@ class Trainer:
         logs, steps = self.train_runner.run_epoch(dataset, hooks, first_step=first_step)
         if bool(self.guard.tripped()):
             raise self.guard.error(int(self.global_step.numpy()))
+        if self.task.optimizers.accumulator is not None and interrupts.requested() is None:
+            self.flush_step()  # Interrupted, the group goes into the checkpoint instead.
         return logs, steps
+
+    @property
+    def flush_step(self) -> Callable[[], None]:
+        """Applies the accumulated micro-batches of an epoch's last, smaller group.
+
+        With `options.accumulation_steps` above 1 (see `accumulation.py`); traced once per
+        set of trainable variables, like the steps.
+        """
+        key = tuple(id(v) for v in self.model.trainable_variables)
+        if key not in self.flush_steps:
+            flush = self.task.optimizers.flush
+            if self.strategy is not None:
+                strategy = self.strategy
+
+                def flush() -> None:
+                    strategy.run(self.task.optimizers.flush)
+
+            self.flush_steps[key] = (
+                flush if self.options.run_eagerly else tf.function(flush, autograph=False)
+            )
+        return self.flush_steps[key]
 
     def evaluate(
         self, dataset: tf.data.Dataset, callbacks: keras.callbacks.CallbackList | None = None
