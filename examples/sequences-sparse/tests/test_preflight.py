@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import QUIET, features, linear_model
+from helpers import QUIET, encoder, features, linear_model
 
 from sequences_sparse import losses
 from sequences_sparse.config import Config
@@ -56,6 +57,14 @@ def test_check_reports_contract_problems_before_reading_data(config: Config) -> 
         "yield pairs (sample weights and dict features are not supported yet)"
     ]
     assert str(report).splitlines()[0].split() == ["data", "train_ds:", "does", "not", "fit"]
+
+
+def test_check_reports_a_model_that_does_not_fit_the_loss(config: Config) -> None:
+    inputs, x = encoder(config)
+    outputs = keras.layers.Dense(losses.output_units(config) + 1)(x)
+    report = check(config, keras.Model(inputs, outputs), options=QUIET)
+    assert len(report.problems) == 1, str(report)
+    assert re.search(r"give the last layer \d+ units$", report.problems[0]), str(report)
 
 
 @pytest.mark.slow

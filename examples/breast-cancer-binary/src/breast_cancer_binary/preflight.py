@@ -102,7 +102,12 @@ def check(
         train_ds, default_val = load_datasets(config)
         val_ds = default_val if val_ds is None else val_ds
     report = CheckReport()
-    trainer = Trainer(config, model, options)
+    try:
+        trainer = Trainer(config, model, options)
+    except ValueError as error:  # The model's output does not fit the loss, or its parts.
+        report.add("model", "does not fit this project")
+        report.problems.append(str(error))
+        return report
     prepared = _check_datasets(trainer, {"train_ds": train_ds, "val_ds": val_ds}, report)
     if prepared is None:
         return report
