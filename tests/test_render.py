@@ -15,6 +15,8 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -87,6 +89,7 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                     "callbacks",
                     "checkpoints",
                     "config",
+                    "contract",
                     "data",
                     "gan",
                     "gradients",
@@ -136,6 +139,7 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                 "callbacks",
                 "checkpoints",
                 "config",
+                "contract",
                 "data",
                 "gradients",
                 "inputs",
@@ -148,6 +152,7 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                 "model",
                 "optimizers",
                 "options",
+                "preflight",
                 "steps",
                 "train",
                 "trained",
@@ -166,6 +171,7 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                 "test_learns",
                 "test_loop",
                 "test_parity",
+                "test_preflight",
                 "test_signals",
                 "test_step_runner",
                 "test_steps",
@@ -173,6 +179,26 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
             )
         ),
     }
+
+
+@pytest.fixture(scope="session")
+def generated_test_runs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, Future[subprocess.CompletedProcess[str]]]]:
+    """Each combination's own tests, started at once in a copy of its render, two at a time.
+
+    A project's suite spends most of its minute on one core (tracing, Python), so two suites
+    run side by side on CI's two cores take about half the time of one after the other.
+    """
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = {}
+        for name, answers in MATRIX:
+            dest = tmp_path_factory.mktemp("run") / str(answers["project_name"])
+            render_project(dest, answers, quiet=True)
+            runs[name] = pool.submit(_run, _generated_test_args(name), dest)
+        yield runs
+        for run in runs.values():
+            run.cancel()
 
 
 @pytest.fixture(scope="module", params=MATRIX, ids=[name for name, _ in MATRIX])
@@ -244,13 +270,18 @@ WITH_SLOW_TESTS = {
 }
 
 
-def test_generated_tests_pass(project: Path, request: pytest.FixtureRequest) -> None:
+def _generated_test_args(name: str) -> list[str]:
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-    if request.node.callspec.id in WITH_SLOW_TESTS:
-        args += WITH_SLOW_TESTS[request.node.callspec.id]
-    else:
-        args += ["-m", "not slow"]
-    result = _run(args, project)
+    if name in WITH_SLOW_TESTS:
+        return args + WITH_SLOW_TESTS[name]
+    return [*args, "-m", "not slow"]
+
+
+@pytest.mark.parametrize("name", [name for name, _ in MATRIX])
+def test_generated_tests_pass(
+    name: str, generated_test_runs: dict[str, Future[subprocess.CompletedProcess[str]]]
+) -> None:
+    result = generated_test_runs[name].result()
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]
     assert re.search(r"\b\d+ passed\b", result.stdout), result.stdout
     assert "skipped" not in result.stdout, result.stdout

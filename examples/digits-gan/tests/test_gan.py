@@ -232,6 +232,16 @@ def test_a_labelled_dataset_fails_before_training(config: Config) -> None:
         fit(config, train_ds=labelled, options=QUIET)
 
 
+def test_float64_images_are_cast_once_in_the_pipeline(config: Config) -> None:
+    images = load_images(config)[:16]
+    task = Trainer(config, build_model(config), QUIET).task
+    given = tf.data.Dataset.from_tensor_slices(images.astype(np.float64)).batch(8)
+    prepared = task.prepare_dataset(given, "train_ds")
+    assert prepared.element_spec == tf.TensorSpec((None, *config.image_shape), tf.float32)
+    got = np.concatenate([batch.numpy() for batch in prepared])
+    np.testing.assert_array_equal(got, images.astype(np.float64).astype(np.float32))
+
+
 def test_a_discriminator_with_a_sigmoid_is_refused(config: Config) -> None:
     inputs = keras.Input(shape=config.image_shape)
     outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Flatten()(inputs))

@@ -12,8 +12,8 @@ from helpers import QUIET, features, labels_for, linear_model, traced_once_per_p
 
 from sequences_sparse import losses
 from sequences_sparse.config import Config
+from sequences_sparse.contract import DatasetError
 from sequences_sparse.data import load_datasets
-from sequences_sparse.inputs import InputSignatureError
 from sequences_sparse.model import build_model
 from sequences_sparse.sequences import bucket_lengths
 from sequences_sparse.train import Trainer, fit
@@ -104,8 +104,21 @@ def test_sequences_longer_than_max_length_are_cut(config: Config) -> None:
 
 def test_unbatched_sequences_are_refused_with_the_fix(config: Config) -> None:
     train_ds, _ = load_datasets(config)
-    with pytest.raises(InputSignatureError, match=r"int32 batches of shape \(batch,\).*batch_seq"):
+    with pytest.raises(DatasetError, match=r"int32 batches of shape \(batch,\).*batch_seq"):
         fit(config, train_ds=train_ds.unbatch(), options=QUIET)
+
+
+def test_token_ids_outside_the_vocabulary_fail_in_the_step(config: Config) -> None:
+    trainer = Trainer(config, build_model(config), QUIET)
+    x = features(config, 4)
+    labels = tf.constant(losses.encode_labels(np.zeros(4, dtype=np.int64), config))
+    message = r"token ids must be in \[0, config\.vocab_size\) = \[0, \d+\)"
+    # The model must wait for the check: unordered, the embedding's own error wins some runs.
+    for call in range(20):
+        bad = x.copy()
+        bad[call % 4, 0] = config.vocab_size if call % 2 == 0 else -1
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            trainer.train_step(tf.constant(bad), labels)
 
 
 def test_config_rejects_too_few_tokens() -> None:

@@ -1,17 +1,21 @@
-"""Command line: `python -m breast_cancer_binary train|evaluate|predict|export ...`.
+"""Command line: `python -m breast_cancer_binary train|check|evaluate|predict|export ...`.
 
     python -m breast_cancer_binary train [--epochs N] [--logdir DIR] ...
     python -m breast_cancer_binary train --logdir DIR --resume [--epochs N]
+    python -m breast_cancer_binary check [--batches N]
     python -m breast_cancer_binary evaluate DIR
     python -m breast_cancer_binary predict DIR --input X.npy --output Y.npy [--class-ids]
     python -m breast_cancer_binary export DIR OUT
 
 `train` trains into a run directory, or with `--resume` goes on from its latest checkpoint;
+`check` tries the data and the model on a few batches and lists any problem with its fix;
 the others use the model a finished run saved: its validation figures, predictions, a SavedModel.
 `--help` imports no TensorFlow, so it answers at once; TensorFlow's start-up messages are
-silenced unless `TF_CPP_MIN_LOG_LEVEL` is set. Exit codes: 0 when the command did its work,
-1 when training stopped on non-finite steps, 2 for a usage error or a run that cannot be used
-(one line; nothing is written), 130 on Ctrl-C and 143 on SIGTERM (after a checkpoint).
+silenced unless `TF_CPP_MIN_LOG_LEVEL` is set.
+Exit codes: 0 when the command did its work, 1 when training stopped on non-finite steps or
+`check` found a problem, 2 for a usage error or a run that cannot be used (one line; nothing
+is written) or data that does not fit (one line per problem), 130 on Ctrl-C and 143 on SIGTERM
+(after a checkpoint).
 
 Template-owned: `copier update` merges template changes into it.
 """
@@ -30,6 +34,7 @@ from .options import PRECISIONS, STRATEGIES, RunOptions
 
 RUNS = Path("runs")
 EXIT_NONFINITE = 1
+EXIT_PROBLEMS = 1  # What `check` returns when it found a problem.
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -185,6 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
+    check = commands.add_parser(
+        "check",
+        help="check the data and the model in seconds, before a long run",
+        description=(
+            "Read a few training batches, train a fresh model for a few steps, and print a "
+            "report: the data against the contract, the labels, the loss at initialisation, "
+            "trace counts, gradients and one step against model.train_on_batch. Exits with 1 "
+            "and each problem's fix when something is wrong."
+        ),
+    )
+    check.add_argument(
+        "--batches", type=_positive_int, default=4, help="training batches to read (default: 4)"
+    )
+
     evaluate = commands.add_parser(
         "evaluate",
         help="evaluate a run's model on the validation split",
@@ -279,12 +298,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return train(args, prog)
+        if args.command == "check":
+            return check(args)
         import_tensorflow_quietly()
         from .checkpoints import CheckpointError
+        from .contract import DatasetError
 
         try:
             return use_run(args)
-        except CheckpointError as error:
+        except (CheckpointError, DatasetError) as error:
             return _usage(prog, str(error))
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
@@ -313,6 +335,7 @@ def train(args: argparse.Namespace, prog: str) -> int:
     import_tensorflow_quietly()
     from . import interrupts
     from .checkpoints import CheckpointError, read_run
+    from .contract import DatasetError
     from .distribution import DistributionError
     from .gradients import NonFiniteError
     from .precision import PrecisionError
@@ -362,13 +385,23 @@ def train(args: argparse.Namespace, prog: str) -> int:
     except NonFiniteError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return EXIT_NONFINITE
-    except (CheckpointError, DistributionError, PrecisionError) as error:
+    except (CheckpointError, DatasetError, DistributionError, PrecisionError) as error:
         return _usage(prog, str(error))
     except interrupts.Interrupted as stop:
         resume = f"python -m {__package__} train --logdir {logdir} --resume"
         print(f"{prog}: {stop}; resume with: {resume}", file=sys.stderr)
         return stop.exit_code
     return 0
+
+
+def check(args: argparse.Namespace) -> int:
+    """`check`: the preflight report of `preflight.check`; the exit code."""
+    import_tensorflow_quietly()
+    from . import preflight
+
+    report = preflight.check(batches=args.batches)
+    print(report)
+    return 0 if report.ok else EXIT_PROBLEMS
 
 
 def use_run(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from .config import Config
+from .contract import Conversion, SpecCheck, cast_to, describe, fits
 from .inputs import probe_batch
 
 LABEL_ENCODING = "binary"
@@ -22,10 +23,6 @@ EXPECTED = "float32 0/1 labels of shape (batch, 1)"
 REDUCTION = "sum_over_batch_size"
 FROM_LOGITS = True
 THRESHOLD = 0.0  # A logit of 0 is a probability of 0.5.
-
-
-class LabelEncodingError(ValueError):
-    """Labels do not match the encoding this project was generated for."""
 
 
 def class_count(config: Config) -> int:
@@ -64,6 +61,11 @@ def class_ids(outputs: tf.Tensor) -> tf.Tensor:
     return tf.cast(outputs[:, 0] > THRESHOLD, tf.int32)
 
 
+def label_class_ids(y: tf.Tensor) -> tf.Tensor:
+    """The class id of each label of a batch in this encoding, int32 `(batch,)`."""
+    return tf.cast(y[:, 0] > 0.5, tf.int32)
+
+
 def label_spec(config: Config) -> tf.TensorSpec:
     """The labels of one batch, as the step functions' input signature declares them."""
     del config  # One column, whatever the config.
@@ -86,51 +88,64 @@ def make_accuracy(name: str) -> keras.metrics.Metric:
     return keras.metrics.BinaryAccuracy(name=name, threshold=THRESHOLD)
 
 
-def check_label_spec(spec: object, config: Config) -> None:
-    """Fail fast, before tracing, when a dataset's labels are not in this project's encoding.
+def check_labels(spec: object, config: Config, name: str = "labels") -> SpecCheck:
+    """How labels of `spec` fit `label_spec(config)`: as they are, converted, or not.
+
+    0/1 labels of shape `(batch,)` or `(batch, 1)`, as bool, integers or floats, are cast to
+    float32 `(batch, 1)`; the step checks that each is 0 or 1.
 
     Args:
         spec: The labels' `tf.TypeSpec`, e.g. `dataset.element_spec[1]`.
         config: The run's configuration.
+        name: What the labels are called in the message, e.g. `train_ds labels`.
 
-    Raises:
-        LabelEncodingError: Naming what was found, what was expected and how to convert.
+    Returns:
+        The conversion to apply in the pipeline, if any, or the problem and its fix.
     """
     expected = label_spec(config)
-    if (
-        isinstance(spec, tf.TensorSpec)
-        and spec.dtype == expected.dtype
-        and expected.shape.is_compatible_with(spec.shape)
-    ):
-        return
-    found = (
-        f"{spec.dtype.name} of shape {_batch_shape(spec.shape)}"
-        if isinstance(spec, tf.TensorSpec)
-        else repr(spec)
-    )
-    raise LabelEncodingError(
-        f"labels are {found}, but this project expects {LABEL_ENCODING} labels: {EXPECTED}. "
-        + _conversion_hint(spec)
-    )
-
-
-def _batch_shape(shape: tf.TensorShape) -> str:
-    dims = ["batch"] + [str(d) for d in shape.as_list()[1:]] if shape.rank else []
-    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
-
-
-def _conversion_hint(spec: object) -> str:
+    if fits(spec, expected):
+        return SpecCheck()
     if not isinstance(spec, tf.TensorSpec) or spec.shape.rank is None:
-        return "Make the dataset yield (features, labels) tuples of tensors with a known rank."
-    rank = spec.shape.rank
-    if rank == 1:
-        return (
-            "Reshape them with tf.reshape(y, (-1, 1)) in data.py: (batch,) labels against "
-            "(batch, 1) outputs would broadcast to a (batch, batch) loss."
+        fix = "make the dataset yield (features, labels) pairs of dense tensors of known rank"
+    elif spec.dtype == tf.string:
+        fix = "map the strings to integer class ids in data.py, e.g. with keras.layers.StringLookup"
+    else:
+        accepted = _accepted(spec, expected)
+        if accepted is not None:
+            convert, how = accepted
+            return SpecCheck(convert=convert, note=f"{name}: {describe(spec)} {how}")
+        fix = _fix(spec, config)
+    return SpecCheck(
+        problem=(
+            f"{name} are {describe(spec)}, but this project expects {LABEL_ENCODING} labels, "
+            f"{EXPECTED}; {fix}"
         )
-    if rank == 2 and not spec.dtype.is_floating:
-        return "Cast them with tf.cast(y, tf.float32) in data.py."
-    return "Give one 0/1 label per example, in one column."
+    )
+
+
+def _accepted(spec: tf.TensorSpec, expected: tf.TensorSpec) -> tuple[Conversion, str] | None:
+    """The conversion of 0/1 labels, `(batch,)` or `(batch, 1)`, bool or numbers, and its words."""
+    if not (spec.dtype.is_integer or spec.dtype.is_floating or spec.dtype == tf.bool):
+        return None
+    cast = cast_to(expected.dtype)
+    how = [] if spec.dtype == expected.dtype else [f"cast to {expected.dtype.name}"]
+    if spec.shape.rank == 1:
+        how.append("reshaped to (batch, 1)")
+        return (lambda y: tf.reshape(cast(y), (-1, 1))), ", ".join(how)
+    if spec.shape.rank == 2 and spec.shape[1] == 1:
+        return cast, ", ".join(how)
+    return None
+
+
+def _fix(spec: tf.TensorSpec, config: Config) -> str:
+    """How to turn labels of `spec`, which `_accepted` refused, into one 0/1 label each."""
+    del config  # One column, whatever the config.
+    if spec.shape.rank == 2 and spec.shape[1] == 2:
+        return (
+            "if each row is one-hot over (class 0, class 1), keep the class-1 column with "
+            "y[:, 1:] in data.py"
+        )
+    return "give one 0/1 label per example, shape (batch,) or (batch, 1)"
 
 
 def checked_label_values(y: tf.Tensor, config: Config) -> tf.Tensor:

@@ -290,13 +290,16 @@ class Trainer:
             interrupts.Interrupted: If a stop was requested (`interrupts.request`, or Ctrl-C
                 within `interrupts.catch_signals`); raised after the current call of steps
                 and, with a logdir, a checkpoint.
+            contract.DatasetError: If `train_ds` or `val_ds` does not fit the steps, listing
+                every problem; what fits after an unambiguous conversion is converted instead
+                (see `contract`).
             checkpoints.CheckpointError: If `options.resume` finds nothing to resume, or a
                 checkpoint that cannot be read or that another model wrote.
         """
         epochs = self.config.epochs if epochs is None else epochs
-        self.task.check_dataset(train_ds, "train_ds")
+        train_ds = self.task.prepare_dataset(train_ds, "train_ds")
         if val_ds is not None:
-            self.task.check_dataset(val_ds, "val_ds")
+            val_ds = self.task.prepare_dataset(val_ds, "val_ds")
         logdir = None if self.options.logdir is None else Path(self.options.logdir)
         if self.options.resume and logdir is not None:
             check_same_config(logdir, self.config)

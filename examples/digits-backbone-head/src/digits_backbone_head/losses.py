@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from .config import Config
+from .contract import Conversion, SpecCheck, cast_to, describe, fits
 from .inputs import probe_batch
 
 LABEL_ENCODING = "sparse"
@@ -21,10 +22,6 @@ EXPECTED = "int32 class ids of shape (batch,)"
 # The mean over the batch, as `model.fit` reduces; stated rather than left to a default.
 REDUCTION = "sum_over_batch_size"
 FROM_LOGITS = True
-
-
-class LabelEncodingError(ValueError):
-    """Labels do not match the encoding this project was generated for."""
 
 
 def class_count(config: Config) -> int:
@@ -61,6 +58,11 @@ def class_ids(outputs: tf.Tensor) -> tf.Tensor:
     return tf.argmax(outputs, axis=-1, output_type=tf.int32)
 
 
+def label_class_ids(y: tf.Tensor) -> tf.Tensor:
+    """The class id of each label of a batch in this encoding, int32 `(batch,)`."""
+    return tf.cast(y, tf.int32)
+
+
 def label_spec(config: Config) -> tf.TensorSpec:
     """The labels of one batch, as the step functions' input signature declares them."""
     del config  # Class ids have no class dimension.
@@ -83,51 +85,75 @@ def make_accuracy(name: str) -> keras.metrics.Metric:
     return keras.metrics.SparseCategoricalAccuracy(name=name)
 
 
-def check_label_spec(spec: object, config: Config) -> None:
-    """Fail fast, before tracing, when a dataset's labels are not in this project's encoding.
+def check_labels(spec: object, config: Config, name: str = "labels") -> SpecCheck:
+    """How labels of `spec` fit `label_spec(config)`: as they are, converted, or not.
+
+    Class ids of any integer dtype (int64 is numpy's default) are cast to int32, saturating,
+    so that an id too large for int32 still fails the step's range check; a `(batch, 1)`
+    column of them (what `y.reshape(-1, 1)` or a one-column DataFrame gives) is flattened to
+    `(batch,)`. Floats are not cast: they could be one-hot rows, probabilities or ids.
 
     Args:
         spec: The labels' `tf.TypeSpec`, e.g. `dataset.element_spec[1]`.
         config: The run's configuration.
+        name: What the labels are called in the message, e.g. `train_ds labels`.
 
-    Raises:
-        LabelEncodingError: Naming what was found, what was expected and how to convert.
+    Returns:
+        The conversion to apply in the pipeline, if any, or the problem and its fix.
     """
     expected = label_spec(config)
-    if (
-        isinstance(spec, tf.TensorSpec)
-        and spec.dtype == expected.dtype
-        and expected.shape.is_compatible_with(spec.shape)
-    ):
-        return
-    found = (
-        f"{spec.dtype.name} of shape {_batch_shape(spec.shape)}"
-        if isinstance(spec, tf.TensorSpec)
-        else repr(spec)
-    )
-    raise LabelEncodingError(
-        f"labels are {found}, but this project expects {LABEL_ENCODING} labels: {EXPECTED}. "
-        + _conversion_hint(spec)
-    )
-
-
-def _batch_shape(shape: tf.TensorShape) -> str:
-    dims = ["batch"] + [str(d) for d in shape.as_list()[1:]] if shape.rank else []
-    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
-
-
-def _conversion_hint(spec: object) -> str:
+    if fits(spec, expected):
+        return SpecCheck()
     if not isinstance(spec, tf.TensorSpec) or spec.shape.rank is None:
-        return "Make the dataset yield (features, labels) tuples of tensors with a known rank."
+        fix = "make the dataset yield (features, labels) pairs of dense tensors of known rank"
+    elif spec.dtype == tf.string:
+        fix = "map the strings to integer class ids in data.py, e.g. with keras.layers.StringLookup"
+    else:
+        accepted = _accepted(spec, expected)
+        if accepted is not None:
+            convert, how = accepted
+            return SpecCheck(convert=convert, note=f"{name}: {describe(spec)} {how}")
+        fix = _fix(spec, config)
+    return SpecCheck(
+        problem=(
+            f"{name} are {describe(spec)}, but this project expects {LABEL_ENCODING} labels, "
+            f"{EXPECTED}; {fix}"
+        )
+    )
+
+
+def _accepted(spec: tf.TensorSpec, expected: tf.TensorSpec) -> tuple[Conversion, str] | None:
+    """The conversion of integer class ids, `(batch,)` or `(batch, 1)`, and its words."""
+    if not spec.dtype.is_integer:
+        return None
+    cast = cast_to(expected.dtype)
+    if spec.shape.rank == 1:
+        return cast, f"cast to {expected.dtype.name}"
+    if spec.shape.rank == 2 and spec.shape[1] == 1:
+        return (lambda y: cast(y[:, 0])), f"cast to {expected.dtype.name}, shape (batch,)"
+    return None
+
+
+def _fix(spec: tf.TensorSpec, config: Config) -> str:
+    """How to turn labels of `spec`, which `_accepted` refused, into class ids."""
     rank = spec.shape.rank
+    if rank == 1 or (rank == 2 and spec.shape[1] == 1):
+        return (
+            "class ids must be integers: if these hold whole class ids, cast them with "
+            "tf.cast(y, tf.int32) in data.py"
+        )
+    if rank == 2 and spec.shape[1] == config.num_classes:
+        return (
+            "if each row is one-hot, turn the rows into class ids with "
+            "tf.argmax(y, axis=-1, output_type=tf.int32) in data.py, "
+            "or generate the project with --labels one-hot"
+        )
     if rank == 2:
         return (
-            "They look one-hot: convert them with tf.argmax(y, axis=-1) in data.py, "
-            "or generate the project with --labels one-hot."
+            f"give one class id per example: {spec.shape[1]} columns are neither one id nor "
+            f"one-hot rows of Config.num_classes = {config.num_classes}"
         )
-    if rank == 1:
-        return "Cast them with tf.cast(y, tf.int32) in data.py."
-    return "Give one class id per example."
+    return "give one class id per example, shape (batch,)"
 
 
 def checked_label_values(y: tf.Tensor, config: Config) -> tf.Tensor:

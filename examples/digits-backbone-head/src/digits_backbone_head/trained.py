@@ -57,10 +57,15 @@ def evaluate(logdir: str | Path) -> EpochLogs:
     The saved model has every layer trainable, so `val_loss` adds the backbone's
     regularization: after a last epoch with the backbone frozen, it differs from the logged
     one (which, as in `model.fit`, counts the trainable weights' regularization only).
+
+    Raises:
+        RunFileError: If `logdir` holds no finished run.
+        contract.DatasetError: If the validation split does not fit the steps.
     """
     config, model = load_run(logdir)
     _, val_ds = load_datasets(config)
-    return Trainer(config, model, RunOptions(verbose=0)).evaluate(val_ds)
+    trainer = Trainer(config, model, RunOptions(verbose=0))
+    return trainer.evaluate(trainer.task.prepare_dataset(val_ds, "val_ds"))
 
 
 def predict(logdir: str | Path, features: np.ndarray, *, as_class_ids: bool = False) -> np.ndarray:

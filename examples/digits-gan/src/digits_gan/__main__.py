@@ -8,9 +8,10 @@
 `train` trains into a run directory, or with `--resume` goes on from its latest checkpoint;
 the others use the model a finished run saved: generated images, a SavedModel.
 `--help` imports no TensorFlow, so it answers at once; TensorFlow's start-up messages are
-silenced unless `TF_CPP_MIN_LOG_LEVEL` is set. Exit codes: 0 when the command did its work,
-1 when training stopped on non-finite steps, 2 for a usage error or a run that cannot be used
-(one line; nothing is written), 130 on Ctrl-C and 143 on SIGTERM (after a checkpoint).
+silenced unless `TF_CPP_MIN_LOG_LEVEL` is set.
+Exit codes: 0 when the command did its work, 1 when training stopped on non-finite steps, 2 for
+a usage error or a run that cannot be used (one line; nothing is written) or data that does not
+fit, 130 on Ctrl-C and 143 on SIGTERM (after a checkpoint).
 
 Template-owned: `copier update` merges template changes into it.
 """
@@ -259,10 +260,11 @@ def main(argv: list[str] | None = None) -> int:
             return train(args, prog)
         import_tensorflow_quietly()
         from .checkpoints import CheckpointError
+        from .contract import DatasetError
 
         try:
             return use_run(args)
-        except CheckpointError as error:
+        except (CheckpointError, DatasetError) as error:
             return _usage(prog, str(error))
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
@@ -291,6 +293,7 @@ def train(args: argparse.Namespace, prog: str) -> int:
     import_tensorflow_quietly()
     from . import interrupts
     from .checkpoints import CheckpointError, read_run
+    from .contract import DatasetError
     from .distribution import DistributionError
     from .gradients import NonFiniteError
     from .precision import PrecisionError
@@ -339,7 +342,7 @@ def train(args: argparse.Namespace, prog: str) -> int:
     except NonFiniteError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return EXIT_NONFINITE
-    except (CheckpointError, DistributionError, PrecisionError) as error:
+    except (CheckpointError, DatasetError, DistributionError, PrecisionError) as error:
         return _usage(prog, str(error))
     except interrupts.Interrupted as stop:
         resume = f"python -m {__package__} train --logdir {logdir} --resume"

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from . import precision
+from . import contract, precision
 from .config import Config
 from .distribution import BatchMean, global_batch_size
 from .gradients import FINITE
@@ -313,24 +313,35 @@ class GanTask:
             make_discriminator_step(*args), make_generator_step(*args), self._metrics
         )
 
-    def check_dataset(self, dataset: tf.data.Dataset, name: str) -> None:
-        """Fail fast, before tracing, when a dataset does not yield what the step declares.
+    def prepare_dataset(self, dataset: tf.data.Dataset, name: str) -> tf.data.Dataset:
+        """`dataset` as the step takes it: checked, and converted where that is unambiguous.
+
+        Images of another float dtype (float64 is numpy's default) are cast to float32, once,
+        in the pipeline; the result has the same cardinality and order.
 
         Raises:
-            ValueError: If the elements are not float32 image batches of `Config.image_shape`.
+            contract.DatasetError: If the elements are not image batches of
+                `Config.image_shape`, with the fix.
         """
         spec = dataset.element_spec
         (expected,) = self.input_signature
-        if not (
+        if contract.fits(spec, expected):
+            return dataset
+        if (
             isinstance(spec, tf.TensorSpec)
-            and spec.dtype == expected.dtype
+            and spec.dtype.is_floating
             and expected.shape.is_compatible_with(spec.shape)
         ):
-            raise ValueError(
-                f"{name} yields {spec}, but the GAN trains on batches of float32 images of "
-                f"shape {tuple(expected.shape)} and no labels; map it to images only in "
-                "data.py, or change Config.image_shape"
-            )
+            convert = contract.cast_to(expected.dtype)
+            return contract.conform(dataset, name, [contract.SpecCheck(convert)])
+        raise contract.DatasetError(
+            name,
+            [
+                f"{name} yields {contract.describe(spec)}, but the GAN trains on float32 images "
+                f"of shape (batch, {', '.join(map(str, self.config.image_shape))}) and no "
+                "labels; map it to images only in data.py, or change Config.image_shape"
+            ],
+        )
 
 
 def build_task(model: GAN, config: Config, options: RunOptions) -> GanTask:

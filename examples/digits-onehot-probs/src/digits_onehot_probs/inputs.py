@@ -1,7 +1,8 @@
 """The features' contract: the one place that declares what a batch of inputs is.
 
-The step functions' input signature, the checks run before training and the probe batch that
-checks a model's output all come from `features_spec`, so they cannot disagree.
+The step functions' input signature, the check of every dataset before it is read
+(`check_features`) and the probe batch that checks a model's output all come from
+`features_spec`, so they cannot disagree.
 Template-owned: `copier update` merges template changes into it.
 """
 
@@ -10,10 +11,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from .config import Config
-
-
-class InputSignatureError(ValueError):
-    """Features do not fit the step functions' input signature."""
+from .contract import SpecCheck, cast_to, describe, fits
 
 
 def features_spec(config: Config) -> tf.TensorSpec:
@@ -29,42 +27,53 @@ def probe_batch(config: Config) -> tf.Tensor:
     return tf.zeros((2, *config.input_shape), dtype=tf.float32)
 
 
-def describe(spec: tf.TensorSpec) -> str:
-    """A spec in words, e.g. `float32 batches of shape (batch, 64)`."""
-    if spec.shape.rank is None:
-        return f"{spec.dtype.name} batches of unknown rank"
-    dims = [
-        "batch" if i == 0 else "length" if d is None else str(d) for i, d in enumerate(spec.shape)
-    ]
-    return f"{spec.dtype.name} batches of shape ({', '.join(dims)}{',' if len(dims) == 1 else ''})"
+def check_features(spec: object, config: Config, name: str = "features") -> SpecCheck:
+    """How features of `spec` fit `features_spec(config)`: as they are, converted, or not.
 
-
-def check_features_spec(spec: object, config: Config, name: str = "features") -> None:
-    """Fail fast, before tracing, when features do not fit the declared signature.
+    Other float dtypes (float64, numpy's default, and float16) are cast to float32; integers
+    are not, since images of 0-255 usually want scaling too, which only you can choose.
 
     Args:
         spec: The features' `tf.TypeSpec`, e.g. `dataset.element_spec[0]`.
         config: The run's configuration.
         name: What the features are called in the message, e.g. `train_ds features`.
 
-    Raises:
-        InputSignatureError: Naming what was found, what was expected and the fix.
+    Returns:
+        The conversion to apply in the pipeline, if any, or the problem and its fix.
     """
     expected = features_spec(config)
+    if fits(spec, expected):
+        return SpecCheck()
     if (
         isinstance(spec, tf.TensorSpec)
-        and spec.dtype == expected.dtype
         and expected.shape.is_compatible_with(spec.shape)
+        and spec.dtype.is_floating
     ):
-        return
-    found = describe(spec) if isinstance(spec, tf.TensorSpec) else repr(spec)
-    raise InputSignatureError(
-        f"{name} are {found}, but the model takes {describe(expected)}; {_fix(spec, expected)}"
+        note = f"{name}: {spec.dtype.name} cast to {expected.dtype.name}"
+        return SpecCheck(convert=cast_to(expected.dtype), note=note)
+    return SpecCheck(
+        problem=(
+            f"{name} are {describe(spec)}, but the model takes {describe(expected)}; "
+            + _fix(spec, expected, config)
+        )
     )
 
 
-def _fix(spec: object, expected: tf.TensorSpec) -> str:
-    """How to turn features of `spec` into features of `expected`."""
-    if isinstance(spec, tf.TensorSpec) and expected.shape.is_compatible_with(spec.shape):
-        return "cast them with tf.cast(x, tf.float32) in data.py"
-    return "reshape them in data.py, or change Config.input_shape"
+def _fix(spec: object, expected: tf.TensorSpec, config: Config) -> str:
+    """How to turn features of `spec` into features of `expected`, for what `spec` is."""
+    if not isinstance(spec, tf.TensorSpec) or spec.shape.rank is None:
+        return "make the dataset yield (features, labels) pairs of dense tensors of known rank"
+    if expected.shape.is_compatible_with(spec.shape):
+        return (
+            "cast them with tf.cast(x, tf.float32) in data.py (scaled as the model needs, "
+            "e.g. x / 255 for 8-bit pixels)"
+        )
+    example = spec.shape[1:]
+    if not example.is_fully_defined():
+        return "give every example the same shape, config.input_shape, in data.py"
+    if example.num_elements() == expected.shape[1:].num_elements():
+        return (
+            f"reshape them with tf.reshape(x, (-1, {', '.join(map(str, config.input_shape))})) "
+            f"in data.py, or set Config.input_shape = {tuple(example.as_list())}"
+        )
+    return f"set Config.input_shape = {tuple(example.as_list())} in config.py, or reshape them"

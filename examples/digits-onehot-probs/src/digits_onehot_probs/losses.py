@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from .config import Config
+from .contract import Conversion, SpecCheck, cast_to, describe, fits
 from .inputs import probe_batch
 
 LABEL_ENCODING = "one-hot"
@@ -22,10 +23,6 @@ EXPECTED = "float32 one-hot rows of shape (batch, num_classes)"
 REDUCTION = "sum_over_batch_size"
 FROM_LOGITS = False
 OUTPUT_ACTIVATION = "softmax"
-
-
-class LabelEncodingError(ValueError):
-    """Labels do not match the encoding this project was generated for."""
 
 
 def class_count(config: Config) -> int:
@@ -63,6 +60,11 @@ def class_ids(outputs: tf.Tensor) -> tf.Tensor:
     return tf.argmax(outputs, axis=-1, output_type=tf.int32)
 
 
+def label_class_ids(y: tf.Tensor) -> tf.Tensor:
+    """The class id of each label of a batch in this encoding, int32 `(batch,)`."""
+    return tf.argmax(y, axis=-1, output_type=tf.int32)
+
+
 def label_spec(config: Config) -> tf.TensorSpec:
     """The labels of one batch, as the step functions' input signature declares them."""
     return tf.TensorSpec(shape=(None, config.num_classes), dtype=tf.float32, name="labels")
@@ -84,51 +86,68 @@ def make_accuracy(name: str) -> keras.metrics.Metric:
     return keras.metrics.CategoricalAccuracy(name=name)
 
 
-def check_label_spec(spec: object, config: Config) -> None:
-    """Fail fast, before tracing, when a dataset's labels are not in this project's encoding.
+def check_labels(spec: object, config: Config, name: str = "labels") -> SpecCheck:
+    """How labels of `spec` fit `label_spec(config)`: as they are, converted, or not.
+
+    Rows of `num_classes` values of any integer or float dtype are cast to float32. Class ids
+    are not converted: `tf.one_hot` would make an out-of-range id an all-zero row.
 
     Args:
         spec: The labels' `tf.TypeSpec`, e.g. `dataset.element_spec[1]`.
         config: The run's configuration.
+        name: What the labels are called in the message, e.g. `train_ds labels`.
 
-    Raises:
-        LabelEncodingError: Naming what was found, what was expected and how to convert.
+    Returns:
+        The conversion to apply in the pipeline, if any, or the problem and its fix.
     """
     expected = label_spec(config)
-    if (
-        isinstance(spec, tf.TensorSpec)
-        and spec.dtype == expected.dtype
-        and expected.shape.is_compatible_with(spec.shape)
-    ):
-        return
-    found = (
-        f"{spec.dtype.name} of shape {_batch_shape(spec.shape)}"
-        if isinstance(spec, tf.TensorSpec)
-        else repr(spec)
-    )
-    raise LabelEncodingError(
-        f"labels are {found}, but this project expects {LABEL_ENCODING} labels: {EXPECTED}. "
-        + _conversion_hint(spec)
-    )
-
-
-def _batch_shape(shape: tf.TensorShape) -> str:
-    dims = ["batch"] + [str(d) for d in shape.as_list()[1:]] if shape.rank else []
-    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
-
-
-def _conversion_hint(spec: object) -> str:
+    if fits(spec, expected):
+        return SpecCheck()
     if not isinstance(spec, tf.TensorSpec) or spec.shape.rank is None:
-        return "Make the dataset yield (features, labels) tuples of tensors with a known rank."
-    rank = spec.shape.rank
-    if rank == 1:
-        return (
-            "They look like class ids: convert them with tf.one_hot(y, num_classes) in data.py, "
-            "or generate the project with --labels sparse."
+        fix = "make the dataset yield (features, labels) pairs of dense tensors of known rank"
+    elif spec.dtype == tf.string:
+        fix = "map the strings to integer class ids in data.py, e.g. with keras.layers.StringLookup"
+    else:
+        accepted = _accepted(spec, expected)
+        if accepted is not None:
+            convert, how = accepted
+            return SpecCheck(convert=convert, note=f"{name}: {describe(spec)} {how}")
+        fix = _fix(spec, config)
+    return SpecCheck(
+        problem=(
+            f"{name} are {describe(spec)}, but this project expects {LABEL_ENCODING} labels, "
+            f"{EXPECTED}; {fix}"
         )
-    if rank == 2 and not spec.dtype.is_floating:
-        return "Cast them with tf.cast(y, tf.float32) in data.py."
-    return "Give one row of num_classes values per example and check Config.num_classes."
+    )
+
+
+def _accepted(spec: tf.TensorSpec, expected: tf.TensorSpec) -> tuple[Conversion, str] | None:
+    """The conversion of one-hot rows of any number dtype, and its words."""
+    if (spec.dtype.is_integer or spec.dtype.is_floating) and expected.shape.is_compatible_with(
+        spec.shape
+    ):
+        return cast_to(expected.dtype), f"cast to {expected.dtype.name}"
+    return None
+
+
+def _fix(spec: tf.TensorSpec, config: Config) -> str:
+    """How to turn labels of `spec`, which `_accepted` refused, into one-hot rows."""
+    rank = spec.shape.rank
+    if rank == 1 or (rank == 2 and spec.shape[1] == 1):
+        ids = "y" if rank == 1 else "y[:, 0]"
+        if not spec.dtype.is_integer:
+            ids = f"tf.cast({ids}, tf.int32)"
+        return (
+            f"if these are class ids, turn them into one-hot rows with "
+            f"tf.one_hot({ids}, {config.num_classes}) in data.py, "
+            "or generate the project with --labels sparse"
+        )
+    if rank == 2:
+        return (
+            f"give one row of Config.num_classes = {config.num_classes} values per example, "
+            f"not {spec.shape[1]}; or change Config.num_classes"
+        )
+    return f"give one one-hot row per example, shape (batch, {config.num_classes})"
 
 
 def checked_label_values(y: tf.Tensor, config: Config) -> tf.Tensor:

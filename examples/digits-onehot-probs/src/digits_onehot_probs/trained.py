@@ -54,10 +54,15 @@ def evaluate(logdir: str | Path) -> EpochLogs:
 
     The same evaluation step as during training, so for the model of the last epoch these
     are that epoch's `val_loss` and `val_accuracy` in `metrics.jsonl`, to the last digit.
+
+    Raises:
+        RunFileError: If `logdir` holds no finished run.
+        contract.DatasetError: If the validation split does not fit the steps.
     """
     config, model = load_run(logdir)
     _, val_ds = load_datasets(config)
-    return Trainer(config, model, RunOptions(verbose=0)).evaluate(val_ds)
+    trainer = Trainer(config, model, RunOptions(verbose=0))
+    return trainer.evaluate(trainer.task.prepare_dataset(val_ds, "val_ds"))
 
 
 def predict(logdir: str | Path, features: np.ndarray, *, as_class_ids: bool = False) -> np.ndarray:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from . import inputs, losses, precision
+from . import contract, inputs, losses, precision
 from .config import Config
 from .distribution import BatchMean, global_batch_size
 from .optimizers import OptimizerSet, build_optimizers
@@ -173,22 +173,33 @@ class ClassifierTask:
         """The evaluation step."""
         return make_eval_step(self.model, self.loss_fn, self._val, self.config)
 
-    def check_dataset(self, dataset: tf.data.Dataset, name: str) -> None:
-        """Fail fast, before tracing, when a dataset does not yield what the steps declare.
+    def prepare_dataset(self, dataset: tf.data.Dataset, name: str) -> tf.data.Dataset:
+        """`dataset` as the steps take it: checked, and converted where that is unambiguous.
+
+        Called on every dataset before it is read, so that a problem fails before tracing and
+        the conversions (`inputs.check_features`, `losses.check_labels`) run once, in the
+        pipeline, never in the step. The result has the same cardinality and order.
 
         Raises:
-            ValueError: If the elements are not `(features, labels)` pairs.
-            inputs.InputSignatureError: If the features do not fit `inputs.features_spec`.
-            losses.LabelEncodingError: If the labels are not in this project's encoding.
+            contract.DatasetError: Listing every problem of the features and the labels, each
+                with its fix.
         """
         spec = dataset.element_spec
         if not (isinstance(spec, tuple) and len(spec) == 2):
-            raise ValueError(f"{name} must yield (features, labels) pairs, but yields {spec}")
-        inputs.check_features_spec(spec[0], self.config, f"{name} features")
-        try:
-            losses.check_label_spec(spec[1], self.config)
-        except losses.LabelEncodingError as error:
-            raise losses.LabelEncodingError(f"{name}: {error}") from None
+            found = f"{len(spec)}-tuples" if isinstance(spec, tuple) else contract.describe(spec)
+            raise contract.DatasetError(
+                name,
+                [
+                    f"{name} yields {found}, but the steps take (features, labels) pairs; "
+                    "make data.py yield pairs (sample weights and dict features are not "
+                    "supported yet)"
+                ],
+            )
+        checks = (
+            inputs.check_features(spec[0], self.config, f"{name} features"),
+            losses.check_labels(spec[1], self.config, f"{name} labels"),
+        )
+        return contract.conform(dataset, name, checks)
 
 
 def build_task(model: keras.Model, config: Config, options: RunOptions) -> ClassifierTask:
