@@ -10,7 +10,8 @@ then times, interleaved round by round so that machine noise hits every contende
   and `steps_per_second` in the logs) adds to the bare epochs above;
 - `loop K=<default>, all on`: `Trainer.fit` with `RunOptions(verbose=1, logdir=<a temporary
   directory>, tensorboard=True)`, standard output redirected to a non-terminal (so one line
-  per epoch), `metrics.jsonl` and TensorBoard events written every epoch, and
+  per epoch), `metrics.jsonl`, TensorBoard events and a checkpoint written every epoch and
+  `model.keras` at the end (what a run directory holds), and
   `keras.callbacks.EarlyStopping(monitor="val_loss")` with a patience longer than the run, so
   that it never stops it;
 - `fit` / `fit K=<default>`: `model.fit` with default settings, and with the same
@@ -432,7 +433,8 @@ def main() -> None:
         "as `from_tensor_slices().cache().shuffle().batch().prefetch()` instead of the "
         "project's `shuffled_batches`; the loop's non-finite guard is always on, and `floor` "
         f"alone runs the task step without it; `{ALL_ON}`: progress lines to a non-terminal, "
-        f"`metrics.jsonl`, TensorBoard and `EarlyStopping`; `{ALL_OFF}`: `verbose=0`, no "
+        "`metrics.jsonl`, TensorBoard, a checkpoint every epoch, `model.keras` at the end and "
+        f"`EarlyStopping`; `{ALL_OFF}`: `verbose=0`, no "
         f"logdir, no callbacks; `fit, {CALLBACKS}`: `verbose=2` to a non-terminal, "
         "TensorBoard, `EarlyStopping` and `TerminateOnNaN`.",
     ]
