@@ -36,6 +36,9 @@ Labels = Literal["sparse", "one-hot", "binary"]
 Optimizers = Literal["single", "backbone-head", "gan"]
 # The values of `shapes` in copier.yml, likewise.
 Shapes = Literal["fixed", "variable"]
+# The values of `strategy` and `precision` in copier.yml, likewise.
+Strategy = Literal["none", "mirrored"]
+Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
 # Questions about a classifier, which a GAN does not ask.
 _CLASSIFIER_ONLY = (
     "labels",
@@ -361,6 +364,22 @@ def new(
             show_default="no-jit-compile",
         ),
     ] = None,
+    strategy: Annotated[
+        Strategy | None,
+        typer.Option(
+            help="Where a run trains by default: none (one device) or mirrored (a replica on "
+            "every local GPU); train --strategy changes it",
+            show_default="none",
+        ),
+    ] = None,
+    precision: Annotated[
+        Precision | None,
+        typer.Option(
+            help="The dtype policy a run trains under by default: float32, mixed_float16 or "
+            "mixed_bfloat16; train --precision changes it",
+            show_default="float32",
+        ),
+    ] = None,
     optimizers: Annotated[
         Optimizers | None,
         typer.Option(
@@ -460,6 +479,8 @@ def new(
             "learning_rate": learning_rate,
             "steps_per_execution": steps_per_execution,
             "jit_compile": jit_compile,
+            "strategy": strategy,
+            "precision": precision,
             "optimizers": optimizers,
             "shapes": shapes,
             "vocab_size": vocab_size,
