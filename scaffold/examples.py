@@ -27,6 +27,13 @@ EXAMPLES: dict[str, dict[str, object]] = {
     "sequences-sparse": {"labels": "sparse", "logits": True, "shapes": "variable"},
     "digits-backbone-head": {"optimizers": "backbone-head", "labels": "sparse", "logits": True},
     "digits-gan": {"optimizers": "gan"},
+    "digits-mirrored-bf16": {
+        "labels": "sparse",
+        "logits": True,
+        "input_shape": "8,8,1",
+        "strategy": "mirrored",
+        "precision": "mixed_bfloat16",
+    },
 }
 
 # What running an example's own tools leaves behind; never part of an example.

@@ -66,6 +66,11 @@ def _matrix() -> list[tuple[str, dict[str, object]]]:
     for labels, (logits, shape_id) in zip(QUESTIONS["labels"].choices, cycled, strict=False):
         cases.append(_case(str(labels), bool(logits), shape_id, "backbone-head"))
     cases.append(("gan", {"project_name": "gan", "optimizers": "gan"}))
+    # The run options a project can default to: one classifier trains mirrored in bfloat16.
+    name, answers = next(case for case in cases if case[0] == "sparse-logits-image")
+    index = cases.index((name, answers))
+    answers = {**answers, "strategy": "mirrored", "precision": "mixed_bfloat16"}
+    cases[index] = (f"{name}-mirrored-bf16", answers)
     return cases
 
 

@@ -109,7 +109,7 @@ def test_fit_returns_a_history_like_model_fit_and_writes_the_run(
     config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model = build_model(config)
-    history = fit(config, model, options=RunOptions(logdir=tmp_path, verbose=2))
+    history = fit(config, model, options=dataclasses.replace(QUIET, logdir=tmp_path, verbose=2))
 
     assert isinstance(history, keras.callbacks.History)
     assert history.model is model

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import features, linear_model
+from helpers import dict_features, features, linear_model, two_input_model
 
 from digits_backbone_head import interrupts, precision
 from digits_backbone_head.config import Config
@@ -25,7 +25,8 @@ from digits_backbone_head.optimizers import OptimizerSet
 from digits_backbone_head.options import RunOptions
 from digits_backbone_head.train import fit
 
-QUIET = RunOptions(verbose=0, steps_per_execution=4)
+# One device in float32 unless a test says otherwise, whatever the project's defaults.
+QUIET = RunOptions(verbose=0, steps_per_execution=4, strategy="none", precision="float32")
 # 45 examples in batches of 12: the last batch of 9 splits unevenly over 2 replicas (4 and 5).
 EXAMPLES, BATCH = 45, 12
 
@@ -43,15 +44,20 @@ def small_config(config: Config) -> Config:
     return dataclasses.replace(config, epochs=2, batch_size=BATCH)
 
 
-def datasets(config: Config) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """Training and validation batches, in order, each ending with a smaller batch."""
+def datasets(config: Config, weighted: bool = False) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """Training and validation batches, in order, each ending with a smaller batch.
+
+    With `weighted`, `(features, labels, sample_weights)` batches, some weights 0.
+    """
     rng = np.random.default_rng(0)
     x = features(config, 2 * EXAMPLES)
     labels = encode_labels(rng.integers(0, class_count(config), 2 * EXAMPLES), config)
+    weights = rng.uniform(0.0, 3.0, 2 * EXAMPLES).astype(np.float32)
+    weights[rng.random(2 * EXAMPLES) < 0.2] = 0.0
 
     def batches(rows: slice) -> tf.data.Dataset:
-        examples = tf.data.Dataset.from_tensor_slices((x[rows], labels[rows]))
-        return examples.batch(config.batch_size)
+        parts = (x[rows], labels[rows], weights[rows]) if weighted else (x[rows], labels[rows])
+        return tf.data.Dataset.from_tensor_slices(parts).batch(config.batch_size)
 
     return batches(slice(0, EXAMPLES)), batches(slice(EXAMPLES, None))
 
@@ -69,6 +75,8 @@ def train(
     config: Config,
     strategy: tf.distribute.Strategy | None,
     policy: str = "float32",
+    *,
+    weighted: bool = False,
     **options: object,
 ) -> Run:
     """Train the project's model without dropout; its history, first and last weights."""
@@ -80,7 +88,7 @@ def train(
         if isinstance(layer, keras.layers.Dropout):
             layer.rate = 0.0  # Replicas draw other dropout masks than one device.
     before = [keras.ops.convert_to_numpy(w) for w in model.weights]
-    train_ds, val_ds = datasets(config)
+    train_ds, val_ds = datasets(config, weighted)
     run_options = dataclasses.replace(QUIET, precision=policy, **options)
     history = fit(config, model, train_ds, val_ds, options=run_options, strategy=strategy)
     after = [keras.ops.convert_to_numpy(w) for w in model.weights]
@@ -131,6 +139,47 @@ def test_accumulated_micro_batches_update_as_one_step_on_their_concatenation(
             np.concatenate([w.ravel() for w in run]) for run in (weights, concatenated[2], start)
         )
         assert np.linalg.norm(ours - theirs) <= tolerance * np.linalg.norm(theirs - first)
+
+
+@pytest.mark.slow  # Three runs, about 3 s: the projects that run slow tests run it.
+def test_sample_weights_train_exactly_alike_on_replicas_and_in_micro_batches() -> None:
+    """Weighted batches train on 3 replicas, and in 4 accumulated micro-batches, as on one device.
+
+    Each part's weighted sum is divided by the examples of the whole batch (not its weights),
+    so the parts add up exactly as unweighted ones do; one epoch ends with an uneven batch.
+    """
+    config = dataclasses.replace(small_config(Config()), epochs=1)
+    dense: dict[str, object] = {}
+    one_history, _, one_device_weights = train(config, None, weighted=True, **dense)
+    history, _, weights = train(config, mirrored(3), weighted=True, **dense)
+    micro = dataclasses.replace(config, batch_size=BATCH // 4)
+    _, _, accumulated = train(micro, None, weighted=True, accumulation_steps=4, **dense)
+    for run in (weights, accumulated):
+        for ours, theirs in zip(run, one_device_weights, strict=True):
+            np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(history[key], one_history[key], rtol=1e-5, err_msg=key)
+
+
+@pytest.mark.slow  # Two runs, about 1 s: the projects that run slow tests run it.
+def test_weighted_dict_batches_train_exactly_alike_on_replicas() -> None:
+    """A model on named inputs, fed `(dict, labels, sample_weights)`, on 3 replicas as on one."""
+    config = dataclasses.replace(small_config(Config()), epochs=1)
+    labels = encode_labels(np.arange(EXAMPLES) % class_count(config), config)
+    parts = (dict_features(config, EXAMPLES), labels, np.linspace(0.0, 2.0, EXAMPLES))
+    dataset = tf.data.Dataset.from_tensor_slices(parts).batch(BATCH)
+    runs = []
+    for strategy in (None, mirrored(3)):
+        keras.utils.set_random_seed(config.seed)
+        with contextlib.nullcontext() if strategy is None else strategy.scope():
+            model = two_input_model(config)
+        history = fit(config, model, dataset, options=QUIET, strategy=strategy)
+        weights = [keras.ops.convert_to_numpy(w) for w in model.weights]
+        runs.append((history.history["loss"], weights))
+    (one_loss, one_weights), (loss, weights) = runs
+    np.testing.assert_allclose(loss, one_loss, rtol=1e-5)
+    for ours, theirs in zip(weights, one_weights, strict=True):
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
 
 class InterruptInEpoch2(keras.callbacks.Callback):
@@ -210,7 +259,7 @@ def test_loss_scaling_keeps_small_float16_gradients_from_vanishing() -> None:
         hidden = keras.layers.Dense(4, name="hidden")(inputs)
         outputs = keras.layers.Dense(1, dtype="float32")(hidden)
         model = keras.Model(inputs, outputs)
-    options = RunOptions(precision="mixed_float16")
+    options = RunOptions(strategy="none", precision="mixed_float16")
     optimizers = OptimizerSet([("model", model, keras.optimizers.Adam(1e-3))], options)
     kernel = model.get_layer("hidden").kernel
     before = keras.ops.convert_to_numpy(kernel)

@@ -8,13 +8,21 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import QUIET
+from helpers import (
+    QUIET,
+    dict_features,
+    features,
+    linear_model,
+    traced_once_per_phase,
+    two_input_model,
+)
 
 from digits_backbone_head.config import Config
+from digits_backbone_head.contract import DatasetError
 from digits_backbone_head.data import load_datasets
-from digits_backbone_head.losses import make_accuracy, make_loss
+from digits_backbone_head.losses import class_count, encode_labels, make_accuracy, make_loss
 from digits_backbone_head.model import build_model
-from digits_backbone_head.train import fit
+from digits_backbone_head.train import Trainer, fit
 
 
 def _frozen(dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -54,6 +62,143 @@ def test_custom_loop_matches_model_fit(config: Config) -> None:
     ).history
 
     # The same keys as model.fit's History, and the same figures.
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert history.history[key] == pytest.approx(expected[key], rel=1e-5), key
+    for ours, theirs in zip(model.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+@pytest.mark.parametrize("weighting", ["sample weights", "class_weight"])
+def test_weighted_training_matches_model_fit(config: Config, weighting: str) -> None:
+    # 40 examples in batches of 16: the last batch is smaller, and counts for what it holds.
+    config = dataclasses.replace(
+        config,
+        batch_size=16,
+        backbone_learning_rate=config.learning_rate,
+        freeze_backbone_epochs=0,
+    )
+    rng = np.random.default_rng(1)
+    x = features(config, 40)
+    y = encode_labels(rng.permutation(np.arange(40) % class_count(config)), config)
+    weights = rng.uniform(0.0, 3.0, size=40).astype(np.float32)
+    weights[::5] = 0.0  # Examples that count for nothing, in the loss and its gradient.
+    class_weight = None
+    if weighting == "sample weights":
+        train_ds = tf.data.Dataset.from_tensor_slices((x, y, weights)).batch(16)
+        val_ds = tf.data.Dataset.from_tensor_slices((x[:24], y[:24], weights[:24])).batch(16)
+    else:
+        # Classes in between weigh 1.0 (model.fit fails on a class above its largest key).
+        class_weight = {0: 3.0, class_count(config) - 1: 0.25}
+        train_ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+        val_ds = tf.data.Dataset.from_tensor_slices((x[:24], y[:24])).batch(16)
+    keras.utils.set_random_seed(config.seed)
+    model = linear_model(config)
+    reference = linear_model(config)
+    reference.set_weights(model.get_weights())
+
+    history = fit(
+        config,
+        model=model,
+        train_ds=train_ds,
+        val_ds=val_ds,
+        options=QUIET,
+        class_weight=class_weight,
+    )
+
+    reference.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
+        loss=make_loss(),
+        metrics=[make_accuracy("accuracy")],
+        jit_compile=False,
+    )
+    expected = reference.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=config.epochs,
+        class_weight=class_weight,
+        shuffle=False,
+        verbose=0,
+    ).history
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert history.history[key] == pytest.approx(expected[key], rel=1e-5), key
+    for ours, theirs in zip(model.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_dict_features_train_as_model_fit(config: Config) -> None:
+    """A model on a dict of named inputs, fed `({"pixels": ..., "extra": ...}, labels)`."""
+    config = dataclasses.replace(
+        config,
+        batch_size=16,
+        backbone_learning_rate=config.learning_rate,
+        freeze_backbone_epochs=0,
+    )
+    x = dict_features(config, 40)
+    x["pixels"] = x["pixels"].astype(np.float64)  # Cast to float32 in the pipeline.
+    y = encode_labels(np.arange(40) % class_count(config), config)
+    train_ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    val_ds = tf.data.Dataset.from_tensor_slices(({k: v[:24] for k, v in x.items()}, y[:24]))
+    val_ds = val_ds.batch(16)
+    keras.utils.set_random_seed(config.seed)
+    model = two_input_model(config)
+    reference = two_input_model(config)
+    reference.set_weights(model.get_weights())
+
+    trainer = Trainer(config, model, QUIET)
+    history = trainer.fit(train_ds, val_ds)
+
+    reference.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
+        loss=make_loss(),
+        metrics=[make_accuracy("accuracy")],
+        jit_compile=False,
+    )
+    expected = reference.fit(
+        train_ds, validation_data=val_ds, epochs=config.epochs, shuffle=False, verbose=0
+    ).history
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert history.history[key] == pytest.approx(expected[key], rel=1e-5), key
+    for ours, theirs in zip(model.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    assert traced_once_per_phase(trainer)
+
+
+def test_datasets_that_repeat_forever_train_as_model_fit_with_steps_per_epoch(
+    config: Config,
+) -> None:
+    config = dataclasses.replace(
+        config, backbone_learning_rate=config.learning_rate, freeze_backbone_epochs=0
+    )
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(config)
+    reference = build_model(config)
+    reference.set_weights(model.get_weights())
+    train_ds, val_ds = (_frozen(ds).repeat() for ds in load_datasets(config))
+    # Epochs that straddle passes over the data; each evaluation reads the first batches.
+    steps, validation_steps = int(_frozen(load_datasets(config)[0]).cardinality()) + 3, 2
+
+    with pytest.raises(DatasetError, match=r"set RunOptions\.steps_per_epoch \(--steps-per"):
+        fit(config, model=model, train_ds=train_ds, val_ds=val_ds, options=QUIET)
+    options = dataclasses.replace(QUIET, steps_per_epoch=steps)
+    with pytest.raises(DatasetError, match=r"set RunOptions\.validation_steps"):
+        fit(config, model=model, train_ds=train_ds, val_ds=val_ds, options=options)
+    options = dataclasses.replace(options, validation_steps=validation_steps)
+    history = fit(config, model=model, train_ds=train_ds, val_ds=val_ds, options=options)
+
+    reference.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
+        loss=make_loss(),
+        metrics=[make_accuracy("accuracy")],
+        jit_compile=False,
+    )
+    expected = reference.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=config.epochs,
+        steps_per_epoch=steps,
+        validation_steps=validation_steps,
+        verbose=0,
+    ).history
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert history.history[key] == pytest.approx(expected[key], rel=1e-5), key
     for ours, theirs in zip(model.get_weights(), reference.get_weights(), strict=True):

@@ -23,7 +23,8 @@ from digits_gan.optimizers import OptimizerSet
 from digits_gan.options import RunOptions
 from digits_gan.train import fit
 
-QUIET = RunOptions(verbose=0, steps_per_execution=4)
+# One device in float32 unless a test says otherwise, whatever the project's defaults.
+QUIET = RunOptions(verbose=0, steps_per_execution=4, strategy="none", precision="float32")
 # 45 examples in batches of 12: the last batch of 9 splits unevenly over 2 replicas (4 and 5).
 EXAMPLES, BATCH = 45, 12
 
@@ -125,7 +126,7 @@ def test_loss_scaling_keeps_small_float16_gradients_from_vanishing() -> None:
         hidden = keras.layers.Dense(4, name="hidden")(inputs)
         outputs = keras.layers.Dense(1, dtype="float32")(hidden)
         model = keras.Model(inputs, outputs)
-    options = RunOptions(precision="mixed_float16")
+    options = RunOptions(strategy="none", precision="mixed_float16")
     optimizers = OptimizerSet([("model", model, keras.optimizers.Adam(1e-3))], options)
     kernel = model.get_layer("hidden").kernel
     before = keras.ops.convert_to_numpy(kernel)

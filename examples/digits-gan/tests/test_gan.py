@@ -27,7 +27,9 @@ from digits_gan.model import build_discriminator, build_generator, build_model
 from digits_gan.options import RunOptions
 from digits_gan.train import Trainer, fit
 
-QUIET = RunOptions(verbose=0)  # Tests print no progress.
+# Tests print no progress, and train on one device in float32 whatever the project's defaults:
+# test_distribute.py covers strategies and mixed precision.
+QUIET = RunOptions(verbose=0, strategy="none", precision="float32")
 LINE = re.compile(
     r"epoch (\d+)/(\d+) \| d_loss \d+\.\d{4} \| g_loss \d+\.\d{4} "
     r"\| d_acc_fake \d\.\d{4} \| d_acc_real \d\.\d{4} "
@@ -134,7 +136,7 @@ def test_fit_returns_a_history_and_writes_samples_every_epoch(
     config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model = build_model(config)
-    history = fit(config, model, options=RunOptions(logdir=tmp_path, verbose=2))
+    history = fit(config, model, options=dataclasses.replace(QUIET, logdir=tmp_path, verbose=2))
 
     assert history.model is model
     assert set(history.history) == KEYS

@@ -11,7 +11,17 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import QUIET, dataset, encoder, features, labels_for, linear_model
+from helpers import (
+    QUIET,
+    dataset,
+    dict_features,
+    encoder,
+    features,
+    labels_for,
+    linear_model,
+    traced_once_per_phase,
+    two_input_model,
+)
 
 from digits_onehot_probs import losses
 from digits_onehot_probs.config import Config
@@ -107,30 +117,32 @@ def _arrays(config: Config, num_examples: int = 16) -> tuple[np.ndarray, np.ndar
     return features(config, num_examples), np.arange(num_examples) % losses.class_count(config)
 
 
-def _batches(ds: tf.data.Dataset) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(x.numpy(), y.numpy()) for x, y in ds]
+def _batches(ds: tf.data.Dataset) -> list[tuple[np.ndarray, ...]]:
+    return [tuple(part.numpy() for part in batch) for batch in ds]
 
 
 def _assert_same_batches(ds: tf.data.Dataset, expected: tf.data.Dataset) -> None:
     assert ds.element_spec == expected.element_spec
     assert ds.cardinality() == expected.cardinality()
-    for (x, y), (want_x, want_y) in zip(_batches(ds), _batches(expected), strict=True):
-        np.testing.assert_array_equal(x, want_x)
-        np.testing.assert_array_equal(y, want_y)
+    for batch, want in zip(_batches(ds), _batches(expected), strict=True):
+        for part, want_part in zip(batch, want, strict=True):
+            np.testing.assert_array_equal(part, want_part)
 
 
 def follow_hint(message: str, part: str, value: tf.Tensor) -> tf.Tensor:
     """Apply the conversion the error's line about `part` tells to apply, literally.
 
-    The code between `with` and `in data.py` is evaluated with `x` or `y` bound to `value`;
-    `value` is returned as it is when no line is about `part`.
+    The code between `with` and `in data.py` is evaluated with `x`, `y` or `w` (the
+    features, the labels or the sample weights) bound to `value`; `value` is returned as it is
+    when no line is about `part`.
     """
     lines = [line for line in message.splitlines() if f"train_ds {part} are" in line]
     if not lines:
         return value
     code = re.search(r" with (.+?) in data\.py", lines[0])
     assert code is not None, lines[0]
-    return eval(code.group(1), {"tf": tf}, {"x" if part == "features" else "y": value})
+    name = {"features": "x", "labels": "y", "sample weights": "w"}[part]
+    return eval(code.group(1), {"tf": tf}, {name: value})
 
 
 @pytest.mark.parametrize("form", list(ACCEPTED))
@@ -214,3 +226,168 @@ def test_labels_with_impossible_values_fail_in_the_step(config: Config) -> None:
         labels[call % 4] = impossible
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             trainer.train_step(x, tf.constant(labels))
+
+
+# Forms of sample weights, each made from canonical float32 weights `(batch,)` of whole numbers.
+WEIGHTS_ACCEPTED: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "float64 (batch,)": lambda w: w.astype(np.float64),
+    "int64 (batch, 1)": lambda w: w.astype(np.int64).reshape(-1, 1),
+    "float16 (batch,)": lambda w: w.astype(np.float16),
+}
+
+
+def _weighted(x: np.ndarray, y: np.ndarray, w: np.ndarray, batch_size: int) -> tf.data.Dataset:
+    """Batches of `(x, y, w)` in order."""
+    return tf.data.Dataset.from_tensor_slices((x, y, w)).batch(batch_size)
+
+
+def _weights(num_examples: int) -> np.ndarray:
+    """Canonical sample weights: 0, 1, 2, 0, 1, 2, ..."""
+    return (np.arange(num_examples) % 3).astype(np.float32)
+
+
+@pytest.mark.parametrize("form", list(WEIGHTS_ACCEPTED))
+def test_accepted_sample_weights_reach_the_step_as_float32_per_example(
+    config: Config, form: str
+) -> None:
+    x, ids = _arrays(config)
+    y, w = losses.encode_labels(ids, config), _weights(len(ids))
+    task = build_task(linear_model(config), config, QUIET)
+    given = _weighted(x, y, WEIGHTS_ACCEPTED[form](w), 8)
+    _assert_same_batches(task.prepare_dataset(given, "train_ds"), _weighted(x, y, w, 8))
+
+
+def test_following_the_hint_for_string_sample_weights_gives_the_canonical_batches(
+    config: Config,
+) -> None:
+    x, ids = _arrays(config)
+    y, w = losses.encode_labels(ids, config), _weights(len(ids))
+    task = build_task(linear_model(config), config, QUIET)
+    bad = _weighted(x, y, w.astype(str), 8)
+    with pytest.raises(DatasetError) as error:
+        task.prepare_dataset(bad, "train_ds")
+    message = str(error.value)
+    assert len(error.value.problems) == 1, message
+    fixed = bad.map(lambda x, y, w: (x, y, follow_hint(message, "sample weights", w)))
+    _assert_same_batches(task.prepare_dataset(fixed, "train_ds"), _weighted(x, y, w, 8))
+
+
+def test_every_problem_of_a_weighted_dataset_is_reported_at_once(config: Config) -> None:
+    x, ids = _arrays(config)
+    bad_x, bad_y = next(iter(REFUSED.values()))(x, ids, config)
+    two_columns = np.stack([_weights(len(ids))] * 2, axis=1)  # Which one is the weight?
+    with pytest.raises(DatasetError) as error:
+        fit(config, model=linear_model(config), train_ds=_weighted(bad_x, bad_y, two_columns, 8))
+    problems = error.value.problems
+    assert [problem.split(" are ")[0] for problem in problems][-1] == "train_ds sample weights"
+    assert "give one weight per example" in problems[-1]
+    assert len(problems) == 1 + len(set(problem.split(" are ")[0] for problem in problems[:-1]))
+
+
+def test_class_weight_weighs_each_training_example_by_its_class(config: Config) -> None:
+    x, ids = _arrays(config)
+    y = losses.encode_labels(ids, config)
+    last = losses.class_count(config) - 1
+    task = build_task(linear_model(config), config, QUIET)
+    prepared = task.prepare_dataset(dataset(x, y, 8), "train_ds", {0: 4.0, last: 0.5})
+    expected = np.ones(len(ids), dtype=np.float32)  # Classes the mapping omits weigh 1.
+    expected[ids == 0], expected[ids == last] = 4.0, 0.5
+    _assert_same_batches(prepared, _weighted(x, y, expected, 8))
+
+
+def test_class_weight_with_sample_weights_is_refused_and_the_hint_trains(config: Config) -> None:
+    x, ids = _arrays(config)
+    y, w = losses.encode_labels(ids, config), _weights(len(ids))
+    class_weight = {0: 4.0}
+    config = dataclasses.replace(config, epochs=1)
+    with pytest.raises(DatasetError, match="drop class_weight, or multiply each sample weight"):
+        fit(
+            config,
+            model=linear_model(config),
+            train_ds=_weighted(x, y, w, 8),
+            class_weight=class_weight,
+            options=QUIET,
+        )
+    # Followed: each sample weight times its class's weight, and no class_weight.
+    followed = w * np.array([class_weight.get(int(i), 1.0) for i in ids], dtype=np.float32)
+    history = fit(
+        config, model=linear_model(config), train_ds=_weighted(x, y, followed, 8), options=QUIET
+    )
+    assert np.isfinite(history.history["loss"]).all()
+
+
+def test_a_bad_class_weight_is_refused_naming_each_entry(config: Config) -> None:
+    n = losses.class_count(config)
+    task = build_task(linear_model(config), config, QUIET)
+    x, ids = _arrays(config)
+    given = {-1: 1.0, n: 2.0, 0: float("nan"), 1: -0.5, "cat": 1.0}
+    with pytest.raises(ValueError) as error:
+        task.prepare_dataset(dataset(x, losses.encode_labels(ids, config), 8), "train_ds", given)
+    message = str(error.value)
+    for part in (
+        f"class -1 is not in [0, {n})",
+        f"class {n} is not",
+        "class 0 has weight nan",
+        "class 1 has weight -0.5",
+        "key 'cat' is not a class id",
+    ):
+        assert part in message, message
+
+
+def test_weighted_runs_trace_each_step_once(config: Config) -> None:
+    x, ids = _arrays(config, 40)  # Batches of 16: the last is smaller.
+    y, w = losses.encode_labels(ids, config), _weights(len(ids))
+    trainer = Trainer(config, linear_model(config), QUIET)
+    val_ds = _weighted(x, y, w.astype(np.int64), 16)  # Converted in the pipeline.
+    history = trainer.fit(dataset(x, y, 16), val_ds, class_weight={0: 2.0})
+    assert traced_once_per_phase(trainer)
+    assert np.isfinite(history.history["val_loss"]).all()
+
+
+def test_dict_features_reach_the_step_converted_per_input(config: Config) -> None:
+    x, ids = dict_features(config, 16), np.arange(16) % losses.class_count(config)
+    y = losses.encode_labels(ids, config)
+    task = build_task(two_input_model(config), config, QUIET)
+    given = {"pixels": x["pixels"].astype(np.float64), "extra": x["extra"].astype(np.float16)}
+    prepared = task.prepare_dataset(dataset(given, y, 8), "train_ds")
+    expected = {"pixels": x["pixels"], "extra": x["extra"].astype(np.float16).astype(np.float32)}
+    assert prepared.element_spec == dataset(expected, y, 8).element_spec
+    for (got, _), (want, _) in zip(prepared, dataset(expected, y, 8), strict=True):
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_every_problem_of_dict_features_is_listed_and_the_hints_train(config: Config) -> None:
+    x, ids = dict_features(config, 16), np.arange(16) % losses.class_count(config)
+    y = losses.encode_labels(ids, config)
+    pixels = (x["pixels"] * 10).astype(np.int32)
+    bad = dataset({"pixels": pixels, "other": x["extra"]}, y, 8)
+    model = two_input_model(config)
+    with pytest.raises(DatasetError) as error:
+        fit(config, model=model, train_ds=bad, options=QUIET)
+    problems = error.value.problems
+    assert [problem.split(" ")[1] for problem in problems] == [
+        "features",
+        "features",
+        "features['pixels']",
+    ], problems
+    assert problems[0].startswith("train_ds features lack 'extra', which the model takes")
+    assert problems[1].startswith("train_ds features have 'other', which the model has no input")
+    # Followed: 'extra' added, 'other' dropped, the pixels cast as the hint says.
+    code = re.search(r" with (.+?) in data\.py", problems[2])
+    assert code is not None, problems[2]
+    cast = eval(code.group(1), {"tf": tf}, {"x": tf.constant(pixels)})
+    fixed = dataset({"pixels": cast.numpy(), "extra": x["extra"]}, y, 8)
+    history = fit(dataclasses.replace(config, epochs=1), model=model, train_ds=fixed, options=QUIET)
+    assert np.isfinite(history.history["loss"]).all()
+
+
+def test_dict_features_and_a_one_input_model_are_refused_both_ways(config: Config) -> None:
+    x, ids = dict_features(config, 16), np.arange(16) % losses.class_count(config)
+    y = losses.encode_labels(ids, config)
+    one_input = build_task(linear_model(config), config, QUIET)
+    with pytest.raises(DatasetError, match=r"build the model on a dict of keras\.Input"):
+        one_input.prepare_dataset(dataset(x, y, 8), "train_ds")
+    two_inputs = build_task(two_input_model(config), config, QUIET)
+    with pytest.raises(DatasetError, match="but the model takes a dict of 'pixels', 'extra'"):
+        two_inputs.prepare_dataset(dataset(x["pixels"], y, 8), "train_ds")

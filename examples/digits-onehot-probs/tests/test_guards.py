@@ -14,7 +14,6 @@ from digits_onehot_probs import losses
 from digits_onehot_probs.config import Config
 from digits_onehot_probs.gradients import NonFiniteError
 from digits_onehot_probs.optimizers import OptimizerSet
-from digits_onehot_probs.options import RunOptions
 from digits_onehot_probs.train import Trainer
 
 
@@ -94,6 +93,23 @@ def test_a_nan_batch_leaves_the_model_as_a_run_that_skipped_it(config: Config) -
     assert int(skipping.global_step) == 4  # Steps taken, the skipped one included.
 
 
+def test_a_group_of_skipped_micro_batches_updates_nothing(config: Config) -> None:
+    x, y = _examples(config, marked=[2, 3])
+    options = dataclasses.replace(QUIET, accumulation_steps=2)
+    skipping = Trainer(config, _model(config), options)
+    skipping.fit(dataset(x, y, 16), epochs=1)
+    clean = Trainer(config, _model(config), options)
+    clean.fit(dataset(x[:32], y[:32], 16), epochs=1)
+
+    # The second group held only skipped micro-batches: no update, not even a zero one
+    # (Adam's moments would move the weights all the same).
+    for ours, theirs in zip(_state(skipping.model), _state(clean.model), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    for name, optimizer in skipping.task.optimizers.by_part.items():
+        assert int(optimizer.iterations) == int(clean.task.optimizers.by_part[name].iterations)
+    assert max(int(o.iterations) for o in skipping.task.optimizers.by_part.values()) == 1
+
+
 def test_bad_steps_in_a_row_stop_the_run_naming_the_loss(config: Config) -> None:
     x, y = _examples(config, marked=[1, 2, 3])
     options = dataclasses.replace(QUIET, max_bad_steps=3)
@@ -134,7 +150,8 @@ def test_clipping_bounds_the_global_norm_of_the_update(config: Config) -> None:
         keras.utils.set_random_seed(config.seed)
         model = linear_model(config)
         sgd = keras.optimizers.SGD(learning_rate=1.0)
-        optimizers = OptimizerSet([("model", model, sgd)], RunOptions(clip_global_norm=clip))
+        options = dataclasses.replace(QUIET, clip_global_norm=clip)
+        optimizers = OptimizerSet([("model", model, sgd)], options)
         before = [v.numpy() for v in model.trainable_variables]
         with tf.GradientTape() as tape:
             loss = loss_fn(y, model(x, training=True))

@@ -124,5 +124,32 @@ def test_an_empty_epoch_still_resets_the_metrics(length: str) -> None:
 
 def test_a_dataset_that_repeats_forever_is_refused() -> None:
     runner = StepRunner(Tally().step, 3)
-    with pytest.raises(ValueError, match=r"repeats forever.*remove its \.repeat\(\)"):
+    with pytest.raises(ValueError, match=r"repeats forever.*steps_per_epoch.*\.repeat\(\)"):
         runner.run_epoch(shuffled_ids("known").repeat())
+
+
+@pytest.mark.parametrize("length", ["known", "unknown", "infinite"])
+def test_steps_per_epoch_reads_on_across_passes_over_the_data(length: str) -> None:
+    tally = Tally()
+    # 5 steps per epoch over 7 batches a pass: epochs straddle passes, as with fit.
+    runner = StepRunner(tally.step, 3, [tally.seen], steps_per_epoch=5)
+    dataset = shuffled_ids("unknown" if length == "unknown" else "known")
+    if length == "infinite":
+        dataset = dataset.repeat()
+
+    epochs = [runner.run_epoch(dataset) for _ in range(7)]
+
+    # 35 batches: exactly 5 passes over the 100 examples, each pass reshuffled.
+    assert [steps for _, steps in epochs] == [5] * 7
+    assert sum(logs["seen"] for logs, _ in epochs) == 5 * NUM_EXAMPLES
+    np.testing.assert_array_equal(tally.take(), np.full(NUM_EXAMPLES, 5))
+
+
+@pytest.mark.parametrize("length", ["known", "unknown"])
+def test_steps_per_epoch_refuses_an_empty_dataset_instead_of_waiting(length: str) -> None:
+    runner = StepRunner(Tally().step, 3, steps_per_epoch=5)
+    empty = shuffled_ids(length).filter(lambda ids: False)
+    if length == "known":
+        empty = shuffled_ids(length).take(0)
+    with pytest.raises(ValueError, match=r"the dataset is empty, so 5 steps per epoch would wait"):
+        runner.run_epoch(empty)

@@ -12,7 +12,9 @@ from sequences_sparse.inputs import features_spec
 from sequences_sparse.options import RunOptions
 from sequences_sparse.train import Trainer
 
-QUIET = RunOptions(verbose=0)  # Tests print no progress.
+# Tests print no progress, and train on one device in float32 whatever the project's defaults:
+# test_distribute.py covers strategies and mixed precision.
+QUIET = RunOptions(verbose=0, strategy="none", precision="float32")
 
 
 def features(config: Config, num_examples: int, seed: int = 0) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -14,7 +15,7 @@ import tensorflow as tf
 from helpers import linear_model
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
-from sequences_sparse import interrupts
+from sequences_sparse import distribution, interrupts, precision
 from sequences_sparse.__main__ import main
 from sequences_sparse.checkpoints import CheckpointError
 from sequences_sparse.config import Config
@@ -43,6 +44,7 @@ class StopAfter(keras.callbacks.Callback):
 
 
 def run(logdir: Path, **changes: object) -> RunOptions:
+    """Quiet options of a run in `logdir`, with the project's defaults, as `finished_run`."""
     return RunOptions(verbose=0, logdir=logdir, **changes)
 
 
@@ -152,9 +154,13 @@ def test_a_truncated_checkpoint_fails_in_one_line(
 
 
 def test_a_checkpoint_of_another_model_is_refused(config: Config, finished_run: Path) -> None:
-    other = linear_model(config)
+    options = run(finished_run, resume=True)
+    strategy = distribution.make_strategy(options.strategy)
+    scope = contextlib.nullcontext() if strategy is None else strategy.scope()
+    with precision.dtype_policy(options.precision), scope:  # Built as the run's model was.
+        other = linear_model(config, output_dtype="float32")
     with pytest.raises(CheckpointError, match="does not match this model and run"):
-        fit(config, model=other, options=run(finished_run, resume=True))
+        fit(config, model=other, options=options, strategy=strategy)
     assert len(figures(finished_run)) == 2  # Nothing was trained or logged.
 
 

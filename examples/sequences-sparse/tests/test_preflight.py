@@ -38,23 +38,40 @@ def test_check_lists_each_problem_with_its_fix(config: Config) -> None:
     x[3, 0] = config.vocab_size
     bad_values = r"^1 token ids are outside \[0, config\.vocab_size\) = \[0, \d+\): raise"
     labels = losses.encode_labels(np.zeros(16, dtype=np.int64), config)
-    dataset = tf.data.Dataset.from_tensor_slices((x, labels)).batch(8)
+    weights = np.ones(16)
+    weights[5] = np.inf
+    dataset = tf.data.Dataset.from_tensor_slices((x, labels, weights)).batch(8)
     report = check(config, linear_model(config), dataset, options=QUIET, batches=2)
     text = str(report)
     assert not report.ok
     one_class = "the first 16 training examples are all of class 0: shuffle the examples"
     assert any(problem.startswith(one_class) for problem in report.problems), text
     assert any(re.search(bad_values, problem) for problem in report.problems), text
+    bad_weights = "1 sample weights are NaN or infinite, which makes their steps' loss NaN"
+    assert any(problem.startswith(bad_weights) for problem in report.problems), text
+
+
+def test_check_trains_weighted_data_as_model_fit_does(config: Config) -> None:
+    x = features(config, 16)
+    labels = losses.encode_labels(np.arange(16) % losses.class_count(config), config)
+    weights = np.arange(16) % 3  # Integers, converted to float32 in the pipeline.
+    dataset = tf.data.Dataset.from_tensor_slices((x, labels, weights)).batch(8)
+    report = check(config, linear_model(config), dataset, options=QUIET, batches=2)
+    findings = dict(report.findings)
+    assert findings["sample weights"] == "from 0 to 2, mean 0.9375; 6 of 16 are 0, 0 negative"
+    assert "int64 batches of shape (batch,) cast to float32" in findings["data"], str(report)
+    assert "differ from them by up to" in findings["model.fit"], str(report)
+    assert not any("model.train_on_batch" in problem for problem in report.problems), str(report)
 
 
 def test_check_reports_contract_problems_before_reading_data(config: Config) -> None:
     x = features(config, 8)
-    one_column = np.arange(8).reshape(-1, 1) % 2
-    bad = tf.data.Dataset.from_tensor_slices((x, one_column.astype(np.float32), x)).batch(4)
+    labels = losses.encode_labels(np.arange(8) % 2, config)
+    bad = tf.data.Dataset.from_tensor_slices((x, labels, x, labels)).batch(4)
     report = check(config, linear_model(config), bad, options=QUIET)
     assert report.problems == [
-        "train_ds yields 3-tuples, but the steps take (features, labels) pairs; make data.py "
-        "yield pairs (sample weights and dict features are not supported yet)"
+        "train_ds yields 4-tuples, but the steps take (features, labels) pairs or "
+        "(features, labels, sample_weights) triples; make data.py yield those"
     ]
     assert str(report).splitlines()[0].split() == ["data", "train_ds:", "does", "not", "fit"]
 

@@ -15,7 +15,7 @@ from sequences_sparse.config import Config
 from sequences_sparse.contract import DatasetError
 from sequences_sparse.data import load_datasets
 from sequences_sparse.model import build_model
-from sequences_sparse.sequences import bucket_lengths
+from sequences_sparse.sequences import batch_sequences, bucket_lengths
 from sequences_sparse.train import Trainer, fit
 
 
@@ -100,6 +100,24 @@ def test_sequences_longer_than_max_length_are_cut(config: Config) -> None:
     config = dataclasses.replace(config, max_length=16, num_buckets=2)
     train_ds, val_ds = load_datasets(config)
     assert max(length for _, length in _shapes(train_ds) | _shapes(val_ds)) <= 16
+
+
+def test_weighted_sequences_keep_their_weight_through_bucketing(config: Config) -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, config.max_length + 1, size=100)
+    triples = tf.data.Dataset.from_generator(
+        lambda: ((np.ones(n, np.int32), 0, float(n)) for n in lengths),
+        output_signature=(
+            tf.TensorSpec((None,), tf.int32),
+            tf.TensorSpec((), tf.int32),
+            tf.TensorSpec((), tf.float32),
+        ),
+    )
+    # Each sequence's weight is its length: it must stay with its sequence.
+    weights = [(x.numpy(), w.numpy()) for x, _, w in batch_sequences(triples, config)]
+    for x, w in weights:
+        np.testing.assert_array_equal(np.count_nonzero(x, axis=1), w)
+    assert sum(len(w) for _, w in weights) == len(lengths)
 
 
 def test_unbatched_sequences_are_refused_with_the_fix(config: Config) -> None:

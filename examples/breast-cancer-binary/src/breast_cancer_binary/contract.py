@@ -13,11 +13,14 @@ Template-owned: `copier update` merges template changes into it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 Conversion = Callable[[tf.Tensor], tf.Tensor]
+# One weight per example: it multiplies that example's loss (not its count in the accuracy).
+WEIGHTS_SPEC = tf.TensorSpec(shape=(None,), dtype=tf.float32, name="sample_weights")
 
 
 class DatasetError(ValueError):
@@ -42,7 +45,8 @@ class SpecCheck:
         convert: Turns a batch into what the steps take, `tf.function`-compatible; `None`
             when the batch fits as it is, or cannot fit.
         note: The conversion in words, e.g. `features: float64 cast to float32`.
-        problem: What was found, what is expected and the fix; empty when it fits.
+        problem: What was found, what is expected and the fix, one line per problem (dict
+            features can have several); empty when it fits.
     """
 
     convert: Conversion | None = None
@@ -63,6 +67,8 @@ def describe(spec: object) -> str:
     """A spec in words, e.g. `float32 batches of shape (batch, 64)`."""
     if isinstance(spec, tf.RaggedTensorSpec):
         return f"ragged {spec.dtype.name} batches"
+    if isinstance(spec, dict):
+        return f"dicts of {', '.join(map(repr, spec))}"
     if not isinstance(spec, tf.TensorSpec):
         return f"{type(spec).__name__} elements ({spec!r})"
     if spec.shape.rank is None:
@@ -88,6 +94,11 @@ def cast_to(dtype: tf.DType) -> Conversion:
     return convert
 
 
+def _as_it_is(part: object) -> object:
+    """A part of an element that fits: a tensor, or a dict of them (`tf.identity` takes one)."""
+    return part
+
+
 def conform(dataset: tf.data.Dataset, name: str, checks: Sequence[SpecCheck]) -> tf.data.Dataset:
     """`dataset` converted by `checks`, one per part of its elements, or every problem at once.
 
@@ -108,14 +119,83 @@ def conform(dataset: tf.data.Dataset, name: str, checks: Sequence[SpecCheck]) ->
     Raises:
         DatasetError: Listing every problem of every part, each with its fix.
     """
-    problems = [check.problem for check in checks if check.problem]
+    problems = [line for check in checks for line in check.problem.splitlines()]
     if problems:
         raise DatasetError(name, problems)
     if all(check.convert is None for check in checks):
         return dataset
-    converts = [check.convert or tf.identity for check in checks]
+    converts = [check.convert or _as_it_is for check in checks]
     if len(converts) == 1:
         return dataset.map(converts[0]).prefetch(2)
     return dataset.map(
         lambda *parts: tuple(f(part) for f, part in zip(converts, parts, strict=True))
     ).prefetch(2)
+
+
+def check_sample_weights(spec: object, name: str = "sample weights") -> SpecCheck:
+    """How sample weights of `spec` fit `WEIGHTS_SPEC`: as they are, converted, or not.
+
+    Weights of any integer, float or bool dtype are cast to float32, and a `(batch, 1)` column
+    of them is flattened to `(batch,)`, as `model.fit` squeezes it; any value is kept as it is,
+    as `model.fit` keeps it (a NaN weight makes a NaN loss, whose step is skipped).
+
+    Args:
+        spec: The weights' `tf.TypeSpec`, e.g. `dataset.element_spec[2]`.
+        name: What the weights are called in the message, e.g. `train_ds sample weights`.
+
+    Returns:
+        The conversion to apply in the pipeline, if any, or the problem and its fix.
+    """
+    if fits(spec, WEIGHTS_SPEC):
+        return SpecCheck()
+    numeric = isinstance(spec, tf.TensorSpec) and (
+        spec.dtype.is_integer or spec.dtype.is_floating or spec.dtype == tf.bool
+    )
+    if numeric and spec.shape.rank in (1, 2) and spec.shape[1:] in ((), (1,)):
+        cast = cast_to(tf.float32)
+        if spec.shape.rank == 1:
+            return SpecCheck(convert=cast, note=f"{name}: {describe(spec)} cast to float32")
+        return SpecCheck(
+            convert=lambda w: cast(w[:, 0]),
+            note=f"{name}: {describe(spec)} cast to float32, shape (batch,)",
+        )
+    if isinstance(spec, tf.TensorSpec) and spec.dtype == tf.string:
+        fix = "convert them with tf.strings.to_number(w) in data.py"
+    elif numeric and spec.shape.rank is not None:
+        fix = "give one weight per example, one number per row of the labels"
+    else:
+        fix = "make the dataset yield (features, labels, sample_weights) of dense tensors"
+    return SpecCheck(
+        problem=(
+            f"{name} are {describe(spec)}, but the steps take one float32 weight per example, "
+            f"shape (batch,); {fix}"
+        )
+    )
+
+
+def class_weight_table(class_weight: Mapping[int, float], num_classes: int) -> tf.Tensor:
+    """The weight of each class id in `[0, num_classes)`, 1.0 for those `class_weight` omits.
+
+    As `model.fit(class_weight=...)` reads the mapping.
+
+    Raises:
+        ValueError: If a key is not a class id in `[0, num_classes)` or a weight is negative
+            or not finite, naming each.
+    """
+    table = np.ones(num_classes, dtype=np.float32)
+    bad = []
+    for key, weight in class_weight.items():
+        if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
+            bad.append(f"key {key!r} is not a class id")
+        elif not 0 <= key < num_classes:
+            bad.append(f"class {key} is not in [0, {num_classes})")
+        elif not (isinstance(weight, (int, float, np.number)) and 0 <= weight < np.inf):
+            bad.append(f"class {key} has weight {weight!r}")
+        else:
+            table[int(key)] = weight
+    if bad:
+        raise ValueError(
+            f"class_weight maps class ids in [0, {num_classes}) to finite weights >= 0, but "
+            + "; ".join(bad)
+        )
+    return tf.constant(table)

@@ -5,6 +5,7 @@
 It reads a few batches of `load_datasets(config)` and trains a fresh `build_model(config)` for
 a few steps, then prints what a person checks first: the datasets against the steps' contract
 (and the conversions that will apply), the labels' range and balance, the features' values,
+the sample weights' range where the data has them,
 the loss at initialisation against its expected value, one training step and one call of
 several steps with their trace counts, variables without gradients, and one step against
 `model.train_on_batch`. `check()` returns the report; the command exits with 0 when it lists
@@ -27,7 +28,7 @@ import tensorflow as tf
 
 from . import inputs, losses
 from .config import Config
-from .contract import DatasetError
+from .contract import DatasetError, check_sample_weights
 from .data import load_datasets
 from .gradients import NoneGradientError, NoneGradientWarning
 from .model import build_model
@@ -88,14 +89,17 @@ def check(
             a fresh one.
         train_ds: Defaults to the training split of `load_datasets(config)`.
         val_ds: When `train_ds` is defaulted too, defaults to the validation split.
-        options: How the steps run; `RunOptions(verbose=0)` by default.
+        options: How the steps run; by default quietly, on one device in float32 (the
+            parity check compares with `model.fit` in float32), whatever the project's
+            defaults.
         batches: How many batches of `train_ds` to read.
 
     Returns:
         The report; `str(report)` is what `python -m breast_cancer_binary check` prints.
     """
     config = Config() if config is None else config
-    options = RunOptions(verbose=0) if options is None else options
+    if options is None:
+        options = RunOptions(verbose=0, strategy="none", precision="float32")
     keras.utils.set_random_seed(config.seed)
     model = build_model(config) if model is None else model
     if train_ds is None:
@@ -112,6 +116,7 @@ def check(
     if prepared is None:
         return report
     few = prepared.take(batches)
+    trainer.train_signature = trainer.task.signature(prepared.element_spec)
     first = next(iter(few), None)
     if first is None:
         report.problems.append("train_ds yields no batch; check load_datasets in data.py")
@@ -142,15 +147,15 @@ def _check_datasets(
             report.add("data", f"{name}: does not fit")
             report.problems += error.problems
             continue
-        x_spec, y_spec = dataset.element_spec
-        notes = [
-            check.note
-            for check in (
-                inputs.check_features(x_spec, trainer.config, f"{name} features"),
-                losses.check_labels(y_spec, trainer.config, f"{name} labels"),
-            )
-            if check.note
+        x_spec, y_spec, *weights_spec = dataset.element_spec
+        checks = [
+            inputs.check_features(
+                x_spec, trainer.config, f"{name} features", trainer.task.features
+            ),
+            losses.check_labels(y_spec, trainer.config, f"{name} labels"),
         ]
+        checks += [check_sample_weights(spec, f"{name} sample weights") for spec in weights_spec]
+        notes = [check.note for check in checks if check.note]
         report.add("data", f"{name}: " + ("; ".join(notes) if notes else "fits as it is"))
         if name == "train_ds":
             prepared = converted
@@ -165,14 +170,18 @@ def _check_values(few: tf.data.Dataset, config: Config, report: CheckReport) -> 
     """
     counts = np.zeros(losses.class_count(config), dtype=np.int64)
     bad_features = 0
-    for x, y in few:
+    weights = []
+    for x, y, *weight in few:
+        weights += [w.numpy() for w in weight]
         try:
             losses.checked_label_values(y, config)
         except tf.errors.InvalidArgumentError as error:
             report.problems.append(f"{error.message.splitlines()[0]}; fix them in data.py")
             return False
         counts += np.bincount(losses.label_class_ids(y).numpy(), minlength=len(counts))
-        bad_features += int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+        for part in tf.nest.flatten(x):  # One tensor, or a dict of them.
+            if part.dtype.is_floating:
+                bad_features += int(np.size(part) - np.count_nonzero(np.isfinite(part)))
     total = int(counts.sum())
     seen = int(np.count_nonzero(counts))
     share = counts / max(total, 1)
@@ -192,7 +201,26 @@ def _check_values(few: tf.data.Dataset, config: Config, report: CheckReport) -> 
         report.problems.append(
             f"{bad_features} feature values are NaN or infinite: replace or drop them in data.py"
         )
+    if weights:
+        _report_weights(np.concatenate(weights), report)
     return not bad_features
+
+
+def _report_weights(weights: np.ndarray, report: CheckReport) -> None:
+    """The sample weights' range; a weight that is not finite makes its step's loss NaN."""
+    finite = weights[np.isfinite(weights)]
+    found = (
+        f"{np.count_nonzero(weights == 0)} of {weights.size} are 0, "
+        f"{np.count_nonzero(finite < 0)} negative"
+    )
+    if finite.size:
+        found = f"from {finite.min():.4g} to {finite.max():.4g}, mean {finite.mean():.4g}; " + found
+    report.add("sample weights", found)
+    if finite.size < weights.size:
+        report.problems.append(
+            f"{weights.size - finite.size} sample weights are NaN or infinite, which makes "
+            "their steps' loss NaN and skips them: replace or drop them in data.py"
+        )
 
 
 def _check_initial_loss(
@@ -200,7 +228,7 @@ def _check_initial_loss(
 ) -> None:
     """The data loss before any training, against log(number of classes)."""
     loss_fn = losses.make_loss()
-    values = [float(loss_fn(y, model(x, training=False))) for x, y in few]
+    values = [float(loss_fn(y, model(x, training=False))) for x, y, *_ in few]
     loss = float(np.mean(values))
     expected = math.log(losses.class_count(config))
     report.add(
@@ -227,14 +255,14 @@ def _check_initial_loss(
 
 
 def _check_one_step(
-    trainer: Trainer, batch: tuple[tf.Tensor, tf.Tensor], options: RunOptions, report: CheckReport
+    trainer: Trainer, batch: tuple[tf.Tensor, ...], options: RunOptions, report: CheckReport
 ) -> None:
     """One training step: its time, its traces, and variables without gradients."""
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NoneGradientWarning)
         try:
-            trainer.train_step(*batch)
+            trainer.train_step(*tf.nest.flatten(batch))
         except NoneGradientError as error:
             report.problems.append(str(error))
             return
@@ -304,7 +332,7 @@ def _check_parity(
     reference: keras.Model | None,
     model: keras.Model,
     weights_before: list[np.ndarray],
-    batch: tuple[tf.Tensor, tf.Tensor],
+    batch: tuple[tf.Tensor, ...],
     report: CheckReport,
 ) -> None:
     """The first step's weights against `model.train_on_batch` of the same batch."""

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from .config import Config
 from .contract import Conversion, SpecCheck, cast_to, describe, fits
-from .inputs import probe_batch
+from .inputs import model_features_spec, probe_features
 
 LABEL_ENCODING = "sparse"
 EXPECTED = "int32 class ids of shape (batch,)"
@@ -182,7 +182,7 @@ def check_model_output(model: keras.Model, config: Config) -> tf.Tensor:
     Raises:
         ValueError: Naming the mismatch and the fix.
     """
-    outputs = model(probe_batch(config), training=False)
+    outputs = model(probe_features(model_features_spec(model, config), config), training=False)
     units = output_units(config)
     if tuple(outputs.shape) != (2, units):
         raise ValueError(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import keras
@@ -24,6 +24,7 @@ from . import distribution, interrupts, precision
 from .callbacks import default_callbacks
 from .checkpoints import CHECKPOINTS, RunCheckpoint, check_same_config, save_model, write_run_file
 from .config import Config
+from .contract import DatasetError
 from .data import load_datasets
 from .gradients import NonFiniteGuard
 from .loop import CallHooks, EpochLogs, StepRunner
@@ -56,7 +57,10 @@ class Trainer:
         train_runner: Runs the training step over an epoch, `options.steps_per_execution`
             steps per call, keeping one iterator per dataset for the whole run.
         train_steps: The training step traced for each set of trainable variables so far,
-            keyed by the variables' ids (see `train_step`).
+            keyed by the batches' signature and the variables' ids (see `train_step`).
+        train_signature: The training batches' input signature (see `task.signature`),
+            set from the dataset at each epoch; `task.input_signature` until then.
+        eval_signature: The evaluation batches' input signature, set likewise by `evaluate`.
         eval_runner: Runs the evaluation step likewise.
     """
 
@@ -85,7 +89,8 @@ class Trainer:
             [v.path for v in self.task.optimizers.variables],
             model.non_trainable_variables,
         )
-        self.train_steps: dict[tuple[int, ...], StepFn] = {}
+        self.train_signature = self.eval_signature = self.task.input_signature
+        self.train_steps: dict[tuple[object, ...], StepFn] = {}
         # The step comes at each epoch (`train_epoch`), for the trainable variables then.
         self.train_runner = StepRunner(
             None,
@@ -93,8 +98,9 @@ class Trainer:
             (*self.task.train_metrics, self.guard.skipped),
             stop=self.guard.tripped,
             run_eagerly=self.options.run_eagerly,
+            steps_per_epoch=self.options.steps_per_epoch,
         )
-        self.eval_steps: dict[tuple[int, ...], StepFn] = {}
+        self.eval_steps: dict[tuple[object, ...], StepFn] = {}
         self.flush_steps: dict[tuple[int, ...], Callable[[], None]] = {}
         self.eval_runner: StepRunner | None = None
         if self.task.make_eval_step is not None:
@@ -103,6 +109,7 @@ class Trainer:
                 self.options.steps_per_execution,
                 self.task.val_metrics,
                 run_eagerly=self.options.run_eagerly,
+                steps_per_epoch=self.options.validation_steps,
             )
 
     def scope(self) -> contextlib.AbstractContextManager[object]:
@@ -117,11 +124,13 @@ class Trainer:
         layer (`trainable = False`) gets a step that neither differentiates nor updates it and
         runs it in inference mode, at the cost of one trace, and unfreezing reuses the first.
         Around the task's step it saves the layer state for the guard, increments
-        `global_step` and records the step's status.
+        `global_step` and records the step's status. It takes batches of `train_signature`.
         """
-        key = tuple(id(v) for v in self.model.trainable_variables)
+        signature = self.train_signature
+        key = (signature, *(id(v) for v in self.model.trainable_variables))
         if key not in self.train_steps:
-            self.train_steps[key] = self._compile(self.task.make_train_step(), guarded=True)
+            step = self.task.make_train_step()
+            self.train_steps[key] = self._compile(step, signature, guarded=True)
         return self.train_steps[key]
 
     @property
@@ -129,12 +138,15 @@ class Trainer:
         """The evaluation step for the model's trainable variables now.
 
         Traced once per set of trainable variables too, because the loss it reports adds the
-        regularization losses of the trainable weights only (`model.losses`).
+        regularization losses of the trainable weights only (`model.losses`). It takes batches
+        of `eval_signature`, set from the dataset by `evaluate`.
         """
         assert self.task.make_eval_step is not None
-        key = tuple(id(v) for v in self.model.trainable_variables)
+        signature = self.eval_signature
+        key = (signature, *(id(v) for v in self.model.trainable_variables))
         if key not in self.eval_steps:
-            self.eval_steps[key] = self._compile(self.task.make_eval_step(), guarded=False)
+            step = self.task.make_eval_step()
+            self.eval_steps[key] = self._compile(step, signature, guarded=False)
         return self.eval_steps[key]
 
     def checkpoint_items(self) -> dict[str, object]:
@@ -162,7 +174,9 @@ class Trainer:
 
         return guarded_step
 
-    def _compile(self, step: StepFn, *, guarded: bool) -> StepFn:
+    def _compile(
+        self, step: StepFn, signature: tuple[tf.TensorSpec, ...], *, guarded: bool
+    ) -> StepFn:
         """The step of one global batch, as the loop calls it: on every replica, guarded.
 
         One `tf.function` holds the step and the guard (compiled by XLA with `jit_compile`).
@@ -180,7 +194,7 @@ class Trainer:
         # it, errors raised while tracing (such as NoneGradientError) reach the caller as is.
         return tf.function(
             step,
-            input_signature=self.task.input_signature,
+            input_signature=signature,
             autograph=False,
             jit_compile=self.options.jit_compile,
         )
@@ -198,6 +212,7 @@ class Trainer:
         Raises:
             gradients.NonFiniteError: If `options.max_bad_steps` steps in a row were skipped.
         """
+        self.train_signature = self.task.signature(dataset.element_spec)
         self.train_runner.use_step(self.train_step)
         logs, steps = self.train_runner.run_epoch(dataset, hooks, first_step=first_step)
         if bool(self.guard.tripped()):
@@ -237,7 +252,10 @@ class Trainer:
         """
         if self.eval_runner is None:
             raise ValueError("this project has no evaluation step: a GAN has no validation")
+        self.eval_signature = self.task.signature(dataset.element_spec)
         self.eval_runner.use_step(self.eval_step)
+        if self.options.validation_steps is not None:
+            self.eval_runner.close()  # As in `model.fit`: every evaluation reads the same batches.
         if callbacks is None:
             logs, _ = self.eval_runner.run_epoch(dataset)
             return logs
@@ -257,6 +275,7 @@ class Trainer:
         epochs: int | None = None,
         initial_epoch: int = 0,
         callbacks: Sequence[keras.callbacks.Callback] = (),
+        class_weight: Mapping[int, float] | None = None,
     ) -> keras.callbacks.History:
         """Train from epoch `initial_epoch` to `epochs`, evaluating on `val_ds` after each.
 
@@ -280,6 +299,9 @@ class Trainer:
             initial_epoch: The epoch to start from.
             callbacks: Yours; they run before the default ones (see
                 `callbacks.default_callbacks`), so those see what yours add to the logs.
+            class_weight: The weight of each class id in the training loss, as
+                for `model.fit` (see `steps.ClassifierTask.prepare_dataset`); `val_ds` is not
+                weighted by it.
 
         Returns:
             The `History` of this call's epochs: `.history` maps each key of the epoch logs
@@ -292,18 +314,23 @@ class Trainer:
                 and, with a logdir, a checkpoint.
             contract.DatasetError: If `train_ds` or `val_ds` does not fit the steps, listing
                 every problem; what fits after an unambiguous conversion is converted instead
-                (see `contract`).
+                (see `contract`). Also if one repeats forever and no `options.steps_per_epoch`
+                (or `validation_steps`) ends its epochs.
+            ValueError: If `class_weight` maps something other than class ids to finite
+                weights >= 0.
             checkpoints.CheckpointError: If `options.resume` finds nothing to resume, or a
                 checkpoint that cannot be read or that another model wrote.
         """
         epochs = self.config.epochs if epochs is None else epochs
-        train_ds = self.task.prepare_dataset(train_ds, "train_ds")
+        train_ds = self.task.prepare_dataset(train_ds, "train_ds", class_weight)
+        check_length(train_ds, "train_ds", self.options.steps_per_epoch, "steps_per_epoch")
         if val_ds is not None:
             val_ds = self.task.prepare_dataset(val_ds, "val_ds")
+            check_length(val_ds, "val_ds", self.options.validation_steps, "validation_steps")
         logdir = None if self.options.logdir is None else Path(self.options.logdir)
         if self.options.resume and logdir is not None:
             check_same_config(logdir, self.config)
-        num_batches = int(train_ds.cardinality())
+        num_batches = self.options.steps_per_epoch or int(train_ds.cardinality())
         history = keras.callbacks.History()
         callback_list = keras.callbacks.CallbackList(
             [*callbacks, *default_callbacks(self.config, self.options), history],
@@ -391,6 +418,33 @@ class Trainer:
         return interrupts.Interrupted(signum, epoch, step, saved)
 
 
+def check_length(dataset: tf.data.Dataset, name: str, steps: int | None, option: str) -> None:
+    """Fail before the run when `dataset` cannot make epochs.
+
+    Args:
+        dataset: The batches.
+        name: The dataset's name in the message.
+        steps: The steps per epoch (`RunOptions.<option>`), if set.
+        option: The `RunOptions` field that sets them.
+
+    Raises:
+        contract.DatasetError: If `dataset` repeats forever and `steps` is not set, or if it is
+            known to be empty and `steps` is.
+    """
+    cardinality = int(dataset.cardinality())
+    flag = "--" + option.replace("_", "-")
+    if cardinality == tf.data.INFINITE_CARDINALITY and steps is None:
+        problem = (
+            f"{name} repeats forever, so an epoch would never end; set RunOptions.{option} "
+            f"({flag} N) to end each epoch after N batches, or remove its .repeat(): the "
+            "loop repeats a dataset for you"
+        )
+        raise DatasetError(name, [problem])
+    if cardinality == 0 and steps is not None:
+        problem = f"{name} is empty, so no epoch can take {steps} batches from it; give it data"
+        raise DatasetError(name, [problem])
+
+
 def fit(
     config: Config,
     model: keras.Model | None = None,
@@ -400,6 +454,7 @@ def fit(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     options: RunOptions | None = None,
     strategy: tf.distribute.Strategy | None = None,
+    class_weight: Mapping[int, float] | None = None,
 ) -> keras.callbacks.History:
     """Train a model with the custom loop, as `model.fit` would.
 
@@ -418,6 +473,9 @@ def fit(
         options: How the run executes; `RunOptions()` by default.
         strategy: Any `tf.distribute.Strategy`; by default the one `options.strategy` names
             (see `distribution.make_strategy`).
+        class_weight: The weight of each class id, as for `model.fit`: each training
+            example's loss counts times its label's weight (1.0 for a class the mapping
+            omits). Not with a `train_ds` of `(features, labels, sample_weights)`.
 
     Returns:
         The `History`: `.history[key]` holds one value per epoch, `.model` the trained model.
@@ -443,4 +501,4 @@ def fit(
         train_ds, default_val = load_datasets(config)
         val_ds = default_val if val_ds is None else val_ds
     trainer = Trainer(config, model, options, strategy)
-    return trainer.fit(train_ds, val_ds, callbacks=callbacks)
+    return trainer.fit(train_ds, val_ds, callbacks=callbacks, class_weight=class_weight)

@@ -11,18 +11,21 @@ Template-owned: `copier update` merges template changes into it.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
+from . import distribution, precision
 from .checkpoints import MODEL_FILE, CheckpointError, read_run
 from .config import Config
 from .data import load_datasets
 from .inputs import describe, features_spec
 from .loop import EpochLogs
 from .losses import class_ids, probabilities
-from .options import RunOptions
 from .train import Trainer
 
 
@@ -30,8 +33,26 @@ class RunFileError(CheckpointError):
     """A run's directory or an input file cannot be used: what is wrong, and the fix."""
 
 
-def load_run(logdir: str | Path) -> tuple[Config, keras.Model]:
+def load_run(
+    logdir: str | Path, strategy: tf.distribute.Strategy | None = None
+) -> tuple[Config, keras.Model]:
     """The config and the trained model of the run in `logdir`.
+
+    The model is loaded under the dtype policy the run trained with (its `precision`), so
+    that its layers compute as they did in training, and in the scope of `strategy` if given.
+
+    Raises:
+        RunFileError: If `logdir` holds no finished run.
+    """
+    path = finished_model(logdir)
+    config, options = read_run(logdir)
+    scope = contextlib.nullcontext() if strategy is None else strategy.scope()
+    with precision.dtype_policy(options.precision), scope:
+        return config, keras.saving.load_model(path)
+
+
+def finished_model(logdir: str | Path) -> Path:
+    """The path of the model a finished run in `logdir` saved.
 
     Raises:
         RunFileError: If `logdir` holds no finished run.
@@ -45,15 +66,15 @@ def load_run(logdir: str | Path) -> tuple[Config, keras.Model]:
             f"{path} does not exist: the run has not finished; resume it with "
             f"`python -m {__package__} train --logdir {logdir} --resume`"
         )
-    config, _ = read_run(logdir)
-    return config, keras.saving.load_model(path)
+    return path
 
 
 def evaluate(logdir: str | Path) -> EpochLogs:
     """The run's model on the validation split of `load_datasets`: `val_loss`, `val_accuracy`.
 
-    The same evaluation step as during training, so for the model of the last epoch these
-    are that epoch's `val_loss` and `val_accuracy` in `metrics.jsonl`, to the last digit.
+    The same evaluation step as during training, with the run's options (its strategy and
+    precision included), so for the model of the last epoch these are that epoch's
+    `val_loss` and `val_accuracy` in `metrics.jsonl`, to the last digit.
     The saved model has every layer trainable, so `val_loss` adds the backbone's
     regularization: after a last epoch with the backbone frozen, it differs from the logged
     one (which, as in `model.fit`, counts the trainable weights' regularization only).
@@ -61,10 +82,15 @@ def evaluate(logdir: str | Path) -> EpochLogs:
     Raises:
         RunFileError: If `logdir` holds no finished run.
         contract.DatasetError: If the validation split does not fit the steps.
+        distribution.DistributionError: If the run's strategy cannot be built here.
     """
-    config, model = load_run(logdir)
+    finished_model(logdir)
+    _, options = read_run(logdir)
+    options = dataclasses.replace(options, verbose=0, logdir=None, resume=False)
+    strategy = distribution.make_strategy(options.strategy, options.cpu_devices)
+    config, model = load_run(logdir, strategy)
     _, val_ds = load_datasets(config)
-    trainer = Trainer(config, model, RunOptions(verbose=0))
+    trainer = Trainer(config, model, options, strategy)
     return trainer.evaluate(trainer.task.prepare_dataset(val_ds, "val_ds"))
 
 

@@ -175,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
             f"scales the loss) (default: {options.precision})"
         ),
     )
+    train.add_argument(
+        "--steps-per-epoch",
+        type=_positive_int,
+        help=(
+            "train on N batches per epoch, repeating the data as needed; needed when "
+            "load_datasets gives a dataset that repeats forever (default: one pass)"
+        ),
+    )
     train.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
     predict = commands.add_parser(
@@ -323,6 +331,7 @@ def train(args: argparse.Namespace, prog: str) -> int:
         "strategy": args.strategy,
         "cpu_devices": args.cpu_devices,
         "precision": args.precision,
+        "steps_per_epoch": args.steps_per_epoch,
     }
     try:
         options = dataclasses.replace(

@@ -42,7 +42,8 @@ class SpecCheck:
         convert: Turns a batch into what the steps take, `tf.function`-compatible; `None`
             when the batch fits as it is, or cannot fit.
         note: The conversion in words, e.g. `features: float64 cast to float32`.
-        problem: What was found, what is expected and the fix; empty when it fits.
+        problem: What was found, what is expected and the fix, one line per problem (dict
+            features can have several); empty when it fits.
     """
 
     convert: Conversion | None = None
@@ -63,6 +64,8 @@ def describe(spec: object) -> str:
     """A spec in words, e.g. `float32 batches of shape (batch, 64)`."""
     if isinstance(spec, tf.RaggedTensorSpec):
         return f"ragged {spec.dtype.name} batches"
+    if isinstance(spec, dict):
+        return f"dicts of {', '.join(map(repr, spec))}"
     if not isinstance(spec, tf.TensorSpec):
         return f"{type(spec).__name__} elements ({spec!r})"
     if spec.shape.rank is None:
@@ -88,6 +91,11 @@ def cast_to(dtype: tf.DType) -> Conversion:
     return convert
 
 
+def _as_it_is(part: object) -> object:
+    """A part of an element that fits: a tensor, or a dict of them (`tf.identity` takes one)."""
+    return part
+
+
 def conform(dataset: tf.data.Dataset, name: str, checks: Sequence[SpecCheck]) -> tf.data.Dataset:
     """`dataset` converted by `checks`, one per part of its elements, or every problem at once.
 
@@ -108,12 +116,12 @@ def conform(dataset: tf.data.Dataset, name: str, checks: Sequence[SpecCheck]) ->
     Raises:
         DatasetError: Listing every problem of every part, each with its fix.
     """
-    problems = [check.problem for check in checks if check.problem]
+    problems = [line for check in checks for line in check.problem.splitlines()]
     if problems:
         raise DatasetError(name, problems)
     if all(check.convert is None for check in checks):
         return dataset
-    converts = [check.convert or tf.identity for check in checks]
+    converts = [check.convert or _as_it_is for check in checks]
     if len(converts) == 1:
         return dataset.map(converts[0]).prefetch(2)
     return dataset.map(

@@ -313,6 +313,11 @@ class GanTask:
             make_discriminator_step(*args), make_generator_step(*args), self._metrics
         )
 
+    def signature(self, spec: object) -> tuple[tf.TensorSpec]:
+        """The step's input signature for a prepared dataset: `input_signature`, always."""
+        del spec  # Image batches only: `prepare_dataset` refuses anything else.
+        return self.input_signature
+
     def prepare_dataset(self, dataset: tf.data.Dataset, name: str) -> tf.data.Dataset:
         """`dataset` as the step takes it: checked, and converted where that is unambiguous.
 

@@ -177,7 +177,10 @@ class StepRunner:
     length is unknown (after `filter` or `bucket_by_sequence_length`), it runs over
     `with_end_markers(dataset)` and each epoch ends at its marker; if you know the number of
     batches, `dataset.apply(tf.data.experimental.assert_cardinality(n))` selects the faster
-    counted path.
+    counted path. With `steps_per_epoch`, every epoch runs that many steps, from the dataset
+    itself when it repeats forever and from `repeated(dataset)` otherwise, so that epochs need
+    not match passes over the data (as `model.fit(steps_per_epoch=...)`, except that `fit`
+    stops the run when a finite dataset runs out, and this repeats it).
 
     Creating an iterator costs about 0.4 ms for an in-memory pipeline and 4 to 8 ms once the
     pipeline has a `map` (measured here): with a few dozen steps per epoch, that is a large
@@ -196,6 +199,8 @@ class StepRunner:
         metrics: The metrics `step` updates, reset at the start of every epoch.
         stop: Checked before every step; when true, the epoch ends there.
         run_eagerly: Call `step` batch by batch from Python, for readable stack traces.
+        steps_per_epoch: If set, the steps of every epoch, whatever the dataset's length;
+            needed for a dataset that repeats forever.
 
     Attributes:
         counted_loop: `make_counted_loop(step, metrics, stop)`, for datasets of known length.
@@ -210,8 +215,10 @@ class StepRunner:
         *,
         stop: StopFn = _never,
         run_eagerly: bool = False,
+        steps_per_epoch: int | None = None,
     ) -> None:
         self.steps_per_execution = steps_per_execution
+        self.steps_per_epoch = steps_per_epoch
         self.metrics = tuple(metrics)
         self.run_eagerly = run_eagerly
         self._stop = stop
@@ -260,16 +267,31 @@ class StepRunner:
         checkpoint before the first epoch.
 
         Raises:
-            ValueError: If `dataset` repeats forever, so that an epoch would never end.
+            ValueError: If `dataset` repeats forever and no `steps_per_epoch` ends its epochs,
+                or if it is empty and `steps_per_epoch` would wait forever for a batch.
         """
         if dataset is self._dataset and not self._stale:
             return
         self.close()
         num_batches = int(dataset.cardinality())
+        if self.steps_per_epoch is not None:
+            infinite = num_batches == tf.data.INFINITE_CARDINALITY
+            if num_batches == 0 or (
+                num_batches == tf.data.UNKNOWN_CARDINALITY
+                and not any(True for _ in dataset.take(1))
+            ):
+                raise ValueError(
+                    f"the dataset is empty, so {self.steps_per_epoch} steps per epoch would "
+                    "wait forever for a batch; give it data"
+                )
+            self._dataset = dataset
+            self._num_batches = self.steps_per_epoch
+            self._iterator = iter(dataset if infinite else repeated(dataset))
+            return
         if num_batches == tf.data.INFINITE_CARDINALITY:
             raise ValueError(
-                "the dataset repeats forever, so an epoch would never end: remove its "
-                ".repeat() (the loop repeats it for you), or end it with .take(num_batches)"
+                "the dataset repeats forever, so an epoch would never end: set "
+                "steps_per_epoch, or remove its .repeat() (the loop repeats it for you)"
             )
         self._dataset = dataset
         if num_batches == tf.data.UNKNOWN_CARDINALITY:

@@ -52,6 +52,10 @@ class RunOptions:
             so that `mirrored` can run (and be tried) on a machine without GPUs.
         precision: The Keras dtype policy the model is built under: `float32`,
             `mixed_float16` (with loss scaling) or `mixed_bfloat16` (see `precision.py`).
+        steps_per_epoch: If set, every epoch trains on this many batches, as with
+            `model.fit(steps_per_epoch=...)`: needed for a training dataset that repeats
+            forever; a finite one is repeated, so that epochs need not match passes over it.
+            One iterator still serves the whole run.
         tensorboard: Write TensorBoard events when `logdir` is set.
         verbose: 0 prints nothing; 1 shows a progress bar per epoch on a terminal and one line
             per epoch otherwise; 2 prints one line per epoch.
@@ -71,6 +75,7 @@ class RunOptions:
     strategy: str = "none"
     cpu_devices: int | None = None
     precision: str = "float32"
+    steps_per_epoch: int | None = None
     tensorboard: bool = True
     verbose: int = 1
 
@@ -81,14 +86,18 @@ class RunOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"RunOptions.{name}={value!r} is invalid; use an integer >= 1")
-        every = self.checkpoint_every_steps
-        if every is not None and (
-            isinstance(every, bool) or not isinstance(every, int) or every < 1
-        ):
-            raise ValueError(
-                f"RunOptions.checkpoint_every_steps={every!r} is invalid; "
-                "use an integer >= 1, or None for checkpoints at epoch ends only"
-            )
+        optional = {
+            "checkpoint_every_steps": "None for checkpoints at epoch ends only",
+            "steps_per_epoch": "None for one pass over the data per epoch",
+        }
+        for name, default in optional.items():
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(
+                    f"RunOptions.{name}={value!r} is invalid; use an integer >= 1, or {default}"
+                )
         if self.strategy not in STRATEGIES:
             raise ValueError(
                 f"RunOptions.strategy={self.strategy!r} is invalid; use one of "

@@ -10,11 +10,14 @@ Template-owned: `copier update` merges template changes into it.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
+from . import precision
 from .checkpoints import MODEL_FILE, CheckpointError, read_run
 from .config import Config
 from .gan import GAN
@@ -24,8 +27,26 @@ class RunFileError(CheckpointError):
     """A run's directory or an input file cannot be used: what is wrong, and the fix."""
 
 
-def load_run(logdir: str | Path) -> tuple[Config, keras.Model]:
+def load_run(
+    logdir: str | Path, strategy: tf.distribute.Strategy | None = None
+) -> tuple[Config, keras.Model]:
     """The config and the trained model of the run in `logdir`.
+
+    The model is loaded under the dtype policy the run trained with (its `precision`), so
+    that its layers compute as they did in training, and in the scope of `strategy` if given.
+
+    Raises:
+        RunFileError: If `logdir` holds no finished run.
+    """
+    path = finished_model(logdir)
+    config, options = read_run(logdir)
+    scope = contextlib.nullcontext() if strategy is None else strategy.scope()
+    with precision.dtype_policy(options.precision), scope:
+        return config, keras.saving.load_model(path)
+
+
+def finished_model(logdir: str | Path) -> Path:
+    """The path of the model a finished run in `logdir` saved.
 
     Raises:
         RunFileError: If `logdir` holds no finished run.
@@ -39,8 +60,7 @@ def load_run(logdir: str | Path) -> tuple[Config, keras.Model]:
             f"{path} does not exist: the run has not finished; resume it with "
             f"`python -m {__package__} train --logdir {logdir} --resume`"
         )
-    config, _ = read_run(logdir)
-    return config, keras.saving.load_model(path)
+    return path
 
 
 def predict(logdir: str | Path, noise: np.ndarray) -> np.ndarray:

@@ -181,6 +181,19 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     train.add_argument(
+        "--steps-per-epoch",
+        type=_positive_int,
+        help=(
+            "train on N batches per epoch, repeating the data as needed; needed when "
+            "load_datasets gives a dataset that repeats forever (default: one pass)"
+        ),
+    )
+    train.add_argument(
+        "--validation-steps",
+        type=_positive_int,
+        help="evaluate on N validation batches after each epoch (default: one pass)",
+    )
+    train.add_argument(
         "--accumulation-steps",
         type=_positive_int,
         help=(
@@ -365,6 +378,8 @@ def train(args: argparse.Namespace, prog: str) -> int:
         "strategy": args.strategy,
         "cpu_devices": args.cpu_devices,
         "precision": args.precision,
+        "steps_per_epoch": args.steps_per_epoch,
+        "validation_steps": args.validation_steps,
         "accumulation_steps": args.accumulation_steps,
     }
     try:

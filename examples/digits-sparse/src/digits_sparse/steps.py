@@ -1,6 +1,7 @@
 """Step functions: what happens to one batch, and the task that the loop trains.
 
-Each factory returns a plain Python function of one batch `(x, y)`. It is
+Each factory returns a plain Python function of one batch, `(x, y)` or
+`(x, y, sample_weight)`. It is
 `tf.function`-compatible and runs on each replica under `tf.distribute.Strategy.run`, with
 that replica's share of the batch; `train.Trainer` wraps it in a `tf.function` with an input
 signature so that a whole run traces it once (once per set of trainable variables, if a
@@ -12,7 +13,7 @@ Template-owned: `copier update` merges template changes into it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import keras
 import tensorflow as tf
@@ -44,7 +45,9 @@ class StepMetrics:
         """Record one batch (this replica's share of it). Must be `tf.function`-compatible.
 
         The loss is weighted by the batch size, as `model.fit` does, so a smaller last batch
-        counts for what it holds.
+        counts for what it holds. Sample weights are in the loss already; the accuracy counts
+        every example once, as `model.fit` counts its `metrics` (Keras weights only its
+        `weighted_metrics`).
 
         Args:
             loss: This replica's part of the batch's loss, from `total_loss`.
@@ -66,19 +69,21 @@ def total_loss(
     y: tf.Tensor,
     y_pred: tf.Tensor,
     batch_size: tf.Tensor,
+    sample_weight: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """The data loss plus the model's regularization losses, as `model.fit` optimizes it.
 
     The data loss is the mean over the batch: `loss_fn` sums over this replica's examples
-    (`losses.make_loss("sum")`) and the sum is divided by `batch_size`, the examples of the
-    whole batch, so that the replicas' losses add up to the mean over the batch however it
-    was split (Keras's own mean reduction divides by the number of replicas instead, which
-    is exact only for equal shares). Regularization losses are scaled with
-    `tf.nn.scale_regularization_loss`, which divides by the number of replicas under
-    `tf.distribute` and by 1 otherwise. Outside `tf.distribute` this is exactly `model.fit`'s
-    loss.
+    (`losses.make_loss("sum")`), each times its `sample_weight` if given, and the sum is
+    divided by `batch_size`, the examples of the whole batch (not the sum of the weights,
+    as `model.fit` does not either), so that the replicas' losses add up to the mean over
+    the batch however it was split (Keras's own mean reduction divides by the number of
+    replicas instead, which is exact only for equal shares). Regularization losses are
+    scaled with `tf.nn.scale_regularization_loss`, which divides by the number of replicas
+    under `tf.distribute` and by 1 otherwise. Outside `tf.distribute` this is exactly
+    `model.fit`'s loss.
     """
-    loss = loss_fn(y, y_pred) / batch_size
+    loss = loss_fn(y, y_pred, sample_weight=sample_weight) / batch_size
     if model.losses:
         loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
     return loss
@@ -99,15 +104,16 @@ def make_train_step(
     has `keras.callbacks.TerminateOnNaN`), while the weights stay as they were.
 
     Returns:
-        A function of `(x, y)` that returns the step's `gradients.update_status` code.
+        A function of `(x, y)` or `(x, y, sample_weight)` that returns the step's
+        `gradients.update_status` code.
     """
 
-    def train_step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    def train_step(x: tf.Tensor, y: tf.Tensor, sample_weight: tf.Tensor | None = None) -> tf.Tensor:
         y = losses.checked_label_values(y, config)
         batch_size = global_batch_size(y)
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True)
-            loss = total_loss(model, loss_fn, y, y_pred, batch_size)
+            loss = total_loss(model, loss_fn, y, y_pred, batch_size, sample_weight)
         status = optimizers.minimize(loss, tape, batch_size=batch_size)
         metrics.update(loss, batch_size, y, y_pred)
         return status
@@ -120,11 +126,11 @@ def make_eval_step(
 ) -> StepFn:
     """Return the evaluation step: forward pass with `training=False`, loss, metrics."""
 
-    def eval_step(x: tf.Tensor, y: tf.Tensor) -> None:
+    def eval_step(x: tf.Tensor, y: tf.Tensor, sample_weight: tf.Tensor | None = None) -> None:
         y = losses.checked_label_values(y, config)
         batch_size = global_batch_size(y)
         y_pred = model(x, training=False)
-        loss = total_loss(model, loss_fn, y, y_pred, batch_size)
+        loss = total_loss(model, loss_fn, y, y_pred, batch_size, sample_weight)
         metrics.update(loss, batch_size, y, y_pred)
 
     return eval_step
@@ -143,8 +149,11 @@ class ClassifierTask:
         optimizers: Its optimizers, built on its trainable variables.
         train_metrics: `loss` and `accuracy`, recorded by the training step.
         val_metrics: `val_loss` and `val_accuracy`, recorded by the evaluation step.
-        input_signature: `(features, labels)` of one batch: `inputs.features_spec` and
-            `losses.label_spec`.
+        features: What the model takes (`inputs.model_features_spec`): one tensor, or a dict
+            of them for a model built on a dict of named inputs.
+        input_signature: `(features, labels)` of one batch, flat as the loop passes them (a
+            dict's values in sorted key order): `features` and `losses.label_spec`;
+            `signature` adds the sample weights' spec where a dataset has them.
     """
 
     def __init__(self, model: keras.Model, config: Config, options: RunOptions) -> None:
@@ -159,7 +168,8 @@ class ClassifierTask:
         self._val = StepMetrics.create("val_")
         self.train_metrics = self._train.all()
         self.val_metrics = self._val.all()
-        self.input_signature = (inputs.features_spec(config), losses.label_spec(config))
+        self.features = inputs.model_features_spec(model, config)
+        self.input_signature = tuple(tf.nest.flatten((self.features, losses.label_spec(config))))
 
     def checkpoint_items(self) -> dict[str, object]:
         """What a checkpoint holds beyond the model, its optimizers and the loop's state."""
@@ -167,39 +177,89 @@ class ClassifierTask:
 
     def make_train_step(self) -> StepFn:
         """The training step for the model's trainable variables now."""
-        return make_train_step(self.model, self.optimizers, self.loss_fn, self._train, self.config)
+        step = make_train_step(self.model, self.optimizers, self.loss_fn, self._train, self.config)
+        return inputs.with_packed_features(step, self.features)
 
     def make_eval_step(self) -> StepFn:
         """The evaluation step."""
-        return make_eval_step(self.model, self.loss_fn, self._val, self.config)
+        step = make_eval_step(self.model, self.loss_fn, self._val, self.config)
+        return inputs.with_packed_features(step, self.features)
 
-    def prepare_dataset(self, dataset: tf.data.Dataset, name: str) -> tf.data.Dataset:
+    def signature(self, spec: object) -> tuple[tf.TensorSpec, ...]:
+        """The steps' input signature for a prepared dataset of element spec `spec`.
+
+        `input_signature` for `(features, labels)` pairs; with `contract.WEIGHTS_SPEC` added
+        for `(features, labels, sample_weights)`, which `prepare_dataset` makes of weighted
+        datasets and of `class_weight`.
+        """
+        if isinstance(spec, tuple) and len(spec) == 3:
+            return (*self.input_signature, contract.WEIGHTS_SPEC)
+        return self.input_signature
+
+    def prepare_dataset(
+        self,
+        dataset: tf.data.Dataset,
+        name: str,
+        class_weight: Mapping[int, float] | None = None,
+    ) -> tf.data.Dataset:
         """`dataset` as the steps take it: checked, and converted where that is unambiguous.
 
         Called on every dataset before it is read, so that a problem fails before tracing and
-        the conversions (`inputs.check_features`, `losses.check_labels`) run once, in the
-        pipeline, never in the step. The result has the same cardinality and order.
+        the conversions (`inputs.check_features`, `losses.check_labels`,
+        `contract.check_sample_weights`) run once, in the pipeline, never in the step. The
+        result has the same cardinality and order.
+
+        Args:
+            dataset: `(features, labels)` or `(features, labels, sample_weights)` batches.
+            name: What the dataset is called in errors, e.g. `train_ds`.
+            class_weight: The weight of each class id, as for `model.fit`: each example
+                gets its label's weight as its sample weight (1.0 for a class the mapping
+                omits). Not with sample weights in `dataset`, which `model.fit` refuses too.
 
         Raises:
-            contract.DatasetError: Listing every problem of the features and the labels, each
-                with its fix.
+            contract.DatasetError: Listing every problem of the features, the labels and the
+                sample weights, each with its fix.
+            ValueError: If `class_weight` maps something other than class ids to finite
+                weights >= 0.
         """
         spec = dataset.element_spec
-        if not (isinstance(spec, tuple) and len(spec) == 2):
+        if not (isinstance(spec, tuple) and len(spec) in (2, 3)):
             found = f"{len(spec)}-tuples" if isinstance(spec, tuple) else contract.describe(spec)
             raise contract.DatasetError(
                 name,
                 [
-                    f"{name} yields {found}, but the steps take (features, labels) pairs; "
-                    "make data.py yield pairs (sample weights and dict features are not "
-                    "supported yet)"
+                    f"{name} yields {found}, but the steps take (features, labels) pairs or "
+                    "(features, labels, sample_weights) triples; make data.py yield those"
                 ],
             )
-        checks = (
-            inputs.check_features(spec[0], self.config, f"{name} features"),
+        checks = [
+            inputs.check_features(spec[0], self.config, f"{name} features", self.features),
             losses.check_labels(spec[1], self.config, f"{name} labels"),
-        )
-        return contract.conform(dataset, name, checks)
+        ]
+        if len(spec) == 3:
+            checks.append(contract.check_sample_weights(spec[2], f"{name} sample weights"))
+            if class_weight is not None:
+                checks.append(
+                    contract.SpecCheck(
+                        problem=(
+                            f"{name} yields sample weights and class_weight is given too, "
+                            "which model.fit refuses as well; drop class_weight, or multiply "
+                            "each sample weight by its class's weight in data.py"
+                        )
+                    )
+                )
+        conformed = contract.conform(dataset, name, checks)
+        if class_weight is None:
+            return conformed
+        table = contract.class_weight_table(class_weight, losses.class_count(self.config))
+        last = losses.class_count(self.config) - 1
+
+        def with_class_weights(x: object, y: tf.Tensor) -> tuple[object, tf.Tensor, tf.Tensor]:
+            # Clipped: a label out of range still reaches the step, whose check reports it.
+            ids = tf.clip_by_value(losses.label_class_ids(y), 0, last)
+            return x, y, tf.gather(table, ids)
+
+        return conformed.map(with_class_weights).prefetch(2)
 
 
 def build_task(model: keras.Model, config: Config, options: RunOptions) -> ClassifierTask:

@@ -29,7 +29,11 @@ def probe_batch(config: Config) -> tf.Tensor:
     return tf.ones((2, min(8, config.max_length)), dtype=tf.int32)
 
 
-def check_features(spec: object, config: Config, name: str = "features") -> SpecCheck:
+def check_features(
+    spec: object,
+    config: Config,
+    name: str = "features",
+) -> SpecCheck:
     """How features of `spec` fit `features_spec(config)`: as they are, converted, or not.
 
     Token ids of any integer dtype (int64 is numpy's default) are cast to int32, saturating, so

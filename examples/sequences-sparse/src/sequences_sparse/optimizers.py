@@ -186,16 +186,19 @@ class OptimizerSet:
         return tuple(id(v) for name in self.names for v in self.layers[name].trainable_variables)
 
     def _apply_group(self, kept_per_part: list[list[tf.Variable]], condition: tf.Tensor) -> None:
-        """Apply the accumulated group and empty it, where `condition` holds."""
+        """Apply the accumulated group and empty it, where `condition` holds.
+
+        A group whose every micro-batch was skipped holds no examples: it is emptied without
+        an update, as a skipped step updates nothing (a zero gradient would still move
+        Adam's moments, and with them the weights).
+        """
         accumulator = self.accumulator
         assert accumulator is not None
         means = accumulator.means([v for part in kept_per_part for v in part])
-
-        def apply_and_reset(gradients: list[tf.Tensor]) -> None:
-            self._apply(gradients, self.names, kept_per_part)
-            accumulator.reset()
-
-        run_if(condition, apply_and_reset, self._clipped(means, self.names))
+        examples = accumulator.examples > 0
+        apply = functools.partial(self._apply, names=self.names, kept_per_part=kept_per_part)
+        run_if(condition & examples, apply, self._clipped(means, self.names))
+        run_if(condition, accumulator.reset)
 
     def _scale(self, names: Sequence[str]) -> tf.Variable | None:
         """The loss scale the gradients are in units of: the first part's; `None` unscaled."""

@@ -57,6 +57,13 @@ class RunOptions:
         accumulation_steps: Update the weights once per this many batches, with the
             gradient of the mean loss over all their examples: as one step on their
             concatenation (see `accumulation.py`).
+        steps_per_epoch: If set, every epoch trains on this many batches, as with
+            `model.fit(steps_per_epoch=...)`: needed for a training dataset that repeats
+            forever; a finite one is repeated, so that epochs need not match passes over it.
+            One iterator still serves the whole run.
+        validation_steps: If set, every evaluation reads this many batches, the first ones of
+            the validation dataset each time, as with `model.fit(validation_steps=...)`;
+            needed for a validation dataset that repeats forever.
         tensorboard: Write TensorBoard events when `logdir` is set.
         verbose: 0 prints nothing; 1 shows a progress bar per epoch on a terminal and one line
             per epoch otherwise; 2 prints one line per epoch.
@@ -77,6 +84,8 @@ class RunOptions:
     cpu_devices: int | None = None
     precision: str = "float32"
     accumulation_steps: int = 1
+    steps_per_epoch: int | None = None
+    validation_steps: int | None = None
     tensorboard: bool = True
     verbose: int = 1
 
@@ -88,14 +97,19 @@ class RunOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"RunOptions.{name}={value!r} is invalid; use an integer >= 1")
-        every = self.checkpoint_every_steps
-        if every is not None and (
-            isinstance(every, bool) or not isinstance(every, int) or every < 1
-        ):
-            raise ValueError(
-                f"RunOptions.checkpoint_every_steps={every!r} is invalid; "
-                "use an integer >= 1, or None for checkpoints at epoch ends only"
-            )
+        optional = {
+            "checkpoint_every_steps": "None for checkpoints at epoch ends only",
+            "steps_per_epoch": "None for one pass over the data per epoch",
+            "validation_steps": "None for one pass over the validation data",
+        }
+        for name, default in optional.items():
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(
+                    f"RunOptions.{name}={value!r} is invalid; use an integer >= 1, or {default}"
+                )
         if self.strategy not in STRATEGIES:
             raise ValueError(
                 f"RunOptions.strategy={self.strategy!r} is invalid; use one of "

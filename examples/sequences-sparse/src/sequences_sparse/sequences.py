@@ -29,6 +29,8 @@ def bucket_lengths(config: Config) -> tuple[int, ...]:
 def batch_sequences(dataset: tf.data.Dataset, config: Config) -> tf.data.Dataset:
     """Batch unbatched `(token_ids, label)` pairs into padded `(batch, length)` batches.
 
+    `(token_ids, label, sample_weight)` triples are batched alike, one weight per sequence.
+
     Sequences longer than `config.max_length` are cut. Each bucket batches the sequences no
     longer than its length and pads them to that length: the longest of a full batch is close
     to it anyway, and batches then come in a few shapes only, so that with
@@ -36,16 +38,18 @@ def batch_sequences(dataset: tf.data.Dataset, config: Config) -> tf.data.Dataset
     batch), whatever the lengths in the data.
 
     Args:
-        dataset: Unbatched pairs of int32 token ids of shape `(length,)` and one label.
+        dataset: Unbatched pairs of int32 token ids of shape `(length,)` and one label, or
+            triples with one sample weight too.
         config: The run's configuration.
 
     Returns:
-        Batches of int32 `(batch, length)` token ids, padded with `PAD_ID` (0), and labels.
+        Batches of int32 `(batch, length)` token ids, padded with `PAD_ID` (0), and labels
+        (and sample weights).
     """
     lengths = bucket_lengths(config)
     max_length = config.max_length
-    return dataset.map(lambda x, y: (x[:max_length], y)).bucket_by_sequence_length(
-        element_length_func=lambda x, y: tf.shape(x)[0],
+    return dataset.map(lambda x, *rest: (x[:max_length], *rest)).bucket_by_sequence_length(
+        element_length_func=lambda x, *rest: tf.shape(x)[0],
         # A sequence of length n goes to the first bucket whose boundary exceeds n; the last,
         # unbounded bucket stays empty because sequences are cut to max_length.
         bucket_boundaries=[length + 1 for length in lengths],

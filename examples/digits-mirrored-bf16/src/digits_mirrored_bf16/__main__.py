@@ -1,0 +1,456 @@
+"""Command line: `python -m digits_mirrored_bf16 train|check|evaluate|predict|export ...`.
+
+    python -m digits_mirrored_bf16 train [--epochs N] [--logdir DIR] ...
+    python -m digits_mirrored_bf16 train --logdir DIR --resume [--epochs N]
+    python -m digits_mirrored_bf16 check [--batches N]
+    python -m digits_mirrored_bf16 evaluate DIR
+    python -m digits_mirrored_bf16 predict DIR --input X.npy --output Y.npy [--class-ids]
+    python -m digits_mirrored_bf16 export DIR OUT
+
+`train` trains into a run directory, or with `--resume` goes on from its latest checkpoint;
+`check` tries the data and the model on a few batches and lists any problem with its fix;
+the others use the model a finished run saved: its validation figures, predictions, a SavedModel.
+`--help` imports no TensorFlow, so it answers at once; TensorFlow's start-up messages are
+silenced unless `TF_CPP_MIN_LOG_LEVEL` is set.
+Exit codes: 0 when the command did its work, 1 when training stopped on non-finite steps or
+`check` found a problem, 2 for a usage error or a run that cannot be used (one line; nothing
+is written) or data that does not fit (one line per problem), 130 on Ctrl-C and 143 on SIGTERM
+(after a checkpoint).
+
+Template-owned: `copier update` merges template changes into it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import sys
+from pathlib import Path
+
+from .config import Config
+from .options import PRECISIONS, STRATEGIES, RunOptions
+
+RUNS = Path("runs")
+EXIT_NONFINITE = 1
+EXIT_PROBLEMS = 1  # What `check` returns when it found a problem.
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, one sub-command per task. Defaults come from `Config`."""
+    config, options = Config(), RunOptions()
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {__package__}",
+        description="Train the model with the custom loop, and use what it trained.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser(
+        "train",
+        help="train with the custom loop",
+        description=(
+            "Train with the custom loop; every figure, checkpoint and the trained model go to "
+            "the run's directory."
+        ),
+    )
+    train.add_argument(
+        "--epochs",
+        type=_positive_int,
+        help=f"passes over the data, in all when resuming (default: {config.epochs})",
+    )
+    train.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        help=f"examples per training step (default: {config.batch_size})",
+    )
+    train.add_argument(
+        "--logdir",
+        type=Path,
+        help=(
+            "the run's directory; it must not hold a run already, unless --resume "
+            f"(default: a new {RUNS}/<date>-<time>)"
+        ),
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help=(
+            "go on with the run in --logdir from its latest checkpoint, with its config "
+            "(run.json) and options; flags given now replace them"
+        ),
+    )
+    train.add_argument(
+        "--checkpoint-every-steps",
+        type=_positive_int,
+        help="also write a checkpoint every N training steps (default: at epoch ends only)",
+    )
+    train.add_argument(
+        "--max-checkpoints",
+        type=_positive_int,
+        help=f"how many of the latest checkpoints to keep (default: {options.max_checkpoints})",
+    )
+    train.add_argument(
+        "--steps-per-execution",
+        type=_positive_int,
+        help=f"steps per tf.function call (default: {options.steps_per_execution})",
+    )
+    train.add_argument(
+        "--jit-compile",
+        action=argparse.BooleanOptionalAction,
+        help=f"compile the steps with XLA (default: {options.jit_compile})",
+    )
+    train.add_argument(
+        "--clip-global-norm",
+        type=_positive_float,
+        help="clip each step's gradients to this global norm (default: no clipping)",
+    )
+    train.add_argument(
+        "--max-bad-steps",
+        type=_positive_int,
+        help=(
+            "stop after this many non-finite steps in a row; each is skipped "
+            f"(default: {options.max_bad_steps})"
+        ),
+    )
+    train.add_argument(
+        "--strict-gradients",
+        action="store_true",
+        default=None,
+        help="fail, rather than warn, when a trainable variable gets no gradient",
+    )
+    train.add_argument(
+        "--deterministic",
+        action="store_true",
+        default=None,
+        help="make every op deterministic, so two runs give identical results (slower)",
+    )
+    train.add_argument(
+        "--no-tensorboard",
+        dest="tensorboard",
+        action="store_false",
+        default=None,
+        help="write no TensorBoard events",
+    )
+    train.add_argument(
+        "--eager",
+        action="store_true",
+        default=None,
+        help="run the steps eagerly for readable stack traces",
+    )
+    train.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        help=(
+            "none: one device; mirrored: a replica on every local GPU, or on every CPU device "
+            f"of --cpu-devices; --batch-size is the global batch (default: {options.strategy})"
+        ),
+    )
+    train.add_argument(
+        "--cpu-devices",
+        type=_positive_int,
+        help="split the CPU into N logical devices, to try --strategy mirrored without GPUs",
+    )
+    train.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help=(
+            "float32, or float16/bfloat16 computations on float32 weights (mixed_float16 "
+            f"scales the loss) (default: {options.precision})"
+        ),
+    )
+    train.add_argument(
+        "--steps-per-epoch",
+        type=_positive_int,
+        help=(
+            "train on N batches per epoch, repeating the data as needed; needed when "
+            "load_datasets gives a dataset that repeats forever (default: one pass)"
+        ),
+    )
+    train.add_argument(
+        "--validation-steps",
+        type=_positive_int,
+        help="evaluate on N validation batches after each epoch (default: one pass)",
+    )
+    train.add_argument(
+        "--accumulation-steps",
+        type=_positive_int,
+        help=(
+            "update the weights once per N batches, as one step on their concatenation "
+            f"(default: {options.accumulation_steps})"
+        ),
+    )
+    train.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+    check = commands.add_parser(
+        "check",
+        help="check the data and the model in seconds, before a long run",
+        description=(
+            "Read a few training batches, train a fresh model for a few steps, and print a "
+            "report: the data against the contract, the labels, the loss at initialisation, "
+            "trace counts, gradients and one step against model.train_on_batch. Exits with 1 "
+            "and each problem's fix when something is wrong."
+        ),
+    )
+    check.add_argument(
+        "--batches", type=_positive_int, default=4, help="training batches to read (default: 4)"
+    )
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="evaluate a run's model on the validation split",
+        description=(
+            "Print the loss and accuracy of a finished run's model on the validation split: "
+            "for the last epoch's model, the figures the run logged."
+        ),
+    )
+    evaluate.add_argument("logdir", type=Path, help="the run's directory")
+
+    predict = commands.add_parser(
+        "predict",
+        help="predict with a run's model",
+        description=(
+            "Write predictions for the examples in --input: float32 probabilities of each "
+            "class, (n, num_classes), or with --class-ids int32 class ids, (n,)."
+        ),
+    )
+    predict.add_argument("logdir", type=Path, help="the run's directory")
+    predict.add_argument(
+        "--input", type=Path, required=True, help="a .npy file of examples, one per row"
+    )
+    predict.add_argument(
+        "--output", type=Path, required=True, help="the .npy file to write; must not exist"
+    )
+    predict.add_argument(
+        "--class-ids", action="store_true", help="write class ids instead of probabilities"
+    )
+
+    export = commands.add_parser(
+        "export",
+        help="export a run's model as a SavedModel for serving",
+        description=(
+            "Write a finished run's model as a TensorFlow SavedModel (model.export); "
+            "tf.saved_model.load(OUT).serve(x) runs it."
+        ),
+    )
+    export.add_argument("logdir", type=Path, help="the run's directory")
+    export.add_argument("out", type=Path, help="where to write the SavedModel; must not exist")
+    return parser
+
+
+def new_run_dir(runs: Path = RUNS) -> Path:
+    """A directory under `runs` named for the time now that no run has taken."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, suffix = runs / stamp, 1
+    while path.exists():
+        path, suffix = runs / f"{stamp}-{suffix}", suffix + 1
+    return path
+
+
+def check_run_dir(path: Path) -> str | None:
+    """Why `path` cannot take a new run, or `None` when it can."""
+    if path.is_file():
+        return f"--logdir {path} is a file; give a directory"
+    if path.is_dir() and any(path.iterdir()):
+        return (
+            f"--logdir {path} already holds a run; choose a new directory, "
+            f"or leave out --logdir for a new one under {RUNS}/"
+        )
+    return None
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow without its start-up messages, unless `TF_CPP_MIN_LOG_LEVEL` is set.
+
+    Some are printed by C++ before any logging setting applies, so standard error is sent
+    to the null device while TensorFlow loads; an import error still raises as usual.
+    """
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        import tensorflow
+
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, run the command, and return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    prog = f"{parser.prog} {args.command}"
+    try:
+        if args.command == "train":
+            return train(args, prog)
+        if args.command == "check":
+            return check(args)
+        import_tensorflow_quietly()
+        from .checkpoints import CheckpointError
+        from .contract import DatasetError
+
+        try:
+            return use_run(args)
+        except (CheckpointError, DatasetError) as error:
+            return _usage(prog, str(error))
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def train(args: argparse.Namespace, prog: str) -> int:
+    """`train`: a new run, or `--resume` of one; the exit code."""
+    if args.resume:
+        if args.logdir is None:
+            return _usage(prog, "--resume needs --logdir DIR, the directory of the run to resume")
+        for flag, value in (("--batch-size", args.batch_size), ("--precision", args.precision)):
+            if value is not None:
+                return _usage(
+                    prog,
+                    f"{flag} cannot change when resuming; the run's is in {args.logdir}/run.json",
+                )
+        if not args.logdir.is_dir():
+            return _usage(prog, f"--logdir {args.logdir} does not exist: no run to resume")
+        logdir = args.logdir
+    else:
+        logdir = new_run_dir() if args.logdir is None else args.logdir
+        problem = check_run_dir(logdir)
+        if problem:
+            return _usage(prog, problem)
+    import_tensorflow_quietly()
+    from . import interrupts
+    from .checkpoints import CheckpointError, read_run
+    from .contract import DatasetError
+    from .distribution import DistributionError
+    from .gradients import NonFiniteError
+    from .precision import PrecisionError
+    from .train import fit
+
+    config, options = Config(), RunOptions()
+    if args.resume:
+        try:
+            config, options = read_run(logdir)
+        except CheckpointError as error:
+            return _usage(prog, str(error))
+    if args.epochs is not None:
+        config = dataclasses.replace(config, epochs=args.epochs)
+    if args.batch_size is not None:
+        config = dataclasses.replace(config, batch_size=args.batch_size)
+    changes = {
+        "steps_per_execution": args.steps_per_execution,
+        "jit_compile": args.jit_compile,
+        "clip_global_norm": args.clip_global_norm,
+        "max_bad_steps": args.max_bad_steps,
+        "checkpoint_every_steps": args.checkpoint_every_steps,
+        "max_checkpoints": args.max_checkpoints,
+        "strict_gradients": args.strict_gradients,
+        "deterministic": args.deterministic,
+        "tensorboard": args.tensorboard,
+        "run_eagerly": args.eager,
+        "strategy": args.strategy,
+        "cpu_devices": args.cpu_devices,
+        "precision": args.precision,
+        "steps_per_epoch": args.steps_per_epoch,
+        "validation_steps": args.validation_steps,
+        "accumulation_steps": args.accumulation_steps,
+    }
+    try:
+        options = dataclasses.replace(
+            options,
+            **{k: v for k, v in changes.items() if v is not None},
+            logdir=logdir,
+            resume=args.resume,
+            verbose=0 if args.quiet else 1,
+        )
+    except ValueError as error:
+        return _usage(prog, str(error))
+    if not args.quiet:
+        print(f"run directory: {logdir}  (watch it: tensorboard --logdir {logdir.parent})")
+    try:
+        with interrupts.catch_signals():
+            fit(config, options=options)
+    except NonFiniteError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return EXIT_NONFINITE
+    except (CheckpointError, DatasetError, DistributionError, PrecisionError) as error:
+        return _usage(prog, str(error))
+    except interrupts.Interrupted as stop:
+        resume = f"python -m {__package__} train --logdir {logdir} --resume"
+        print(f"{prog}: {stop}; resume with: {resume}", file=sys.stderr)
+        return stop.exit_code
+    return 0
+
+
+def check(args: argparse.Namespace) -> int:
+    """`check`: the preflight report of `preflight.check`; the exit code."""
+    import_tensorflow_quietly()
+    from . import preflight
+
+    report = preflight.check(batches=args.batches)
+    print(report)
+    return 0 if report.ok else EXIT_PROBLEMS
+
+
+def use_run(args: argparse.Namespace) -> int:
+    """`evaluate`, `predict` or `export` of a finished run; the exit code.
+
+    Raises:
+        checkpoints.CheckpointError: With the one line to print, for exit code 2.
+    """
+    import numpy as np
+
+    from . import trained
+    from .callbacks import format_metrics
+
+    if args.command == "evaluate":
+        print(format_metrics(trained.evaluate(args.logdir)))
+        return 0
+
+    if args.command == "predict":
+        if args.output.exists():
+            raise trained.RunFileError(f"{args.output} exists already; give a new file to write")
+        inputs = trained.load_input(args.input)
+        predictions = trained.predict(args.logdir, inputs, as_class_ids=args.class_ids)
+        np.save(args.output, predictions)
+        print(f"wrote {args.output}: {predictions.dtype} {predictions.shape}")
+        return 0
+    out = trained.export(args.logdir, args.out)
+    print(f"wrote {out}: load it with tf.saved_model.load({str(out)!r}).serve")
+    return 0
+
+
+def _usage(prog: str, problem: str) -> int:
+    print(f"{prog}: error: {problem}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Hyperparameters of digits-mirrored-bf16, in one frozen dataclass.
+
+This module is yours: change the defaults, add fields. How a run executes (steps per call, XLA,
+gradient clipping, logging) is not here but in the template's `options.RunOptions`.
+`copier update` three-way merges template changes into this file too, so your edits stay and
+the template's arrive; where both changed the same lines, the file keeps both, marked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a training run depends on.
+
+    Attributes:
+        input_shape: Shape of one example, without the batch dimension.
+        num_classes: Number of classes; the model's output has this many units.
+        epochs: Passes over the training data.
+        batch_size: Examples per training step; the last batch of an epoch may be smaller.
+        learning_rate: Learning rate of the Adam optimizer.
+        validation_fraction: Fraction of the data held out for validation.
+        seed: Seeds weight initialisation, dropout and shuffling, so runs repeat exactly.
+    """
+
+    input_shape: tuple[int, ...] = (8, 8, 1)
+    num_classes: int = 10
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 0.001
+    validation_fraction: float = 0.2
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        """Reject values that would fail later with a less helpful error."""
+        if not self.input_shape or any(int(d) < 1 for d in self.input_shape):
+            raise ValueError(
+                f"Config.input_shape={self.input_shape!r} is invalid; "
+                "use positive sizes, e.g. (64,)"
+            )
+        if self.num_classes < 2:
+            raise ValueError(f"Config.num_classes={self.num_classes} is invalid; use 2 or more")
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"Config.{name}={value} is invalid; use 1 or more")
+        if self.learning_rate <= 0:
+            raise ValueError(
+                f"Config.learning_rate={self.learning_rate} is invalid; use a positive number"
+            )
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(
+                f"Config.validation_fraction={self.validation_fraction} is invalid; "
+                "use a number between 0 and 1"
+            )

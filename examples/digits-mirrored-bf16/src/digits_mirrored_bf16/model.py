@@ -1,0 +1,32 @@
+"""The model. This module is yours: change the architecture freely.
+
+Contract, checked by `train.fit` before training: `build_model(config)` takes float32 batches of
+shape `(batch, *config.input_shape)` and returns `(batch, losses.output_units(config))`
+logits: end it with `losses.output_layer(config)`, which has no activation (the loss applies
+it, numerically safely).
+Give random layers such as `Dropout` a `seed=config.seed`, so runs repeat exactly.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from .config import Config
+from .losses import output_layer
+
+
+def build_model(config: Config) -> keras.Model:
+    """A small convolutional network for `(height, width, channels)` inputs."""
+    regularizer = keras.regularizers.L2(1e-4)
+    inputs = keras.Input(shape=config.input_shape, name="features")
+    x = inputs
+    for filters in (32, 64):
+        x = keras.layers.Conv2D(
+            filters, 3, padding="same", activation="relu", kernel_regularizer=regularizer
+        )(x)
+        x = keras.layers.MaxPooling2D(padding="same")(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(128, activation="relu", kernel_regularizer=regularizer)(x)
+    x = keras.layers.Dropout(0.1, seed=config.seed)(x)
+    outputs = output_layer(config)(x)
+    return keras.Model(inputs, outputs, name="digits_mirrored_bf16")

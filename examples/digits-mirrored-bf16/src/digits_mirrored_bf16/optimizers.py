@@ -1,0 +1,267 @@
+"""The optimizers of a run behind one interface, whatever the variant.
+
+This project trains every variable with one Adam optimizer. `OptimizerSet` is the interface
+the steps and the loop use; a backbone-head or GAN project puts several optimizers behind it.
+
+Template-owned: `copier update` merges template changes into it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import keras
+import tensorflow as tf
+
+from . import precision
+from .accumulation import GradientAccumulator
+from .config import Config
+from .gradients import (
+    FINITE,
+    clip_by_global_norm,
+    drop_none_gradients,
+    run_if,
+    scale_gradient,
+    update_status,
+)
+from .options import RunOptions
+
+
+class OptimizerSet:
+    """Named optimizers, each updating the trainable variables of one part of the model.
+
+    Every optimizer is built here, up front, on its part's trainable variables: a Keras 3
+    optimizer updates only the variables it was built with, and one built while a step is
+    traced makes the step trace twice (and fails under `tf.distribute`).
+
+    Under the `mixed_float16` precision each optimizer is wrapped in a
+    `keras.optimizers.LossScaleOptimizer` (see `precision.py`), and `minimize` scales the loss.
+
+    Stock Keras callbacks that read or set `model.optimizer.learning_rate`
+    (`ReduceLROnPlateau`, `LearningRateScheduler`) see this object as the model's optimizer
+    during a run: its `learning_rate` is the first part's, and setting it scales every
+    part's learning rate by the same factor, so the ratios between them stay as configured.
+
+    Args:
+        parts: `(name, layer, optimizer)` for each part; every trainable variable of the
+            model must belong to exactly one layer. The first part's learning rate is the
+            one `learning_rate` reads.
+        options: Gives `strict_gradients`, `clip_global_norm` and `precision`.
+
+    Attributes:
+        names: The parts' names, in order.
+        by_part: The optimizer of each part, by name. (Not `optimizers`: Keras's learning-rate
+            callbacks would take an object with that attribute for one of Keras's own, and
+            set each optimizer's rate on its own, so that a schedule which ignores the current
+            rate would give every part the same one.)
+        variables: Every variable that an optimizer of the set was built on; the guard
+            against non-finite steps names a variable by its index here.
+        accumulator: With `RunOptions.accumulation_steps` above 1, the gradients summed
+            between two updates (see `accumulation.py`); `None` otherwise.
+    """
+
+    def __init__(
+        self,
+        parts: Sequence[tuple[str, keras.Layer, keras.optimizers.Optimizer]],
+        options: RunOptions,
+    ) -> None:
+        self.names = tuple(name for name, _, _ in parts)
+        self.layers = {name: layer for name, layer, _ in parts}
+        self.by_part = {
+            name: precision.loss_scaled(optimizer, options.precision)
+            for name, _, optimizer in parts
+        }
+        self.variables: list[tf.Variable] = []
+        for name, layer, _ in parts:
+            self.by_part[name].build(layer.trainable_variables)
+            self.variables.extend(layer.trainable_variables)
+        self._index = {id(v): i for i, v in enumerate(self.variables)}
+        self._base_rates = {name: self._rate(name) for name in self.names}
+        self._strict = options.strict_gradients
+        self._clip_norm = options.clip_global_norm
+        self._loss_scaling = options.precision == "mixed_float16"
+        self.accumulator = (
+            GradientAccumulator(options.accumulation_steps, self.variables)
+            if options.accumulation_steps > 1
+            else None
+        )
+        # The variables each traced step updates, by the trainable variables it was traced for.
+        self._groups: dict[tuple[int, ...], list[list[tf.Variable]]] = {}
+
+    def minimize(
+        self,
+        loss: tf.Tensor,
+        tape: tf.GradientTape,
+        parts: Sequence[str] | None = None,
+        only_if: tf.Tensor | None = None,
+        batch_size: tf.Tensor | None = None,
+    ) -> tf.Tensor:
+        """Differentiate `loss` and update the parts' trainable variables, unless not finite.
+
+        Must be `tf.function`-compatible; runs as is under `tf.distribute.Strategy.run`. The
+        variables are those trainable when the step is traced: a part frozen with
+        `layer.trainable = False` is neither differentiated nor updated, and the loop traces
+        the step again when that changes. `None` gradients are named (see
+        `gradients.drop_none_gradients`); the gradients are clipped by their global norm when
+        `RunOptions.clip_global_norm` is set.
+
+        With loss scaling (`mixed_float16`), the loss is multiplied by the first part's
+        dynamic scale inside `tape`, and each `LossScaleOptimizer` gets the gradients in
+        units of its own scale, divides it out, and skips (lowering its scale) a step whose
+        gradients overflowed. Only a non-finite loss then counts as a bad step: overflowing
+        scaled gradients are the loss scale's to handle, not a fault of the data.
+
+        Args:
+            loss: The scalar loss, computed inside `tape`.
+            tape: The tape that recorded the forward pass.
+            parts: The names of the parts to update; all of them by default.
+            only_if: A boolean tensor, the same on every replica: when false, nothing is
+                updated (e.g. an earlier update of the same step was skipped).
+            batch_size: The examples in the whole batch; needed with an `accumulator`, which
+                then adds the gradients (weighted by it) and updates once its group is full.
+
+        Returns:
+            The `gradients.update_status` code: `FINITE` when the update was applied (or
+            left to the loss scale), and otherwise what was not finite, in which case nothing
+            was updated.
+
+        Raises:
+            ValueError: If a trainable variable belongs to no optimizer of the set.
+        """
+        names = self.names if parts is None else tuple(parts)
+        per_part = [list(self.layers[name].trainable_variables) for name in names]
+        for variable in (v for part in per_part for v in part):
+            if id(variable) not in self._index:
+                raise ValueError(
+                    f"trainable variable {variable.path} was not trainable when the optimizers "
+                    "were built, so no optimizer can update it; make every layer trainable "
+                    "before training starts and freeze parts from a callback instead"
+                )
+        target = loss
+        if self._loss_scaling:
+            with tape:  # Recorded by the tape, so that the backward pass runs scaled.
+                target = self.by_part[names[0]].scale_loss(loss)
+        gradients = tape.gradient(target, [v for part in per_part for v in part])
+        kept_gradients: list[tf.Tensor] = []
+        kept_per_part: list[list[tf.Variable]] = []
+        start = 0
+        for name, part in zip(names, per_part, strict=True):
+            owner = name if len(self.names) > 1 else None
+            part_gradients = gradients[start : start + len(part)]
+            start += len(part)
+            kept, variables = drop_none_gradients(
+                part_gradients, part, strict=self._strict, owner=owner
+            )
+            kept_gradients.extend(kept)
+            kept_per_part.append(variables)
+        flat = [v for part in kept_per_part for v in part]
+        checked = [] if self._loss_scaling else kept_gradients
+        status = update_status(loss, checked, [self._index[id(v)] for v in flat])
+        condition = status == FINITE
+        if only_if is not None:
+            condition = condition & only_if
+        if self.accumulator is None:
+            apply = functools.partial(self._apply, names=names, kept_per_part=kept_per_part)
+            run_if(condition, apply, self._clipped(kept_gradients, names))
+            return status
+        assert batch_size is not None, "accumulating gradients needs the batch size"
+        self._groups[self._key()] = kept_per_part
+        self.accumulator.add(kept_gradients, flat, batch_size, condition)
+        self._apply_group(kept_per_part, self.accumulator.full())
+        return status
+
+    def flush(self) -> None:
+        """Apply the micro-batches accumulated so far, if any: an epoch's last group.
+
+        `tf.function`-compatible; under `tf.distribute`, run it on every replica. The
+        variables are those of the last step traced for the trainable variables now.
+        """
+        assert self.accumulator is not None, "flush is for RunOptions.accumulation_steps > 1"
+        kept_per_part = self._groups.get(self._key())
+        if kept_per_part is not None:  # Else no step ran since they were trainable.
+            self._apply_group(kept_per_part, self.accumulator.pending())
+
+    def _key(self) -> tuple[int, ...]:
+        return tuple(id(v) for name in self.names for v in self.layers[name].trainable_variables)
+
+    def _apply_group(self, kept_per_part: list[list[tf.Variable]], condition: tf.Tensor) -> None:
+        """Apply the accumulated group and empty it, where `condition` holds.
+
+        A group whose every micro-batch was skipped holds no examples: it is emptied without
+        an update, as a skipped step updates nothing (a zero gradient would still move
+        Adam's moments, and with them the weights).
+        """
+        accumulator = self.accumulator
+        assert accumulator is not None
+        means = accumulator.means([v for part in kept_per_part for v in part])
+        examples = accumulator.examples > 0
+        apply = functools.partial(self._apply, names=self.names, kept_per_part=kept_per_part)
+        run_if(condition & examples, apply, self._clipped(means, self.names))
+        run_if(condition, accumulator.reset)
+
+    def _scale(self, names: Sequence[str]) -> tf.Variable | None:
+        """The loss scale the gradients are in units of: the first part's; `None` unscaled."""
+        return self.by_part[names[0]].dynamic_scale if self._loss_scaling else None
+
+    def _clipped(self, gradients: list[tf.Tensor], names: Sequence[str]) -> list[tf.Tensor]:
+        clip_norm = self._clip_norm
+        scale = self._scale(names)
+        if clip_norm is not None and scale is not None:
+            clip_norm = clip_norm * scale  # The gradients are scaled; so is their norm.
+        return clip_by_global_norm(gradients, clip_norm)
+
+    def _apply(
+        self,
+        gradients: list[tf.Tensor],
+        names: Sequence[str],
+        kept_per_part: list[list[tf.Variable]],
+    ) -> None:
+        scale = self._scale(names)
+        start = 0
+        for name, variables in zip(names, kept_per_part, strict=True):
+            if variables:  # Keras 3 optimizers reject an empty list.
+                part_gradients = gradients[start : start + len(variables)]
+                optimizer = self.by_part[name]
+                if scale is not None and name != names[0]:
+                    # The scales part ways once one part skipped an overflowing step alone.
+                    ratio = optimizer.dynamic_scale / scale
+                    part_gradients = [scale_gradient(g, ratio) for g in part_gradients]
+                optimizer.apply(part_gradients, variables)
+            start += len(variables)
+
+    @property
+    def learning_rate(self) -> float:
+        """The first part's learning rate; setting it scales every part's by the same factor."""
+        return self._rate(self.names[0])
+
+    @learning_rate.setter
+    def learning_rate(self, value: float) -> None:
+        factor = float(value) / self._base_rates[self.names[0]]
+        for name in self.names:
+            self.by_part[name].learning_rate = self._base_rates[name] * factor
+
+    def learning_rates(self) -> dict[str, float]:
+        """Each part's learning rate now, keyed as the epoch logs show it."""
+        if len(self.names) == 1:
+            return {"learning_rate": self.learning_rate}
+        return {f"{name}_learning_rate": self._rate(name) for name in self.names}
+
+    def checkpoint_items(self) -> dict[str, object]:
+        """The optimizers by name, for `tf.train.Checkpoint(**items)`.
+
+        With gradient accumulation, also the accumulator's state: a group can span a resume.
+        """
+        if self.accumulator is not None:
+            return {**self.by_part, "accumulator": self.accumulator.variables}
+        return dict(self.by_part)
+
+    def _rate(self, name: str) -> float:
+        # Through NumPy: `float()` of a variable fails under `tf.distribute`.
+        return float(keras.ops.convert_to_numpy(self.by_part[name].learning_rate))
+
+
+def build_optimizers(model: keras.Model, config: Config, options: RunOptions) -> OptimizerSet:
+    """One Adam optimizer for every trainable variable of `model`."""
+    adam = keras.optimizers.Adam(learning_rate=config.learning_rate)
+    return OptimizerSet([("model", model, adam)], options)

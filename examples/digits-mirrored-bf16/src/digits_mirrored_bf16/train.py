@@ -1,0 +1,504 @@
+"""The one training loop: epochs, the global step, evaluation and callbacks.
+
+`fit` is the entry point and returns a `keras.callbacks.History`, as `model.fit` does.
+`Trainer` is the loop itself, the same for every kind of project: what differs (the model,
+its optimizers, the steps) comes from the task of `steps.py`, and everything that watches or
+steers a run (progress, `metrics.jsonl`, TensorBoard, and your own
+callbacks) is a Keras callback on it.
+
+Template-owned: `copier update` merges template changes into it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from . import distribution, interrupts, precision
+from .callbacks import default_callbacks
+from .checkpoints import CHECKPOINTS, RunCheckpoint, check_same_config, save_model, write_run_file
+from .config import Config
+from .contract import DatasetError
+from .data import load_datasets
+from .gradients import NonFiniteGuard
+from .loop import CallHooks, EpochLogs, StepRunner
+from .model import build_model
+from .options import RunOptions
+from .steps import StepFn, build_task
+
+
+class Trainer:
+    """Runs epochs of training and evaluation, calling Keras callbacks as `model.fit` does.
+
+    In the spirit of Orbit's `Controller`: it owns the epochs, the global step, evaluation and
+    the callbacks, and knows nothing of the task beyond its steps, metrics and optimizers.
+
+    Args:
+        config: The run's hyperparameters.
+        model: The model to train; its output must fit the loss.
+        options: How the run executes; `RunOptions()` by default.
+        strategy: The `tf.distribute.Strategy` to train with, in whose scope the model was
+            built; `None` trains on one device. Each step's batch is then split among the
+            replicas (see `distribution.py`).
+
+    Attributes:
+        task: The model, its `OptimizerSet`, metrics and step factories.
+        global_step: Training steps taken in this run, an int64 variable that the loop
+            increments in the graph (skipped steps included). It and the guard's counters
+            live outside the strategy: the loop updates them between steps, once per step.
+        guard: Skips non-finite steps' layer-state changes, counts `skipped_steps`, and stops
+            the run after `options.max_bad_steps` in a row.
+        train_runner: Runs the training step over an epoch, `options.steps_per_execution`
+            steps per call, keeping one iterator per dataset for the whole run.
+        train_steps: The training step traced for each set of trainable variables so far,
+            keyed by the batches' signature and the variables' ids (see `train_step`).
+        train_signature: The training batches' input signature (see `task.signature`),
+            set from the dataset at each epoch; `task.input_signature` until then.
+        eval_signature: The evaluation batches' input signature, set likewise by `evaluate`.
+        eval_runner: Runs the evaluation step likewise.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        model: keras.Model,
+        options: RunOptions | None = None,
+        strategy: tf.distribute.Strategy | None = None,
+    ) -> None:
+        self.config = config
+        self.options = RunOptions() if options is None else options
+        self.model = model
+        self.strategy = strategy
+        distribution.check_model(model, strategy)
+        if strategy is not None and self.options.jit_compile:
+            raise distribution.DistributionError(
+                "jit_compile cannot run under a tf.distribute strategy: XLA compiles for one "
+                "device, and the strategy's variables live on several; drop jit_compile"
+            )
+        with self.scope():
+            self.task = build_task(model, config, self.options)
+        self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        self.guard = NonFiniteGuard(
+            self.options.max_bad_steps,
+            [v.path for v in self.task.optimizers.variables],
+            model.non_trainable_variables,
+        )
+        self.train_signature = self.eval_signature = self.task.input_signature
+        self.train_steps: dict[tuple[object, ...], StepFn] = {}
+        # The step comes at each epoch (`train_epoch`), for the trainable variables then.
+        self.train_runner = StepRunner(
+            None,
+            self.options.steps_per_execution,
+            (*self.task.train_metrics, self.guard.skipped),
+            stop=self.guard.tripped,
+            run_eagerly=self.options.run_eagerly,
+            steps_per_epoch=self.options.steps_per_epoch,
+        )
+        self.eval_steps: dict[tuple[object, ...], StepFn] = {}
+        self.flush_steps: dict[tuple[int, ...], Callable[[], None]] = {}
+        self.eval_runner: StepRunner | None = None
+        if self.task.make_eval_step is not None:
+            self.eval_runner = StepRunner(
+                None,
+                self.options.steps_per_execution,
+                self.task.val_metrics,
+                run_eagerly=self.options.run_eagerly,
+                steps_per_epoch=self.options.validation_steps,
+            )
+
+    def scope(self) -> contextlib.AbstractContextManager[object]:
+        """The strategy's scope, in which variables of the run are created; none without one."""
+        return contextlib.nullcontext() if self.strategy is None else self.strategy.scope()
+
+    @property
+    def train_step(self) -> StepFn:
+        """The training step for the model's trainable variables now.
+
+        A `tf.function` traced once per set of trainable variables: a callback that freezes a
+        layer (`trainable = False`) gets a step that neither differentiates nor updates it and
+        runs it in inference mode, at the cost of one trace, and unfreezing reuses the first.
+        Around the task's step it saves the layer state for the guard, increments
+        `global_step` and records the step's status. It takes batches of `train_signature`.
+        """
+        signature = self.train_signature
+        key = (signature, *(id(v) for v in self.model.trainable_variables))
+        if key not in self.train_steps:
+            step = self.task.make_train_step()
+            self.train_steps[key] = self._compile(step, signature, guarded=True)
+        return self.train_steps[key]
+
+    @property
+    def eval_step(self) -> StepFn:
+        """The evaluation step for the model's trainable variables now.
+
+        Traced once per set of trainable variables too, because the loss it reports adds the
+        regularization losses of the trainable weights only (`model.losses`). It takes batches
+        of `eval_signature`, set from the dataset by `evaluate`.
+        """
+        assert self.task.make_eval_step is not None
+        signature = self.eval_signature
+        key = (signature, *(id(v) for v in self.model.trainable_variables))
+        if key not in self.eval_steps:
+            step = self.task.make_eval_step()
+            self.eval_steps[key] = self._compile(step, signature, guarded=False)
+        return self.eval_steps[key]
+
+    def checkpoint_items(self) -> dict[str, object]:
+        """The run's state for `checkpoints.RunCheckpoint`, all but the data's position."""
+        metrics = (*self.task.train_metrics, self.guard.skipped)
+        return {
+            "model": self.model,
+            # Random layers' seed states (e.g. Dropout's) are not among the model's weights.
+            "model_state": list(self.model.non_trainable_variables),
+            "optimizers": self.task.optimizers.checkpoint_items(),
+            "global_step": self.global_step,
+            "guard": self.guard.variables,
+            "metrics": [variable for metric in metrics for variable in metric.variables],
+            **self.task.checkpoint_items(),
+        }
+
+    def _guarded(self, step: StepFn) -> StepFn:
+        guard, global_step = self.guard, self.global_step
+
+        def guarded_step(*batch: tf.Tensor) -> None:
+            saved = guard.save_state()
+            status = step(*batch)
+            global_step.assign_add(1)
+            guard.record(status, global_step, saved)
+
+        return guarded_step
+
+    def _compile(
+        self, step: StepFn, signature: tuple[tf.TensorSpec, ...], *, guarded: bool
+    ) -> StepFn:
+        """The step of one global batch, as the loop calls it: on every replica, guarded.
+
+        One `tf.function` holds the step and the guard (compiled by XLA with `jit_compile`).
+        Under a strategy, each replica runs the step on its share of the batch inside it; the
+        step stays a plain function there, as `strategy.run` needs for the optimizers'
+        all-reduce.
+        """
+        if self.strategy is not None:
+            step = distribution.run_on_replicas(self.strategy, step)
+        if guarded:
+            step = self._guarded(step)
+        if self.options.run_eagerly:
+            return step
+        # The steps branch on Python values only, so AutoGraph has nothing to convert; without
+        # it, errors raised while tracing (such as NoneGradientError) reach the caller as is.
+        return tf.function(
+            step,
+            input_signature=signature,
+            autograph=False,
+            jit_compile=self.options.jit_compile,
+        )
+
+    def train_epoch(
+        self, dataset: tf.data.Dataset, hooks: CallHooks | None = None, *, first_step: int = 0
+    ) -> tuple[EpochLogs, int]:
+        """Train on every batch once; return this epoch's figures and its number of steps.
+
+        Args:
+            dataset: The batches.
+            hooks: Called around each call of `options.steps_per_execution` steps.
+            first_step: Steps of this epoch already run (when resuming from a checkpoint).
+
+        Raises:
+            gradients.NonFiniteError: If `options.max_bad_steps` steps in a row were skipped.
+        """
+        self.train_signature = self.task.signature(dataset.element_spec)
+        self.train_runner.use_step(self.train_step)
+        logs, steps = self.train_runner.run_epoch(dataset, hooks, first_step=first_step)
+        if bool(self.guard.tripped()):
+            raise self.guard.error(int(self.global_step.numpy()))
+        if self.task.optimizers.accumulator is not None and interrupts.requested() is None:
+            self.flush_step()  # Interrupted, the group goes into the checkpoint instead.
+        return logs, steps
+
+    @property
+    def flush_step(self) -> Callable[[], None]:
+        """Applies the accumulated micro-batches of an epoch's last, smaller group.
+
+        With `options.accumulation_steps` above 1 (see `accumulation.py`); traced once per
+        set of trainable variables, like the steps.
+        """
+        key = tuple(id(v) for v in self.model.trainable_variables)
+        if key not in self.flush_steps:
+            flush = self.task.optimizers.flush
+            if self.strategy is not None:
+                strategy = self.strategy
+
+                def flush() -> None:
+                    strategy.run(self.task.optimizers.flush)
+
+            self.flush_steps[key] = (
+                flush if self.options.run_eagerly else tf.function(flush, autograph=False)
+            )
+        return self.flush_steps[key]
+
+    def evaluate(
+        self, dataset: tf.data.Dataset, callbacks: keras.callbacks.CallbackList | None = None
+    ) -> EpochLogs:
+        """Evaluate on every batch once; figures cover this call only.
+
+        Raises:
+            ValueError: If this project has no evaluation step.
+        """
+        if self.eval_runner is None:
+            raise ValueError("this project has no evaluation step: a GAN has no validation")
+        self.eval_signature = self.task.signature(dataset.element_spec)
+        self.eval_runner.use_step(self.eval_step)
+        if self.options.validation_steps is not None:
+            self.eval_runner.close()  # As in `model.fit`: every evaluation reads the same batches.
+        if callbacks is None:
+            logs, _ = self.eval_runner.run_epoch(dataset)
+            return logs
+        callbacks.on_test_begin()
+        hooks = CallHooks(
+            callbacks.on_test_batch_begin, callbacks.on_test_batch_end, stop=lambda: False
+        )
+        logs, _ = self.eval_runner.run_epoch(dataset, hooks)
+        callbacks.on_test_end(logs)
+        return logs
+
+    def fit(
+        self,
+        train_ds: tf.data.Dataset,
+        val_ds: tf.data.Dataset | None = None,
+        *,
+        epochs: int | None = None,
+        initial_epoch: int = 0,
+        callbacks: Sequence[keras.callbacks.Callback] = (),
+        class_weight: Mapping[int, float] | None = None,
+    ) -> keras.callbacks.History:
+        """Train from epoch `initial_epoch` to `epochs`, evaluating on `val_ds` after each.
+
+        Callbacks are called as `model.fit` calls them, with epochs counted from 0. Batch-level
+        hooks fire once per call of `options.steps_per_execution` steps, as in `model.fit`
+        with `steps_per_execution`: `on_train_batch_begin` gets the index of the call's first
+        step, `on_train_batch_end` that of its last step and the running figures. Setting
+        `model.stop_training` ends the run after the current call. During the run,
+        `model.optimizer` is the `OptimizerSet`, so that callbacks which read or set
+        `model.optimizer.learning_rate` work with every optimizer.
+
+        With `options.logdir`, the run writes `run.json`, a checkpoint at the end of every
+        epoch (and every `options.checkpoint_every_steps` steps) and, when it ends,
+        `model.keras`. With `options.resume`, it first restores the latest checkpoint and goes
+        on from its epoch and step, in place of `initial_epoch`.
+
+        Args:
+            train_ds: Batches to train on.
+            val_ds: Batches to evaluate on after each epoch; no evaluation when `None`.
+            epochs: The epoch to stop at; `config.epochs` by default.
+            initial_epoch: The epoch to start from.
+            callbacks: Yours; they run before the default ones (see
+                `callbacks.default_callbacks`), so those see what yours add to the logs.
+            class_weight: The weight of each class id in the training loss, as
+                for `model.fit` (see `steps.ClassifierTask.prepare_dataset`); `val_ds` is not
+                weighted by it.
+
+        Returns:
+            The `History` of this call's epochs: `.history` maps each key of the epoch logs
+            to its per-epoch values, `.model` is the trained model.
+
+        Raises:
+            gradients.NonFiniteError: If `options.max_bad_steps` steps in a row were skipped.
+            interrupts.Interrupted: If a stop was requested (`interrupts.request`, or Ctrl-C
+                within `interrupts.catch_signals`); raised after the current call of steps
+                and, with a logdir, a checkpoint.
+            contract.DatasetError: If `train_ds` or `val_ds` does not fit the steps, listing
+                every problem; what fits after an unambiguous conversion is converted instead
+                (see `contract`). Also if one repeats forever and no `options.steps_per_epoch`
+                (or `validation_steps`) ends its epochs.
+            ValueError: If `class_weight` maps something other than class ids to finite
+                weights >= 0.
+            checkpoints.CheckpointError: If `options.resume` finds nothing to resume, or a
+                checkpoint that cannot be read or that another model wrote.
+        """
+        epochs = self.config.epochs if epochs is None else epochs
+        train_ds = self.task.prepare_dataset(train_ds, "train_ds", class_weight)
+        check_length(train_ds, "train_ds", self.options.steps_per_epoch, "steps_per_epoch")
+        if val_ds is not None:
+            val_ds = self.task.prepare_dataset(val_ds, "val_ds")
+            check_length(val_ds, "val_ds", self.options.validation_steps, "validation_steps")
+        logdir = None if self.options.logdir is None else Path(self.options.logdir)
+        if self.options.resume and logdir is not None:
+            check_same_config(logdir, self.config)
+        num_batches = self.options.steps_per_epoch or int(train_ds.cardinality())
+        history = keras.callbacks.History()
+        callback_list = keras.callbacks.CallbackList(
+            [*callbacks, *default_callbacks(self.config, self.options), history],
+            model=self.model,
+            epochs=epochs,
+            steps=num_batches if num_batches >= 0 else None,
+            verbose=self.options.verbose,
+        )
+        checkpoint = None
+        if logdir is not None:
+            checkpoint = RunCheckpoint(
+                logdir / CHECKPOINTS,
+                self.checkpoint_items(),
+                callback_list.callbacks,
+                self.options.max_checkpoints,
+            )
+        epoch = first_step = 0
+        every = self.options.checkpoint_every_steps if checkpoint is not None else None
+
+        def after_call(batch: int, logs: EpochLogs) -> None:
+            callback_list.on_train_batch_end(batch, logs)
+            if checkpoint is not None and every and int(self.global_step) % every == 0:
+                checkpoint.save(epoch, batch + 1, self.train_runner.iterator)
+
+        hooks = CallHooks(
+            callback_list.on_train_batch_begin,
+            after_call,
+            stop=lambda: bool(self.model.stop_training) or interrupts.requested() is not None,
+            limit=None if not every else lambda: every - int(self.global_step) % every,
+        )
+        optimizer = getattr(self.model, "optimizer", None)
+        self.model.optimizer = self.task.optimizers
+        self.model.stop_training = False
+        try:
+            self.train_runner.start(train_ds)
+            if checkpoint is not None and self.options.resume:
+                initial_epoch, first_step = checkpoint.restore(self.train_runner.iterator)
+            elif logdir is not None:
+                write_run_file(logdir, self.config, self.options)
+            callback_list.on_train_begin()
+            if checkpoint is not None:
+                checkpoint.restore_callbacks()  # After on_train_begin, which resets them.
+            logs: EpochLogs = {}
+            for epoch in range(initial_epoch, epochs):
+                callback_list.on_epoch_begin(epoch)
+                start = time.perf_counter()
+                logs, steps = self.train_epoch(train_ds, hooks, first_step=first_step)
+                seconds = time.perf_counter() - start
+                if interrupts.requested() is not None and self.train_runner.ended_early:
+                    raise self._interrupted(checkpoint, epoch, steps)
+                if val_ds is not None:
+                    logs.update(self.evaluate(val_ds, callback_list))
+                logs.update(self.task.optimizers.learning_rates())
+                logs["steps_per_second"] = (steps - first_step) / seconds if seconds > 0 else 0.0
+                first_step = 0
+                callback_list.on_epoch_end(epoch, logs)
+                saved = None
+                if checkpoint is not None:
+                    saved = checkpoint.save(epoch + 1, 0, self.train_runner.iterator)
+                if interrupts.requested() is not None:
+                    raise self._interrupted(checkpoint, epoch + 1, 0, saved=saved)
+                if self.model.stop_training:
+                    break
+            callback_list.on_train_end(logs)
+        finally:
+            self.model.optimizer = optimizer
+            # The iterators hold read-ahead batches and shuffle buffers: free them with the run.
+            self.train_runner.close()
+            if self.eval_runner is not None:
+                self.eval_runner.close()
+        if logdir is not None:
+            save_model(self.model, logdir)
+        return history
+
+    def _interrupted(
+        self,
+        checkpoint: RunCheckpoint | None,
+        epoch: int,
+        step: int,
+        saved: Path | None = None,
+    ) -> interrupts.Interrupted:
+        if checkpoint is not None and saved is None:
+            saved = checkpoint.save(epoch, step, self.train_runner.iterator)
+        signum = interrupts.requested() or signal.SIGINT
+        return interrupts.Interrupted(signum, epoch, step, saved)
+
+
+def check_length(dataset: tf.data.Dataset, name: str, steps: int | None, option: str) -> None:
+    """Fail before the run when `dataset` cannot make epochs.
+
+    Args:
+        dataset: The batches.
+        name: The dataset's name in the message.
+        steps: The steps per epoch (`RunOptions.<option>`), if set.
+        option: The `RunOptions` field that sets them.
+
+    Raises:
+        contract.DatasetError: If `dataset` repeats forever and `steps` is not set, or if it is
+            known to be empty and `steps` is.
+    """
+    cardinality = int(dataset.cardinality())
+    flag = "--" + option.replace("_", "-")
+    if cardinality == tf.data.INFINITE_CARDINALITY and steps is None:
+        problem = (
+            f"{name} repeats forever, so an epoch would never end; set RunOptions.{option} "
+            f"({flag} N) to end each epoch after N batches, or remove its .repeat(): the "
+            "loop repeats a dataset for you"
+        )
+        raise DatasetError(name, [problem])
+    if cardinality == 0 and steps is not None:
+        problem = f"{name} is empty, so no epoch can take {steps} batches from it; give it data"
+        raise DatasetError(name, [problem])
+
+
+def fit(
+    config: Config,
+    model: keras.Model | None = None,
+    train_ds: tf.data.Dataset | None = None,
+    val_ds: tf.data.Dataset | None = None,
+    *,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    options: RunOptions | None = None,
+    strategy: tf.distribute.Strategy | None = None,
+    class_weight: Mapping[int, float] | None = None,
+) -> keras.callbacks.History:
+    """Train a model with the custom loop, as `model.fit` would.
+
+    Seeds Keras, TensorFlow, NumPy and Python from `config.seed` first, so a run repeats;
+    with `options.deterministic`, makes every op deterministic too.
+
+    Args:
+        config: The run's hyperparameters.
+        model: Defaults to `build_model(config)`, built under the dtype policy
+            `options.precision` in the strategy's scope. A model of yours must have been
+            built likewise.
+        train_ds: Defaults to the training split of `load_datasets(config)`.
+        val_ds: When `train_ds` is defaulted too, defaults to the validation split of
+            `load_datasets(config)`; otherwise `None` means no evaluation.
+        callbacks: Keras callbacks, as for `model.fit`.
+        options: How the run executes; `RunOptions()` by default.
+        strategy: Any `tf.distribute.Strategy`; by default the one `options.strategy` names
+            (see `distribution.make_strategy`).
+        class_weight: The weight of each class id, as for `model.fit`: each training
+            example's loss counts times its label's weight (1.0 for a class the mapping
+            omits). Not with a `train_ds` of `(features, labels, sample_weights)`.
+
+    Returns:
+        The `History`: `.history[key]` holds one value per epoch, `.model` the trained model.
+
+    Raises:
+        gradients.NonFiniteError: If `options.max_bad_steps` steps in a row were skipped.
+        distribution.DistributionError: If the strategy cannot be built, or `model` was
+            built outside its scope.
+        precision.PrecisionError: If `model` was built under another dtype policy, or does
+            not output float32.
+    """
+    options = RunOptions() if options is None else options
+    keras.utils.set_random_seed(config.seed)
+    if options.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if strategy is None:
+        strategy = distribution.make_strategy(options.strategy, options.cpu_devices)
+    if model is None:
+        scope = contextlib.nullcontext() if strategy is None else strategy.scope()
+        with precision.dtype_policy(options.precision), scope:
+            model = build_model(config)
+    if train_ds is None:
+        train_ds, default_val = load_datasets(config)
+        val_ds = default_val if val_ds is None else val_ds
+    trainer = Trainer(config, model, options, strategy)
+    return trainer.fit(train_ds, val_ds, callbacks=callbacks, class_weight=class_weight)

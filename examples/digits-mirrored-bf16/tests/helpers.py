@@ -1,0 +1,125 @@
+"""Helpers for the tests: small datasets, probe models, labels that agree with a model."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from digits_mirrored_bf16 import losses
+from digits_mirrored_bf16.config import Config
+from digits_mirrored_bf16.inputs import features_spec
+from digits_mirrored_bf16.options import RunOptions
+from digits_mirrored_bf16.train import Trainer
+
+# Tests print no progress, and train on one device in float32 whatever the project's defaults:
+# test_distribute.py covers strategies and mixed precision.
+QUIET = RunOptions(verbose=0, strategy="none", precision="float32")
+
+
+def features(config: Config, num_examples: int, seed: int = 0) -> np.ndarray:
+    """Random float32 inputs of the configured shape."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(num_examples, *config.input_shape)).astype(np.float32)
+
+
+def input_layer(config: Config) -> keras.KerasTensor:
+    """A Keras input that takes batches of `inputs.features_spec(config)`."""
+    spec = features_spec(config)
+    return keras.Input(shape=tuple(spec.shape[1:]), dtype=spec.dtype.name)
+
+
+def encoder(
+    config: Config, front: keras.layers.Layer | None = None
+) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """An input and a deterministic flat representation of it, with no dropout.
+
+    Args:
+        config: The run's configuration.
+        front: A layer applied to the inputs first, e.g. a probe.
+    """
+    inputs = input_layer(config)
+    x = inputs if front is None else front(inputs)
+    return inputs, keras.layers.Flatten()(x)
+
+
+def dataset(x: np.ndarray, labels: np.ndarray, batch_size: int) -> tf.data.Dataset:
+    """Batches of `(x, labels)` in order."""
+    return tf.data.Dataset.from_tensor_slices((x, labels)).batch(batch_size)
+
+
+def predicted_classes(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """The class each example is predicted as, as the accuracy metric reads the outputs."""
+    outputs = keras.ops.convert_to_numpy(model(x, training=False))
+    return outputs.argmax(axis=-1)
+
+
+def labels_for(model: keras.Model, x: np.ndarray, config: Config, *, agree: bool) -> np.ndarray:
+    """Encoded labels that all agree (or all disagree) with the model's predictions."""
+    classes = predicted_classes(model, x)
+    if not agree:
+        classes = (classes + 1) % losses.class_count(config)
+    return losses.encode_labels(classes, config)
+
+
+def traced_once_per_phase(trainer: Trainer) -> bool:
+    """Whether each step, one per set of trainable variables, was traced just once.
+
+    A backbone frozen for the first epochs makes a second set, and so a second trace of the
+    training step and of the evaluation step (whose loss adds the trainable weights'
+    regularization).
+    """
+    runners = [(trainer.train_steps, trainer.train_runner)]
+    if trainer.eval_runner is not None and trainer.eval_steps:
+        runners.append((trainer.eval_steps, trainer.eval_runner))
+    for steps, runner in runners:
+        counts = [step.experimental_get_tracing_count() for step in steps.values()]
+        if counts != [1] * len(counts) or runner.tracing_count() != len(counts):
+            return False
+    return True
+
+
+def linear_model(
+    config: Config,
+    *,
+    front: keras.layers.Layer | None = None,
+    regularizer: keras.regularizers.Regularizer | None = None,
+    output_dtype: str | None = None,
+) -> keras.Model:
+    """A deterministic model (no dropout) whose output fits the loss.
+
+    Args:
+        config: The run's configuration.
+        front: A layer applied to the inputs first, e.g. a probe.
+        regularizer: The output layer's kernel regularizer.
+        output_dtype: The output layer's dtype policy; the global policy's by default.
+    """
+    inputs, x = encoder(config, front=front)
+    outputs = keras.layers.Dense(
+        losses.output_units(config),
+        kernel_regularizer=regularizer,
+        dtype=output_dtype,
+        name="last",
+    )(x)
+    return keras.Model(inputs, outputs)
+
+
+def two_input_model(config: Config) -> keras.Model:
+    """A deterministic model on a dict of two named inputs, `pixels` and `extra`.
+
+    `pixels` are features of `config.input_shape`, `extra` 3 numbers per example; the model
+    ends in the project's `losses.output_layer`.
+    """
+    inputs = {
+        "pixels": keras.Input(config.input_shape, name="pixels"),
+        "extra": keras.Input((3,), name="extra"),
+    }
+    x = keras.layers.Concatenate()([keras.layers.Flatten()(inputs["pixels"]), inputs["extra"]])
+    return keras.Model(inputs, losses.output_layer(config)(x))
+
+
+def dict_features(config: Config, num_examples: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random float32 features for `two_input_model`."""
+    rng = np.random.default_rng(seed + 1)
+    extra = rng.normal(size=(num_examples, 3)).astype(np.float32)
+    return {"pixels": features(config, num_examples, seed), "extra": extra}

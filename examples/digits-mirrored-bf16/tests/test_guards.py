@@ -1,0 +1,164 @@
+"""Special update rules: non-finite steps are skipped without a trace, and gradient clipping."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import QUIET, dataset, encoder, features, linear_model
+
+from digits_mirrored_bf16 import losses
+from digits_mirrored_bf16.config import Config
+from digits_mirrored_bf16.gradients import NonFiniteError
+from digits_mirrored_bf16.optimizers import OptimizerSet
+from digits_mirrored_bf16.train import Trainer
+
+
+class Poison(keras.layers.Layer):
+    """Turns its second input into NaN for a batch whose first input holds `mark`."""
+
+    def __init__(self, mark: float, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.mark = mark
+
+    def call(self, inputs: list[tf.Tensor]) -> tf.Tensor:
+        raw, x = inputs
+        marked = tf.reduce_any(tf.equal(tf.cast(raw, x.dtype), self.mark))
+        return x + tf.where(marked, float("nan"), 0.0)
+
+
+class Fuse(keras.layers.Layer):
+    """Adds sqrt(fuse), fuse = 0: a finite output whose gradient for `fuse` is infinite."""
+
+    def build(self, input_shape: tuple[int, ...]) -> None:
+        self.fuse = self.add_weight(name="fuse", shape=(), initializer="zeros")
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        return inputs + tf.sqrt(self.fuse)
+
+
+def _mark(config: Config) -> float:
+    del config
+    return 777.0  # No standard normal feature comes near it.
+
+
+def _model(config: Config, layer: keras.layers.Layer | None = None) -> keras.Model:
+    """Batch normalization and seeded dropout (state a forward pass moves), then the output."""
+    keras.utils.set_random_seed(config.seed)
+    inputs, x = encoder(config)
+    x = keras.layers.Dense(8)(Poison(_mark(config))([inputs, x]))
+    if layer is not None:
+        x = layer(x)
+    x = keras.layers.Dropout(0.5, seed=config.seed)(keras.layers.BatchNormalization()(x))
+    return keras.Model(inputs, losses.output_layer(config)(x))
+
+
+def _examples(config: Config, marked: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """64 examples, as 4 batches of 16; one example of each batch in `marked` is marked."""
+    x = features(config, 64)
+    for batch in marked:
+        x[batch * 16 + 5, 0] = _mark(config)
+    labels = losses.encode_labels(np.arange(64) % losses.class_count(config), config)
+    return x, labels
+
+
+def _state(model: keras.Model) -> list[np.ndarray]:
+    """Every variable: weights, BatchNormalization statistics and the dropout seed's state."""
+    return [v.numpy() for v in model.variables]
+
+
+def test_a_nan_batch_leaves_the_model_as_a_run_that_skipped_it(config: Config) -> None:
+    x, y = _examples(config, marked=[2])
+    config = dataclasses.replace(config, epochs=3)
+    skipping = Trainer(config, _model(config), QUIET)
+    terminate = keras.callbacks.TerminateOnNaN()
+    # One call of K steps holds the whole epoch: TerminateOnNaN can stop the run only after it.
+    history = skipping.fit(dataset(x, y, 16), callbacks=[terminate])
+    clean = Trainer(config, _model(config), QUIET)
+    keep = np.r_[0:32, 48:64]
+    clean.fit(dataset(x[keep], y[keep], 16), epochs=1)
+
+    assert history.epoch == [0]  # TerminateOnNaN saw the NaN loss and stopped the run...
+    assert np.isnan(history.history["loss"][0])
+    assert history.history["skipped_steps"] == [1.0]
+    # ...but the skipped step moved nothing: weights, statistics, dropout seeds, optimizers.
+    for ours, theirs in zip(_state(skipping.model), _state(clean.model), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    for name, optimizer in skipping.task.optimizers.by_part.items():
+        assert int(optimizer.iterations) == int(clean.task.optimizers.by_part[name].iterations)
+    assert max(int(o.iterations) for o in skipping.task.optimizers.by_part.values()) == 3
+    assert int(skipping.global_step) == 4  # Steps taken, the skipped one included.
+
+
+def test_a_group_of_skipped_micro_batches_updates_nothing(config: Config) -> None:
+    x, y = _examples(config, marked=[2, 3])
+    options = dataclasses.replace(QUIET, accumulation_steps=2)
+    skipping = Trainer(config, _model(config), options)
+    skipping.fit(dataset(x, y, 16), epochs=1)
+    clean = Trainer(config, _model(config), options)
+    clean.fit(dataset(x[:32], y[:32], 16), epochs=1)
+
+    # The second group held only skipped micro-batches: no update, not even a zero one
+    # (Adam's moments would move the weights all the same).
+    for ours, theirs in zip(_state(skipping.model), _state(clean.model), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    for name, optimizer in skipping.task.optimizers.by_part.items():
+        assert int(optimizer.iterations) == int(clean.task.optimizers.by_part[name].iterations)
+    assert max(int(o.iterations) for o in skipping.task.optimizers.by_part.values()) == 1
+
+
+def test_bad_steps_in_a_row_stop_the_run_naming_the_loss(config: Config) -> None:
+    x, y = _examples(config, marked=[1, 2, 3])
+    options = dataclasses.replace(QUIET, max_bad_steps=3)
+    trainer = Trainer(config, _model(config), options)
+    weights = trainer.model.get_weights()
+
+    with pytest.raises(NonFiniteError) as error:
+        trainer.fit(dataset(x[16:], y[16:], 16), dataset(x[:16], y[:16], 16))
+
+    assert str(error.value) == (
+        "stopped at step 3: 3 steps in a row were skipped because the loss was not finite "
+        "(first at step 1); the weights are those before step 1. Look for NaN or infinite "
+        "values in the data, lower the learning rate, or set RunOptions.clip_global_norm"
+    )
+    for ours, theirs in zip(trainer.model.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_a_non_finite_gradient_is_named_by_its_variable(config: Config) -> None:
+    x, y = _examples(config, marked=[])
+    options = dataclasses.replace(QUIET, max_bad_steps=2)
+    trainer = Trainer(config, _model(config, Fuse(name="bomb")), options)
+
+    with pytest.raises(
+        NonFiniteError, match=r"^stopped at step 2: .* the gradient of \S*bomb/fuse"
+    ):
+        trainer.train_epoch(dataset(x, y, 16))
+
+    assert int(trainer.global_step) == 2  # The call stopped at once, not at the end of K steps.
+
+
+def test_clipping_bounds_the_global_norm_of_the_update(config: Config) -> None:
+    x = features(config, 16)
+    y = losses.encode_labels(np.arange(16) % losses.class_count(config), config)
+    loss_fn = losses.make_loss()
+    norms = []
+    for clip in (None, 1e-3):
+        keras.utils.set_random_seed(config.seed)
+        model = linear_model(config)
+        sgd = keras.optimizers.SGD(learning_rate=1.0)
+        options = dataclasses.replace(QUIET, clip_global_norm=clip)
+        optimizers = OptimizerSet([("model", model, sgd)], options)
+        before = [v.numpy() for v in model.trainable_variables]
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        optimizers.minimize(loss, tape)
+        after = [v.numpy() for v in model.trainable_variables]
+        moved = [np.sum((a - b) ** 2) for a, b in zip(after, before, strict=True)]
+        norms.append(np.sqrt(sum(moved)))
+    unclipped, clipped = norms
+    assert unclipped > 1e-2
+    assert clipped == pytest.approx(1e-3, rel=1e-4)
