@@ -14,6 +14,7 @@ from digits_backbone_head.__main__ import main
 from digits_backbone_head.config import Config
 from digits_backbone_head.inputs import probe_batch
 from digits_backbone_head.losses import probabilities
+from digits_backbone_head.trained import load_run
 
 PROG = "python -m digits_backbone_head"
 
@@ -50,7 +51,8 @@ def test_predict_writes_probabilities_or_class_ids(
     assert main(argv) == 0
 
     predicted = np.load(tmp_path / "y.npy")
-    outputs = keras.saving.load_model(logdir / "model.keras")(x)
+    _, model = load_run(logdir)  # Under the run's dtype policy, as predict loads it.
+    outputs = model(x)
     if class_ids:
         assert predicted.dtype == np.int32 and predicted.shape == (len(x),)
         np.testing.assert_array_equal(predicted, np.argmax(outputs, axis=-1))
@@ -65,7 +67,7 @@ def test_export_writes_a_saved_model_that_serves_the_same_outputs(
     assert main(["export", str(logdir), str(tmp_path / "served")]) == 0
     served = tf.saved_model.load(str(tmp_path / "served"))
     x = probe_batch(config)
-    model = keras.saving.load_model(logdir / "model.keras")
+    _, model = load_run(logdir)  # Under the run's dtype policy, as export loads it.
     np.testing.assert_allclose(served.serve(x), model(x), rtol=1e-5, atol=1e-6)
 
 

@@ -274,7 +274,8 @@ def test_every_problem_of_a_weighted_dataset_is_reported_at_once(config: Config)
     bad_x, bad_y = next(iter(REFUSED.values()))(x, ids, config)
     two_columns = np.stack([_weights(len(ids))] * 2, axis=1)  # Which one is the weight?
     with pytest.raises(DatasetError) as error:
-        fit(config, model=linear_model(config), train_ds=_weighted(bad_x, bad_y, two_columns, 8))
+        bad = _weighted(bad_x, bad_y, two_columns, 8)
+        fit(config, model=linear_model(config), train_ds=bad, options=QUIET)
     problems = error.value.problems
     assert [problem.split(" are ")[0] for problem in problems][-1] == "train_ds sample weights"
     assert "give one weight per example" in problems[-1]
