@@ -2,12 +2,14 @@
 
     python -m breast_cancer_binary train [--epochs N] [--logdir DIR] ...
     python -m breast_cancer_binary train --logdir DIR --resume [--epochs N]
+    python -m breast_cancer_binary launch --workers N -- train [...]
     python -m breast_cancer_binary check [--batches N]
     python -m breast_cancer_binary evaluate DIR
     python -m breast_cancer_binary predict DIR --input X.npy --output Y.npy [--class-ids]
     python -m breast_cancer_binary export DIR OUT
 
 `train` trains into a run directory, or with `--resume` goes on from its latest checkpoint;
+`launch` runs `train` as N workers of a multi-worker run on this machine;
 `check` tries the data and the model on a few batches and lists any problem with its fix;
 the others use the model a finished run saved: its validation figures, predictions, a SavedModel.
 `--help` imports no TensorFlow, so it answers at once; TensorFlow's start-up messages are
@@ -15,7 +17,7 @@ silenced unless `TF_CPP_MIN_LOG_LEVEL` is set.
 Exit codes: 0 when the command did its work, 1 when training stopped on non-finite steps or
 `check` found a problem, 2 for a usage error or a run that cannot be used (one line; nothing
 is written) or data that does not fit (one line per problem), 130 on Ctrl-C and 143 on SIGTERM
-(after a checkpoint).
+(after a checkpoint); `launch` returns the first non-zero code of a worker.
 
 Template-owned: `copier update` merges template changes into it.
 """
@@ -29,6 +31,7 @@ import os
 import sys
 from pathlib import Path
 
+from .cluster import EXIT_TIMEOUT, ClusterError, read_tf_config, run_workers
 from .config import Config
 from .options import PRECISIONS, STRATEGIES, RunOptions
 
@@ -164,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=STRATEGIES,
         help=(
             "none: one device; mirrored: a replica on every local GPU, or on every CPU device "
-            f"of --cpu-devices; --batch-size is the global batch (default: {options.strategy})"
+            "of --cpu-devices; multi-worker: every worker of the cluster in TF_CONFIG (see "
+            f"launch); --batch-size is the global batch (default: {options.strategy})"
         ),
     )
     train.add_argument(
@@ -256,6 +260,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("logdir", type=Path, help="the run's directory")
     export.add_argument("out", type=Path, help="where to write the SavedModel; must not exist")
+    launch = commands.add_parser(
+        "launch",
+        help="try a multi-worker run: train as N local workers",
+        description=(
+            "Run `train --strategy multi-worker` as N worker processes on this machine, each "
+            "with its TF_CONFIG on free ports of 127.0.0.1, their output prefixed with "
+            "[worker i]. Ctrl-C and SIGTERM go to every worker; when one fails, the others "
+            "are stopped; the exit code is the first non-zero one of a worker."
+        ),
+    )
+    launch.add_argument(
+        "--workers", type=_positive_int, required=True, help="how many worker processes"
+    )
+    launch.add_argument(
+        "--timeout",
+        type=_positive_float,
+        help="stop every worker after this many seconds, exit code 124 (default: no limit)",
+    )
+    launch.add_argument(
+        "train_args",
+        nargs=argparse.REMAINDER,
+        metavar="-- train ...",
+        help="the train command every worker runs, after --",
+    )
     return parser
 
 
@@ -311,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return train(args, prog)
+        if args.command == "launch":
+            return launch(args, prog)
         if args.command == "check":
             return check(args)
         import_tensorflow_quietly()
@@ -340,9 +370,16 @@ def train(args: argparse.Namespace, prog: str) -> int:
         if not args.logdir.is_dir():
             return _usage(prog, f"--logdir {args.logdir} does not exist: no run to resume")
         logdir = args.logdir
-    else:
+    chief = True
+    if args.strategy == "multi-worker":
+        try:
+            chief = read_tf_config().is_chief
+        except ClusterError as error:
+            return _usage(prog, str(error))
+    if not args.resume:
         logdir = new_run_dir() if args.logdir is None else args.logdir
-        problem = check_run_dir(logdir)
+        # The other workers write nothing there, and find the chief's run.json in it.
+        problem = check_run_dir(logdir) if chief else None
         if problem:
             return _usage(prog, problem)
     import_tensorflow_quietly()
@@ -392,7 +429,12 @@ def train(args: argparse.Namespace, prog: str) -> int:
         )
     except ValueError as error:
         return _usage(prog, str(error))
-    if not args.quiet:
+    if options.strategy == "multi-worker" and args.strategy is None:
+        try:  # Resuming a multi-worker run.
+            chief = read_tf_config().is_chief
+        except ClusterError as error:
+            return _usage(prog, str(error))
+    if not args.quiet and chief:
         print(f"run directory: {logdir}  (watch it: tensorboard --logdir {logdir.parent})")
     try:
         with interrupts.catch_signals():
@@ -404,9 +446,47 @@ def train(args: argparse.Namespace, prog: str) -> int:
         return _usage(prog, str(error))
     except interrupts.Interrupted as stop:
         resume = f"python -m {__package__} train --logdir {logdir} --resume"
+        if options.strategy == "multi-worker":
+            workers = len(read_tf_config().workers)
+            resume += (
+                f" on every worker (locally: python -m {__package__} launch --workers {workers} "
+                f"-- train --logdir {logdir} --resume)"
+            )
         print(f"{prog}: {stop}; resume with: {resume}", file=sys.stderr)
         return stop.exit_code
     return 0
+
+
+def launch(args: argparse.Namespace, prog: str) -> int:
+    """`launch`: `train` as `--workers` local workers of a multi-worker run; the exit code."""
+    command = list(args.train_args)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    example = f"python -m {__package__} launch --workers {args.workers} -- train --epochs 2"
+    if command[:1] != ["train"]:
+        return _usage(prog, f"give the train command every worker runs after --, e.g. {example}")
+    for index, word in enumerate(command):
+        value = None
+        if word == "--strategy" and index + 1 < len(command):
+            value = command[index + 1]
+        elif word.startswith("--strategy="):
+            value = word.split("=", 1)[1]
+        if value is not None and value != "multi-worker":
+            return _usage(prog, f"launch trains with --strategy multi-worker, not {value}")
+        if word == "--cpu-devices" or word.startswith("--cpu-devices="):
+            return _usage(
+                prog,
+                "--cpu-devices cannot run with multi-worker: each worker trains on its CPU as "
+                "one device; drop it",
+            )
+    if "--strategy" not in command and not any(w.startswith("--strategy=") for w in command):
+        command += ["--strategy", "multi-worker"]
+    code = run_workers(
+        [sys.executable, "-m", __package__, *command], args.workers, timeout=args.timeout
+    )
+    if code == EXIT_TIMEOUT:
+        print(f"{prog}: the workers ran past --timeout {args.timeout:g}s: stopped", file=sys.stderr)
+    return code
 
 
 def check(args: argparse.Namespace) -> int:

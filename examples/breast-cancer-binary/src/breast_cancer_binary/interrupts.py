@@ -97,6 +97,20 @@ def catch_signals() -> Iterator[None]:
         clear()
 
 
+def reclaim_signals() -> None:
+    """Within `catch_signals`, make its handlers get the signals again.
+
+    TensorFlow's multi-worker runtime installs a SIGTERM handler of its own, in C, when the
+    strategy starts: Python still lists the handler of `catch_signals`, which then never
+    runs. Outside `catch_signals`, or outside the main thread, this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in SIGNALS:
+        if signal.getsignal(signum) is _on_signal:
+            signal.signal(signum, _on_signal)
+
+
 def _on_signal(signum: int, frame: object) -> None:
     request(signum)
 

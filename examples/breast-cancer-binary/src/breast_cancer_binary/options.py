@@ -12,7 +12,7 @@ import dataclasses
 import math
 from pathlib import Path
 
-STRATEGIES = ("none", "mirrored")
+STRATEGIES = ("none", "mirrored", "multi-worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
@@ -46,10 +46,13 @@ class RunOptions:
         resume: Go on with the run in `logdir` from its latest checkpoint.
         strategy: Where the steps run (see `distribution.make_strategy`): `none`, one device;
             `mirrored`, a replica on every local GPU, or on every logical CPU device without
-            GPUs. `Config.batch_size` is the global batch, split among the replicas; the
-            figures stay those of one device. Not with `jit_compile`.
+            GPUs; `multi-worker`, a replica on every GPU (or the CPU) of every worker of the
+            cluster in `TF_CONFIG` (see `cluster.py`). `Config.batch_size` is the global
+            batch, split among the replicas; the figures stay those of one device. Not with
+            `jit_compile`.
         cpu_devices: Split the CPU into this many logical devices before TensorFlow starts,
-            so that `mirrored` can run (and be tried) on a machine without GPUs.
+            so that `mirrored` can run (and be tried) on a machine without GPUs. Not with
+            `multi-worker`, whose workers each train on their CPU as one device.
         precision: The Keras dtype policy the model is built under: `float32`,
             `mixed_float16` (with loss scaling) or `mixed_bfloat16` (see `precision.py`).
         accumulation_steps: Update the weights once per this many batches, with the
@@ -125,6 +128,12 @@ class RunOptions:
             raise ValueError(
                 f"RunOptions.cpu_devices={devices!r} is invalid; use an integer >= 1, or None "
                 "to leave the CPU as one device"
+            )
+        if devices is not None and self.strategy == "multi-worker":
+            raise ValueError(
+                f"RunOptions.cpu_devices={devices!r} cannot run with strategy='multi-worker': "
+                "its workers use their GPUs, or their CPU as one device; drop cpu_devices "
+                "(to try several workers on one machine, use `launch --workers N`)"
             )
         if self.jit_compile and self.strategy != "none":
             raise ValueError(

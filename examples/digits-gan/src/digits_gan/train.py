@@ -49,6 +49,8 @@ class Trainer:
 
     Attributes:
         task: The model, its `OptimizerSet`, metrics and step factories.
+        chief: Whether this process writes the run's files: false on the workers other than
+            the chief of a multi-worker run (see `distribution.is_chief`).
         global_step: Training steps taken in this run, an int64 variable that the loop
             increments in the graph (skipped steps included). It and the guard's counters
             live outside the strategy: the loop updates them between steps, once per step.
@@ -75,6 +77,7 @@ class Trainer:
         self.options = RunOptions() if options is None else options
         self.model = model
         self.strategy = strategy
+        self.chief = distribution.is_chief(strategy)
         distribution.check_model(model, strategy)
         if strategy is not None and self.options.jit_compile:
             raise distribution.DistributionError(
@@ -99,6 +102,7 @@ class Trainer:
             stop=self.guard.tripped,
             run_eagerly=self.options.run_eagerly,
             steps_per_epoch=self.options.steps_per_epoch,
+            open_loop_in_python=distribution.is_multi_worker(strategy),
         )
         self.eval_steps: dict[tuple[object, ...], StepFn] = {}
         self.eval_runner: StepRunner | None = None
@@ -108,6 +112,7 @@ class Trainer:
                 self.options.steps_per_execution,
                 self.task.val_metrics,
                 run_eagerly=self.options.run_eagerly,
+                open_loop_in_python=distribution.is_multi_worker(strategy),
             )
 
     def scope(self) -> contextlib.AbstractContextManager[object]:
@@ -262,7 +267,8 @@ class Trainer:
         With `options.logdir`, the run writes `run.json`, a checkpoint at the end of every
         epoch (and every `options.checkpoint_every_steps` steps) and, when it ends,
         `model.keras`. With `options.resume`, it first restores the latest checkpoint and goes
-        on from its epoch and step, in place of `initial_epoch`.
+        on from its epoch and step, in place of `initial_epoch`. Under several workers, the
+        chief alone writes these files and prints progress (your callbacks run everywhere).
 
         Args:
             train_ds: Batches to train on.
@@ -280,7 +286,8 @@ class Trainer:
             gradients.NonFiniteError: If `options.max_bad_steps` steps in a row were skipped.
             interrupts.Interrupted: If a stop was requested (`interrupts.request`, or Ctrl-C
                 within `interrupts.catch_signals`); raised after the current call of steps
-                and, with a logdir, a checkpoint.
+                and, with a logdir, a checkpoint. Under several workers, on every worker, at
+                the same step (see `distribution.ClusterStop`).
             contract.DatasetError: If `train_ds` or `val_ds` does not fit the steps, listing
                 every problem; what fits after an unambiguous conversion is converted instead
                 (see `contract`). Also if one repeats forever and no `options.steps_per_epoch`
@@ -298,8 +305,10 @@ class Trainer:
             check_same_config(logdir, self.config)
         num_batches = self.options.steps_per_epoch or int(train_ds.cardinality())
         history = keras.callbacks.History()
+        # Under several workers only the chief prints progress and writes figures.
+        defaults = default_callbacks(self.config, self.options) if self.chief else []
         callback_list = keras.callbacks.CallbackList(
-            [*callbacks, *default_callbacks(self.config, self.options), history],
+            [*callbacks, *defaults, history],
             model=self.model,
             epochs=epochs,
             steps=num_batches if num_batches >= 0 else None,
@@ -312,9 +321,25 @@ class Trainer:
                 self.checkpoint_items(),
                 callback_list.callbacks,
                 self.options.max_checkpoints,
+                chief=self.chief,
             )
         epoch = first_step = 0
         every = self.options.checkpoint_every_steps if checkpoint is not None else None
+
+        cluster_stop = None
+        if distribution.is_multi_worker(self.strategy):
+
+            def save(epoch: int, step: int) -> Path | None:
+                if checkpoint is None:
+                    return None
+                return checkpoint.save(epoch, step, self.train_runner.iterator)
+
+            cluster_stop = distribution.ClusterStop(self.strategy, save, self._stopped)
+
+        def before_call(batch: int) -> None:
+            if cluster_stop is not None:
+                cluster_stop.check(epoch, batch)
+            callback_list.on_train_batch_begin(batch)
 
         def after_call(batch: int, logs: EpochLogs) -> None:
             callback_list.on_train_batch_end(batch, logs)
@@ -322,9 +347,9 @@ class Trainer:
                 checkpoint.save(epoch, batch + 1, self.train_runner.iterator)
 
         hooks = CallHooks(
-            callback_list.on_train_batch_begin,
+            before_call,
             after_call,
-            stop=lambda: bool(self.model.stop_training) or interrupts.requested() is not None,
+            stop=lambda: bool(self.model.stop_training) or self.stop_requested() is not None,
             limit=None if not every else lambda: every - int(self.global_step) % every,
         )
         optimizer = getattr(self.model, "optimizer", None)
@@ -334,7 +359,7 @@ class Trainer:
             self.train_runner.start(train_ds)
             if checkpoint is not None and self.options.resume:
                 initial_epoch, first_step = checkpoint.restore(self.train_runner.iterator)
-            elif logdir is not None:
+            elif logdir is not None and self.chief:
                 write_run_file(logdir, self.config, self.options)
             callback_list.on_train_begin()
             if checkpoint is not None:
@@ -345,7 +370,7 @@ class Trainer:
                 start = time.perf_counter()
                 logs, steps = self.train_epoch(train_ds, hooks, first_step=first_step)
                 seconds = time.perf_counter() - start
-                if interrupts.requested() is not None and self.train_runner.ended_early:
+                if self.stop_requested() is not None and self.train_runner.ended_early:
                     raise self._interrupted(checkpoint, epoch, steps)
                 if val_ds is not None:
                     logs.update(self.evaluate(val_ds, callback_list))
@@ -356,7 +381,7 @@ class Trainer:
                 saved = None
                 if checkpoint is not None:
                     saved = checkpoint.save(epoch + 1, 0, self.train_runner.iterator)
-                if interrupts.requested() is not None:
+                if self.stop_requested() is not None:
                     raise self._interrupted(checkpoint, epoch + 1, 0, saved=saved)
                 if self.model.stop_training:
                     break
@@ -367,9 +392,23 @@ class Trainer:
             self.train_runner.close()
             if self.eval_runner is not None:
                 self.eval_runner.close()
-        if logdir is not None:
+            if cluster_stop is not None:
+                cluster_stop.close()
+        if logdir is not None and self.chief:
             save_model(self.model, logdir)
         return history
+
+    def stop_requested(self) -> int | None:
+        """The signal this process was asked to stop with, or `None`, as the loop sees it.
+
+        Under several workers, always `None`: a worker must not stop alone, so the request
+        goes through `distribution.ClusterStop` instead, which stops them all at one step.
+        """
+        return None if distribution.is_multi_worker(self.strategy) else interrupts.requested()
+
+    def _stopped(self, epoch: int, step: int, saved: Path | None) -> interrupts.Interrupted:
+        """What every worker raises when the cluster stops at `step` of `epoch`."""
+        return interrupts.Interrupted(interrupts.requested() or signal.SIGTERM, epoch, step, saved)
 
     def _interrupted(
         self,

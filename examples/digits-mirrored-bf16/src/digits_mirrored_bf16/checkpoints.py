@@ -24,6 +24,8 @@ import base64
 import dataclasses
 import io
 import json
+import shutil
+import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -189,12 +191,19 @@ class RunCheckpoint:
     goes to temporary files renamed when complete, and the state file is updated after it,
     so a process killed while writing leaves the previous checkpoint as the latest.
 
+    Under `MultiWorkerMirroredStrategy` every worker writes each checkpoint, as TensorFlow
+    requires, but only the chief's go to `directory`: the others write theirs to a temporary
+    directory deleted at once. Every worker restores from `directory`, which all of them must
+    see (a shared filesystem, or the same machine, as with `launch`).
+
     Args:
         directory: Where the checkpoints go, e.g. `logdir/checkpoints`.
         items: The run's state: trackable objects (models, optimizers, variables,
             `tf.random.Generator`s) by name.
         callbacks: The run's callbacks; their state goes into every checkpoint.
         max_to_keep: How many of the latest checkpoints to keep.
+        chief: Whether this process writes to `directory`; a worker other than the chief of
+            a multi-worker run writes elsewhere, and deletes what it wrote.
 
     Attributes:
         position: An int64 variable `[epoch, step]`: the epoch to run next (from 0) and the
@@ -207,9 +216,12 @@ class RunCheckpoint:
         items: Mapping[str, Any],
         callbacks: Sequence[keras.callbacks.Callback],
         max_to_keep: int,
+        *,
+        chief: bool = True,
     ) -> None:
         self.directory = Path(directory)
         self.max_to_keep = max_to_keep
+        self.chief = chief
         self.position = tf.Variable([0, 0], dtype=tf.int64, trainable=False, name="position")
         self.callback_state = CallbackState(callbacks)
         self.callbacks = tf.Variable("", dtype=tf.string, trainable=False, name="callbacks")
@@ -231,12 +243,15 @@ class RunCheckpoint:
         kept = self.paths()
         number = 1 + max((int(path.rsplit("-", 1)[1]) for path in kept), default=0)
         path = self.directory / f"ckpt-{number}"
+        if not self.chief:
+            scratch = Path(tempfile.mkdtemp(prefix="checkpoint-"))
+            try:
+                self._write_quietly(data, scratch / path.name)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            return path
         self.directory.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings():
-            # Saving an iterator from a traced function reads its dataset's options in graph
-            # mode, which tf.data warns about; the options are not used there.
-            warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data")
-            self._write(data)(tf.constant(str(path)))
+        self._write_quietly(data, path)
         kept = [*kept, str(path)]
         # The state file of `tf.train.CheckpointManager`, names relative to the directory,
         # replaced whole so that a kill leaves the old one or the new one.
@@ -251,6 +266,13 @@ class RunCheckpoint:
             for file in tf.io.gfile.glob(f"{old}.*"):
                 tf.io.gfile.remove(file)
         return path
+
+    def _write_quietly(self, data: tf.data.Iterator | None, path: Path) -> None:
+        with warnings.catch_warnings():
+            # Saving an iterator from a traced function reads its dataset's options in graph
+            # mode, which tf.data warns about; the options are not used there.
+            warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data")
+            self._write(data)(tf.constant(str(path)))
 
     def _write(self, data: tf.data.Iterator | None) -> Any:
         """The traced write, for this data iterator (traced again when the iterator is new)."""

@@ -201,6 +201,10 @@ class StepRunner:
         run_eagerly: Call `step` batch by batch from Python, for readable stack traces.
         steps_per_epoch: If set, the steps of every epoch, whatever the dataset's length;
             needed for a dataset that repeats forever.
+        open_loop_in_python: For datasets of unknown length, call `step` (still a
+            `tf.function`) batch by batch from Python instead of `open_loop`: under
+            `MultiWorkerMirroredStrategy`, a step inside the `tf.cond` that skips the end
+            marker fails ("You must feed a value for placeholder tensor", TensorFlow 2.21).
 
     Attributes:
         counted_loop: `make_counted_loop(step, metrics, stop)`, for datasets of known length.
@@ -216,11 +220,13 @@ class StepRunner:
         stop: StopFn = _never,
         run_eagerly: bool = False,
         steps_per_epoch: int | None = None,
+        open_loop_in_python: bool = False,
     ) -> None:
         self.steps_per_execution = steps_per_execution
         self.steps_per_epoch = steps_per_epoch
         self.metrics = tuple(metrics)
         self.run_eagerly = run_eagerly
+        self.open_loop_in_python = open_loop_in_python
         self._stop = stop
         self._loops: dict[int, tuple[Callable[..., object], LoopFn, OpenLoopFn]] = {}
         if step is not None:
@@ -349,7 +355,7 @@ class StepRunner:
 
     def _call(self, num_steps: int, *, reset: bool) -> tuple[int, bool, dict[str, tf.Tensor]]:
         """Run up to `num_steps` steps; the steps run, whether the epoch's data ended."""
-        if self.run_eagerly:
+        if self.run_eagerly or (self._num_batches is None and self.open_loop_in_python):
             return self._call_eagerly(num_steps, reset=reset)
         count = tf.constant(num_steps, dtype=tf.int32)
         if self._num_batches is not None:

@@ -1,4 +1,4 @@
-"""Where a run executes: one device or every local device (`tf.distribute`).
+"""Where a run executes: one device, every local device, or every worker's (`tf.distribute`).
 
 `RunOptions.strategy` names the strategy (`make_strategy` builds it); `fit(..., strategy=...)`
 takes any `tf.distribute.Strategy` instead. Under a strategy, `Config.batch_size` is the
@@ -6,18 +6,25 @@ global batch: every step reads one batch from the run's one iterator and gives e
 its share of the rows (`split_batch`). Losses are sums over this replica's examples divided
 by the examples of the whole batch (`global_batch_size`), so the replicas' gradients add up
 to exactly the gradient of one device on the whole batch, whatever the number of replicas and
-however unevenly a last batch splits.
+however unevenly a last batch splits. With several workers (`multi-worker`), every worker
+reads the same global batch from its own identical iterator and takes the rows of its own
+replicas, whose ids count across the whole cluster; the figures stay those of one device.
 
 Template-owned: `copier update` merges template changes into it.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import keras
 import tensorflow as tf
 
+from . import interrupts
+from .cluster import ClusterError, read_tf_config
 from .options import STRATEGIES
 
 
@@ -54,12 +61,15 @@ def make_strategy(strategy: str, cpu_devices: int | None = None) -> tf.distribut
     """The strategy `RunOptions.strategy` names; `None` for `none`.
 
     Args:
-        strategy: `none` (no strategy: one device) or `mirrored` (a replica on every local
-            GPU; without GPUs, on every logical CPU device, see `use_cpu_devices`).
+        strategy: `none` (no strategy: one device), `mirrored` (a replica on every local
+            GPU; without GPUs, on every logical CPU device, see `use_cpu_devices`) or
+            `multi-worker` (`MultiWorkerMirroredStrategy` over the workers of `TF_CONFIG`,
+            see `cluster.py`: a replica on every GPU of each, or on its CPU).
         cpu_devices: If set, split the CPU into this many logical devices first.
 
     Raises:
-        DistributionError: If the strategy is unknown.
+        DistributionError: If the strategy is unknown, or `TF_CONFIG` is missing or
+            malformed for `multi-worker`.
     """
     if strategy not in STRATEGIES:
         raise DistributionError(
@@ -69,6 +79,12 @@ def make_strategy(strategy: str, cpu_devices: int | None = None) -> tf.distribut
         use_cpu_devices(cpu_devices)
     if strategy == "none":
         return None
+    if strategy == "multi-worker":
+        try:
+            read_tf_config()
+        except ClusterError as error:
+            raise DistributionError(str(error)) from None
+        return tf.distribute.MultiWorkerMirroredStrategy()
     if tf.config.list_logical_devices("GPU"):
         return tf.distribute.MirroredStrategy()
     cpus = [device.name for device in tf.config.list_logical_devices("CPU")]
@@ -77,6 +93,89 @@ def make_strategy(strategy: str, cpu_devices: int | None = None) -> tf.distribut
     return tf.distribute.MirroredStrategy(
         cpus, cross_device_ops=tf.distribute.ReductionToOneDevice()
     )
+
+
+def is_chief(strategy: tf.distribute.Strategy | None) -> bool:
+    """Whether this process writes the run's files: always, but for a worker other than the chief.
+
+    Under `MultiWorkerMirroredStrategy`, only the chief (worker 0) writes checkpoints,
+    `run.json`, `metrics.jsonl`, TensorBoard events and the model, and prints progress.
+    """
+    return strategy is None or bool(getattr(strategy.extended, "should_checkpoint", True))
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy | None) -> bool:
+    """Whether `strategy` spans several processes, which must then stop at the same step."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+class ClusterStop:
+    """Stops every worker of a multi-worker run at the same step, after one checkpoint.
+
+    A worker that stops alone would leave the others waiting for it in the next all-reduce,
+    so under `MultiWorkerMirroredStrategy` a stop request (Ctrl-C or SIGTERM within
+    `interrupts.catch_signals`, as the `train` command runs) goes through TensorFlow's
+    `tf.distribute.experimental.PreemptionCheckpointHandler`: the worker that got the signal
+    tells the others (within a second) at which call of steps to stop, and before it every
+    worker saves the run's checkpoint with `save` and raises the error `stopped` gives.
+    A restart with `--resume` goes on from that checkpoint. The handler saves nothing of its
+    own: `save` writes the run's checkpoint, and the resume reads it.
+
+    Args:
+        strategy: The run's `MultiWorkerMirroredStrategy`.
+        save: Writes the run's checkpoint at `(epoch, step)`; returns its path, or `None`.
+        stopped: The error to raise once it is written, given `(epoch, step, path)`.
+    """
+
+    def __init__(
+        self,
+        strategy: tf.distribute.Strategy,
+        save: Callable[[int, int], Path | None],
+        stopped: Callable[[int, int, Path | None], Exception],
+    ) -> None:
+        self.epoch = self.step = 0
+        self.saved: Path | None = None
+        self._save, self._stopped = save, stopped
+        # The handler needs a checkpoint manager to restore from: an empty one, of its own.
+        self._scratch = tempfile.mkdtemp(prefix="preemption-")
+        manager = tf.train.CheckpointManager(tf.train.Checkpoint(), self._scratch, max_to_keep=1)
+        config = tf.distribute.experimental.TerminationConfig(
+            termination_watcher_fn=lambda: interrupts.requested() is not None,
+            exit_fn=self._exit,
+            save_fn=self._write,
+        )
+        self.handler = tf.distribute.experimental.PreemptionCheckpointHandler(
+            strategy.cluster_resolver, manager, termination_config=config
+        )
+        # The strategy's runtime took SIGTERM over in C when it started: take it back.
+        interrupts.reclaim_signals()
+
+    def check(self, epoch: int, step: int) -> None:
+        """Call before every call of steps, with the position the run is at.
+
+        Raises:
+            Exception: The one `stopped` gives, after the checkpoint, when the cluster stops.
+        """
+        self.epoch, self.step = epoch, step
+        # When it saves, the handler calls a deprecated property of its own, which warns.
+        logger = tf.get_logger()
+        level = logger.level
+        logger.setLevel("ERROR")
+        try:
+            self.handler.save_checkpoint_if_preempted()
+        finally:
+            logger.setLevel(level)
+
+    def close(self) -> None:
+        """Let go of the handler and its scratch directory."""
+        del self.handler  # Its threads stop with it.
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def _write(self) -> None:
+        self.saved = self._save(self.epoch, self.step)
+
+    def _exit(self) -> None:
+        raise self._stopped(self.epoch, self.step, self.saved)
 
 
 def check_model(model: keras.Model, strategy: tf.distribute.Strategy | None) -> None:
