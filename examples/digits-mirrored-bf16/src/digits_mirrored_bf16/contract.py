@@ -107,10 +107,12 @@ def conform(dataset: tf.data.Dataset, name: str, checks: Sequence[SpecCheck]) ->
         name: What the dataset is called in the error, e.g. `train_ds`.
         checks: One `SpecCheck` per part of an element, in order; one for a plain tensor.
 
-    The conversions run in a `map` followed by `prefetch(2)`, so that they overlap the steps:
-    on digits (2 shared CPUs, about 3000 steps/s) a plain `map` of float64 features and int64
-    `(batch, 1)` labels cost about a quarter of the steps per second; with the prefetch, the
-    converted run was within the measurement noise of the float32 one.
+    The conversions run in a `map` followed by `prefetch(2)`, so that they overlap the steps.
+    They still cost a little where the step is tiny: on the digits MLP at batch 32 (about 3300
+    steps per second on 2 CPUs), float64 features and int64 labels trained at 0.87x the steps
+    per second of float32 and int32 arrays, and the small CNN at 0.96x
+    (`benchmarks/data_boundary.md` of scaffold; a parallel `map` did no better). Arrays cast
+    once with `astype` cost nothing.
 
     Returns:
         `dataset` itself when every part fits, else `dataset.map` of the conversions, which
