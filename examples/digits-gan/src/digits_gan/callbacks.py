@@ -290,12 +290,14 @@ def sample_grid(images: tf.Tensor) -> tf.Tensor:
     """Tile images with pixels in [-1, 1] into one square uint8 image for `tf.io.encode_png`."""
     count, height, width, channels = images.shape
     rows = math.isqrt(count)
-    pixels = tf.cast(tf.round((tf.clip_by_value(images, -1.0, 1.0) + 1.0) * 127.5), tf.uint8)
+    pixels = tf.round((tf.clip_by_value(images, -1.0, 1.0) + 1.0) * 127.5)
     pixels = tf.repeat(tf.repeat(pixels, SAMPLE_SCALE, axis=1), SAMPLE_SCALE, axis=2)
     height, width = height * SAMPLE_SCALE, width * SAMPLE_SCALE
     grid = tf.reshape(pixels, (rows, rows, height, width, channels))
+    # Tiled in float32, cast last: oneDNN's uint8 transpose logs an error line on CPUs
+    # without AVX-512 (TensorFlow 2.21).
     grid = tf.transpose(grid, (0, 2, 1, 3, 4))
-    return tf.reshape(grid, (rows * height, rows * width, channels))
+    return tf.cast(tf.reshape(grid, (rows * height, rows * width, channels)), tf.uint8)
 
 
 class SampleGrid(keras.callbacks.Callback):

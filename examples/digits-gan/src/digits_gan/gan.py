@@ -136,6 +136,20 @@ class GanMetrics:
         return (self.d_loss, self.g_loss, self.d_acc_real, self.d_acc_fake)
 
 
+def draw_latent(
+    noise: tf.random.Generator, examples: tf.Tensor, batch_size: tf.Tensor, latent_dim: int
+) -> tf.Tensor:
+    """`examples` latent vectors for this replica's images, `(examples, latent_dim)`.
+
+    Each replica draws as many vectors as the whole batch holds (`batch_size`) and keeps the
+    first `examples`. A generator's state advances by what it draws, so replicas with unequal
+    shares of a batch would otherwise drift apart, and a checkpoint, which keeps one replica's
+    state, would not resume the others exactly. On one device nothing more is drawn.
+    """
+    drawn = noise.normal(tf.stack([tf.cast(batch_size, tf.int32), latent_dim]))
+    return drawn[:examples]
+
+
 def make_discriminator_step(
     model: GAN,
     optimizers: OptimizerSet,
@@ -157,7 +171,7 @@ def make_discriminator_step(
     def discriminator_step(
         real: tf.Tensor, batch_size: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-        latent = noise.normal(tf.stack([tf.shape(real)[0], config.latent_dim]))
+        latent = draw_latent(noise, tf.shape(real)[0], batch_size, config.latent_dim)
         fake = model.generator(latent, training=True)
         with tf.GradientTape() as tape:
             real_logits = model.discriminator(real, training=True)
@@ -192,7 +206,7 @@ def make_generator_step(
     def generator_step(
         examples: tf.Tensor, batch_size: tf.Tensor, only_if: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        latent = noise.normal(tf.stack([examples, config.latent_dim]))
+        latent = draw_latent(noise, examples, batch_size, config.latent_dim)
         with tf.GradientTape() as tape:
             fake_logits = model.discriminator(model.generator(latent, training=True), training=True)
             g_loss = loss_fn(tf.ones_like(fake_logits), fake_logits) / batch_size
