@@ -37,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import tensorflow as tf
-from loop_vs_fit import load_project, time_epochs
+from loop_vs_fit import interleaved, load_project, tables, time_epochs
 
 CASES = {
     "mlp-b32": {"input_shape": "64"},
@@ -133,15 +133,7 @@ def main() -> None:
             project = load_project(Path(tmp), name, answers)
             config = dataclasses.replace(project["config"].Config(), batch_size=32)
             measures = contenders(project, name.replace("-", "_"), config, args.epochs)
-            samples: dict[str, list[float]] = {contender: [] for contender in measures}
-            for round_ in range(args.rounds):
-                for contender, measure in measures.items():
-                    samples[contender].append(measure())
-                print(
-                    f"{case} round {round_ + 1}: "
-                    + ", ".join(f"{n} {s[-1]:.0f}" for n, s in samples.items()),
-                    flush=True,
-                )
+            samples = interleaved(case, measures, args.rounds)
             medians = {contender: statistics.median(s) for contender, s in samples.items()}
             results[case] = {"steps_per_second": medians, "ratios": ratios(medians)}
 
@@ -151,13 +143,7 @@ def main() -> None:
         "training epochs (no validation) at batch 32, K steps per call as the project's "
         f"default; `{DEFAULTS}`: NumPy's default dtypes, cast once at the dataset's boundary.",
     ]
-    first = next(iter(results.values()))
-    for key, form in (("steps_per_second", "{:.0f}"), ("ratios", "{:.2f}x")):
-        lines += ["", "| contender | " + " | ".join(results) + " |"]
-        lines.append("|---" * (1 + len(results)) + "|")
-        for column in first[key]:
-            row = [form.format(result[key][column]) for result in results.values()]
-            lines.append(f"| {column} | " + " | ".join(row) + " |")
+    lines += tables(results)
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -356,6 +356,38 @@ def contenders(project, config, epochs: int) -> dict[str, Callable[[], float]]:
     }
 
 
+def interleaved(
+    case: str, measures: dict[str, Callable[[], float]], rounds: int
+) -> dict[str, list[float]]:
+    """Each measure's figures over `rounds` rounds, every measure once per round, in order.
+
+    Interleaving lets machine noise hit every contender alike; each round is printed.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in measures}
+    for round_ in range(rounds):
+        for name, measure in measures.items():
+            samples[name].append(measure())
+        print(
+            f"{case} round {round_ + 1}: "
+            + ", ".join(f"{n} {s[-1]:.0f}" for n, s in samples.items()),
+            flush=True,
+        )
+    return samples
+
+
+def tables(results: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """Two Markdown tables, a column per case: steps per second, then the ratios."""
+    first = next(iter(results.values()))
+    lines: list[str] = []
+    for key, form in (("steps_per_second", "{:.0f}"), ("ratios", "{:.2f}x")):
+        lines += ["", "| contender | " + " | ".join(results) + " |"]
+        lines.append("|---" * (1 + len(results)) + "|")
+        for column in first[key]:
+            row = [form.format(result[key][column]) for result in results.values()]
+            lines.append(f"| {column} | " + " | ".join(row) + " |")
+    return lines
+
+
 def ratios(medians: dict[str, float], k: int) -> dict[str, float]:
     """The figures the README quotes; `fit` and the guide loop on whichever data suits them."""
 
@@ -400,15 +432,7 @@ def main() -> None:
             project = load_project(Path(tmp), f"bench-{case}", answers)
             config = dataclasses.replace(project["config"].Config(), batch_size=batch_size)
             measures = contenders(project, config, args.epochs)
-            samples: dict[str, list[float]] = {name: [] for name in measures}
-            for round_ in range(args.rounds):
-                for name, measure in measures.items():
-                    samples[name].append(measure())
-                print(
-                    f"{case} round {round_ + 1}: "
-                    + ", ".join(f"{n} {s[-1]:.0f}" for n, s in samples.items()),
-                    flush=True,
-                )
+            samples = interleaved(case, measures, args.rounds)
             medians = {name: statistics.median(s) for name, s in samples.items()}
             results[case] = {
                 "steps_per_second": medians,
@@ -425,7 +449,6 @@ def main() -> None:
     }
     report = {"meta": meta, "results": results}
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    first = next(iter(results.values()))
     lines = [
         f"TF {meta['tensorflow']}, Keras {meta['keras']}, {meta['cpus']} CPUs; medians of "
         f"{args.rounds} interleaved rounds of {args.epochs} epochs; training steps per second, "
@@ -438,16 +461,7 @@ def main() -> None:
         f"logdir, no callbacks; `fit, {CALLBACKS}`: `verbose=2` to a non-terminal, "
         "TensorBoard, `EarlyStopping` and `TerminateOnNaN`.",
     ]
-    for key, form in (("steps_per_second", "{:.0f}"), ("ratios", "{:.2f}x")):
-        columns = list(first[key])
-        lines += [
-            "",
-            "| contender | " + " | ".join(results) + " |",
-            "|---" * (1 + len(results)) + "|",
-        ]
-        for column in columns:
-            row = [form.format(result[key][column]) for result in results.values()]
-            lines.append(f"| {column} | " + " | ".join(row) + " |")
+    lines += tables(results)
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
