@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from helpers import QUIET, encoder, features, input_layer, labels_for, linear_model
 
-from digits_backbone_head import losses
+from digits_backbone_head import distribution, losses
 from digits_backbone_head.config import Config
 from digits_backbone_head.data import load_datasets
 from digits_backbone_head.gradients import NoneGradientWarning
@@ -135,6 +135,32 @@ def test_fit_freezes_the_backbone_for_the_first_epochs(config: Config) -> None:
     assert backbone.trainable  # As it was before the run.
     assert int(trainer.global_step) == 3 * 4
     assert len(trainer.train_steps) == 2
+
+
+def test_a_worker_other_than_the_chief_freezes_the_backbone_too(
+    config: Config, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every worker of a multi-worker run freezes the backbone in the same epochs.
+
+    Frozen on the chief alone, the backbone would make the workers update different
+    variables, and each would wait for the others' all-reduces forever (the first step of
+    `launch --workers 2 -- train` never ended). A worker other than the chief prints nothing.
+    """
+    monkeypatch.setattr(distribution, "is_chief", lambda strategy: False)
+    config = dataclasses.replace(config, epochs=2, freeze_backbone_epochs=1)
+    train_ds, _ = load_datasets(config)
+    model = build_model(config)
+    backbone = model.get_layer("backbone")
+    seen: list[bool] = []
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: seen.append(backbone.trainable)
+    )
+    trainer = Trainer(config, model, dataclasses.replace(QUIET, verbose=1))
+
+    trainer.fit(train_ds.take(2), callbacks=[record])
+
+    assert seen == [False, True]
+    assert capsys.readouterr().out == ""
 
 
 def _model_with_orphan_in(config: Config, group: str) -> keras.Model:

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import io
 import json
+import signal
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from digits_backbone_head.__main__ import main
@@ -131,10 +135,99 @@ def test_workers_past_the_time_limit_are_stopped() -> None:
     assert time.monotonic() - start < 30
 
 
-def test_backbone_head_refuses_multi_worker(capsys: pytest.CaptureFixture[str]) -> None:
-    """Refused in one line, with the reason and what to use instead."""
-    with pytest.raises(ValueError, match="cannot train backbone-head"):
-        RunOptions(strategy="multi-worker")
-    assert main(["launch", "--workers", "2", "--", "train"]) == 2
-    err = capsys.readouterr().err
-    assert "use 'mirrored'" in err and err.count("\n") == 1
+TESTS = Path(__file__).resolve().parent
+# Seconds a multi-worker run of these tests may take before its workers are stopped: a
+# collective that never completes would otherwise hang the suite.
+LIMIT = 240
+SRC = TESTS.parent / "src"
+# A worker of `test_two_workers_train_exactly_as_one_process`: the model and batches of
+# `test_distribute.py`, trained under MultiWorkerMirroredStrategy; its weights go to a file.
+WORKER = """
+import sys
+
+import numpy as np
+import tensorflow as tf
+from test_distribute import small_config, train
+
+from digits_backbone_head.config import Config
+
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+_, _, weights = train(small_config(Config()), strategy)
+np.savez(f"{sys.argv[1]}/worker{strategy.cluster_resolver.task_id}.npz", *weights)
+"""
+
+
+@pytest.mark.slow
+def test_two_workers_train_exactly_as_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two local workers end with the same weights, equal to one process's on one device.
+
+    The same global batches, from the same initial weights: each worker reads every batch
+    and its replica takes its rows. The backbone is frozen in the first epoch on
+    every worker, as on one process.
+    """
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    monkeypatch.setenv("PYTHONPATH", f"{SRC}:{TESTS}")
+    output = io.StringIO()
+    command = [sys.executable, str(script), str(tmp_path)]
+    code = run_workers(command, 2, output=output, timeout=LIMIT)
+    assert code == 0, output.getvalue()
+    first, second = (np.load(tmp_path / f"worker{index}.npz") for index in (0, 1))
+    for name in first.files:
+        np.testing.assert_array_equal(first[name], second[name])
+    from test_distribute import small_config, train
+
+    from digits_backbone_head.config import Config
+
+    _, _, one_process = train(small_config(Config()), None)
+    for name, weights in zip(first.files, one_process, strict=True):
+        np.testing.assert_allclose(first[name], weights, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_preempted_multi_worker_run_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM to one worker: every worker saves one checkpoint and stops; a restart resumes.
+
+    Worker 1 gets the signal after the first epoch; the cluster stops in epoch 2 or 3 with
+    exit code 143, and `--resume` finishes the run, every epoch's line written once, by
+    the chief only.
+    """
+    monkeypatch.setenv("PYTHONPATH", str(SRC))
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    logdir = tmp_path / "run"
+    epochs = 6
+    command = [sys.executable, "-m", "digits_backbone_head", "train"]
+    command += ["--strategy", "multi-worker", "--epochs", str(epochs), "--logdir", str(logdir)]
+    command += ["--steps-per-execution", "1"]
+    metrics = logdir / "metrics.jsonl"
+
+    def preempt_worker_1(processes: list[subprocess.Popen[str]]) -> None:
+        def wait_and_signal() -> None:
+            while not metrics.exists() or not metrics.read_text().strip():
+                if any(process.poll() is not None for process in processes):
+                    return
+                time.sleep(0.05)
+            processes[1].send_signal(signal.SIGTERM)
+
+        threading.Thread(target=wait_and_signal, daemon=True).start()
+
+    output = io.StringIO()
+    code = run_workers(command, 2, output=output, on_start=preempt_worker_1, timeout=LIMIT)
+    assert code == 128 + signal.SIGTERM, output.getvalue()
+    stopped = output.getvalue()
+    assert stopped.count("stopped by SIGTERM in epoch") == 2, stopped
+    assert "launch --workers 2 -- train --logdir" in stopped  # How to resume.
+    assert 1 <= len(metrics.read_text().splitlines()) < epochs
+    assert not (logdir / "model.keras").exists()
+
+    output = io.StringIO()
+    code = run_workers([*command, "--resume"], 2, output=output, timeout=LIMIT)
+    assert code == 0, output.getvalue()
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == list(range(1, epochs + 1))
+    assert (logdir / "model.keras").exists()
+    assert "[worker 1] epoch" not in output.getvalue()

@@ -479,10 +479,6 @@ def launch(args: argparse.Namespace, prog: str) -> int:
                 "--cpu-devices cannot run with multi-worker: each worker trains on its CPU as "
                 "one device; drop it",
             )
-    try:
-        RunOptions(strategy="multi-worker")
-    except ValueError as error:
-        return _usage(prog, str(error))
     if "--strategy" not in command and not any(w.startswith("--strategy=") for w in command):
         command += ["--strategy", "multi-worker"]
     code = run_workers(

@@ -313,9 +313,22 @@ class FreezeBackbone(keras.callbacks.Callback):
         self.model.get_layer("backbone").trainable = self._was_trainable
 
 
-def default_callbacks(config: Config, options: RunOptions) -> list[keras.callbacks.Callback]:
-    """The callbacks a run gets besides yours, in the order they run after yours."""
+def default_callbacks(
+    config: Config, options: RunOptions, chief: bool = True
+) -> list[keras.callbacks.Callback]:
+    """The callbacks a run gets besides yours, in the order they run after yours.
+
+    Args:
+        config: The run's hyperparameters.
+        options: How the run executes: what it writes and prints.
+        chief: Whether this process writes the run's files and prints its progress: false on
+            the workers other than the chief of a multi-worker run, which get only the
+            callbacks that change what is trained (`FreezeBackbone`: every worker must
+            update the same variables, or their all-reduces wait for each other forever).
+    """
     callbacks: list[keras.callbacks.Callback] = [FreezeBackbone(config.freeze_backbone_epochs)]
+    if not chief:
+        return callbacks
     if options.logdir is not None:
         logdir = Path(options.logdir)
         callbacks.append(MetricsFile(logdir / "metrics.jsonl"))

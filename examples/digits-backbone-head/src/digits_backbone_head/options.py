@@ -14,11 +14,6 @@ from pathlib import Path
 
 STRATEGIES = ("none", "mirrored", "multi-worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-MULTI_WORKER_REFUSED = (
-    "strategy 'multi-worker' cannot train backbone-head: its first step never finishes under "
-    "MultiWorkerMirroredStrategy (seen with TensorFlow 2.21, two workers on CPU); use "
-    "'mirrored' for the GPUs of one machine, or 'none'"
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +49,7 @@ class RunOptions:
             GPUs; `multi-worker`, a replica on every GPU (or the CPU) of every worker of the
             cluster in `TF_CONFIG` (see `cluster.py`). `Config.batch_size` is the global
             batch, split among the replicas; the figures stay those of one device. Not with
-            `jit_compile`; `multi-worker` is refused for backbone-head (see
-            `MULTI_WORKER_REFUSED`).
+            `jit_compile`.
         cpu_devices: Split the CPU into this many logical devices before TensorFlow starts,
             so that `mirrored` can run (and be tried) on a machine without GPUs. Not with
             `multi-worker`, whose workers each train on their CPU as one device.
@@ -160,5 +154,3 @@ class RunOptions:
             )
         if self.verbose not in (0, 1, 2):
             raise ValueError(f"RunOptions.verbose={self.verbose!r} is invalid; use 0, 1 or 2")
-        if self.strategy == "multi-worker":
-            raise ValueError(MULTI_WORKER_REFUSED)

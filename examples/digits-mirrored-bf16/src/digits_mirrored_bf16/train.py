@@ -340,7 +340,7 @@ class Trainer:
         num_batches = self.options.steps_per_epoch or int(train_ds.cardinality())
         history = keras.callbacks.History()
         # Under several workers only the chief prints progress and writes figures.
-        defaults = default_callbacks(self.config, self.options) if self.chief else []
+        defaults = default_callbacks(self.config, self.options, self.chief)
         callback_list = keras.callbacks.CallbackList(
             [*callbacks, *defaults, history],
             model=self.model,

@@ -285,9 +285,21 @@ class TensorBoard(keras.callbacks.Callback):
         self._writes.clear()
 
 
-def default_callbacks(config: Config, options: RunOptions) -> list[keras.callbacks.Callback]:
-    """The callbacks a run gets besides yours, in the order they run after yours."""
+def default_callbacks(
+    config: Config, options: RunOptions, chief: bool = True
+) -> list[keras.callbacks.Callback]:
+    """The callbacks a run gets besides yours, in the order they run after yours.
+
+    Args:
+        config: The run's hyperparameters.
+        options: How the run executes: what it writes and prints.
+        chief: Whether this process writes the run's files and prints its progress: false on
+            the workers other than the chief of a multi-worker run, which get none of them
+            (each of them writes or prints).
+    """
     callbacks: list[keras.callbacks.Callback] = []
+    if not chief:
+        return callbacks
     if options.logdir is not None:
         logdir = Path(options.logdir)
         callbacks.append(MetricsFile(logdir / "metrics.jsonl"))
