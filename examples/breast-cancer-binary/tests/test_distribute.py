@@ -87,11 +87,11 @@ def train(
     for layer in model._flatten_layers():
         if isinstance(layer, keras.layers.Dropout):
             layer.rate = 0.0  # Replicas draw other dropout masks than one device.
-    before = [keras.ops.convert_to_numpy(w) for w in model.weights]
+    before = [w.numpy() for w in model.weights]
     train_ds, val_ds = datasets(config, weighted)
     run_options = dataclasses.replace(QUIET, precision=policy, **options)
     history = fit(config, model, train_ds, val_ds, options=run_options, strategy=strategy)
-    after = [keras.ops.convert_to_numpy(w) for w in model.weights]
+    after = [w.numpy() for w in model.weights]
     return history.history, before, after
 
 
@@ -174,7 +174,7 @@ def test_weighted_dict_batches_train_exactly_alike_on_replicas() -> None:
         with contextlib.nullcontext() if strategy is None else strategy.scope():
             model = two_input_model(config)
         history = fit(config, model, dataset, options=QUIET, strategy=strategy)
-        weights = [keras.ops.convert_to_numpy(w) for w in model.weights]
+        weights = [w.numpy() for w in model.weights]
         runs.append((history.history["loss"], weights))
     (one_loss, one_weights), (loss, weights) = runs
     np.testing.assert_allclose(loss, one_loss, rtol=1e-5)
@@ -221,7 +221,7 @@ def test_a_run_stopped_in_the_middle_of_a_group_resumes_bit_for_bit(tmp_path: Pa
     interrupts.clear()
     model = resumed_run(True, [])
     for ours, theirs in zip(model.weights, uninterrupted, strict=True):
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours), theirs)
+        np.testing.assert_array_equal(ours.numpy(), theirs)
 
 
 def test_a_model_built_outside_the_scope_is_refused_until_built_inside(config: Config) -> None:
@@ -262,11 +262,11 @@ def test_loss_scaling_keeps_small_float16_gradients_from_vanishing() -> None:
     options = RunOptions(strategy="none", precision="mixed_float16")
     optimizers = OptimizerSet([("model", model, keras.optimizers.Adam(1e-3))], options)
     kernel = model.get_layer("hidden").kernel
-    before = keras.ops.convert_to_numpy(kernel)
+    before = kernel.numpy()
     with tf.GradientTape() as tape:
         loss = 1e-7 * tf.reduce_sum(model(tf.ones((8, 4))))  # float16 gradients of ~1e-8.
     optimizers.minimize(loss, tape)
-    assert not np.array_equal(keras.ops.convert_to_numpy(kernel), before)
+    assert not np.array_equal(kernel.numpy(), before)
 
 
 def test_an_output_that_is_not_float32_is_named_until_made_float32(config: Config) -> None:

@@ -73,11 +73,11 @@ def train(
     for layer in model._flatten_layers():
         if isinstance(layer, keras.layers.Dropout):
             layer.rate = 0.0  # Replicas draw other dropout masks than one device.
-    before = [keras.ops.convert_to_numpy(w) for w in model.weights]
+    before = [w.numpy() for w in model.weights]
     train_ds, val_ds = datasets(config)
     run_options = dataclasses.replace(QUIET, precision=policy, **options)
     history = fit(config, model, train_ds, val_ds, options=run_options, strategy=strategy)
-    after = [keras.ops.convert_to_numpy(w) for w in model.weights]
+    after = [w.numpy() for w in model.weights]
     return history.history, before, after
 
 
@@ -155,11 +155,11 @@ def test_loss_scaling_keeps_small_float16_gradients_from_vanishing() -> None:
     options = RunOptions(strategy="none", precision="mixed_float16")
     optimizers = OptimizerSet([("model", model, keras.optimizers.Adam(1e-3))], options)
     kernel = model.get_layer("hidden").kernel
-    before = keras.ops.convert_to_numpy(kernel)
+    before = kernel.numpy()
     with tf.GradientTape() as tape:
         loss = 1e-7 * tf.reduce_sum(model(tf.ones((8, 4))))  # float16 gradients of ~1e-8.
     optimizers.minimize(loss, tape)
-    assert not np.array_equal(keras.ops.convert_to_numpy(kernel), before)
+    assert not np.array_equal(kernel.numpy(), before)
 
 
 def test_an_output_that_is_not_float32_is_named_until_made_float32(config: Config) -> None:

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from digits_gan.__main__ import main
 from digits_gan.callbacks import SAMPLE_SCALE
+from digits_gan.checkpoints import save_model
 from digits_gan.config import Config
 from digits_gan.data import load_datasets, load_images
 from digits_gan.gan import GAN
@@ -225,6 +226,18 @@ def test_none_gradients_are_named_by_network(config: Config) -> None:
     assert len(messages) == 1, messages
     assert messages[0].startswith("discriminator: 1 trainable variable(s) got no gradient")
     assert "orphan" in messages[0]
+
+
+def test_the_model_saves_every_weight_without_a_warning(config: Config, tmp_path: Path) -> None:
+    """Every run ends by saving `model.keras`: no Keras warning that it may hold no weights."""
+    model = build_model(config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        path = save_model(model, tmp_path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, GAN)
+    for ours, theirs in zip(model.get_weights(), loaded.get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
 
 
 def test_a_labelled_dataset_fails_before_training(config: Config) -> None:

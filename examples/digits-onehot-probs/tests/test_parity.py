@@ -185,6 +185,7 @@ def test_datasets_that_repeat_forever_train_as_model_fit_with_steps_per_epoch(
         epochs=config.epochs,
         steps_per_epoch=steps,
         validation_steps=validation_steps,
+        shuffle=False,
         verbose=0,
     ).history
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):

@@ -52,6 +52,8 @@ class GAN(keras.Model):
         super().__init__(**kwargs)
         self.generator = generator
         self.discriminator = discriminator
+        # Built networks make a built model: saving it then needs no call on data first.
+        self.built = generator.built and discriminator.built
 
     def call(self, noise: tf.Tensor, training: bool = False) -> tf.Tensor:
         """The generator's images for `noise`."""

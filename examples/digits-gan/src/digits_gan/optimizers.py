@@ -209,7 +209,7 @@ class OptimizerSet:
 
     def _rate(self, name: str) -> float:
         # Through NumPy: `float()` of a variable fails under `tf.distribute`.
-        return float(keras.ops.convert_to_numpy(self.by_part[name].learning_rate))
+        return float(self.by_part[name].learning_rate.numpy())
 
 
 def build_optimizers(model: GAN, config: Config, options: RunOptions) -> OptimizerSet:
