@@ -68,7 +68,7 @@ def closure() -> dict[str, importlib.metadata.Distribution]:
         LookupError: When a needed distribution is not installed here.
     """
     found: dict[str, importlib.metadata.Distribution] = {}
-    todo = [(requirement, "the template's pyproject.toml") for requirement in declared_requirements()]
+    todo = [(requirement, "pyproject.toml") for requirement in declared_requirements()]
     while todo:
         requirement, needed_by = todo.pop()
         key = canonicalize_name(requirement.name)
