@@ -16,6 +16,7 @@ import io
 import re
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -87,7 +88,21 @@ def _own_tempdir() -> Iterator[None]:
         with held():
             tempfile.tempdir = previous
             if own is not None:
-                shutil.rmtree(own, ignore_errors=True)
+                _remove(Path(own))
+
+
+def _remove(path: Path, patience: float = 10.0) -> None:
+    """Remove `path`, again while a git that Ctrl-C left running still writes into it.
+
+    Copier's git commands are not ended when a KeyboardInterrupt stops the wait for them: a
+    `git clone` that the signal did not reach itself goes on until it fails on the removed
+    directory, and may make a directory there again before it does.
+    """
+    deadline = time.monotonic() + patience
+    shutil.rmtree(path, ignore_errors=True)
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _check_destination(dest: Path, *, force: bool) -> None:

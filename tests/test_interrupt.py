@@ -165,7 +165,10 @@ def test_sigint_at_a_spread_of_moments(tmp_path: Path) -> None:
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
     }
-    command = [sys.executable, "-c", "from scaffold.cli import app; app()", "new"]
+    # SIGINT handled as in a terminal's foreground, even if this test runs where it is ignored
+    # (a background job), which its processes would inherit.
+    started = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)"
+    command = [sys.executable, "-c", f"{started}; from scaffold.cli import app; app()", "new"]
 
     def start(name: str) -> tuple[subprocess.Popen, Path, Path]:
         temp = tmp_path / name / "tmp"
