@@ -172,8 +172,6 @@ class _ScaffoldGroup(TyperGroup):
             code = EXIT_USAGE
         except typer.Exit as done:  # --install-completion ends so
             code = done.exit_code
-            if isinstance(done.__cause__, KeyboardInterrupt):  # Ctrl-C while Typer parsed
-                typer.echo("Error: interrupted; run the command again to finish", err=True)
         except typer.Abort:  # Ctrl-D at a prompt
             typer.echo("Error: interrupted; run the command again to finish", err=True)
             code = EXIT_INTERRUPTED
