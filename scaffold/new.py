@@ -16,13 +16,14 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import gitrepo, source
 from .errors import Interrupted, ScaffoldError, os_problem
+from .interrupts import held, watched
 from .questions import check_answers
 from .render import render_project
 
@@ -126,19 +127,26 @@ def create_project(
     derived = "project_name" not in answers
     if derived:
         answers = {**answers, "project_name": dest.resolve().name}
+    staged = False  # rendered beside DEST, then renamed: Ctrl-C leaves nothing or everything
     try:
-        chosen = source.for_new(template, vcs_ref)
-        if chosen.builtin:
-            check_answers(answers)  # before a clone: a typo in --data is reported at once
-        if pretend:  # render where nothing of the user's is, to say what would be written
-            _check_dest(dest, force=force)
-            with tempfile.TemporaryDirectory(prefix="scaffold-pretend-") as tmp:
-                made = _make(Path(tmp) / "p", dest, answers, chosen, False, defaults, False, quiet)
-            return replace(made, commit=None)
-        if force and dest.is_dir() and any(dest.iterdir()):
-            return _make(dest, dest, answers, chosen, git, defaults, force, quiet)
-        with _staged(dest) as stage:
-            return _make(stage, dest, answers, chosen, git, defaults, force, quiet)
+        with watched() as pressed:
+            chosen = source.for_new(template, vcs_ref)
+            if chosen.builtin:
+                check_answers(answers)  # before a clone: a typo in --data is reported at once
+            if pretend:  # render where nothing of the user's is, to say what would be written
+                _check_dest(dest, force=force)
+                with tempfile.TemporaryDirectory(prefix="scaffold-pretend-") as tmp:
+                    where = Path(tmp) / "p"
+                    made = _make(where, dest, answers, chosen, False, defaults, False, quiet)
+                return replace(made, commit=None)
+            if force and dest.is_dir() and any(dest.iterdir()):
+                return _make(dest, dest, answers, chosen, git, defaults, force, quiet)
+            staged = True
+            with _staged(dest, pressed) as stage:
+                made = _make(stage, dest, answers, chosen, git, defaults, force, quiet)
+            if pressed():  # a Ctrl-C that was swallowed where it was raised (a finalizer)
+                raise KeyboardInterrupt
+            return made
     except ScaffoldError as error:
         if derived and error.question == "project_name":
             raise ScaffoldError(
@@ -151,7 +159,12 @@ def create_project(
         staged = STAGE_PREFIX in str(error.filename2 or error.filename or "")
         fix = "choose a DEST in a directory you can write to"
         raise os_problem(error, fix, dest if staged else None) from None
-    except KeyboardInterrupt:  # before anything was written (after, _staged says what is left)
+    except KeyboardInterrupt:  # outside _staged, which says what it left
+        # DEST was missing or empty, so its answers file means the rename made it whole.
+        if staged and (dest / ".copier-answers.yml").is_file():
+            raise Interrupted(
+                f"interrupted, but after '{dest}' was complete; it is ready to use"
+            ) from None
         raise Interrupted(
             f"interrupted; nothing was written to '{dest}'; run scaffold new again"
         ) from None
@@ -211,11 +224,12 @@ def _check_dest(dest: Path, *, force: bool) -> None:
 
 
 @contextmanager
-def _staged(dest: Path) -> Iterator[Path]:
+def _staged(dest: Path, pressed: Callable[[], bool]) -> Iterator[Path]:
     """A new, empty directory beside `dest` that becomes `dest` when the block succeeds.
 
     On any error or interrupt, the directory and any parents made for it are removed, so
-    `dest` stays as it was: absent, or the empty directory it was.
+    `dest` stays as it was: absent, or the empty directory it was. So too when `pressed()`
+    says Ctrl-C came during the block although no KeyboardInterrupt reached here.
 
     Raises:
         ScaffoldError: For a `dest` that is a file or a non-empty directory.
@@ -235,20 +249,24 @@ def _staged(dest: Path) -> Iterator[Path]:
         dest.parent.mkdir(parents=True, exist_ok=True)
         while stage is None:
             candidate = dest.parent / f"{STAGE_PREFIX}{secrets.token_hex(4)}"
-            try:
-                candidate.mkdir()  # not mkdtemp: its mode 0700 would become the project's
-            except FileExistsError:
-                continue
-            stage = candidate
+            with held():  # made and named together, so the cleanup below finds it
+                try:
+                    candidate.mkdir()  # not mkdtemp: its mode 0700 would become the project's
+                except FileExistsError:
+                    continue
+                stage = candidate
         yield stage
+        if pressed():
+            raise KeyboardInterrupt
         # One rename: DEST is absent (or an empty directory) until it is the whole project.
         os.replace(stage, dest)
     except BaseException as error:
-        complete = stage is not None and not stage.exists() and dest.is_dir()
-        if stage is not None and stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
-        if created is not None and not complete:
-            shutil.rmtree(created, ignore_errors=True)
+        with held():
+            complete = stage is not None and not stage.exists() and dest.is_dir()
+            if stage is not None and stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
+            if created is not None and not complete:
+                shutil.rmtree(created, ignore_errors=True)
         if isinstance(error, KeyboardInterrupt):
             if complete:
                 raise Interrupted(

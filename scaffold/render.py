@@ -15,12 +15,15 @@ import contextlib
 import io
 import re
 import shutil
+import tempfile
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from .errors import ScaffoldError
+from .interrupts import held
 from .questions import check_answers, template_root
 
 _VALIDATION_ERROR = re.compile(r"Validation error for question '(?P<name>\w+)': (?P<msg>.*)", re.S)
@@ -63,6 +66,43 @@ def _copier_silenced(notes: list[str], *, ignore: tuple[type[Warning], ...] = ()
                 note = _one_line(note)
                 if note and note not in notes:
                     notes.append(note)
+
+
+@contextlib.contextmanager
+def _own_tempdir() -> Iterator[None]:
+    """Copier's temporary directories (its clone of the template) inside one of ours, which is
+    removed whatever happens.
+
+    Copier removes its clone itself, but not when Ctrl-C lands between making the directory and
+    recording it, or while it removes it. `tempfile.tempdir` is the whole process's: scaffold
+    renders one project at a time.
+    """
+    previous = tempfile.tempdir
+    own = None
+    try:
+        with held():
+            own = tempfile.mkdtemp(prefix="scaffold-copier-")
+            tempfile.tempdir = own
+        yield
+    finally:
+        with held():
+            tempfile.tempdir = previous
+            if own is not None:
+                _remove(Path(own))
+
+
+def _remove(path: Path, patience: float = 10.0) -> None:
+    """Remove `path`, again while a git that Ctrl-C left running still writes into it.
+
+    Copier's git commands are not ended when a KeyboardInterrupt stops the wait for them: a
+    `git clone` that the signal did not reach itself goes on until it fails on the removed
+    directory, and may make a directory there again before it does.
+    """
+    deadline = time.monotonic() + patience
+    shutil.rmtree(path, ignore_errors=True)
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _check_destination(dest: Path, *, force: bool) -> None:
@@ -287,6 +327,7 @@ def render_project(
     ignore = (DirtyLocalWarning,) if builtin else ()
     try:
         with (
+            _own_tempdir(),
             _copier_silenced([] if notes is None else notes, ignore=ignore),
             _clear_prompts(),
         ):
@@ -305,8 +346,9 @@ def render_project(
                 unsafe=False,
             )
     except BaseException as error:  # Ctrl-C too: never leave a half-written project behind
-        if created is not None and created.exists():
-            shutil.rmtree(created, ignore_errors=True)
+        with held():
+            if created is not None and created.exists():
+                shutil.rmtree(created, ignore_errors=True)
         translated = None
         if isinstance(error, Exception):
             translated = _translate(error) or _git_problem(error, src or str(template_root()))
@@ -368,7 +410,7 @@ def update_project(
     src = _recorded_source(project)
     notes: list[str] = []
     try:
-        with _copier_silenced(notes):
+        with _own_tempdir(), _copier_silenced(notes):
             copier.run_update(
                 project,
                 data=dict(data),

@@ -102,6 +102,16 @@ BAD_INPUT = {
         ["--package-name", "class"],
         "package name 'class' is a Python keyword; choose another name",
     ),
+    **{
+        f"package-name-{module}": (
+            ["--package-name", module],
+            f"package name '{module}' would shadow the module {module} of the project's "
+            "dependencies; choose another name",
+        )
+        # What TensorFlow imports: a package so named breaks `import tensorflow`, or (h5py)
+        # `model.save` after training.
+        for module in ("h5py", "absl", "google", "six", "ml_dtypes")
+    },
     "num-classes-1": (
         ["--num-classes", "1"],
         "num_classes must be 2 or more, got 1; for one yes/no output use binary labels",

@@ -23,6 +23,14 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert (ROOT / ".ci" / "run").read_text().strip().endswith(TEST_COMMAND)
 
 
+def test_readme_says_how_long_the_project_tests_take() -> None:
+    readme = readme_path().read_text()
+    train = next(line for line in readme.splitlines() if "python -m my_project train &&" in line)
+    assert train.endswith('&& pytest -m "not slow"'), "offer the fast tests after training"
+    assert re.search(r'`pytest -m "not slow"` runs .* \(about [\d.]+ minutes', readme, re.S)
+    assert re.search(r"`pytest` runs them all \(about [\d.]+ minutes\)", readme)
+
+
 def test_readme_quotes_the_last_benchmark_run() -> None:
     results = (ROOT / "benchmarks" / "results.md").read_text()
     assert results.strip() in readme_path().read_text(), (

@@ -1,19 +1,27 @@
 """Ctrl-C at any moment of `scaffold new` leaves either nothing or a complete, committed
-project, and ends with one line and exit code 130.
+project, no temporary directory, and ends with one line and exit code 130.
 
 A clean run is traced first: every call of the steps that write (the render, each file Copier
 writes, each git command, the final rename). Then `scaffold new` runs again once per point
-just before and just after each of those calls, with a KeyboardInterrupt raised there.
+just before and just after each of those calls, with a KeyboardInterrupt raised there. Copier's
+clone of the template is traced likewise, and a Ctrl-C that is swallowed where it lands (as in
+a finalizer) is made at chosen points. Last, real SIGINTs at a spread of moments.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import copier._main
+import copier._template
 import pytest
 from typer.testing import CliRunner
 
@@ -24,16 +32,23 @@ runner = CliRunner()
 
 
 class Tripwire:
-    """Counts the moments before and after each wrapped call; raises Ctrl-C at one of them."""
+    """Counts the moments before and after each wrapped call; raises Ctrl-C at one of them, or
+    with `swallow`, makes one that something swallows: SIGINT's handler runs, its
+    KeyboardInterrupt goes no further."""
 
-    def __init__(self, at: int | None) -> None:
+    def __init__(self, at: int | None, *, swallow: bool = False) -> None:
         self.at = at
+        self.swallow = swallow
         self.moments = 0
 
     def _tick(self) -> None:
         self.moments += 1
-        if self.moments == self.at:
+        if self.moments != self.at:
+            return
+        if not self.swallow:
             raise KeyboardInterrupt
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
 
     def wrap(self, function: Callable) -> Callable:
         def wrapper(*args, **kwargs):
@@ -53,12 +68,25 @@ def _arm(monkeypatch: pytest.MonkeyPatch, tripwire: Tripwire) -> None:
     monkeypatch.setattr(worker, "_render_file", tripwire.wrap(worker._render_file))
 
 
-def _run(tmp_path: Path, at: int | None) -> tuple[object, Path, int]:
+def _arm_clone(monkeypatch: pytest.MonkeyPatch, tripwire: Tripwire) -> None:
+    """Copier's clone of the template: made, filled by git, removed."""
+    for name in ("mkdtemp", "clone", "rmtree"):
+        monkeypatch.setattr(copier._template, name, tripwire.wrap(getattr(copier._template, name)))
+
+
+def _run(
+    tmp_path: Path, at: int | None, *, swallow: bool = False, arm: Callable = _arm
+) -> tuple[object, Path, int]:
     dest = tmp_path / "new" / "proj"
-    tripwire = Tripwire(at)
+    tripwire = Tripwire(at, swallow=swallow)
+    temp = tmp_path / "tmp"  # where Copier clones the template: it must end empty
+    temp.mkdir(parents=True)
     with pytest.MonkeyPatch.context() as monkeypatch:
-        _arm(monkeypatch, tripwire)
+        monkeypatch.setattr(tempfile, "tempdir", str(temp))
+        arm(monkeypatch, tripwire)
         result = runner.invoke(app, ["new", str(dest), "--yes", "--quiet"])
+    left = sorted(path.name for path in temp.iterdir())
+    assert not left, f"Ctrl-C at moment {at} left {left} in the temporary directory"
     return result, dest, tripwire.moments
 
 
@@ -101,3 +129,84 @@ def test_ctrl_c_anywhere_leaves_nothing_or_a_complete_project(tmp_path: Path) ->
                 f"Error: interrupted; nothing was written to '{dest}'; run scaffold new again"
             )
     assert outcomes["nothing"] > 0 and outcomes["complete"] > 0, outcomes
+
+
+def _assert_interrupted(result, dest: Path, at: int) -> None:
+    assert result.exit_code == 130, f"Ctrl-C at moment {at}: {result.output}"
+    lines = result.output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: interrupted"), result.output
+    _assert_nothing_or_complete(dest)
+    assert ("was complete" in lines[0]) == dest.exists(), lines[0]
+
+
+def test_ctrl_c_while_copier_clones_leaves_no_clone(tmp_path: Path) -> None:
+    result, dest, moments = _run(tmp_path / "clean", None, arm=_arm_clone)
+    assert result.exit_code == 0, result.output
+    assert moments == 6, "the trace should see the clone made, filled and removed"
+    for at in range(1, moments + 1):
+        result, dest, _ = _run(tmp_path / str(at), at, arm=_arm_clone)
+        _assert_interrupted(result, dest, at)
+
+
+def test_a_swallowed_ctrl_c_still_ends_with_130(tmp_path: Path) -> None:
+    # Moments of _arm: 1 before the render, 2 before Copier writes its first file, the last
+    # just after the rename that makes DEST whole.
+    _, _, moments = _run(tmp_path / "clean", None)
+    for at in (1, 2, moments - 1, moments):
+        result, dest, _ = _run(tmp_path / str(at), at, swallow=True)
+        _assert_interrupted(result, dest, at)
+
+
+def test_sigint_at_a_spread_of_moments(tmp_path: Path) -> None:
+    """Real SIGINTs, one per `scaffold new` process, spread over a clean run's length; the
+    processes run side by side, so the test takes about as long as two runs."""
+    root = Path(new.__file__).resolve().parent.parent
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
+    # SIGINT handled as in a terminal's foreground, even if this test runs where it is ignored
+    # (a background job), which its processes would inherit.
+    started = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)"
+    command = [sys.executable, "-c", f"{started}; from scaffold.cli import app; app()", "new"]
+
+    def start(name: str) -> tuple[subprocess.Popen, Path, Path]:
+        temp = tmp_path / name / "tmp"
+        temp.mkdir(parents=True)
+        dest = tmp_path / name / "new" / "proj"
+        process = subprocess.Popen(
+            [*command, str(dest), "--yes", "--quiet"],
+            env={**env, "TMPDIR": str(temp)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        return process, dest, temp
+
+    began = time.monotonic()
+    process, dest, temp = start("clean")
+    assert process.wait(timeout=120) == 0, process.stdout.read()
+    length = time.monotonic() - began
+    assert not list(temp.iterdir())
+
+    # From a fifth of a run on: earlier, SIGINT can land while Python itself starts up.
+    runs = [((index + 1) * length / 5, *start(str(index))) for index in range(8)]
+    began = time.monotonic()
+    interrupted = 0
+    for delay, process, _, _ in runs:
+        time.sleep(max(0.0, began + delay - time.monotonic()))
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            interrupted += 1
+    for delay, process, dest, temp in runs:
+        code = process.wait(timeout=120)
+        output = process.stdout.read()
+        left = sorted(path.name for path in temp.iterdir())
+        assert not left, f"SIGINT after {delay:.2f} s left {left} in TMPDIR"
+        _assert_nothing_or_complete(dest)
+        if dest.exists() and code == 0:
+            continue  # finished before the signal came
+        # 130 from scaffold; -SIGINT if Python had not yet reached scaffold (a shell says 130)
+        assert code in (130, -signal.SIGINT), f"SIGINT after {delay:.2f} s: {code}, {output}"
+    # Eight runs side by side take longer than one alone: the first ones are caught running.
+    assert interrupted >= 2, f"only {interrupted} of 8 processes were running when signalled"

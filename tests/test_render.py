@@ -315,6 +315,16 @@ def test_readme_cites_only_tests_that_exist(project: Path) -> None:
     assert cited <= defined, sorted(cited - defined)
 
 
+def test_readme_offers_the_fast_tests(project: Path) -> None:
+    # The whole suite takes minutes; the README gives the subset without the slow tests too.
+    readme = (project / "README.md").read_text()
+    assert re.search(r'^pytest -m "not slow" +# .*\npytest +# all', readme, flags=re.M), readme
+    marker = re.search(r'^markers = \["slow: ', (project / "pyproject.toml").read_text(), re.M)
+    assert marker, "the slow marker must be declared"
+    tests = (project / "tests").glob("test_*.py")
+    assert any("@pytest.mark.slow" in path.read_text() for path in tests), "no test is slow"
+
+
 def test_readme_lists_every_source_file(project: Path) -> None:
     readme = (project / "README.md").read_text()
     package = project / "src" / _package(project)
