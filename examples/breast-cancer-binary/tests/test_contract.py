@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -24,6 +25,8 @@ from helpers import (
 )
 
 from breast_cancer_binary import losses
+from breast_cancer_binary import train as training
+from breast_cancer_binary.__main__ import main
 from breast_cancer_binary.config import Config
 from breast_cancer_binary.contract import DatasetError, SpecCheck
 from breast_cancer_binary.data import load_datasets
@@ -226,6 +229,24 @@ def test_labels_with_impossible_values_fail_in_the_step(config: Config) -> None:
         labels[call % 4] = impossible
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             trainer.train_step(x, tf.constant(labels))
+
+
+@pytest.mark.slow
+def test_labels_with_impossible_values_fail_in_one_line_on_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    original = training.load_datasets
+    message = "binary labels must be 0.0 or 1.0"
+
+    def impossible(config: Config) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+        train_ds, val_ds = original(config)
+        return train_ds.map(lambda x, y: (x, y * 0.5)), val_ds
+
+    monkeypatch.setattr(training, "load_datasets", impossible)
+    assert main(["train", "--epochs", "1", "--quiet", "--logdir", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == (
+        f"python -m breast_cancer_binary train: error: train_ds does not fit this project: {message}\n"
+    )
 
 
 # Forms of sample weights, each made from canonical float32 weights `(batch,)` of whole numbers.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import keras
@@ -14,7 +15,7 @@ from breast_cancer_binary.__main__ import main
 from breast_cancer_binary.config import Config
 from breast_cancer_binary.inputs import probe_batch
 from breast_cancer_binary.losses import probabilities
-from breast_cancer_binary.trained import load_run
+from breast_cancer_binary.trained import RunFileError, load_run, save_output
 
 PROG = "python -m breast_cancer_binary"
 
@@ -63,19 +64,25 @@ def test_predict_writes_probabilities_or_class_ids(
 def test_export_writes_a_saved_model_that_serves_the_same_outputs(
     logdir: Path, tmp_path: Path, config: Config
 ) -> None:
-    assert main(["export", str(logdir), str(tmp_path / "served")]) == 0
-    served = tf.saved_model.load(str(tmp_path / "served"))
+    out = tmp_path / "exports" / "served"  # Missing directories above it are made.
+    assert main(["export", str(logdir), str(out)]) == 0
+    served = tf.saved_model.load(str(out))
     x = probe_batch(config)
     _, model = load_run(logdir)  # Under the run's dtype policy, as export loads it.
     np.testing.assert_allclose(served.serve(x), model(x), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("wrong", ["shape", "dtype"])
+@pytest.mark.parametrize("wrong", ["shape", "dtype", "complex", "no-rows"])
 def test_predict_refuses_input_that_does_not_fit_in_one_line(
     logdir: Path, tmp_path: Path, config: Config, capsys: pytest.CaptureFixture[str], wrong: str
 ) -> None:
     x = probe_batch(config).numpy()
-    x = x[..., np.newaxis] if wrong == "shape" else x.astype(str)
+    x = {
+        "shape": x[..., np.newaxis],
+        "dtype": x.astype(str),
+        "complex": x.astype(np.complex64),
+        "no-rows": x[:0],
+    }[wrong]
     np.save(tmp_path / "x.npy", x)
     argv = ["predict", str(logdir), "--input", str(tmp_path / "x.npy")]
     assert main([*argv, "--output", str(tmp_path / "y.npy")]) == 2
@@ -97,3 +104,170 @@ def test_a_directory_without_a_finished_run_is_refused_in_one_line(
         f"finished; resume it with `{PROG} train --logdir {tmp_path} --resume`\n"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
+
+
+NPY = "give a .npy file of one array of numbers, written with numpy.save"
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "empty", "npz", "text", "truncated"])
+def test_predict_refuses_an_input_that_is_not_a_npy_array_in_one_line(
+    logdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    path = tmp_path / ("x.npz" if kind == "npz" else "x.npy")
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "empty":
+        path.touch()
+    elif kind == "npz":
+        np.savez(path, x=np.zeros((2, 3), np.float32))
+    elif kind == "text":
+        path.write_text("0.5,1.5\n2.5,3.5\n")
+    elif kind == "truncated":
+        np.save(path, np.zeros((2, 3), np.float32))
+        path.write_bytes(path.read_bytes()[:-4])
+    problem = {
+        "missing": f"does not exist; {NPY}",
+        "directory": f"is a directory; {NPY}",
+        "empty": f"is empty (0 bytes); {NPY}",
+        "npz": "is a .npz archive of arrays; save the one to use alone with numpy.save",
+        "text": f"is not a .npy file (it lacks NumPy's header); {NPY}",
+        "truncated": "cannot be read as an array: Failed to read all data for array. ",
+    }[kind]
+    output = tmp_path / "y.npy"
+    assert main(["predict", str(logdir), "--input", str(path), "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{PROG} predict: error: {path} {problem}")
+    assert len(err.splitlines()) == 1
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    ("output", "problem"),
+    [
+        ("y", "{d}/y.npy exists already (numpy.save adds .npy to {d}/y); give a new file to write"),
+        ("y.npy", "{d}/y.npy exists already; give a new file to write"),
+        ("new/y", "{d}/new does not exist; make it, or give a new file in a directory that exists"),
+        ("y.npy/z.npy", "{d}/y.npy is not a directory; give a new file in a directory"),
+        ("in", "{d}/in is a directory; give a new .npy file to write"),
+    ],
+    ids=["adds-npy", "exists", "missing-directory", "under-a-file", "directory"],
+)
+def test_predict_refuses_an_output_it_cannot_write_before_predicting(
+    logdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], output: str, problem: str
+) -> None:
+    """The file is checked before the model loads: nothing is overwritten, nothing is written."""
+    (tmp_path / "in").mkdir()
+    np.save(tmp_path / "in" / "x.npy", np.zeros((2, 3), np.float32))
+    np.save(tmp_path / "y.npy", np.arange(3))
+    argv = ["predict", str(logdir), "--input", str(tmp_path / "in" / "x.npy")]
+    assert main([*argv, "--output", str(tmp_path / output)]) == 2
+    assert capsys.readouterr().err == f"{PROG} predict: error: {problem.format(d=tmp_path)}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "y.npy"]
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), np.arange(3))
+
+
+def test_a_prediction_is_written_to_a_new_file_or_not_at_all(tmp_path: Path) -> None:
+    """A file that appeared since the check is kept; a failed write leaves no partial file."""
+    (tmp_path / "y.npy").write_bytes(b"earlier")
+    with pytest.raises(RunFileError) as error:
+        save_output(tmp_path / "y.npy", np.zeros(2, np.float32))
+    assert str(error.value) == f"{tmp_path / 'y.npy'} exists already; give a new file to write"
+    assert (tmp_path / "y.npy").read_bytes() == b"earlier"
+
+    with pytest.raises(ValueError, match="Object arrays cannot be saved"):
+        save_output(tmp_path / "z.npy", np.array([object()]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["y.npy"]
+
+
+@pytest.mark.parametrize("where", ["exists", "under-a-file"])
+def test_export_refuses_a_path_it_cannot_make_in_one_line(
+    logdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    (tmp_path / "served").mkdir()
+    (tmp_path / "served" / "saved_model.pb").write_bytes(b"earlier")
+    (tmp_path / "notes").write_text("a file")
+    out = tmp_path / ("served" if where == "exists" else "notes/served")
+    problem = {
+        "exists": f"{out} exists already; give a new path for the SavedModel",
+        "under-a-file": (
+            f"{tmp_path / 'notes'} is not a directory, so {out} cannot be made in it; "
+            "give a new path for the SavedModel in a directory"
+        ),
+    }[where]
+    assert main(["export", str(logdir), str(out)]) == 2
+    assert capsys.readouterr().err == f"{PROG} export: error: {problem}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "served"]
+    assert [p.name for p in (tmp_path / "served").iterdir()] == ["saved_model.pb"]
+    assert (tmp_path / "served" / "saved_model.pb").read_bytes() == b"earlier"
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        pytest.param([], "the following arguments are required: command", id="no-command"),
+        pytest.param(["trian"], "argument command: invalid choice: 'trian'", id="trian"),
+        pytest.param(
+            ["train", "--epochs", "0"],
+            "argument --epochs: expected a positive integer, got '0'",
+            id="train-bad-number",
+        ),
+        pytest.param(
+            ["train", "--epochs", "2", "--foo"], "unrecognized arguments: --foo", id="train-foo"
+        ),
+        pytest.param(
+            ["launch", "--", "train"],
+            "the following arguments are required: --workers",
+            id="launch-no-workers",
+        ),
+        pytest.param(
+            ["check", "--batches", "x"],
+            "argument --batches: expected a positive integer, got 'x'",
+            id="check-bad-number",
+        ),
+        pytest.param(
+            ["evaluate"], "the following arguments are required: logdir", id="evaluate-no-dir"
+        ),
+        pytest.param(
+            ["predict", "runs/x", "--input", "x.npy"],
+            "the following arguments are required: --output",
+            id="predict-no-output",
+        ),
+        pytest.param(
+            ["export", "runs/x", "out", "more"], "unrecognized arguments: more", id="export-extra"
+        ),
+    ],
+)
+def test_a_usage_error_is_one_line_that_names_the_commands_help(
+    argv: list[str], problem: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    command = PROG if argv[:1] in ([], ["trian"]) else f"{PROG} {argv[0]}"
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{command}: error: {problem}")
+    assert err.endswith(f"; see '{command} --help'\n") and len(err.splitlines()) == 1
+
+    with pytest.raises(SystemExit) as exit_info:  # Following the hint.
+        main([*command.split()[3:], "--help"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: {command} ")
+
+
+@pytest.mark.slow
+def test_a_truncated_model_is_refused_and_resuming_writes_it_again(
+    finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logdir = tmp_path / "run"
+    shutil.copytree(finished_run, logdir)
+    model = logdir / "model.keras"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])  # As a kill leaves it.
+    assert main(["export", str(logdir), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (
+        f"{PROG} export: error: {model} is truncated or unreadable; write it again from the "
+        f"run's last checkpoint with `{PROG} train --logdir {logdir} --resume`\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+    assert main(["train", "--logdir", str(logdir), "--resume", "--quiet"]) == 0
+    keras.saving.load_model(model)

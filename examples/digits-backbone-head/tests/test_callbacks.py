@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import io
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from digits_backbone_head import interrupts
 from digits_backbone_head.callbacks import ProgressLogger
 from digits_backbone_head.config import Config
 from digits_backbone_head.data import load_datasets
@@ -230,3 +232,51 @@ def test_the_bar_shows_running_figures_as_they_are(monkeypatch: pytest.MonkeyPat
     monkeypatch.undo()
     shown = re.findall(r"loss: (\d+\.\d+)", terminal.getvalue())
     assert shown[-1] == "5.0000", shown
+
+
+def _shown(terminal: io.StringIO) -> list[str]:
+    """The lines a terminal shows: each line's text after its last carriage return."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", terminal.getvalue())  # Without colours.
+    return [line.split("\r")[-1] for line in text.split("\n")]
+
+
+def test_the_bar_is_one_line_per_epoch_on_a_terminal() -> None:
+    terminal = _Terminal()
+    logger = ProgressLogger(verbose=1, stream=terminal)
+    logger.set_params({"epochs": 2, "steps": 6, "verbose": 1})
+    for epoch in range(2):
+        logger.on_epoch_begin(epoch)
+        for batch in (3, 5):  # Calls of 4 and 2 steps: the second runs the epoch's last step.
+            logger.on_train_batch_end(batch, {"loss": 0.5})
+        logger.on_epoch_end(epoch, {"loss": 0.5, "val_loss": 0.25, "steps_per_second": 9.0})
+    *lines, rest = _shown(terminal)
+    assert rest == "", "the last bar ends its line"
+    assert len(lines) == 4, lines  # Per epoch: its header, then its bar.
+    assert lines[0] == "Epoch 1/2" and lines[2] == "Epoch 2/2"
+    for bar in lines[1], lines[3]:
+        assert bar.startswith("6/6 ") and "val_loss: 0.2500" in bar, bar
+
+
+def test_a_run_stopped_mid_epoch_ends_the_bar_before_its_message() -> None:
+    terminal = _Terminal()
+    logger = ProgressLogger(verbose=1, stream=terminal)
+    logger.set_params({"epochs": 2, "steps": 6, "verbose": 1})
+    with pytest.raises(interrupts.Interrupted), interrupts.catch_signals():
+        logger.on_epoch_begin(0)
+        logger.on_train_batch_end(3, {"loss": 0.5})
+        raise interrupts.Interrupted(signal.SIGINT, 0, 4, None)
+    *lines, rest = _shown(terminal)
+    assert rest == "", "the message that follows must start on a line of its own"
+    assert lines[-1].startswith("4/6 "), lines
+
+    # An epoch that ended ended its bar too: no empty line after it.
+    terminal = _Terminal()
+    logger = ProgressLogger(verbose=1, stream=terminal)
+    logger.set_params({"epochs": 2, "steps": 6, "verbose": 1})
+    with pytest.raises(interrupts.Interrupted), interrupts.catch_signals():
+        logger.on_epoch_begin(0)
+        logger.on_train_batch_end(5, {"loss": 0.5})
+        logger.on_epoch_end(0, {"loss": 0.5, "steps_per_second": 9.0})
+        raise interrupts.Interrupted(signal.SIGINT, 1, 0, None)
+    *lines, rest = _shown(terminal)
+    assert rest == "" and lines[-1].startswith("6/6 "), lines

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -24,6 +25,8 @@ from helpers import (
 )
 
 from digits_backbone_head import losses
+from digits_backbone_head import train as training
+from digits_backbone_head.__main__ import main
 from digits_backbone_head.config import Config
 from digits_backbone_head.contract import DatasetError, SpecCheck
 from digits_backbone_head.data import load_datasets
@@ -223,6 +226,24 @@ def test_labels_with_impossible_values_fail_in_the_step(config: Config) -> None:
         labels[call % 4] = impossible
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             trainer.train_step(x, tf.constant(labels))
+
+
+@pytest.mark.slow
+def test_labels_with_impossible_values_fail_in_one_line_on_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    original = training.load_datasets
+    message = f"sparse labels must be class ids in [0, {Config().num_classes})"
+
+    def impossible(config: Config) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+        train_ds, val_ds = original(config)
+        return train_ds.map(lambda x, y: (x, y + config.num_classes)), val_ds
+
+    monkeypatch.setattr(training, "load_datasets", impossible)
+    assert main(["train", "--epochs", "1", "--quiet", "--logdir", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == (
+        f"python -m digits_backbone_head train: error: train_ds does not fit this project: {message}\n"
+    )
 
 
 # Forms of sample weights, each made from canonical float32 weights `(batch,)` of whole numbers.

@@ -8,13 +8,16 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from helpers import QUIET, dataset, features, labels_for, linear_model, traced_once_per_phase
 
+from digits_backbone_head import train as training
 from digits_backbone_head.__main__ import main
 from digits_backbone_head.config import Config
 from digits_backbone_head.data import load_datasets
@@ -178,6 +181,60 @@ def test_command_line_refuses_a_directory_that_holds_a_run(
     assert len(err.splitlines()) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
     assert (tmp_path / "metrics.jsonl").read_text() == "{}\n"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["train_ds", "val_ds"])
+def test_an_empty_dataset_fails_in_one_line_and_writes_nothing(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    load_datasets = training.load_datasets
+
+    def emptied(config: Config) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+        train_ds, val_ds = load_datasets(config)
+        if name == "train_ds":
+            return train_ds.take(0), val_ds  # No batch, and tf.data knows it.
+        return train_ds, val_ds.filter(lambda *_: False)  # No batch, of unknown length.
+
+    monkeypatch.setattr(training, "load_datasets", emptied)
+    logdir = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--quiet", "--logdir", str(logdir)]) == 2
+    why = {"train_ds": "every epoch would train on nothing", "val_ds": "it has no figure to report"}
+    assert capsys.readouterr().err == (
+        f"python -m digits_backbone_head train: error: {name} does not fit this project: "
+        f"{name} is empty (no batch), so {why[name]}; give it data\n"
+    )
+    assert not logdir.exists()
+
+
+@pytest.mark.slow
+def test_a_generator_that_raises_fails_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    load_datasets = training.load_datasets
+
+    def generated(config: Config) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+        train_ds, val_ds = load_datasets(config)
+        calls = [0]  # The first reads one batch, to tell whether the dataset is empty.
+
+        def batches() -> Iterator[object]:
+            calls[0] += 1
+            for number, batch in enumerate(train_ds):
+                if calls[0] == 2 and number == 2:
+                    raise OSError("the disk went away")
+                yield batch
+
+        spec = train_ds.element_spec
+        return tf.data.Dataset.from_generator(batches, output_signature=spec), val_ds
+
+    monkeypatch.setattr(training, "load_datasets", generated)
+    logdir = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--quiet", "--logdir", str(logdir)]) == 2
+    assert capsys.readouterr().err == (
+        "python -m digits_backbone_head train: error: train_ds does not fit this project: its "
+        "Python code raised OSError: the disk went away\n"
+    )
+    assert not (logdir / "checkpoints").exists() and not (logdir / "model.keras").exists()
 
 
 def test_command_line_rejects_bad_numbers(capsys: pytest.CaptureFixture[str]) -> None:

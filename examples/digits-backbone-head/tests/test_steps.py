@@ -10,11 +10,13 @@ import pytest
 import tensorflow as tf
 from helpers import QUIET, dataset, features, labels_for, linear_model, traced_once_per_phase
 
+from digits_backbone_head import losses, precision
 from digits_backbone_head.config import Config
 from digits_backbone_head.data import load_datasets
 from digits_backbone_head.gradients import NoneGradientError, NoneGradientWarning
 from digits_backbone_head.losses import make_loss
 from digits_backbone_head.model import build_model
+from digits_backbone_head.steps import total_loss
 from digits_backbone_head.train import Trainer
 
 
@@ -70,6 +72,24 @@ def test_steps_add_regularization_losses(config: Config) -> None:
     assert float(val_loss.result()) == pytest.approx(expected)
     trainer.train_step(tf.constant(x), tf.constant(y))
     assert float(train_loss.result()) == pytest.approx(expected)
+
+
+def test_mixed_precision_regularization_losses_add_up_in_float32(config: Config) -> None:
+    """An activity regularizer's loss is bfloat16 under mixed_bfloat16, a kernel's float32."""
+    with precision.dtype_policy("mixed_bfloat16"):
+        inputs = keras.Input((4,))
+        l2 = keras.regularizers.L2(0.1)
+        hidden = keras.layers.Dense(4, kernel_regularizer=l2, activity_regularizer=l2)(inputs)
+        model = keras.Model(inputs, losses.output_layer(config)(hidden))
+    y = losses.encode_labels(np.arange(8) % losses.class_count(config), config)
+    y_pred = model(tf.ones((8, 4)), training=True)
+    assert {loss.dtype for loss in model.losses} == {tf.bfloat16, tf.float32}
+
+    loss = total_loss(model, make_loss("sum"), y, y_pred, tf.constant(8.0))
+
+    regularization = sum(float(loss) for loss in model.losses)
+    assert loss.dtype == tf.float32
+    assert float(loss) == pytest.approx(float(make_loss()(y, y_pred)) + regularization)
 
 
 def test_a_whole_run_traces_each_step_once(config: Config) -> None:

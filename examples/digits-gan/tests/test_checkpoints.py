@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
+import os
 import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -15,9 +20,11 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
 from digits_gan import distribution, interrupts, precision
-from digits_gan.__main__ import main
-from digits_gan.checkpoints import CheckpointError
+from digits_gan import train as training
+from digits_gan.__main__ import hold_run_dir, main
+from digits_gan.checkpoints import CheckpointError, RunCheckpoint, read_run
 from digits_gan.config import Config
+from digits_gan.data import load_datasets
 from digits_gan.gan import GAN
 from digits_gan.model import build_generator
 from digits_gan.options import RunOptions
@@ -99,6 +106,45 @@ def test_a_stopped_run_resumes_bit_for_bit(
     assert (tmp_path / "model.keras").is_file()
 
 
+@contextlib.contextmanager
+def busy_processors(count: int) -> Iterator[None]:
+    """`count` processes that spin on the CPU while the block runs: a loaded machine."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+@pytest.mark.slow
+def test_runs_stopped_in_the_last_steps_of_an_epoch_resume_bit_for_bit_under_load(
+    config: Config, tmp_path: Path
+) -> None:
+    # A data iterator that reads ahead on its own thread may have crossed into the next pass
+    # when saved; busy processes vary how far it got, and the third epoch's order shows it.
+    config = dataclasses.replace(config, epochs=3)
+    num_batches = int(load_datasets(config)[0].cardinality())
+    expected = fit(config, options=run(tmp_path / "whole")).model.get_weights()
+    saved_sizes = set()
+    with busy_processors(3):
+        for trial, left in enumerate([1, 2, 1, 2]):
+            logdir = tmp_path / f"stopped-{trial}"
+            with pytest.raises(interrupts.Interrupted) as stopped:  # Ctrl-C `left` steps early.
+                stop = StopAfter(num_batches - left)
+                fit(config, options=run(logdir, steps_per_execution=1), callbacks=[stop])
+            interrupts.clear()
+            assert (stopped.value.epoch, stopped.value.step) == (1, num_batches - left)
+            checkpoint = stopped.value.checkpoint
+            assert checkpoint is not None
+            saved_sizes.add(sum(f.stat().st_size for f in logdir.glob(f"**/{checkpoint.name}.*")))
+            resumed = fit(config, options=run(logdir, resume=True))
+            for ours, theirs in zip(resumed.model.get_weights(), expected, strict=True):
+                np.testing.assert_array_equal(ours, theirs, err_msg=f"stopped {left} before")
+    assert len(saved_sizes) == 1, f"the saved data position depends on timing: {saved_sizes}"
+
+
 def test_step_checkpoints_land_on_their_steps(config: Config, tmp_path: Path) -> None:
     config = dataclasses.replace(config, epochs=1)
     fit(config, options=run(tmp_path, checkpoint_every_steps=4, max_checkpoints=3))
@@ -111,12 +157,34 @@ def test_step_checkpoints_land_on_their_steps(config: Config, tmp_path: Path) ->
     assert all(step % 4 == 0 for step in steps[:-1]), steps  # The last is the epoch's end.
 
 
-def test_a_resumed_run_repeats_no_epoch_in_its_logs(config: Config, tmp_path: Path) -> None:
-    fit(config, options=run(tmp_path))
-    # As if killed after epoch 2 was logged but before its checkpoint was written.
+@pytest.mark.parametrize(
+    "start",
+    [
+        "epoch-end",
+        # Slow, for the matrix: the same engine code as epoch-end. `pytest -m slow` runs them.
+        pytest.param("inside-epoch", marks=pytest.mark.slow),
+        pytest.param("torn-line", marks=pytest.mark.slow),
+    ],
+)
+def test_a_resumed_run_repeats_no_epoch_in_its_logs(
+    config: Config, tmp_path: Path, start: str
+) -> None:
+    short = {"steps_per_epoch": 4}
+    fit(config, options=run(tmp_path, **short, checkpoint_every_steps=2, max_checkpoints=100))
     state = tmp_path / "checkpoints" / "checkpoint"
-    state.write_text('model_checkpoint_path: "ckpt-1"\nall_model_checkpoint_paths: "ckpt-1"\n')
-    fit(config, options=run(tmp_path, resume=True))
+    kept = tf.train.get_checkpoint_state(str(state.parent)).all_model_checkpoint_paths
+    position = "position/.ATTRIBUTES/VARIABLE_VALUE"
+    at = {tuple(tf.train.load_variable(path, position)): path for path in kept}
+    # As if killed after epoch 2 was logged but before its checkpoint was written; or after
+    # epoch 1 was logged, its last step checkpoint being the latest; or while writing the
+    # line of epoch 2, which is left torn.
+    latest = at[(1, 0)] if start != "inside-epoch" else at[(0, 2)]
+    state.write_text(f'model_checkpoint_path: "{Path(latest).name}"\n')
+    if start == "torn-line":
+        metrics = tmp_path / "metrics.jsonl"
+        first, second = metrics.read_text().splitlines(keepends=True)
+        metrics.write_text(first + second[: len(second) // 2])
+    fit(config, options=run(tmp_path, **short, resume=True))
 
     assert [line["epoch"] for line in figures(tmp_path)] == [1, 2]
     events = EventAccumulator(str(tmp_path / "train"))
@@ -134,8 +202,17 @@ def test_resuming_without_a_checkpoint_fails_in_one_line(
     )
     defaults: dict[str, object] = {}  # A run of the default Config and RunOptions.
     (tmp_path / "run.json").write_text(json.dumps({"config": defaults, "options": defaults}))
-    with pytest.raises(CheckpointError, match="holds no checkpoint: nothing to resume"):
+    with pytest.raises(CheckpointError, match=r"holds no checkpoint: .* nothing to resume") as e:
         fit(config, options=run(tmp_path, resume=True))
+    assert str(e.value).endswith("start a new run without --resume, into another --logdir")
+
+
+@pytest.mark.slow
+def test_the_fix_for_a_run_without_a_checkpoint_works(tmp_path: Path) -> None:
+    (tmp_path / "run.json").write_text("{}")  # A run stopped before its first checkpoint.
+    argv = ["--epochs", "1", "--steps-per-epoch", "1", "--quiet"]
+    assert main(["train", "--logdir", str(tmp_path), *argv]) == 2  # This one holds a run.
+    assert main(["train", "--logdir", str(tmp_path / "new"), *argv]) == 0
 
 
 def test_a_truncated_checkpoint_fails_in_one_line(
@@ -152,6 +229,38 @@ def test_a_truncated_checkpoint_fails_in_one_line(
     assert err.startswith(f"{PROG} train: error: checkpoint {latest} cannot be read")
     assert len(err.splitlines()) == 1
     assert len(figures(logdir)) == 2  # Nothing was trained or logged.
+
+
+@pytest.mark.slow
+def test_resuming_on_data_of_another_size_fails_in_one_line(
+    finished_run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logdir = tmp_path / "run"
+    shutil.copytree(finished_run, logdir)
+    before = {path: path.read_bytes() for path in logdir.rglob("*") if path.is_file()}
+    load_datasets = training.load_datasets
+    num_batches = int(load_datasets(Config())[0].cardinality())
+
+    def shrunk(config: Config) -> tuple[tf.data.Dataset, object]:
+        train_ds, val_ds = load_datasets(config)
+        return train_ds.take(num_batches - 1), val_ds
+
+    monkeypatch.setattr(training, "load_datasets", shrunk)
+    assert main(["train", "--epochs", "3", "--quiet", "--logdir", str(logdir), "--resume"]) == 2
+    assert capsys.readouterr().err == (
+        f"{PROG} train: error: cannot resume {logdir}: its training data had {num_batches} "
+        f"batches per pass, and now has {num_batches - 1}; resume with the data the run "
+        "started with (data.py), or start a new run in another directory\n"
+    )
+    after = {path: path.read_bytes() for path in logdir.rglob("*") if path.is_file()}
+    assert after == before  # Nothing was trained or written.
+
+    monkeypatch.setattr(training, "load_datasets", load_datasets)  # The run's data again.
+    assert main(["train", "--epochs", "3", "--quiet", "--logdir", str(logdir), "--resume"]) == 0
+    assert len(figures(logdir)) == 3
 
 
 def test_a_checkpoint_of_another_model_is_refused(config: Config, finished_run: Path) -> None:
@@ -172,3 +281,124 @@ def test_resuming_with_another_config_is_refused(config: Config, finished_run: P
     other = dataclasses.replace(config, batch_size=config.batch_size + 1)
     with pytest.raises(CheckpointError, match=r"another config: batch_size=\d+ \(the run has"):
         fit(other, options=run(finished_run, resume=True))
+
+
+def test_a_run_directory_in_use_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logdir = tmp_path / "run"
+    with hold_run_dir(logdir, new=True):  # As a train command into it that started first.
+        assert main(["train", "--epochs", "1", "--quiet", "--logdir", str(logdir)]) == 2
+        assert list(logdir.iterdir()) == []  # Nothing was written.
+    assert capsys.readouterr().err == (
+        f"{PROG} train: error: --logdir {logdir} is in use by another train command; wait for "
+        "it to end, or choose another directory\n"
+    )
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "read-only"])
+def test_a_logdir_that_cannot_be_written_is_refused_in_one_line(
+    finished_run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    where: str,
+) -> None:
+    if where == "under-a-file":
+        (tmp_path / "file").write_text("")
+        logdir = tmp_path / "file" / "run"
+        argv = ["--epochs", "1"]
+        problem = f"--logdir {logdir} is under {logdir.parent}, which is a file; give a directory"
+    else:  # Made read-only where the test cannot be (as root): the check is what is tested.
+        logdir = tmp_path / "run"
+        shutil.copytree(finished_run, logdir)
+        access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode: path != logdir and access(path, mode))
+        argv = ["--epochs", "3", "--resume"]
+        problem = f"--logdir {logdir} is read-only; make it writable"
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["train", "--quiet", "--logdir", str(logdir), *argv]) == 2
+    assert capsys.readouterr().err == f"{PROG} train: error: {problem}\n"
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("command", ["resume", "export"])
+def test_a_run_of_another_project_is_refused_in_one_line(
+    finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    logdir = tmp_path / "run"
+    shutil.copytree(finished_run, logdir)
+    run_file = logdir / "run.json"
+    run = json.loads(run_file.read_text())
+    package = PROG.split()[-1]
+    assert run.pop("project") == package
+    run_file.write_text(json.dumps(run))  # As written before run.json named its project.
+    assert read_run(logdir) == read_run(finished_run)
+    run_file.write_text(json.dumps({**run, "project": "other_project"}))
+
+    argv = {"resume": ["train", "--logdir", str(logdir), "--resume"]}
+    argv["export"] = ["export", str(logdir), str(tmp_path / "out")]
+    assert main(argv[command]) == 2
+    name = argv[command][0]
+    assert capsys.readouterr().err == (
+        f"{PROG} {name}: error: {logdir} holds a run of the project other_project, not of "
+        f"{package}; use it with python -m other_project\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_run_says_there_is_nothing_to_do(
+    finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logdir = tmp_path / "run"
+    shutil.copytree(finished_run, logdir)
+    (logdir / "model.keras").unlink()
+    assert main(["train", "--logdir", str(logdir), "--resume"]) == 0
+    assert capsys.readouterr().out == (
+        f"nothing to train: {logdir} has run all 2 epochs (its model.keras is written again "
+        "from its last checkpoint); give --epochs above 2 to train on\n"
+    )
+    assert figures(logdir) == figures(finished_run)
+    keras.saving.load_model(logdir / "model.keras")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("write", ["checkpoint", "model"])
+def test_a_full_disk_fails_in_one_line_and_the_run_resumes(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    write: str,
+) -> None:
+    if write == "checkpoint":  # What TensorFlow raises: the second checkpoint's files fail.
+        write_checkpoint = RunCheckpoint._write_quietly
+
+        def full(self: RunCheckpoint, data: tf.data.Iterator | None, path: Path) -> None:
+            write_checkpoint(self, data, path)
+            if path.name == "ckpt-2":
+                message = f"{path}_temp/part-00000; No space left on device"
+                raise tf.errors.ResourceExhaustedError(None, None, message)
+
+        monkeypatch.setattr(RunCheckpoint, "_write_quietly", full)
+    else:  # What Python raises, saving the model.
+
+        def full(self: keras.Model, path: Path) -> None:
+            Path(path).write_bytes(b"PK")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(keras.Model, "save", full)
+    logdir = tmp_path / "run"
+    argv = ["train", "--quiet", "--logdir", str(logdir)]
+    assert main([*argv, "--epochs", "2", "--steps-per-epoch", "2"]) == 2
+    resume = f"{PROG} train --logdir {logdir} --resume"
+    assert capsys.readouterr().err == (
+        f"{PROG} train: error: cannot write to {logdir}: no space left on the device; free "
+        f"some, then resume with: {resume}\n"
+    )
+    assert not list(logdir.glob("checkpoints/ckpt-2*" if write == "checkpoint" else "model*"))
+
+    monkeypatch.undo()  # Space was freed: the fix it gives works.
+    assert main([*argv, "--resume"]) == 0
+    assert [line["epoch"] for line in figures(logdir)] == [1, 2]
+    keras.saving.load_model(logdir / "model.keras")

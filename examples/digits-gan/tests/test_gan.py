@@ -201,6 +201,12 @@ def test_a_nan_image_is_skipped_and_too_many_stop_the_run(config: Config) -> Non
     trainer.train_epoch(tf.data.Dataset.from_tensor_slices(bad[32:]).batch(32))
     assert not _moved(before, _weights(trainer.model))
 
+    # The skipped step's figures stay out of the epoch's: those of the batch before it alone.
+    logs, _ = _trainer(config).train_epoch(tf.data.Dataset.from_tensor_slices(bad).batch(32))
+    clean, _ = _trainer(config).train_epoch(tf.data.Dataset.from_tensor_slices(bad[:32]).batch(32))
+    assert (logs.pop("skipped_steps"), clean.pop("skipped_steps")) == (1.0, 0.0)
+    assert logs == clean
+
     trainer = _trainer(config, dataclasses.replace(QUIET, max_bad_steps=2))
     nan_batches = tf.data.Dataset.from_tensor_slices(bad[32:]).batch(32).repeat(3)
     with pytest.raises(NonFiniteError, match=r"^stopped at step 2: 2 steps in a row"):

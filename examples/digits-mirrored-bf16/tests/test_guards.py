@@ -18,16 +18,37 @@ from digits_mirrored_bf16.train import Trainer
 
 
 class Poison(keras.layers.Layer):
-    """Turns its second input into NaN for a batch whose first input holds `mark`."""
+    """Adds `value` (NaN by default) to its second input for a batch whose first holds `mark`."""
+
+    def __init__(self, mark: float, value: float = float("nan"), **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.mark = mark
+        self.value = value
+
+    def call(self, inputs: list[tf.Tensor]) -> tf.Tensor:
+        raw, x = inputs
+        marked = tf.reduce_any(tf.equal(tf.cast(raw, x.dtype), self.mark))
+        return x + tf.where(marked, self.value, 0.0)
+
+
+class Lever(keras.layers.Layer):
+    """Adds 0, but gives `gain` a huge gradient on a batch whose first input holds `mark`.
+
+    The loss and the gradients stay finite, but the square of that gradient overflows float32
+    in Adam's second moment: applied, it would make the slot infinite, then the weights NaN.
+    """
 
     def __init__(self, mark: float, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.mark = mark
 
+    def build(self, input_shape: list[tuple[int, ...]]) -> None:
+        self.gain = self.add_weight(name="gain", shape=(), initializer="ones")
+
     def call(self, inputs: list[tf.Tensor]) -> tf.Tensor:
         raw, x = inputs
         marked = tf.reduce_any(tf.equal(tf.cast(raw, x.dtype), self.mark))
-        return x + tf.where(marked, float("nan"), 0.0)
+        return x + tf.where(marked, 1e35, 0.0) * (self.gain - tf.stop_gradient(self.gain))
 
 
 class Fuse(keras.layers.Layer):
@@ -45,15 +66,31 @@ def _mark(config: Config) -> float:
     return 777.0  # No standard normal feature comes near it.
 
 
-def _model(config: Config, layer: keras.layers.Layer | None = None) -> keras.Model:
-    """Batch normalization and seeded dropout (state a forward pass moves), then the output."""
+def _model(
+    config: Config,
+    layer: keras.layers.Layer | None = None,
+    *,
+    value: float = float("nan"),
+    lever: bool = False,
+) -> keras.Model:
+    """Batch normalization and seeded dropout (state a forward pass moves), then the output.
+
+    A marked batch gets `value` added to its representation, or with `lever`, a gradient too
+    large to square (see `Lever`).
+    """
     keras.utils.set_random_seed(config.seed)
     inputs, x = encoder(config)
-    x = keras.layers.Dense(8)(Poison(_mark(config))([inputs, x]))
+    spoil = Lever(_mark(config), name="lever") if lever else Poison(_mark(config), value)
+    x = keras.layers.Dense(8)(spoil([inputs, x]))
     if layer is not None:
         x = layer(x)
     x = keras.layers.Dropout(0.5, seed=config.seed)(keras.layers.BatchNormalization()(x))
     return keras.Model(inputs, losses.output_layer(config)(x))
+
+
+def _trained_whole(config: Config) -> Config:
+    """`config` with every trainable variable updated from the first step."""
+    return config
 
 
 def _examples(config: Config, marked: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -70,27 +107,46 @@ def _state(model: keras.Model) -> list[np.ndarray]:
     return [v.numpy() for v in model.variables]
 
 
-def test_a_nan_batch_leaves_the_model_as_a_run_that_skipped_it(config: Config) -> None:
-    x, y = _examples(config, marked=[2])
-    config = dataclasses.replace(config, epochs=3)
-    skipping = Trainer(config, _model(config), QUIET)
-    terminate = keras.callbacks.TerminateOnNaN()
-    # One call of K steps holds the whole epoch: TerminateOnNaN can stop the run only after it.
-    history = skipping.fit(dataset(x, y, 16), callbacks=[terminate])
-    clean = Trainer(config, _model(config), QUIET)
-    keep = np.r_[0:32, 48:64]
-    clean.fit(dataset(x[keep], y[keep], 16), epochs=1)
+def _optimizer_state(trainer: Trainer) -> list[np.ndarray]:
+    """Every optimizer variable: iterations, learning rates, slots."""
+    optimizers = trainer.task.optimizers.by_part.values()
+    return [np.asarray(v) for optimizer in optimizers for v in optimizer.variables]
 
-    assert history.epoch == [0]  # TerminateOnNaN saw the NaN loss and stopped the run...
-    assert np.isnan(history.history["loss"][0])
-    assert history.history["skipped_steps"] == [1.0]
-    # ...but the skipped step moved nothing: weights, statistics, dropout seeds, optimizers.
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        pytest.param({"value": float("nan")}, id="nan"),
+        pytest.param({"value": float("inf")}, id="inf", marks=pytest.mark.slow),
+        pytest.param({"lever": True}, id="too-large-to-square", marks=pytest.mark.slow),
+    ],
+)
+def test_a_bad_batch_leaves_the_run_as_one_that_skipped_it(
+    config: Config, spoil: dict[str, object]
+) -> None:
+    """A NaN or infinite loss, or a finite gradient too large to square: all skipped alike.
+
+    The skipped step moves no weight, optimizer variable, layer state or metric: the epochs'
+    figures are those of a run that never saw the batch, so `TerminateOnNaN` lets it go on.
+    """
+    x, y = _examples(config, marked=[2])
+    config = dataclasses.replace(_trained_whole(config), epochs=2)
+    skipping = Trainer(config, _model(config, **spoil), QUIET)
+    terminate = keras.callbacks.TerminateOnNaN()
+    history = skipping.fit(dataset(x, y, 16), callbacks=[terminate])
+    clean = Trainer(config, _model(config, **spoil), QUIET)
+    keep = np.r_[0:32, 48:64]
+    clean_history = clean.fit(dataset(x[keep], y[keep], 16))
+
+    assert history.history["skipped_steps"] == [1.0, 1.0]
+    for key in ("loss", "accuracy"):
+        assert history.history[key] == clean_history.history[key], key
     for ours, theirs in zip(_state(skipping.model), _state(clean.model), strict=True):
         np.testing.assert_array_equal(ours, theirs)
-    for name, optimizer in skipping.task.optimizers.by_part.items():
-        assert int(optimizer.iterations) == int(clean.task.optimizers.by_part[name].iterations)
-    assert max(int(o.iterations) for o in skipping.task.optimizers.by_part.values()) == 3
-    assert int(skipping.global_step) == 4  # Steps taken, the skipped one included.
+    for ours, theirs in zip(_optimizer_state(skipping), _optimizer_state(clean), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    assert max(int(o.iterations) for o in skipping.task.optimizers.by_part.values()) == 6
+    assert int(skipping.global_step) == 8  # Steps taken, the skipped ones included.
 
 
 def test_a_group_of_skipped_micro_batches_updates_nothing(config: Config) -> None:
@@ -121,10 +177,38 @@ def test_bad_steps_in_a_row_stop_the_run_naming_the_loss(config: Config) -> None
 
     assert str(error.value) == (
         "stopped at step 3: 3 steps in a row were skipped because the loss was not finite "
-        "(first at step 1); the weights are those before step 1. Look for NaN or infinite "
-        "values in the data, lower the learning rate, or set RunOptions.clip_global_norm"
+        "(first at step 1); the weights are those before step 1. Look for NaN, infinite or "
+        "very large values in the data, lower the learning rate, or set "
+        "RunOptions.clip_global_norm"
     )
     for ours, theirs in zip(trainer.model.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.slow  # Engine behaviour: the projects that run slow tests run it.
+def test_gradients_too_large_to_square_stop_the_run_at_the_first(config: Config) -> None:
+    """Named by their variable, from the first step on: Adam's slots never overflow.
+
+    Applied, the first such gradient would make Adam's second moment infinite and, one step
+    later, the weights NaN: the run would then stop on a NaN loss and blame a later step.
+    """
+    x, y = _examples(config, marked=[1, 2, 3])
+    config = _trained_whole(config)
+    options = dataclasses.replace(QUIET, max_bad_steps=3)
+    trainer = Trainer(config, _model(config, lever=True), options)
+    weights, slots = trainer.model.get_weights(), _optimizer_state(trainer)
+
+    with pytest.raises(
+        NonFiniteError,
+        match=r"^stopped at step 3: 3 steps in a row were skipped because the gradient of "
+        r"\S*lever/gain was not finite or too large \(first at step 1\); the weights are those "
+        r"before step 1\.",
+    ):
+        trainer.fit(dataset(x[16:], y[16:], 16))
+
+    for ours, theirs in zip(trainer.model.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    for ours, theirs in zip(_optimizer_state(trainer), slots, strict=True):
         np.testing.assert_array_equal(ours, theirs)
 
 
@@ -134,7 +218,7 @@ def test_a_non_finite_gradient_is_named_by_its_variable(config: Config) -> None:
     trainer = Trainer(config, _model(config, Fuse(name="bomb")), options)
 
     with pytest.raises(
-        NonFiniteError, match=r"^stopped at step 2: .* the gradient of \S*bomb/fuse"
+        NonFiniteError, match=r"^stopped at step 2: .* the gradient of \S*bomb/fuse was not finite"
     ):
         trainer.train_epoch(dataset(x, y, 16))
 

@@ -108,6 +108,28 @@ def test_a_killed_run_loses_only_what_came_after_its_last_checkpoint(
     assert_same_run(logdir, uninterrupted)
 
 
+def test_a_run_is_its_directory_s_one_writer_until_it_dies(tmp_path: Path) -> None:
+    logdir = tmp_path / "run"
+    process = start(logdir, "--epochs", "1000")  # It runs until it is killed.
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("epoch 1/"):
+            break
+    code, _, err = finish(start(logdir, "--resume"))
+    assert (code, err) == (
+        2,
+        f"{PROG} train: error: --logdir {logdir} is in use by another train command; wait for "
+        "it to end, or choose another directory\n",
+    )
+
+    process.kill()  # SIGKILL: the lock goes with the process.
+    assert finish(process)[0] == -signal.SIGKILL
+    epochs = len(figures(logdir)) + 1
+    code, _, err = finish(start(logdir, "--resume", "--epochs", str(epochs)))
+    assert code == 0, err
+    assert [line["epoch"] for line in figures(logdir)] == list(range(1, epochs + 1))
+
+
 def test_a_second_signal_exits_at_once_even_inside_a_long_call(tmp_path: Path) -> None:
     # The main thread blocks in a call that a signal does not end (a read that is retried),
     # as it would in a long call of steps.

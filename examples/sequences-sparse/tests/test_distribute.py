@@ -100,7 +100,9 @@ def test_replicas_train_exactly_as_one_device(one_device: Run, replicas: int) ->
     """The same global batches give the same weights and figures on 1, 2 or 3 replicas.
 
     The loss is scaled exactly once (the replicas' parts add up to the batch's mean, even
-    for the last, uneven batch), and the reported figures are reduced across replicas.
+    for the last, uneven batch), and the reported figures are reduced across replicas. The
+    model's dropout is off (see `train`): each replica draws its own masks, so with dropout
+    the runs would differ.
     """
     one_history, _, one_device_weights = one_device
     history, _, weights = train(small_config(Config()), mirrored(replicas))
@@ -141,6 +143,29 @@ def test_accumulated_micro_batches_update_as_one_step_on_their_concatenation(
             np.concatenate([w.ravel() for w in run]) for run in (weights, concatenated[2], start)
         )
         assert np.linalg.norm(ours - theirs) <= tolerance * np.linalg.norm(theirs - first)
+
+
+@pytest.mark.slow  # Three runs, about 3 s: the projects that run slow tests run it.
+def test_clipping_bounds_the_whole_batch_gradient_on_replicas_and_in_micro_batches(
+    one_device: Run,
+) -> None:
+    """`clip_global_norm` clips the gradient of the whole batch, not each replica's part.
+
+    3 replicas, and 2 replicas accumulating 4 micro-batches, end with the weights of one
+    device clipped to the same norm; the norm is small enough that every step is clipped.
+    """
+    config = small_config(Config())
+    clip = {"clip_global_norm": 0.01}
+    _, _, clipped = train(config, None, **clip)
+    _, _, replicas = train(config, mirrored(3), **clip)
+    micro = dataclasses.replace(config, batch_size=BATCH // 4)
+    _, _, accumulated = train(micro, mirrored(2), accumulation_steps=4, **clip)
+    # The clip binds: the weights are far from those of the unclipped run (Adam's update is
+    # nearly invariant to the gradient's scale, so not by much).
+    assert max(np.abs(c - u).max() for c, u in zip(clipped, one_device[2], strict=True)) > 1e-4
+    for run in (replicas, accumulated):
+        for ours, theirs in zip(run, clipped, strict=True):
+            np.testing.assert_allclose(ours, theirs, atol=1e-6)
 
 
 @pytest.mark.slow  # Three runs, about 3 s: the projects that run slow tests run it.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -11,6 +12,8 @@ import tensorflow as tf
 from helpers import QUIET, features, labels_for, linear_model, traced_once_per_phase
 
 from sequences_sparse import losses
+from sequences_sparse import train as training
+from sequences_sparse.__main__ import main
 from sequences_sparse.config import Config
 from sequences_sparse.contract import DatasetError
 from sequences_sparse.data import load_datasets
@@ -137,6 +140,26 @@ def test_token_ids_outside_the_vocabulary_fail_in_the_step(config: Config) -> No
         bad[call % 4, 0] = config.vocab_size if call % 2 == 0 else -1
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             trainer.train_step(tf.constant(bad), labels)
+
+
+@pytest.mark.slow
+def test_token_ids_outside_the_vocabulary_fail_in_one_line_on_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    original = training.load_datasets
+
+    def outside(config: Config) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+        train_ds, val_ds = original(config)
+        return train_ds.map(lambda x, y: (x + config.vocab_size, y)), val_ds
+
+    monkeypatch.setattr(training, "load_datasets", outside)
+    assert main(["train", "--epochs", "1", "--quiet", "--logdir", str(tmp_path / "run")]) == 2
+    vocab_size = Config().vocab_size
+    assert capsys.readouterr().err == (
+        "python -m sequences_sparse train: error: train_ds does not fit this project: token "
+        f"ids must be in [0, config.vocab_size) = [0, {vocab_size}), 0 being padding; raise "
+        "Config.vocab_size, or map the ids into that range in data.py\n"
+    )
 
 
 def test_config_rejects_too_few_tokens() -> None:

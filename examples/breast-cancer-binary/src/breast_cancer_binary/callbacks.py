@@ -10,6 +10,7 @@ Template-owned: `copier update` merges template changes into it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -22,6 +23,7 @@ import tensorflow as tf
 from tensorboard.compat.proto import event_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
+from . import interrupts
 from .config import Config
 from .options import RunOptions
 
@@ -61,9 +63,12 @@ def format_metrics(logs: dict[str, float]) -> str:
 class ProgressLogger(keras.callbacks.Callback):
     """A progress bar per epoch on a terminal; one line per epoch otherwise.
 
-    The bar is Keras's `Progbar`, updated after every call of K steps with the running
-    figures, steps per second and the ETA. Every figure is a running result already, so all
-    are `stateful_metrics` (otherwise `Progbar` would average the averages).
+    The bar is Keras's `Progbar`, redrawn in place after every call of K steps with the running
+    figures, steps per second and the ETA, and ended at the end of the epoch with its figures:
+    one line under the epoch's header. Every figure is a running result already, so all are
+    `stateful_metrics` (otherwise `Progbar` would average the averages). While a bar is drawn,
+    `interrupts.line_open` says so: a run stopped in the middle of an epoch ends the bar's line
+    before saying why it stopped.
 
     Args:
         verbose: 1 for a bar when `stream` is a terminal and lines otherwise; 2 for lines.
@@ -110,16 +115,23 @@ class ProgressLogger(keras.callbacks.Callback):
             self._bar = keras.utils.Progbar(
                 self.steps, stateful_metrics=[k for k, _ in values], unit_name="step"
             )
-        self._bar.update(self._seen, values)
+        # Not final even at the last step: the epoch's end adds validation figures and ends it.
+        self._draw(values, finalize=False)
+        interrupts.line_open(self._out())
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         """Finish the bar with the epoch's figures, or print the epoch's line."""
         logs = dict(logs or {})
         if self._bar is not None:
             self._bar.target = self._seen  # An epoch can end early (`stop_training`).
-            self._bar.update(self._seen, self._values(self._seen, logs), finalize=True)
+            self._draw(self._values(self._seen, logs), finalize=True)
+            interrupts.line_open(None)
         elif self.verbose:
             print(format_logs(epoch + 1, self.epochs, logs), file=self._out(), flush=True)
+
+    def _draw(self, values: list[tuple[str, float]], finalize: bool) -> None:
+        with contextlib.redirect_stdout(self._out()):  # `Progbar` prints to `sys.stdout`.
+            self._bar.update(self._seen, values, finalize=finalize)
 
     def _values(self, seen: int, logs: dict) -> list[tuple[str, float]]:
         values = [
@@ -137,7 +149,8 @@ class MetricsFile(keras.callbacks.Callback):
     Each line is written and flushed at the end of its epoch, so a run that is stopped keeps
     every finished epoch. The file is opened at the start of the run and closed at its end.
     A resumed run first drops the lines of the epochs it runs again (those a killed run wrote
-    after its last checkpoint), so every epoch has one line.
+    after its last checkpoint, even one taken inside an epoch) and a torn last line (what a
+    kill or a full disk leaves), so every epoch has one line.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -153,15 +166,15 @@ class MetricsFile(keras.callbacks.Callback):
         self._started = False
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        """On the run's first epoch, drop the lines of this epoch and later ones."""
+        """On the run's first epoch, drop the lines of it and later epochs, and torn ones."""
         if self._started:
             return
         self._started = True
-        if epoch == 0 or not self.path.exists():
+        if not self.path.exists():
             return
         lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-        kept = [line for line in lines if json.loads(line)["epoch"] <= epoch]
-        if len(kept) < len(lines):
+        kept = [line for line in lines if _epoch_of(line) in range(1, epoch + 1)]
+        if kept != lines:
             partial = self.path.with_name(self.path.name + ".partial")
             partial.write_text("".join(kept), encoding="utf-8")
             partial.replace(self.path)  # Atomic: a kill leaves the old file or the new one.
@@ -181,6 +194,16 @@ class MetricsFile(keras.callbacks.Callback):
         if self._stream is not None:
             self._stream.close()
             self._stream = None
+
+
+def _epoch_of(line: str) -> int | None:
+    """The epoch of a whole line of `MetricsFile`, or `None` for a torn one."""
+    try:
+        row = json.loads(line) if line.endswith("\n") else None
+    except ValueError:
+        return None
+    epoch = row.get("epoch") if isinstance(row, dict) else None
+    return epoch if isinstance(epoch, int) else None
 
 
 def mark_restart(run_dir: Path, step: int) -> None:
@@ -215,8 +238,8 @@ class TensorBoard(keras.callbacks.Callback):
     (`skipped_steps`, the learning rate(s), `steps_per_second`) goes to `train`.
     The step of each point is the epoch number, from 1. Written once per epoch and flushed,
     so a stopped run keeps every finished epoch. A resumed run first marks a restart at its
-    first epoch (`SessionLog.START`), so TensorBoard drops the points a killed run wrote
-    after its last checkpoint, and draws every epoch once. Watch a run with
+    first epoch (`SessionLog.START`), even the first one, so TensorBoard drops the points a
+    killed run wrote after its last checkpoint, and draws every epoch once. Watch a run with
     `tensorboard --logdir runs`.
     """
 
@@ -232,12 +255,10 @@ class TensorBoard(keras.callbacks.Callback):
         self._started = False
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        """On the run's first epoch, if it is not the first, mark the restart in each run."""
+        """On the run's first epoch, mark a restart in each run that holds events already."""
         if self._started:
             return
         self._started = True
-        if epoch == 0:
-            return
         for run in ("train", "validation"):
             if (self.logdir / run).is_dir():
                 mark_restart(self.logdir / run, step=epoch + 1)

@@ -13,6 +13,7 @@ Template-owned: `copier update` merges template changes into it.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -26,15 +27,42 @@ WEIGHTS_SPEC = tf.TensorSpec(shape=(None,), dtype=tf.float32, name="sample_weigh
 class DatasetError(ValueError):
     """A dataset does not fit the steps' input signature: one line per problem, with its fix.
 
+    The message is one line for one problem, else a line that counts them and one per problem.
+
     Attributes:
         problems: Each problem, one line each: what was found, what is expected, the fix.
     """
 
     def __init__(self, name: str, problems: Sequence[str]) -> None:
         self.problems = tuple(problems)
-        count = "1 problem" if len(self.problems) == 1 else f"{len(self.problems)} problems"
+        if len(self.problems) == 1:
+            super().__init__(f"{name} does not fit this project: {self.problems[0]}")
+            return
+        count = len(self.problems)
         lines = "".join(f"\n  - {problem}" for problem in self.problems)
-        super().__init__(f"{name} does not fit this project ({count}):{lines}")
+        super().__init__(f"{name} does not fit this project ({count} problems):{lines}")
+
+
+def read_failure(error: tf.errors.OpError) -> str | None:
+    """Why a step failed on its batch, in one line, or `None` when the batch is not the cause.
+
+    Two failures are the data's: a value check of the steps (the `tf.debugging` asserts on
+    labels or token ids), whose message says what the values must be; and an exception
+    raised by the dataset's own Python code (`from_generator`, `py_function`), named by its
+    type and message. TensorFlow reports both inside a dump of the graph.
+    """
+    text = error.message
+    check = re.search(r"assertion failed: \[(.*?)\] \[", text, re.DOTALL)
+    if check is not None:
+        return check.group(1)
+    if "PyFunc" not in text:
+        return None
+    raised = re.findall(
+        r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Iteration)(?:: .*)?)$",
+        text,
+        re.MULTILINE,
+    )
+    return f"its Python code raised {raised[-1]}" if raised else None
 
 
 @dataclasses.dataclass(frozen=True)

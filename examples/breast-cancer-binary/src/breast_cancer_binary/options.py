@@ -29,12 +29,14 @@ class RunOptions:
         run_eagerly: Run the steps as plain Python, one batch at a time, for readable stack
             traces. Much slower.
         strict_gradients: Raise instead of warn when a trainable variable gets no gradient.
-        clip_global_norm: If set, scale every step's gradients down so that their global norm
-            (over all the variables the step updates) is at most this value.
-        max_bad_steps: A step whose loss or gradients are not finite (NaN or infinite) is
-            skipped: no weight, optimizer slot or layer state moves. After this many bad steps
-            in a row the run stops with `NonFiniteError`, naming the step and the loss or the
-            first variable whose gradient was not finite.
+        clip_global_norm: If set, scale every update's gradients down so that their global
+            norm (over all the variables it updates) is at most this value: the whole batch's
+            gradient, summed over the replicas and over an accumulated group.
+        max_bad_steps: A step whose loss or gradients are not finite (NaN or infinite), or
+            whose gradients are too large to square in float32, is skipped: no weight,
+            optimizer slot, layer state or metric moves. After this many bad steps in a row
+            the run stops with `NonFiniteError`, naming the step and the loss or the first
+            variable whose gradient was bad.
         deterministic: Make every op deterministic (`tf.config.experimental.enable_op_determinism`)
             on top of the seeds, so that two runs give identical figures and weights, at some
             cost in speed. It holds for the rest of the process.

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
@@ -247,6 +247,21 @@ def run_on_replicas(
         return strategy.experimental_local_results(result)[0]
 
     return distributed_step
+
+
+def local_variables(
+    strategy: tf.distribute.Strategy | None, variables: Sequence[keras.Variable]
+) -> list[tf.Variable]:
+    """`variables` as stored on each local replica, e.g. to restore a metric's on every one.
+
+    A metric's variables sync on read: each replica keeps its own part, and reading one in
+    the cross-replica context sums them. Its parts are its components, one per local replica;
+    without a strategy, a variable is its own one part.
+    """
+    values = [v.value if isinstance(v, keras.Variable) else v for v in variables]
+    if strategy is None:
+        return values
+    return [part for value in values for part in strategy.experimental_local_results(value)]
 
 
 def global_batch_size(labels: tf.Tensor) -> tf.Tensor:

@@ -80,12 +80,14 @@ def total_loss(
     the batch however it was split (Keras's own mean reduction divides by the number of
     replicas instead, which is exact only for equal shares). Regularization losses are
     scaled with `tf.nn.scale_regularization_loss`, which divides by the number of replicas
-    under `tf.distribute` and by 1 otherwise. Outside `tf.distribute` this is exactly
-    `model.fit`'s loss.
+    under `tf.distribute` and by 1 otherwise. They are added up in float32: under a mixed
+    precision policy an activity regularizer's loss is float16 or bfloat16, a weight
+    regularizer's float32. Outside `tf.distribute` this is exactly `model.fit`'s loss.
     """
     loss = loss_fn(y, y_pred, sample_weight=sample_weight) / batch_size
     if model.losses:
-        loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+        regularization = tf.add_n([tf.cast(part, tf.float32) for part in model.losses])
+        loss += tf.nn.scale_regularization_loss(regularization)
     return loss
 
 
@@ -99,9 +101,10 @@ def make_train_step(
     """Return the training step: forward pass, loss, gradients, update, metrics.
 
     One tape and one loss; `optimizers.minimize` splits the gradients among its optimizers
-    and skips the update when the loss or a gradient is not finite. The metrics record every
-    step, as in `model.fit`: a skipped step's NaN loss shows in `loss` (and stops a run that
-    has `keras.callbacks.TerminateOnNaN`), while the weights stay as they were.
+    and skips the update when the loss or a gradient is not finite (or too large, see
+    `gradients.update_status`). The step records every batch in the metrics; for a skipped
+    step, the loop's `gradients.NonFiniteGuard` undoes that, so that `loss` and `accuracy`
+    are those of the batches that trained, and only `skipped_steps` counts the others.
 
     Returns:
         A function of `(x, y)` or `(x, y, sample_weight)` that returns the step's

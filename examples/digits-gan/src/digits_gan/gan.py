@@ -226,7 +226,8 @@ def make_train_step(
     The two updates run in this order inside one call; the generator's step sees the
     discriminator as just updated. A step is applied whole or not at all: when the
     discriminator's loss or gradients are not finite, the generator is not updated either.
-    The metrics record every step.
+    The metrics record every batch; for a skipped step, the loop's `gradients.NonFiniteGuard`
+    undoes that, and only `skipped_steps` counts it.
 
     Returns:
         A function of a batch of real images that returns the step's `update_status` code:

@@ -3,7 +3,8 @@
 `train.Trainer` asks `requested()` after every call of `steps_per_execution` steps; once a
 signal came, it writes a checkpoint and raises `Interrupted`, which says where the run stopped.
 `catch_signals()` turns the signals into such requests for the duration of a run; a second
-signal ends the process at once, even in the middle of a long call.
+signal ends the process at once, even in the middle of a long call. Either way, what is printed
+next starts on a line of its own, not at the end of a progress bar (`line_open`).
 
 Template-owned: `copier update` merges template changes into it.
 """
@@ -16,10 +17,12 @@ import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _requested: int | None = None
+_open_line: TextIO | None = None
 
 
 def request(signum: int = signal.SIGINT) -> None:
@@ -38,6 +41,24 @@ def clear() -> None:
     """Forget a request, so that the next run starts."""
     global _requested
     _requested = None
+
+
+def line_open(stream: TextIO | None) -> None:
+    """Say that `stream` holds a line still being drawn (a progress bar); `None`: it ended.
+
+    `end_line` ends such a line, so that a message printed next starts on a line of its own.
+    """
+    global _open_line
+    _open_line = stream
+
+
+def end_line() -> None:
+    """End the line that `line_open` said is still being drawn, if there is one."""
+    global _open_line
+    stream, _open_line = _open_line, None
+    if stream is not None:
+        stream.write("\n")
+        stream.flush()
 
 
 def describe(signum: int) -> str:
@@ -69,6 +90,9 @@ class Interrupted(Exception):
 def catch_signals() -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM request a stop; a second one exits at once.
 
+    However the block ends, a line still being drawn (`line_open`) is ended first, so that the
+    message saying why the run stopped starts on a line of its own.
+
     Python runs signal handlers only between calls into TensorFlow, so the first signal is
     noticed when the current call of steps returns. The second must not wait for that: a
     thread watches the signal wake-up descriptor, which the C-level handler writes at once,
@@ -88,6 +112,7 @@ def catch_signals() -> Iterator[None]:
     try:
         yield
     finally:
+        end_line()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         signal.set_wakeup_fd(previous_fd)
@@ -124,5 +149,7 @@ def _exit_on_second_signal(read_fd: int) -> None:
             seen += 1
             if seen >= 2:
                 message = f"interrupted again by {describe(signum)}: exiting at once\n"
+                if _open_line is not None:
+                    message = "\n" + message
                 os.write(2, message.encode())
                 os._exit(128 + signum)

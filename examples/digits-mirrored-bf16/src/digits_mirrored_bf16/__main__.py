@@ -16,8 +16,10 @@ the others use the model a finished run saved: its validation figures, predictio
 silenced unless `TF_CPP_MIN_LOG_LEVEL` is set.
 Exit codes: 0 when the command did its work, 1 when training stopped on non-finite steps or
 `check` found a problem, 2 for a usage error or a run that cannot be used (one line; nothing
-is written) or data that does not fit (one line per problem), 130 on Ctrl-C and 143 on SIGTERM
-(after a checkpoint); `launch` returns the first non-zero code of a worker.
+is written), a run directory that cannot be written (in use by another `train`, read-only,
+or a full disk: one line; nothing is left half-written) or data that does not fit (one line
+per problem), 130 on Ctrl-C and 143 on SIGTERM (after a checkpoint); `launch` returns the
+first non-zero code of a worker.
 
 Template-owned: `copier update` merges template changes into it.
 """
@@ -25,11 +27,16 @@ Template-owned: `copier update` merges template changes into it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
+import errno
+import fcntl
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 from .cluster import EXIT_TIMEOUT, ClusterError, read_tf_config, run_workers
 from .config import Config
@@ -62,10 +69,24 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line that says where the usage is."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print `message` in one line, as `usage_error` does, and exit with code 2."""
+        usage_error(self.prog, message)
+
+
+def usage_error(prog: str, message: str) -> NoReturn:
+    """Print a usage error of the command `prog` in one line, and exit with code 2."""
+    print(f"{prog}: error: {message}; see '{prog} --help'", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+
+
+def build_parser() -> Parser:
     """The argument parser, one sub-command per task. Defaults come from `Config`."""
     config, options = Config(), RunOptions()
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=f"python -m {__package__}",
         description="Train the model with the custom loop, and use what it trained.",
     )
@@ -241,10 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("logdir", type=Path, help="the run's directory")
     predict.add_argument(
-        "--input", type=Path, required=True, help="a .npy file of examples, one per row"
+        "--input",
+        type=Path,
+        required=True,
+        help="a .npy file of examples, one per row, preprocessed as data.py preprocesses them",
     )
     predict.add_argument(
-        "--output", type=Path, required=True, help="the .npy file to write; must not exist"
+        "--output",
+        type=Path,
+        required=True,
+        help="the .npy file to write (.npy is added to a name without it); must not exist",
     )
     predict.add_argument(
         "--class-ids", action="store_true", help="write class ids instead of probabilities"
@@ -300,12 +327,66 @@ def check_run_dir(path: Path) -> str | None:
     """Why `path` cannot take a new run, or `None` when it can."""
     if path.is_file():
         return f"--logdir {path} is a file; give a directory"
+    for parent in path.parents:
+        if parent.is_file():
+            return f"--logdir {path} is under {parent}, which is a file; give a directory"
     if path.is_dir() and any(path.iterdir()):
         return (
             f"--logdir {path} already holds a run; choose a new directory, "
             f"or leave out --logdir for a new one under {RUNS}/"
         )
     return None
+
+
+class RunDirError(Exception):
+    """A run directory cannot be written now: in use by another run, or not writable."""
+
+
+@contextlib.contextmanager
+def hold_run_dir(path: Path, *, new: bool) -> Iterator[None]:
+    """Make this process the one writer of the run directory `path` while the block runs.
+
+    The lock is an exclusive `flock` on the directory itself, so it writes nothing, and the
+    kernel releases it when the process ends, however it ends: the directory of a killed
+    run can be resumed at once. A filesystem that cannot lock a directory (some network
+    filesystems) leaves the run unlocked. For a new run (`new`), `path` is created first and
+    checked again once locked, so that of two runs started together into it, one trains;
+    left empty by a run that failed before writing, it is removed again.
+
+    Raises:
+        RunDirError: If another process holds `path`, or it cannot be created or written.
+    """
+    created = new and not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as error:
+        raise RunDirError(
+            f"cannot create --logdir {path}: {error.strerror}; give one you can write"
+        ) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirError(
+                f"--logdir {path} is in use by another train command; wait for it to end, "
+                "or choose another directory"
+            ) from None
+        except OSError:
+            pass
+        if not os.access(path, os.W_OK):
+            raise RunDirError(f"--logdir {path} is read-only; make it writable")
+        problem = check_run_dir(path) if new else None
+        if problem:
+            raise RunDirError(problem)
+        try:
+            yield
+        finally:
+            if created:
+                with contextlib.suppress(OSError):
+                    path.rmdir()  # Only if empty: the run wrote nothing.
+    finally:
+        os.close(fd)
 
 
 def import_tensorflow_quietly() -> None:
@@ -332,10 +413,15 @@ def import_tensorflow_quietly() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse the command line, run the command, and return the exit code."""
+    """Parse the command line, run the command, and return the exit code.
+
+    A usage error exits (`SystemExit` with code 2) after one line naming the command's `--help`.
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
     prog = f"{parser.prog} {args.command}"
+    if unknown:
+        usage_error(prog, f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if args.command == "train":
             return train(args, prog)
@@ -383,8 +469,10 @@ def train(args: argparse.Namespace, prog: str) -> int:
         if problem:
             return _usage(prog, problem)
     import_tensorflow_quietly()
+    import tensorflow as tf
+
     from . import interrupts
-    from .checkpoints import CheckpointError, read_run
+    from .checkpoints import MODEL_FILE, CheckpointError, read_run, resume_position
     from .contract import DatasetError
     from .distribution import DistributionError
     from .gradients import NonFiniteError
@@ -434,11 +522,27 @@ def train(args: argparse.Namespace, prog: str) -> int:
             chief = read_tf_config().is_chief
         except ClusterError as error:
             return _usage(prog, str(error))
-    if not args.quiet and chief:
-        print(f"run directory: {logdir}  (watch it: tensorboard --logdir {logdir.parent})")
+    position = resume_position(logdir) if args.resume else None
+    finished = position is not None and position[0] >= config.epochs
     try:
-        with interrupts.catch_signals():
-            fit(config, options=options)
+        with contextlib.ExitStack() as held:
+            if chief:  # The other workers of a multi-worker run write nothing there.
+                held.enter_context(hold_run_dir(logdir, new=not args.resume))
+            if not args.quiet and chief and not finished:
+                print(f"run directory: {logdir}  (watch it: tensorboard --logdir {logdir.parent})")
+            with interrupts.catch_signals():
+                fit(config, options=options)
+    except RunDirError as error:
+        return _usage(prog, str(error))
+    except (OSError, tf.errors.OpError) as error:
+        problem = write_problem(error)
+        if problem is None:
+            raise
+        if resume_position(logdir) is None:
+            then = "train again into a new --logdir"
+        else:
+            then = f"resume with: python -m {__package__} train --logdir {logdir} --resume"
+        return _usage(prog, f"cannot write to {logdir}: {problem}, then {then}")
     except NonFiniteError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return EXIT_NONFINITE
@@ -454,7 +558,30 @@ def train(args: argparse.Namespace, prog: str) -> int:
             )
         print(f"{prog}: {stop}; resume with: {resume}", file=sys.stderr)
         return stop.exit_code
+    if finished and not args.quiet and chief:
+        print(
+            f"nothing to train: {logdir} has run all {config.epochs} epochs (its {MODEL_FILE} "
+            f"is written again from its last checkpoint); give --epochs above {config.epochs} "
+            "to train on"
+        )
     return 0
+
+
+def write_problem(error: BaseException) -> str | None:
+    """Why a write failed and the fix, when the disk is full or not writable; else `None`.
+
+    Takes an `OSError`, or a TensorFlow error, whose message carries the system's reason.
+    """
+    reasons = {
+        errno.ENOSPC: "no space left on the device; free some",
+        errno.EDQUOT: "the disk quota is exceeded; free some space",
+        errno.EROFS: "the file system is read-only; make it writable",
+        errno.EACCES: "permission denied; make it writable",
+    }
+    if isinstance(error, OSError):
+        return reasons.get(error.errno or 0)
+    text = str(getattr(error, "message", ""))
+    return next((reason for code, reason in reasons.items() if os.strerror(code) in text), None)
 
 
 def launch(args: argparse.Namespace, prog: str) -> int:
@@ -505,8 +632,6 @@ def use_run(args: argparse.Namespace) -> int:
     Raises:
         checkpoints.CheckpointError: With the one line to print, for exit code 2.
     """
-    import numpy as np
-
     from . import trained
     from .callbacks import format_metrics
 
@@ -515,12 +640,11 @@ def use_run(args: argparse.Namespace) -> int:
         return 0
 
     if args.command == "predict":
-        if args.output.exists():
-            raise trained.RunFileError(f"{args.output} exists already; give a new file to write")
+        output = trained.output_file(args.output)
         inputs = trained.load_input(args.input)
         predictions = trained.predict(args.logdir, inputs, as_class_ids=args.class_ids)
-        np.save(args.output, predictions)
-        print(f"wrote {args.output}: {predictions.dtype} {predictions.shape}")
+        trained.save_output(output, predictions)
+        print(f"wrote {output}: {predictions.dtype} {predictions.shape}")
         return 0
     out = trained.export(args.logdir, args.out)
     print(f"wrote {out}: load it with tf.saved_model.load({str(out)!r}).serve")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import keras
@@ -22,9 +22,16 @@ import tensorflow as tf
 
 from . import distribution, interrupts, precision
 from .callbacks import default_callbacks
-from .checkpoints import CHECKPOINTS, RunCheckpoint, check_same_config, save_model, write_run_file
+from .checkpoints import (
+    CHECKPOINTS,
+    RunCheckpoint,
+    check_same_config,
+    check_same_data,
+    save_model,
+    write_run_file,
+)
 from .config import Config
-from .contract import DatasetError
+from .contract import DatasetError, read_failure
 from .data import load_datasets
 from .gradients import NonFiniteGuard
 from .loop import CallHooks, EpochLogs, StepRunner
@@ -54,8 +61,8 @@ class Trainer:
         global_step: Training steps taken in this run, an int64 variable that the loop
             increments in the graph (skipped steps included). It and the guard's counters
             live outside the strategy: the loop updates them between steps, once per step.
-        guard: Skips non-finite steps' layer-state changes, counts `skipped_steps`, and stops
-            the run after `options.max_bad_steps` in a row.
+        guard: Undoes whatever a skipped step moved (see `gradients.NonFiniteGuard`), counts
+            `skipped_steps`, and stops the run after `options.max_bad_steps` in a row.
         train_runner: Runs the training step over an epoch, `options.steps_per_execution`
             steps per call, keeping one iterator per dataset for the whole run.
         train_steps: The training step traced for each set of trainable variables so far,
@@ -87,10 +94,12 @@ class Trainer:
         with self.scope():
             self.task = build_task(model, config, self.options)
         self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        metrics = [v for metric in self.task.train_metrics for v in metric.variables]
         self.guard = NonFiniteGuard(
             self.options.max_bad_steps,
             [v.path for v in self.task.optimizers.variables],
             model.non_trainable_variables,
+            distribution.local_variables(strategy, metrics),
         )
         self.train_signature = self.eval_signature = self.task.input_signature
         self.train_steps: dict[tuple[object, ...], StepFn] = {}
@@ -219,7 +228,8 @@ class Trainer:
         """
         self.train_signature = self.task.signature(dataset.element_spec)
         self.train_runner.use_step(self.train_step)
-        logs, steps = self.train_runner.run_epoch(dataset, hooks, first_step=first_step)
+        with reading("train_ds"):
+            logs, steps = self.train_runner.run_epoch(dataset, hooks, first_step=first_step)
         if bool(self.guard.tripped()):
             raise self.guard.error(int(self.global_step.numpy()))
         if self.task.optimizers.accumulator is not None and self.stop_requested() is None:
@@ -262,13 +272,15 @@ class Trainer:
         if self.options.validation_steps is not None:
             self.eval_runner.close()  # As in `model.fit`: every evaluation reads the same batches.
         if callbacks is None:
-            logs, _ = self.eval_runner.run_epoch(dataset)
+            with reading("val_ds"):
+                logs, _ = self.eval_runner.run_epoch(dataset)
             return logs
         callbacks.on_test_begin()
         hooks = CallHooks(
             callbacks.on_test_batch_begin, callbacks.on_test_batch_end, stop=lambda: False
         )
-        logs, _ = self.eval_runner.run_epoch(dataset, hooks)
+        with reading("val_ds"):
+            logs, _ = self.eval_runner.run_epoch(dataset, hooks)
         callbacks.on_test_end(logs)
         return logs
 
@@ -321,12 +333,15 @@ class Trainer:
                 the same step (see `distribution.ClusterStop`).
             contract.DatasetError: If `train_ds` or `val_ds` does not fit the steps, listing
                 every problem; what fits after an unambiguous conversion is converted instead
-                (see `contract`). Also if one repeats forever and no `options.steps_per_epoch`
-                (or `validation_steps`) ends its epochs.
+                (see `contract`). Also if one is empty, or repeats forever and no
+                `options.steps_per_epoch` (or `validation_steps`) ends its epochs; and during
+                the run, if a batch fails a value check of the steps or the dataset's Python
+                code raises (see `reading`).
             ValueError: If `class_weight` maps something other than class ids to finite
                 weights >= 0.
-            checkpoints.CheckpointError: If `options.resume` finds nothing to resume, or a
-                checkpoint that cannot be read or that another model wrote.
+            checkpoints.CheckpointError: If `options.resume` finds nothing to resume, a
+                checkpoint that cannot be read or that another model wrote, or training data
+                of another number of batches than the run's.
         """
         epochs = self.config.epochs if epochs is None else epochs
         train_ds = self.task.prepare_dataset(train_ds, "train_ds", class_weight)
@@ -337,6 +352,7 @@ class Trainer:
         logdir = None if self.options.logdir is None else Path(self.options.logdir)
         if self.options.resume and logdir is not None:
             check_same_config(logdir, self.config)
+            check_same_data(logdir, int(train_ds.cardinality()))
         num_batches = self.options.steps_per_epoch or int(train_ds.cardinality())
         history = keras.callbacks.History()
         # Under several workers only the chief prints progress and writes figures.
@@ -394,7 +410,7 @@ class Trainer:
             if checkpoint is not None and self.options.resume:
                 initial_epoch, first_step = checkpoint.restore(self.train_runner.iterator)
             elif logdir is not None and self.chief:
-                write_run_file(logdir, self.config, self.options)
+                write_run_file(logdir, self.config, self.options, int(train_ds.cardinality()))
             callback_list.on_train_begin()
             if checkpoint is not None:
                 checkpoint.restore_callbacks()  # After on_train_begin, which resets them.
@@ -466,9 +482,13 @@ def check_length(dataset: tf.data.Dataset, name: str, steps: int | None, option:
         steps: The steps per epoch (`RunOptions.<option>`), if set.
         option: The `RunOptions` field that sets them.
 
+    A dataset whose length is unknown (after `filter`, say) is read up to its first batch to
+    tell whether it is empty: an empty one would train nothing, or report figures of no
+    example, where `model.fit` fails.
+
     Raises:
-        contract.DatasetError: If `dataset` repeats forever and `steps` is not set, or if it is
-            known to be empty and `steps` is.
+        contract.DatasetError: If `dataset` repeats forever and `steps` is not set, or if it
+            has no batch.
     """
     cardinality = int(dataset.cardinality())
     flag = "--" + option.replace("_", "-")
@@ -479,9 +499,35 @@ def check_length(dataset: tf.data.Dataset, name: str, steps: int | None, option:
             "loop repeats a dataset for you"
         )
         raise DatasetError(name, [problem])
-    if cardinality == 0 and steps is not None:
-        problem = f"{name} is empty, so no epoch can take {steps} batches from it; give it data"
-        raise DatasetError(name, [problem])
+    if cardinality == tf.data.UNKNOWN_CARDINALITY:
+        with reading(name):
+            cardinality = sum(1 for _ in dataset.take(1))  # Whether it has a first batch.
+    if cardinality == 0:
+        if steps is not None:
+            problem = f"{name} is empty, so no epoch can take {steps} batches from it"
+        elif name == "train_ds":
+            problem = f"{name} is empty (no batch), so every epoch would train on nothing"
+        else:
+            problem = f"{name} is empty (no batch), so it has no figure to report"
+        raise DatasetError(name, [f"{problem}; give it data"])
+
+
+@contextlib.contextmanager
+def reading(name: str) -> Iterator[None]:
+    """Turn the failure of a step or a read on a bad batch of `name` into a `DatasetError`.
+
+    Raises:
+        contract.DatasetError: If a batch of `name` failed a value check of the steps, or the
+            dataset's Python code raised (see `contract.read_failure`). Other errors pass as
+            they are.
+    """
+    try:
+        yield
+    except tf.errors.OpError as error:
+        problem = read_failure(error)
+        if problem is None:
+            raise
+        raise DatasetError(name, [problem]) from error
 
 
 def fit(

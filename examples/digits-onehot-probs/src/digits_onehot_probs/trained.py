@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import zipfile
 from pathlib import Path
 
 import keras
@@ -27,6 +28,9 @@ from .inputs import describe, features_spec
 from .loop import EpochLogs
 from .losses import class_ids, probabilities
 from .train import Trainer
+
+NPY_MAGIC = b"\x93NUMPY"  # How every .npy file starts.
+ZIP_MAGIC = b"PK\x03\x04"  # How a .npz file, a zip archive, starts.
 
 
 class RunFileError(CheckpointError):
@@ -55,7 +59,7 @@ def finished_model(logdir: str | Path) -> Path:
     """The path of the model a finished run in `logdir` saved.
 
     Raises:
-        RunFileError: If `logdir` holds no finished run.
+        RunFileError: If `logdir` holds no finished run, or its model file is not whole.
     """
     logdir = Path(logdir)
     if not logdir.is_dir():
@@ -65,6 +69,11 @@ def finished_model(logdir: str | Path) -> Path:
         raise RunFileError(
             f"{path} does not exist: the run has not finished; resume it with "
             f"`python -m {__package__} train --logdir {logdir} --resume`"
+        )
+    if not zipfile.is_zipfile(path):
+        raise RunFileError(
+            f"{path} is truncated or unreadable; write it again from the run's last checkpoint "
+            f"with `python -m {__package__} train --logdir {logdir} --resume`"
         )
     return path
 
@@ -96,7 +105,8 @@ def predict(logdir: str | Path, features: np.ndarray, *, as_class_ids: bool = Fa
 
     Args:
         logdir: The run's directory.
-        features: `(n, *config.input_shape)`.
+        features: `(n, *config.input_shape)`, preprocessed as `data.load_datasets` preprocesses
+            its features.
         as_class_ids: Return class ids `(n,)` instead of probabilities.
 
     Returns:
@@ -119,8 +129,10 @@ def check_features(features: np.ndarray, config: Config) -> np.ndarray:
         raise RunFileError(
             f"the input has shape {features.shape}, but the model takes {describe(spec)}"
         )
+    if len(features) == 0:
+        raise RunFileError(f"the input has shape {features.shape}: no examples; give at least one")
     if features.dtype.kind not in "iuf":  # Signed or unsigned integers, or floats.
-        raise RunFileError(f"the input holds {features.dtype} values; give numbers")
+        raise RunFileError(f"the input holds {features.dtype} values; give integers or floats")
     return features.astype(spec.dtype.as_numpy_dtype)
 
 
@@ -130,27 +142,98 @@ def export(logdir: str | Path, out: str | Path) -> Path:
     Load it with `tf.saved_model.load(out)` and call its `serve` endpoint:
     features in, probabilities out.
 
+    Missing directories above `out` are made.
+
     Raises:
-        RunFileError: If the run has no model, or `out` exists already.
+        RunFileError: If the run has no model, or `out` exists already or cannot be made.
     """
     out = Path(out)
-    if out.exists():
+    if out.exists() or out.is_symlink():
         raise RunFileError(f"{out} exists already; give a new path for the SavedModel")
+    blocker = _file_above(out)
+    if blocker is not None:
+        raise RunFileError(
+            f"{blocker} is not a directory, so {out} cannot be made in it; "
+            "give a new path for the SavedModel in a directory"
+        )
     _, model = load_run(logdir)
     model.export(str(out), verbose=False)
     return out
 
 
 def load_input(path: str | Path) -> np.ndarray:
-    """An array from a `.npy` file, or a one-line error.
+    """The array in `path`, a `.npy` file written with `numpy.save`, or a one-line error.
 
     Raises:
-        RunFileError: If `path` is missing or not a NumPy array file.
+        RunFileError: If `path` is missing, not a `.npy` file, or holds no array of numbers.
     """
     path = Path(path)
+    expected = "give a .npy file of one array of numbers, written with numpy.save"
+    if path.is_dir():
+        raise RunFileError(f"{path} is a directory; {expected}")
     if not path.is_file():
-        raise RunFileError(f"{path} does not exist; give a .npy file made with numpy.save")
+        raise RunFileError(f"{path} does not exist; {expected}")
+    with path.open("rb") as file:
+        head = file.read(len(NPY_MAGIC))
+    if not head:
+        raise RunFileError(f"{path} is empty (0 bytes); {expected}")
+    if head.startswith(ZIP_MAGIC):
+        raise RunFileError(
+            f"{path} is a .npz archive of arrays; save the one to use alone with numpy.save"
+        )
+    if head != NPY_MAGIC:
+        raise RunFileError(f"{path} is not a .npy file (it lacks NumPy's header); {expected}")
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError) as error:
-        raise RunFileError(f"{path} is not a .npy array file: {error}") from None
+        raise RunFileError(f"{path} cannot be read as an array: {error}; {expected}") from None
+
+
+def output_file(path: str | Path) -> Path:
+    """The file that `numpy.save(path, ...)` would write, checked to be new, in a directory.
+
+    `numpy.save` adds `.npy` to a name without it, so `Y` means `Y.npy`.
+
+    Raises:
+        RunFileError: If `path` is a directory, or that file exists, or its directory does not.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise RunFileError(f"{path} is a directory; give a new .npy file to write")
+    file = path if path.name.endswith(".npy") else path.with_name(f"{path.name}.npy")
+    if file.exists() or file.is_symlink():
+        named = "" if file == path else f" (numpy.save adds .npy to {path})"
+        raise RunFileError(f"{file} exists already{named}; give a new file to write")
+    blocker = _file_above(file)
+    if blocker is not None:
+        raise RunFileError(f"{blocker} is not a directory; give a new file in a directory")
+    if not file.parent.is_dir():
+        raise RunFileError(
+            f"{file.parent} does not exist; make it, or give a new file in a directory that exists"
+        )
+    return file
+
+
+def save_output(file: Path, array: np.ndarray) -> None:
+    """Write `array` to `file`, a new file (`output_file`); a write that fails leaves no file.
+
+    Raises:
+        RunFileError: If `file` exists by now.
+    """
+    try:
+        stream = file.open("xb")
+    except FileExistsError:
+        raise RunFileError(f"{file} exists already; give a new file to write") from None
+    with stream:
+        try:
+            np.save(stream, array, allow_pickle=False)
+        except BaseException:
+            stream.close()
+            file.unlink()
+            raise
+
+
+def _file_above(path: Path) -> Path | None:
+    """The nearest existing path above `path` if it is not a directory, else `None`."""
+    existing = next((parent for parent in path.parents if parent.exists()), None)
+    return None if existing is None or existing.is_dir() else existing

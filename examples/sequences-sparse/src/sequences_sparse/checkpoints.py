@@ -9,7 +9,7 @@ weights and figures, bit for bit.
 
 Layout of a run directory (`RunOptions.logdir`):
 
-    run.json          the run's config, which `--resume` trains with
+    run.json          the project that wrote the run, and the config `--resume` trains with
     metrics.jsonl     one line per epoch
     train/, validation/   TensorBoard events
     checkpoints/      ckpt-N.index, ckpt-N.data-*, and `checkpoint`, which names the latest
@@ -55,14 +55,25 @@ class CheckpointError(Exception):
     """A run cannot be resumed: no checkpoint, an unreadable one, or one of another model."""
 
 
-def write_run_file(logdir: str | Path, config: Config, options: RunOptions) -> None:
-    """Write `logdir/run.json`: the config and the options a resumed run trains with."""
+def write_run_file(
+    logdir: str | Path, config: Config, options: RunOptions, train_batches: int | None = None
+) -> None:
+    """Write `logdir/run.json`: this project's name, the config and the options to resume.
+
+    `train_batches`, the training dataset's number of batches (its `cardinality()`), lets
+    `check_same_data` refuse to resume on data of another size.
+    """
     path = Path(logdir) / RUN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     run_options = dataclasses.asdict(options)
     for name in ("logdir", "resume"):  # Where and how this run started, not how it trains.
         del run_options[name]
-    run = {"config": dataclasses.asdict(config), "options": run_options}
+    run = {
+        "project": __package__,
+        "config": dataclasses.asdict(config),
+        "options": run_options,
+        "train_batches": train_batches,
+    }
     path.write_text(json.dumps(run, indent=2) + "\n")
 
 
@@ -70,21 +81,28 @@ def read_run(logdir: str | Path) -> tuple[Config, RunOptions]:
     """The config and the options of the run in `logdir`, from its `run.json`.
 
     Raises:
-        CheckpointError: If `logdir` holds no run, or its `run.json` does not fit `Config`
-            and `RunOptions`.
+        CheckpointError: If `logdir` holds no run, a run of another project (`run.json`
+            names the package that wrote it; one without the name is taken for this
+            project's), or its `run.json` does not fit `Config` and `RunOptions`.
     """
     path = Path(logdir) / RUN_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist: {logdir} holds no run to resume")
     try:
         run = json.loads(path.read_text())
+        project = run.get("project", __package__)
+        if project != __package__:
+            raise CheckpointError(
+                f"{logdir} holds a run of the project {project}, not of {__package__}; "
+                f"use it with python -m {project}"
+            )
         values = run["config"]
         fields = {field.name: field for field in dataclasses.fields(Config)}
         for name, value in values.items():
             if isinstance(value, list) and isinstance(fields[name].default, tuple):
                 values[name] = tuple(value)
         return Config(**values), RunOptions(**run["options"])
-    except (ValueError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise CheckpointError(
             f"{path} does not fit this project's Config and RunOptions: {error}"
         ) from None
@@ -109,10 +127,56 @@ def check_same_config(logdir: str | Path, config: Config) -> None:
         )
 
 
+def check_same_data(logdir: str | Path, train_batches: int) -> None:
+    """Refuse to resume a run on training data of another number of batches.
+
+    The checkpoint's data position is one in the run's data: restored into data of another
+    size, it would train on a mix of both. Sizes that are not known (a dataset whose
+    `cardinality()` is unknown, a run.json that does not record it) are not compared.
+
+    Raises:
+        CheckpointError: Naming both numbers of batches.
+    """
+    path = Path(logdir) / RUN_FILE
+    saved = json.loads(path.read_text()).get("train_batches")
+    if not isinstance(saved, int) or saved < 0 or train_batches < 0 or saved == train_batches:
+        return
+    raise CheckpointError(
+        f"cannot resume {logdir}: its training data had {saved} batches per pass, and now has "
+        f"{train_batches}; resume with the data the run started with (data.py), or start a "
+        "new run in another directory"
+    )
+
+
+def resume_position(logdir: str | Path) -> tuple[int, int] | None:
+    """The epoch and step a resumed run goes on at, from the latest checkpoint in `logdir`.
+
+    `None` if there is none, or it cannot be read (`RunCheckpoint.restore` says why).
+    """
+    path = tf.train.latest_checkpoint(str(Path(logdir) / CHECKPOINTS))
+    if path is None:
+        return None
+    try:
+        epoch, step = tf.train.load_variable(path, "position/.ATTRIBUTES/VARIABLE_VALUE")
+    except (tf.errors.OpError, ValueError):
+        return None
+    return int(epoch), int(step)
+
+
 def save_model(model: keras.Model, logdir: str | Path) -> Path:
-    """Save `model` as `logdir/model.keras`, loadable with `keras.saving.load_model`."""
+    """Save `model` as `logdir/model.keras`, loadable with `keras.saving.load_model`.
+
+    Written to a temporary file renamed when complete, so a kill or a full disk never
+    leaves a truncated `model.keras`.
+    """
     path = Path(logdir) / MODEL_FILE
-    model.save(path)
+    partial = path.with_name(f"{path.stem}.partial{path.suffix}")
+    try:
+        model.save(partial)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(path)
     return path
 
 
@@ -251,7 +315,15 @@ class RunCheckpoint:
                 shutil.rmtree(scratch, ignore_errors=True)
             return path
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._write_quietly(data, path)
+        try:
+            self._write_quietly(data, path)
+        except BaseException:  # A full disk, or Ctrl-C: no half-written files are left.
+            for partial in tf.io.gfile.glob(f"{path}[._]*"):
+                if tf.io.gfile.isdir(partial):
+                    tf.io.gfile.rmtree(partial)
+                else:
+                    tf.io.gfile.remove(partial)
+            raise
         kept = [*kept, str(path)]
         # The state file of `tf.train.CheckpointManager`, names relative to the directory,
         # replaced whole so that a kill leaves the old one or the new one.
@@ -296,8 +368,9 @@ class RunCheckpoint:
         path = tf.train.latest_checkpoint(str(self.directory))
         if path is None:
             raise CheckpointError(
-                f"{self.directory} holds no checkpoint: nothing to resume; "
-                "start the run again without resuming"
+                f"{self.directory} holds no checkpoint: the run stopped before its first "
+                "one, so there is nothing to resume; start a new run without --resume, into "
+                "another --logdir"
             )
         self.checkpoint.data = data if data is not None else tf.Module()
         try:

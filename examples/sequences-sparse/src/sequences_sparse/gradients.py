@@ -1,9 +1,10 @@
 """Update rules: what happens between `tape.gradient` and the weights moving.
 
 Gradients that are `None` are named rather than silently skipped; gradients can be clipped by
-their global norm; a step whose loss or gradients are not finite is skipped, in the graph,
-without moving any weight, optimizer slot or layer state; and `NonFiniteGuard` stops a run
-after too many such steps in a row. Every function here is `tf.function`-compatible and works
+their global norm; a step whose loss is not finite, or whose gradients are not finite or too
+large to square in float32, is skipped, in the graph, without moving any weight, optimizer
+variable, layer state or metric; and `NonFiniteGuard` stops a run after too many such steps in
+a row. Every function here is `tf.function`-compatible and works
 in a `tf.distribute` replica context.
 
 Template-owned: `copier update` merges template changes into it.
@@ -17,8 +18,8 @@ from collections.abc import Callable, Sequence
 import keras
 import tensorflow as tf
 
-# `update_status` codes: 0 is a finite step, 1 a non-finite loss, 2 + i a non-finite
-# gradient of the i-th variable (the first one found), -1 a non-finite value on another replica.
+# `update_status` codes: 0 is a finite step, 1 a non-finite loss, 2 + i a non-finite (or too
+# large) gradient of the i-th variable (the first one found), -1 a bad value on another replica.
 FINITE = 0
 NONFINITE_LOSS = 1
 NONFINITE_ELSEWHERE = -1
@@ -33,7 +34,7 @@ class NoneGradientError(ValueError):
 
 
 class NonFiniteError(RuntimeError):
-    """Too many steps in a row had a loss or gradients that were not finite."""
+    """Too many steps in a row had a loss or gradients that were not finite (or too large)."""
 
 
 def drop_none_gradients(
@@ -79,21 +80,21 @@ def update_status(
 ) -> tf.Tensor:
     """An int32 code: `FINITE`, `NONFINITE_LOSS`, or 2 + the index of the first bad gradient.
 
-    Under `tf.distribute`, a step that is bad on one replica is bad on all of them
-    (`NONFINITE_ELSEWHERE` where the replica's own values were finite), so that every replica
-    skips the same steps.
+    A gradient is bad when the sum of its squares is not finite: when it holds a NaN or an
+    infinity, and also when it is finite but too large to square in float32 (a norm above
+    about 1e19), as Adam squares it into its second moment and clipping into the global norm:
+    such an update would make a slot, and then the weights, infinite or NaN. One reduction
+    per gradient, and one check for them all. Under `tf.distribute`, a step that is bad on one
+    replica is bad on all of them (`NONFINITE_ELSEWHERE` where the replica's own values were
+    finite), so that every replica skips the same steps.
 
     Args:
         loss: The scalar loss of the step.
         gradients: The gradients, none of them `None`.
         indices: For each gradient, its variable's index in the list that names them.
     """
-    finite = tf.stack(
-        [
-            tf.math.is_finite(loss),
-            *(tf.reduce_all(tf.math.is_finite(_values(g))) for g in gradients),
-        ]
-    )
+    squares = [tf.cast(tf.nn.l2_loss(_values(g)), tf.float32) for g in gradients]
+    finite = tf.math.is_finite(tf.stack([tf.cast(loss, tf.float32), *squares]))
     codes = tf.constant([NONFINITE_LOSS, *(2 + i for i in indices)], dtype=tf.int32)
     # The first code that is not finite: the loss before any gradient, gradients in order.
     first_bad = tf.gather(codes, tf.argmin(tf.cast(finite, tf.int32)))
@@ -120,16 +121,25 @@ def scale_gradient(gradient: tf.Tensor | tf.IndexedSlices, factor: tf.Tensor) ->
 def clip_by_global_norm(
     gradients: list[tf.Tensor], clip_norm: float | tf.Tensor | None
 ) -> list[tf.Tensor]:
-    """Scale `gradients` down so that their global norm is at most `clip_norm` (if set).
+    """Scale `gradients` down so that the whole batch's gradient has a norm <= `clip_norm`.
 
-    Sparse gradients (`tf.IndexedSlices`, from an `Embedding`) are made dense first: their
-    values repeat an index once per occurrence in the batch, and the norm of the values is not
-    the norm of the update they add up to.
+    The norm is the global norm over all of `gradients`; `None` clips nothing. Under
+    `tf.distribute`, `gradients` are this replica's part of the batch's gradient, which is
+    their sum over the replicas (the optimizer's all-reduce adds them up): the norm is that of
+    the sum, all-reduced here, and every replica scales its part by the same factor, so that
+    the parts add up to the clipped sum, as one device clips it. Sparse gradients
+    (`tf.IndexedSlices`, from an `Embedding`) are made dense first: their values repeat an
+    index once per occurrence in the batch, and the norm of the values is not the norm of the
+    update they add up to.
     """
     if clip_norm is None or not gradients:
         return gradients
     dense = [tf.convert_to_tensor(g) for g in gradients]
-    clipped, _ = tf.clip_by_global_norm(dense, clip_norm)
+    whole = dense
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        whole = context.all_reduce("sum", dense)
+    clipped, _ = tf.clip_by_global_norm(dense, clip_norm, use_norm=tf.linalg.global_norm(whole))
     return clipped
 
 
@@ -169,32 +179,40 @@ def run_if(condition: tf.Tensor, fn: Callable[..., object], *args: object) -> No
 
 
 class NonFiniteGuard:
-    """Undoes what a skipped step did to layer state, counts such steps, and stops a run.
+    """Undoes what a skipped step moved beyond the weights, counts such steps, and stops a run.
 
     `OptimizerSet.minimize` already skips the update of a step whose loss or gradients are
-    not finite. The forward pass has run all the same, and layers keep state that it moves:
-    BatchNormalization's moving statistics (a NaN there would spoil every later prediction)
-    and the seed generators of Dropout. The guard saves that state before each step and
-    restores it after a bad one, so that a skipped step leaves the model exactly as if its
-    batch had never been seen. Its counters live in variables that the K-step loop updates in
-    the graph, so a run stops within the call in which the limit is reached.
+    bad (see `update_status`). The forward pass has run all the same, and layers keep state
+    that it moves: BatchNormalization's moving statistics (a NaN there would spoil every
+    later prediction) and the seed generators of Dropout; and the step recorded its figures in
+    the metrics. The guard saves both before each step and restores them after a bad one, so
+    that a skipped step, whatever was bad, leaves the model and the epoch's figures exactly as
+    if its batch had never been seen; only `skipped_steps` counts it. Its counters live in
+    variables that the K-step loop updates in the graph, so a run stops within the call in
+    which the limit is reached.
 
     Args:
         max_bad_steps: Bad steps in a row that stop the run.
         names: The names of the variables that `update_status` codes index, for the message.
         state: The variables a forward pass moves: the model's non-trainable variables, taken
             before any layer is frozen (a frozen layer's weights do not move).
+        metrics: The variables of the metrics the step records, as stored on each local
+            replica (`distribution.local_variables`).
 
     Attributes:
         skipped: A metric, `skipped_steps`: the steps skipped this epoch.
     """
 
     def __init__(
-        self, max_bad_steps: int, names: Sequence[str], state: Sequence[tf.Variable]
+        self,
+        max_bad_steps: int,
+        names: Sequence[str],
+        state: Sequence[tf.Variable],
+        metrics: Sequence[tf.Variable] = (),
     ) -> None:
         self.max_bad_steps = max_bad_steps
         self.names = tuple(names)
-        self.state = tuple(state)
+        self.state = (*state, *metrics)
         self.skipped = keras.metrics.Sum(name="skipped_steps")
         self.bad_in_a_row = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_in_a_row")
         self.first_bad_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="first_bad")
@@ -206,11 +224,11 @@ class NonFiniteGuard:
         return [self.bad_in_a_row, self.first_bad_step, self.first_bad_status]
 
     def save_state(self) -> list[tf.Tensor]:
-        """The layer state before a step. `tf.function`-compatible."""
+        """The layer state and the metrics before a step. `tf.function`-compatible."""
         return [tf.identity(variable) for variable in self.state]
 
     def record(self, status: tf.Tensor, step: tf.Tensor, saved: Sequence[tf.Tensor]) -> None:
-        """Count the step numbered `step`; undo its layer-state changes if it was skipped.
+        """Count the step numbered `step`; undo its state and metrics if it was skipped.
 
         `tf.function`-compatible.
         """
@@ -232,16 +250,16 @@ class NonFiniteGuard:
         """The one-line error for a run that tripped at global step `step`."""
         status = int(self.first_bad_status.numpy())
         what = (
-            "the loss"
+            "the loss was not finite"
             if status == NONFINITE_LOSS
-            else f"the gradient of {self.names[status - 2]}"
+            else f"the gradient of {self.names[status - 2]} was not finite or too large"
             if 2 <= status < 2 + len(self.names)
-            else "the loss or a gradient"
+            else "the loss or a gradient was not finite or too large"
         )
         first = int(self.first_bad_step.numpy())
         return NonFiniteError(
             f"stopped at step {step}: {self.max_bad_steps} steps in a row were skipped because "
-            f"{what} was not finite (first at step {first}); the weights are those before step "
-            f"{first}. Look for NaN or infinite values in the data, lower the learning rate, "
-            "or set RunOptions.clip_global_norm"
+            f"{what} (first at step {first}); the weights are those before step {first}. Look "
+            "for NaN, infinite or very large values in the data, lower the learning rate, or "
+            "set RunOptions.clip_global_norm"
         )
