@@ -236,8 +236,9 @@ def test_labels_with_impossible_values_fail_in_one_line_on_the_command_line(
 
     monkeypatch.setattr(training, "load_datasets", impossible)
     assert main(["train", "--epochs", "1", "--quiet", "--logdir", str(tmp_path / "run")]) == 2
+    prog = "python -m sequences_sparse"
     assert capsys.readouterr().err == (
-        f"python -m sequences_sparse train: error: train_ds does not fit this project: {message}\n"
+        f"{prog} train: error: train_ds does not fit this project: {message}\n"
     )
 
 
