@@ -1,9 +1,11 @@
 """The `scaffold` command line: a thin skin over `scaffold.new`, `scaffold.update` and
 `scaffold.examples`.
 
-Each flag of `scaffold new` answers one question of `copier.yml` (tests/test_cli.py proves they
-match); Copier validates the answers. Only this module imports Typer, and it imports neither
-Copier nor YAML at start-up, so `scaffold --help` stays fast.
+Each question of `copier.yml` is a flag of `scaffold new`, built from the question at start-up
+(name, type, choices, help, default); a flag for a question that Copier would not ask (its
+`when`) is refused, and Copier validates the answers. Only this module imports Typer, and it
+imports neither Copier nor YAML at start-up (`scaffold.questions` caches the parsed
+questions), so `scaffold --help` stays fast.
 """
 
 from __future__ import annotations
