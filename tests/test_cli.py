@@ -16,6 +16,7 @@ import typer.main
 import yaml
 from typer.testing import CliRunner
 
+import scaffold.questions
 from scaffold import __version__
 from scaffold.cli import app
 from scaffold.questions import config_path, load_questions
@@ -144,6 +145,22 @@ def test_a_new_question_gets_its_flag_from_copier_yml(tmp_path: Path) -> None:
             "drop --augment or choose --shapes fixed\n",
         ],
     ]
+
+
+def test_cached_questions_follow_copier_yml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    config = tmp_path / "copier.yml"
+    config.write_text(config_path().read_text(encoding="utf-8"), encoding="utf-8")
+    parsed = load_questions(config)
+    (cached,) = (tmp_path / "cache" / "scaffold").iterdir()
+    cached.write_text("[{", encoding="utf-8")  # a cache cut short: parsed again
+    scaffold.questions._load.cache_clear()
+    assert load_questions(config) == parsed
+    config.write_text(config.read_text(encoding="utf-8") + NEW_QUESTIONS, encoding="utf-8")
+    scaffold.questions._load.cache_clear()
+    assert list(load_questions(config)) == [*parsed, "dropout", "activation", "augment"]
 
 
 def test_every_flag_answers_a_question() -> None:
