@@ -1,18 +1,22 @@
 """The `scaffold` command line: a thin skin over `scaffold.new`, `scaffold.update` and
 `scaffold.examples`.
 
-Each flag of `scaffold new` answers one question of `copier.yml` (tests/test_cli.py proves they
-match); Copier validates the answers. Only this module imports Typer, and it imports neither
-Copier nor YAML at start-up, so `scaffold --help` stays fast.
+Each question of `copier.yml` is a flag of `scaffold new`, built from the question at start-up
+(name, type, choices, help, default); a flag for a question that Copier would not ask (its
+`when`) is refused, and Copier validates the answers. Only this module imports Typer, and it
+imports neither Copier nor YAML at start-up (`scaffold.questions` caches the parsed
+questions), so `scaffold --help` stays fast.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
+import inspect
 import re
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,6 +24,7 @@ import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from .errors import ScaffoldError, os_problem
+from .questions import Question, asked_questions, not_asked
 
 try:  # Typer 0.29+ carries its own Click
     from typer._click import exceptions as click_errors
@@ -30,25 +35,62 @@ EXIT_USAGE = 2  # the exit code of a mistake in the command line, as for Click's
 EXIT_CONFLICTS = 1  # scaffold update merged, but left conflicts for the user to resolve
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C
 
-# The values of `labels` in copier.yml, written out so `--help` needs no YAML.
-Labels = Literal["sparse", "one-hot", "binary"]
-# The values of `optimizers` in copier.yml, likewise.
-Optimizers = Literal["single", "backbone-head", "gan"]
-# The values of `shapes` in copier.yml, likewise.
-Shapes = Literal["fixed", "variable"]
-# The values of `strategy` and `precision` in copier.yml, likewise.
-Strategy = Literal["none", "mirrored"]
-Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
-# Questions about a classifier, which a GAN does not ask.
-_CLASSIFIER_ONLY = (
-    "labels",
-    "num_classes",
-    "logits",
-    "shapes",
-    "input_shape",
-    "vocab_size",
-    "max_length",
-)
+# How `--help` shows a default that the CLI sets (project_name: DEST's name) or that Jinja computes
+# from other answers; any other templated default shows as "computed from the other answers".
+_DEFAULT_IN_WORDS = {
+    "project_name": "DEST's directory name",
+    "package_name": "from the project name, lowercase, '-' as '_'",
+    "input_shape": "64, or 30 for binary labels",
+}
+
+
+def _question_option(question: Question) -> inspect.Parameter:
+    """The option of `scaffold new` that answers `question`: `--num-classes <int>`,
+    `--labels <sparse|one-hot|binary>`, `--logits/--no-logits`; unset, it leaves the answer
+    to Copier."""
+    kind: Any = {"int": int, "float": float, "bool": bool}.get(question.type, str)
+    if question.choices:
+        kind = Literal[tuple(str(choice) for choice in question.choices)]
+    decls = [f"{question.flag}/--no-{question.flag[2:]}"] if question.type == "bool" else []
+    shown: str | bool
+    if question.name in _DEFAULT_IN_WORDS:
+        shown = _DEFAULT_IN_WORDS[question.name]
+    elif question.type == "bool":
+        shown = ("" if question.default else "no-") + question.flag[2:]
+    elif question.templated_default:
+        shown = "computed from the other answers"
+    else:
+        shown = False if question.default is None else str(question.default)
+    option = typer.Option(*decls, help=question.help, show_default=shown)
+    return inspect.Parameter(
+        question.name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[kind | None, option],
+    )
+
+
+def _asking(questions: Mapping[str, Question]) -> Callable[[Callable[..., Any]], Any]:
+    """Give a command a flag for each question, after its first parameter; the command takes
+    the flags' values as `**flags`, keyed by question name (None for a flag not given)."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        own = [
+            param.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            for param in inspect.signature(func, eval_str=True).parameters.values()
+            if param.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
+        params = [*own[:1], *(_question_option(q) for q in questions.values()), *own[1:]]
+
+        @functools.wraps(func)
+        def command(**kwargs: Any) -> Any:
+            return func(**kwargs)
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {param.name: param.annotation for param in params}
+        return command
+
+    return decorate
 
 
 def _given_value(args: Sequence[str], opts: Sequence[str]) -> str | None:
@@ -248,29 +290,28 @@ def _collect_answers(flags: dict[str, object], data: dict[str, str]) -> dict[str
         flag = "--" + name.replace("_", "-")
         raise ScaffoldError(f"{name} is given twice, as {flag} and as --data {name}; give it once")
     answers: dict[str, Any] = {**data, **given}
-    if given.get("num_classes") is not None and answers.get("labels") == "binary":
+    found = not_asked(list(given), answers)
+    if found is not None:
+        name, blocker = found
+        flag = "--" + name.replace("_", "-")
+        if blocker.question is None:
+            raise ScaffoldError(f"{flag} does not apply to the other answers; drop {flag}")
+        by = blocker.question
         raise ScaffoldError(
-            "--num-classes does not apply to --labels binary; "
-            "drop --num-classes or choose --labels sparse or one-hot"
+            f"{flag} does not apply to {_as_flag(by, blocker.value)}; "
+            f"drop {flag} or choose {_as_flag(by, *blocker.fixes)}"
         )
-    if answers.get("optimizers") == "gan":
-        for name in _CLASSIFIER_ONLY:
-            if given.get(name) is not None:
-                flag = "--" + name.replace("_", "-")
-                raise ScaffoldError(
-                    f"{flag} does not apply to --optimizers gan; "
-                    f"drop {flag} or choose --optimizers single or backbone-head"
-                )
-    shapes = answers.get("shapes", "fixed")
-    for name in ("input_shape", "vocab_size", "max_length"):
-        applies = "fixed" if name == "input_shape" else "variable"
-        if given.get(name) is not None and shapes != applies:
-            flag = "--" + name.replace("_", "-")
-            raise ScaffoldError(
-                f"{flag} does not apply to --shapes {shapes}; "
-                f"drop {flag} or choose --shapes {applies}"
-            )
     return answers
+
+
+def _as_flag(question: Question, *values: object) -> str:
+    """Values of `question` as a command line says them: `--labels sparse or one-hot`,
+    `--no-logits`."""
+    if question.type == "bool":
+        return ("--" if values[0] else "--no-") + question.name.replace("_", "-")
+    words = [str(value) for value in values]
+    listed = ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
+    return f"{question.flag} {listed}"
 
 
 def _next_steps(dest: Path, package: str) -> str:
@@ -288,6 +329,7 @@ def _next_steps(dest: Path, package: str) -> str:
 
 
 @app.command(cls=_Command)
+@_asking(asked_questions())
 def new(
     dest: Annotated[
         Path,
@@ -295,120 +337,6 @@ def new(
             metavar="DEST", help="Directory to create; its name is the default project name."
         ),
     ],
-    project_name: Annotated[
-        str | None,
-        typer.Option(
-            help="Project name (the distribution name; letters, digits, '-' or '_')",
-            show_default="DEST's directory name",
-        ),
-    ] = None,
-    package_name: Annotated[
-        str | None,
-        typer.Option(
-            help="Python package name (an importable identifier)",
-            show_default="from the project name, lowercase, '-' as '_'",
-        ),
-    ] = None,
-    labels: Annotated[
-        Labels | None,
-        typer.Option(help="How the labels are encoded", show_default="sparse"),
-    ] = None,
-    num_classes: Annotated[
-        int | None,
-        typer.Option(help="Number of classes (not for binary labels)", show_default="10"),
-    ] = None,
-    logits: Annotated[
-        bool | None,
-        typer.Option(
-            "--logits/--no-logits",
-            help="Does the model output logits (no final softmax/sigmoid)? "
-            "Logits are numerically safer",
-            show_default="logits",
-        ),
-    ] = None,
-    input_shape: Annotated[
-        str | None,
-        typer.Option(
-            help="Shape of one input example, without the batch dimension (e.g. 64 or 28,28,1)",
-            show_default="64, or 30 for binary labels",
-        ),
-    ] = None,
-    epochs: Annotated[
-        int | None,
-        typer.Option(help="Default number of training epochs", show_default="10"),
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Default batch size", show_default="32")
-    ] = None,
-    learning_rate: Annotated[
-        float | None,
-        typer.Option(
-            help="Default learning rate of the Adam optimizer (the head's with backbone-head)",
-            show_default="0.001",
-        ),
-    ] = None,
-    steps_per_execution: Annotated[
-        int | None,
-        typer.Option(
-            help="Training steps run inside one tf.function call; more steps per call, "
-            "less Python overhead",
-            show_default="64",
-        ),
-    ] = None,
-    jit_compile: Annotated[
-        bool | None,
-        typer.Option(
-            "--jit-compile/--no-jit-compile",
-            help="Compile each step with XLA (train batches then have a fixed size; "
-            "rarely faster on a CPU)",
-            show_default="no-jit-compile",
-        ),
-    ] = None,
-    strategy: Annotated[
-        Strategy | None,
-        typer.Option(
-            help="Where a run trains by default: none (one device) or mirrored (a replica on "
-            "every local GPU); train --strategy changes it",
-            show_default="none",
-        ),
-    ] = None,
-    precision: Annotated[
-        Precision | None,
-        typer.Option(
-            help="The dtype policy a run trains under by default: float32, mixed_float16 or "
-            "mixed_bfloat16; train --precision changes it",
-            show_default="float32",
-        ),
-    ] = None,
-    optimizers: Annotated[
-        Optimizers | None,
-        typer.Option(
-            help="How many optimizers train which variables: single, backbone-head "
-            "(two Adams, an optionally frozen backbone) or gan (generator and discriminator)",
-            show_default="single",
-        ),
-    ] = None,
-    shapes: Annotated[
-        Shapes | None,
-        typer.Option(
-            help="Are the input shapes fixed, or sequences of varying length (padded per batch)?",
-            show_default="fixed",
-        ),
-    ] = None,
-    vocab_size: Annotated[
-        int | None,
-        typer.Option(
-            help="Token ids are in [0, vocab_size); 0 is padding (variable shapes only)",
-            show_default="1000",
-        ),
-    ] = None,
-    max_length: Annotated[
-        int | None,
-        typer.Option(
-            help="Longest sequence; longer ones are cut, buckets pad to max_length/8, /4, /2, /1",
-            show_default="128",
-        ),
-    ] = None,
     data: Annotated[
         list[str] | None,
         typer.Option(
@@ -461,33 +389,13 @@ def new(
         bool, typer.Option("--pretend", help="Show what would be written; write nothing")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing but errors")] = False,
+    **flags: object,
 ) -> None:
     """Render a new project into DEST. Questions not given as flags are asked (or, with --yes,
     take their defaults)."""
     from .new import create_project
 
-    answers = _collect_answers(
-        {
-            "project_name": project_name,
-            "package_name": package_name,
-            "labels": labels,
-            "num_classes": num_classes,
-            "logits": logits,
-            "input_shape": input_shape,
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "learning_rate": learning_rate,
-            "steps_per_execution": steps_per_execution,
-            "jit_compile": jit_compile,
-            "strategy": strategy,
-            "precision": precision,
-            "optimizers": optimizers,
-            "shapes": shapes,
-            "vocab_size": vocab_size,
-            "max_length": max_length,
-        },
-        _parse_data(data or []),
-    )
+    answers = _collect_answers(flags, _parse_data(data or []))
     if not yes and not sys.stdin.isatty():
         raise ScaffoldError(
             "no terminal to ask questions on; "

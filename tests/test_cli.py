@@ -1,4 +1,4 @@
-"""The `scaffold` command line: flags match copier.yml, bad input fails cleanly, nothing leaks.
+"""The `scaffold` command line: flags come from copier.yml, bad input fails cleanly, nothing leaks.
 
 These tests render projects but never run TensorFlow.
 """
@@ -6,6 +6,7 @@ These tests render projects but never run TensorFlow.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,16 +16,15 @@ import typer.main
 import yaml
 from typer.testing import CliRunner
 
+import scaffold.questions
 from scaffold import __version__
 from scaffold.cli import app
-from scaffold.questions import Question, asked_questions, load_questions
+from scaffold.questions import config_path, load_questions
 
 runner = CliRunner()
 
 # Flags of `scaffold new` that answer no question.
 CLI_FLAGS = {"data", "template", "vcs_ref", "git", "yes", "force", "pretend", "quiet"}
-# Defaults the CLI replaces on purpose, with what its help shows instead.
-CLI_DEFAULTS = {"project_name": "DEST's directory name"}
 
 
 def invoke(*args: object):
@@ -51,33 +51,116 @@ def recorded_answers(project: Path) -> dict[str, object]:
     return answers
 
 
-# --- the flags cannot drift from copier.yml --------------------------------------------------
+# --- the flags are read from copier.yml ------------------------------------------------------
+
+# Questions added to a copy of copier.yml: a float a GAN is not asked, a choice, and a bool that
+# only fixed shapes ask.
+NEW_QUESTIONS = """
+dropout:
+  type: float
+  help: Dropout rate of the head
+  default: 0.1
+  when: "{{ optimizers != 'gan' }}"
+
+activation:
+  type: str
+  help: The hidden layers' activation
+  default: relu
+  choices:
+    "ReLU: max(x, 0)": relu
+    "GELU: smooth": gelu
+
+augment:
+  type: bool
+  help: Augment inputs
+  default: false
+  when: "{{ shapes == 'fixed' }}"
+"""
+
+# Loads the CLI over the copy, with create_project printing the answers it would render.
+RUN_WITH_COPY = """
+import json, sys
+from pathlib import Path
+import scaffold.new, scaffold.questions
+from typer.testing import CliRunner
+
+scaffold.questions.config_path = lambda: Path(sys.argv[1])
+
+def create_project(dest, answers, **options):
+    print(json.dumps(answers))
+    raise SystemExit(0)
+
+scaffold.new.create_project = create_project
+from scaffold.cli import app
+
+for args in json.loads(sys.argv[2]):
+    result = CliRunner().invoke(app, args, prog_name="scaffold")
+    print(json.dumps([result.exit_code, result.output]))
+"""
 
 
-def shown_default(question: Question, option) -> str:
-    """What `--help` must show as the default of a question with a literal default."""
-    if question.type == "bool":
-        flags = option.opts if question.default else option.secondary_opts
-        return flags[0].removeprefix("--")
-    return str(question.default)
+def test_a_new_question_gets_its_flag_from_copier_yml(tmp_path: Path) -> None:
+    config = tmp_path / "copier.yml"
+    config.write_text(config_path().read_text(encoding="utf-8") + NEW_QUESTIONS, encoding="utf-8")
+    runs = [
+        ["new", "--help"],
+        ["new", "p", "--yes", "--dropout", "0.5", "--activation", "gelu", "--augment"],
+        ["new", "p", "--yes", "--activation", "gelo"],
+        ["new", "p", "--yes", "--dropout", "high"],
+        ["new", "p", "--yes", "--optimizers", "gan", "--dropout", "0.5"],
+        ["new", "p", "--yes", "--shapes", "variable", "--no-augment"],
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", RUN_WITH_COPY, str(config), json.dumps(runs)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+    )
+    assert done.returncode == 0, done.stderr
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    (code, shown), (code_ok, rendered), *errors = results
+    assert code == 0, shown
+    shown = " ".join(shown.split())
+    assert "--dropout <float> Dropout rate of the head [default: 0.1]" in shown
+    assert "--activation <relu|gelu> The hidden layers' activation [default: relu]" in shown
+    assert "--augment / --no-augment Augment inputs [default: no-augment]" in shown
+    assert code_ok == 0, rendered
+    answers = json.loads(rendered)
+    assert (answers["dropout"], answers["activation"], answers["augment"]) == (0.5, "gelu", True)
+    assert errors == [
+        [
+            2,
+            "Error: --activation 'gelo' is not one of relu, gelu; "
+            "did you mean --activation gelu?\n",
+        ],
+        [2, "Error: --dropout must be a number, got 'high'; e.g. --dropout 0.1\n"],
+        [
+            2,
+            "Error: --dropout does not apply to --optimizers gan; "
+            "drop --dropout or choose --optimizers single or backbone-head\n",
+        ],
+        [
+            2,
+            "Error: --augment does not apply to --shapes variable; "
+            "drop --augment or choose --shapes fixed\n",
+        ],
+    ]
 
 
-@pytest.mark.parametrize("name", list(asked_questions()))
-def test_flag_matches_question(name: str) -> None:
-    question = asked_questions()[name]
-    option = new_options().get(name)
-    assert option is not None, f"scaffold new has no flag for question '{name}'"
-    assert option.opts[0] == question.flag
-    assert option.default is None, "an unset flag must leave the answer to Copier"
-    if question.choices:
-        assert set(option.type_descriptor.choices) == set(question.choices)
-    if name in CLI_DEFAULTS:
-        assert option.show_default == CLI_DEFAULTS[name]
-    elif question.templated_default:
-        assert isinstance(option.show_default, str), "describe a templated default in words"
-        assert "{" not in option.show_default
-    else:
-        assert option.show_default == shown_default(question, option)
+def test_cached_questions_follow_copier_yml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    config = tmp_path / "copier.yml"
+    config.write_text(config_path().read_text(encoding="utf-8"), encoding="utf-8")
+    parsed = load_questions(config)
+    (cached,) = (tmp_path / "cache" / "scaffold").iterdir()
+    cached.write_text("[{", encoding="utf-8")  # a cache cut short: parsed again
+    scaffold.questions._load.cache_clear()
+    assert load_questions(config) == parsed
+    config.write_text(config.read_text(encoding="utf-8") + NEW_QUESTIONS, encoding="utf-8")
+    scaffold.questions._load.cache_clear()
+    assert list(load_questions(config)) == [*parsed, "dropout", "activation", "augment"]
 
 
 def test_every_flag_answers_a_question() -> None:
