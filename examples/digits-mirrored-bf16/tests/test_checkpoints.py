@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import keras
@@ -144,7 +144,12 @@ def test_runs_stopped_in_the_last_steps_of_an_epoch_resume_bit_for_bit_under_loa
             resumed = fit(config, options=run(logdir, resume=True))
             for ours, theirs in zip(resumed.model.get_weights(), expected, strict=True):
                 np.testing.assert_array_equal(ours, theirs, err_msg=f"stopped {left} before")
-    assert len(saved_sizes) == 1, f"the saved data position depends on timing: {saved_sizes}"
+    # A few bytes may differ between saves; a data position saved after reading ahead into the
+    # next pass differed by over 90 %.
+    spread = max(saved_sizes) - min(saved_sizes)
+    assert spread <= 0.01 * max(saved_sizes), (
+        f"the saved data position depends on timing: {saved_sizes}"
+    )
 
 
 def test_step_checkpoints_land_on_their_steps(config: Config, tmp_path: Path) -> None:
@@ -215,6 +220,79 @@ def test_the_fix_for_a_run_without_a_checkpoint_works(tmp_path: Path) -> None:
     argv = ["--epochs", "1", "--steps-per-epoch", "1", "--quiet"]
     assert main(["train", "--logdir", str(tmp_path), *argv]) == 2  # This one holds a run.
     assert main(["train", "--logdir", str(tmp_path / "new"), *argv]) == 0
+
+
+def from_generator(monkeypatch: pytest.MonkeyPatch, each_batch: Callable[[int, int], None]) -> None:
+    """Make the command line train on 4 batches of `from_generator`.
+
+    `each_batch(call, number)` runs before the generator yields batch `number` of its
+    `call`-th pass (the first pass tells whether the dataset is empty, the next is epoch 1).
+    """
+    load = training.load_datasets
+    calls = [0]
+
+    def generated(config: Config) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
+        train_ds, val_ds = load(config)
+        train_ds = train_ds.take(4)
+
+        def batches() -> Iterator[object]:
+            calls[0] += 1
+            for number, batch in enumerate(train_ds):
+                each_batch(calls[0], number)
+                yield batch
+
+        spec = train_ds.element_spec
+        return tf.data.Dataset.from_generator(batches, output_signature=spec), val_ds
+
+    monkeypatch.setattr(training, "load_datasets", generated)
+
+
+@pytest.mark.slow
+def test_a_generator_dataset_resumes_at_its_epoch_and_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def stop_in_epoch_2(call: int, number: int) -> None:
+        if call == 3 and number == 1:
+            interrupts.request()  # As Ctrl-C while epoch 2 reads its second batch.
+
+    from_generator(monkeypatch, stop_in_epoch_2)
+    logdir = tmp_path / "run"
+    argv = ["train", "--quiet", "--steps-per-execution", "1", "--logdir", str(logdir)]
+    assert main([*argv, "--epochs", "3"]) == 130
+    assert capsys.readouterr().err.startswith(
+        f"{PROG} train: stopped by Ctrl-C (SIGINT) in epoch 2 after 2 steps; checkpoint: "
+    )
+
+    assert main(["train", "--quiet", "--logdir", str(logdir), "--resume"]) == 0
+    assert capsys.readouterr().err == training.NOT_EXACT.format(step=2) + "\n"
+    assert [line["epoch"] for line in figures(logdir)] == [1, 2, 3]
+    latest = tf.train.latest_checkpoint(str(logdir / "checkpoints"))
+    assert tf.train.load_variable(latest, "global_step/.ATTRIBUTES/VARIABLE_VALUE") == 3 * 4
+
+
+@pytest.mark.slow
+def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    failing = [True]
+
+    def fail_in_epoch_1(call: int, number: int) -> None:
+        if failing[0] and number == 2:  # In epoch 1: the first pass reads one batch.
+            raise OSError("the disk went away")
+
+    from_generator(monkeypatch, fail_in_epoch_1)
+    given = tmp_path / "given"
+    given.mkdir()  # An empty --logdir of yours stays, empty.
+    for logdir in (tmp_path / "new", given):
+        argv = ["train", "--epochs", "1", "--quiet", "--logdir", str(logdir)]
+        assert main(argv) == 2
+        assert capsys.readouterr().err.endswith("raised OSError: the disk went away\n")
+        left = list(logdir.iterdir()) if logdir.exists() else None
+        assert left == ([] if logdir == given else None)
+
+    failing[0] = False  # The data is fixed: the same command trains into the same --logdir.
+    assert main(argv) == 0
+    assert [line["epoch"] for line in figures(given)] == [1]
 
 
 def test_a_truncated_checkpoint_fails_in_one_line(

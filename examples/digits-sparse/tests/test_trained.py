@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -67,6 +69,7 @@ def test_export_writes_a_saved_model_that_serves_the_same_outputs(
 ) -> None:
     out = tmp_path / "exports" / "served"  # Missing directories above it are made.
     assert main(["export", str(logdir), str(out)]) == 0
+    assert list(out.parent.iterdir()) == [out]  # No temporary directory is left beside it.
     served = tf.saved_model.load(str(out))
     x = probe_batch(config)
     _, model = load_run(logdir)  # Under the run's dtype policy, as export loads it.
@@ -200,6 +203,38 @@ def test_export_refuses_a_path_it_cannot_make_in_one_line(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "served"]
     assert [p.name for p in (tmp_path / "served").iterdir()] == ["saved_model.pb"]
     assert (tmp_path / "served" / "saved_model.pb").read_bytes() == b"earlier"
+
+
+@pytest.mark.parametrize("failure", ["full-disk", "ctrl-c"])
+def test_an_export_that_fails_midway_leaves_nothing(
+    logdir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    failure: str,
+) -> None:
+    """What a full disk or a Ctrl-C during the write leaves: no SavedModel, whole or partial."""
+
+    def fail_midway(self: keras.Model, filepath: str, *args: object, **kwargs: object) -> None:
+        Path(filepath, "variables").mkdir(parents=True)
+        Path(filepath, "saved_model.pb").write_bytes(b"part of a SavedModel")
+        if failure == "ctrl-c":
+            raise KeyboardInterrupt
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(keras.Model, "export", fail_midway)
+    out = tmp_path / "exports" / "served"  # Its directory is made, and removed again.
+    code, line = {
+        "full-disk": (
+            2,
+            f"error: cannot write {out}: no space left on the device; free some, then export "
+            "again; nothing was written",
+        ),
+        "ctrl-c": (130, "interrupted; nothing was written"),
+    }[failure]
+    assert main(["export", str(logdir), str(out)]) == code
+    assert capsys.readouterr().err == f"{PROG} export: {line}\n"
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ Slow (each test starts processes): `pytest -m slow` runs them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -63,11 +64,12 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def assert_same_run(logdir: Path, expected: Path) -> None:
-    import keras
+    # As the commands load it: the package's own model classes registered with Keras.
+    from sequences_sparse.trained import load_run
 
     assert figures(logdir) == figures(expected)
-    ours = keras.saving.load_model(logdir / "model.keras").get_weights()
-    theirs = keras.saving.load_model(expected / "model.keras").get_weights()
+    ours = load_run(logdir)[1].get_weights()
+    theirs = load_run(expected)[1].get_weights()
     for a, b in zip(ours, theirs, strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -157,3 +159,45 @@ def test_a_second_signal_exits_at_once_even_inside_a_long_call(tmp_path: Path) -
     _, err = process.communicate(timeout=10)
     assert process.returncode == 130
     assert err == "interrupted again by Ctrl-C (SIGINT): exiting at once\n"
+
+
+def test_a_second_signal_before_the_first_checkpoint_leaves_nothing(tmp_path: Path) -> None:
+    logdir = tmp_path / "run"
+    # Epoch 1 waits for a batch that never comes, as a slow read would, in a new run.
+    code = (
+        "import os, sys\n"
+        "import tensorflow as tf\n"
+        "from sequences_sparse import train\n"
+        "from sequences_sparse.__main__ import main\n"
+        "load, calls = train.load_datasets, [0]\n"
+        "def generated(config):\n"
+        "    train_ds, val_ds = load(config)\n"
+        "    def batches():\n"
+        "        calls[0] += 1\n"
+        "        if calls[0] == 2:\n"
+        "            print('ready', flush=True)\n"
+        "            os.read(os.pipe()[0], 1)\n"
+        "        yield from train_ds\n"
+        "    spec = train_ds.element_spec\n"
+        "    return tf.data.Dataset.from_generator(batches, output_signature=spec), val_ds\n"
+        "train.load_datasets = generated\n"
+        f"sys.exit(main(['train', '--quiet', '--logdir', {str(logdir)!r}]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert process.stdout is not None and process.stdout.readline() == "ready\n"
+    assert (logdir / "run.json").exists()
+    while process.poll() is None:  # Two signals sent at once may arrive as one.
+        process.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=0.2)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert err.endswith("interrupted again by Ctrl-C (SIGINT): exiting at once\n")
+    assert not logdir.exists()

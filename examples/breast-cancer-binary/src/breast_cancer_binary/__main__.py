@@ -33,8 +33,9 @@ import datetime
 import errno
 import fcntl
 import os
+import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -343,15 +344,21 @@ class RunDirError(Exception):
 
 
 @contextlib.contextmanager
-def hold_run_dir(path: Path, *, new: bool) -> Iterator[None]:
+def hold_run_dir(
+    path: Path, *, new: bool, resumable: Callable[[], bool] = lambda: False
+) -> Iterator[Callable[[], None]]:
     """Make this process the one writer of the run directory `path` while the block runs.
 
     The lock is an exclusive `flock` on the directory itself, so it writes nothing, and the
     kernel releases it when the process ends, however it ends: the directory of a killed
     run can be resumed at once. A filesystem that cannot lock a directory (some network
     filesystems) leaves the run unlocked. For a new run (`new`), `path` is created first and
-    checked again once locked, so that of two runs started together into it, one trains;
-    left empty by a run that failed before writing, it is removed again.
+    checked again once locked (it must be empty), so that of two runs started together into
+    it, one trains. If the block of a new run raises (an error, an interrupt) while it
+    cannot be resumed (`resumable()` is false: no checkpoint yet), what it wrote is removed,
+    still under the lock, and so is `path` if it was created here: the same command can run
+    into it again. The block gets that removal as a function, for an exit that skips it
+    (see `interrupts.catch_signals`).
 
     Raises:
         RunDirError: If another process holds `path`, or it cannot be created or written.
@@ -379,12 +386,26 @@ def hold_run_dir(path: Path, *, new: bool) -> Iterator[None]:
         problem = check_run_dir(path) if new else None
         if problem:
             raise RunDirError(problem)
+
+        def discard() -> None:
+            with contextlib.suppress(OSError):
+                if new and not resumable():
+                    for entry in path.iterdir():  # All written by this run: `path` was empty.
+                        if entry.is_dir() and not entry.is_symlink():
+                            shutil.rmtree(entry, ignore_errors=True)
+                        else:
+                            entry.unlink(missing_ok=True)
+                if created:
+                    path.rmdir()  # Only if empty: the run wrote nothing, or it was removed.
+
         try:
-            yield
-        finally:
-            if created:
-                with contextlib.suppress(OSError):
-                    path.rmdir()  # Only if empty: the run wrote nothing.
+            yield discard
+        except BaseException:
+            discard()
+            raise
+        if created:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # Only if empty: the run wrote nothing.
     finally:
         os.close(fd)
 
@@ -526,11 +547,18 @@ def train(args: argparse.Namespace, prog: str) -> int:
     finished = position is not None and position[0] >= config.epochs
     try:
         with contextlib.ExitStack() as held:
+            discard = None
             if chief:  # The other workers of a multi-worker run write nothing there.
-                held.enter_context(hold_run_dir(logdir, new=not args.resume))
+                discard = held.enter_context(
+                    hold_run_dir(
+                        logdir,
+                        new=not args.resume,
+                        resumable=lambda: resume_position(logdir) is not None,
+                    )
+                )
             if not args.quiet and chief and not finished:
                 print(f"run directory: {logdir}  (watch it: tensorboard --logdir {logdir.parent})")
-            with interrupts.catch_signals():
+            with interrupts.catch_signals(before_exit=discard):
                 fit(config, options=options)
     except RunDirError as error:
         return _usage(prog, str(error))
@@ -632,6 +660,8 @@ def use_run(args: argparse.Namespace) -> int:
     Raises:
         checkpoints.CheckpointError: With the one line to print, for exit code 2.
     """
+    import tensorflow as tf
+
     from . import trained
     from .callbacks import format_metrics
 
@@ -646,7 +676,15 @@ def use_run(args: argparse.Namespace) -> int:
         trained.save_output(output, predictions)
         print(f"wrote {output}: {predictions.dtype} {predictions.shape}")
         return 0
-    out = trained.export(args.logdir, args.out)
+    try:
+        out = trained.export(args.logdir, args.out)
+    except (OSError, tf.errors.OpError) as error:
+        problem = write_problem(error)
+        if problem is None:
+            raise
+        raise trained.RunFileError(
+            f"cannot write {args.out}: {problem}, then export again; nothing was written"
+        ) from None
     print(f"wrote {out}: load it with tf.saved_model.load({str(out)!r}).serve")
     return 0
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -143,10 +145,13 @@ def export(logdir: str | Path, out: str | Path) -> Path:
     features in, the model's raw outputs (logits) out; apply `losses.probabilities` for
     probabilities.
 
-    Missing directories above `out` are made.
+    Missing directories above `out` are made. The SavedModel is written in a temporary
+    directory beside `out` and renamed to `out` once whole, so an export that fails or is
+    interrupted leaves nothing: neither `out` nor the directories it made.
 
     Raises:
         RunFileError: If the run has no model, or `out` exists already or cannot be made.
+        OSError, tf.errors.OpError: If writing fails (a full disk); nothing is left.
     """
     out = Path(out)
     if out.exists() or out.is_symlink():
@@ -158,7 +163,24 @@ def export(logdir: str | Path, out: str | Path) -> Path:
             "give a new path for the SavedModel in a directory"
         )
     _, model = load_run(logdir)
-    model.export(str(out), verbose=False)
+    made = [parent for parent in out.parents if not parent.exists()]
+    staging = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+        staged = staging / out.name  # Made by the export, with the usual permissions.
+        model.export(str(staged), verbose=False)
+        if out.exists() or out.is_symlink():
+            raise RunFileError(f"{out} exists already; give a new path for the SavedModel")
+        staged.rename(out)
+    except BaseException:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        for parent in made:  # Deepest first.
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        raise
+    staging.rmdir()
     return out
 
 

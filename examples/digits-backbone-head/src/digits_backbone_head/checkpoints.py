@@ -164,7 +164,10 @@ def resume_position(logdir: str | Path) -> tuple[int, int] | None:
 
 
 def save_model(model: keras.Model, logdir: str | Path) -> Path:
-    """Save `model` as `logdir/model.keras`, loadable with `keras.saving.load_model`.
+    """Save `model` as `logdir/model.keras`, for `keras.saving.load_model`.
+
+    Loading it needs the model's custom classes registered, as importing their module does
+    (`trained.load_run` does it).
 
     Written to a temporary file renamed when complete, so a kill or a full disk never
     leaves a truncated `model.keras`.
@@ -272,6 +275,10 @@ class RunCheckpoint:
     Attributes:
         position: An int64 variable `[epoch, step]`: the epoch to run next (from 0) and the
             steps of it already run.
+        saves_data: Whether the checkpoints hold the data iterator; false from the first
+            write that could not save it (an iterator over `from_generator` or
+            `py_function`, whose state lives in Python), which then holds everything else.
+        restored_data: Whether `restore` restored the data iterator's position.
     """
 
     def __init__(
@@ -294,6 +301,8 @@ class RunCheckpoint:
         )
         self._traced: tuple[tf.data.Iterator | None, Any] | None = None
         self._restored = ""
+        self.saves_data = True
+        self.restored_data = True
 
     def paths(self) -> list[str]:
         """The checkpoints kept, oldest first."""
@@ -310,19 +319,15 @@ class RunCheckpoint:
         if not self.chief:
             scratch = Path(tempfile.mkdtemp(prefix="checkpoint-"))
             try:
-                self._write_quietly(data, scratch / path.name)
+                self._write_with_data(data, scratch / path.name)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
             return path
         self.directory.mkdir(parents=True, exist_ok=True)
         try:
-            self._write_quietly(data, path)
+            self._write_with_data(data, path)
         except BaseException:  # A full disk, or Ctrl-C: no half-written files are left.
-            for partial in tf.io.gfile.glob(f"{path}[._]*"):
-                if tf.io.gfile.isdir(partial):
-                    tf.io.gfile.rmtree(partial)
-                else:
-                    tf.io.gfile.remove(partial)
+            _remove_partial(path)
             raise
         kept = [*kept, str(path)]
         # The state file of `tf.train.CheckpointManager`, names relative to the directory,
@@ -338,6 +343,21 @@ class RunCheckpoint:
             for file in tf.io.gfile.glob(f"{old}.*"):
                 tf.io.gfile.remove(file)
         return path
+
+    def _write_with_data(self, data: tf.data.Iterator | None, path: Path) -> None:
+        """Write with the iterator `data`, or without it if it cannot be saved (`saves_data`).
+
+        An iterator over `from_generator` or `py_function` cannot be saved: its position
+        lives in Python. The checkpoint then holds everything else, and `restore` says so.
+        """
+        if data is not None and self.saves_data:
+            try:
+                self._write_quietly(data, path)
+                return
+            except (tf.errors.FailedPreconditionError, tf.errors.UnimplementedError):
+                _remove_partial(path)
+                self.saves_data = False
+        self._write_quietly(None, path)
 
     def _write_quietly(self, data: tf.data.Iterator | None, path: Path) -> None:
         with warnings.catch_warnings():
@@ -359,7 +379,9 @@ class RunCheckpoint:
 
         Every object must match the checkpoint and every saved value must find its object
         (`assert_consumed`), so a changed model fails here instead of training half-restored.
-        The callbacks get their state from `restore_callbacks`.
+        The callbacks get their state from `restore_callbacks`. A checkpoint written without
+        the data iterator (see `saves_data`) leaves `data` where it is, and `restored_data`
+        false.
 
         Raises:
             CheckpointError: If there is no checkpoint, it cannot be read, or it was written
@@ -372,8 +394,11 @@ class RunCheckpoint:
                 "one, so there is nothing to resume; start a new run without --resume, into "
                 "another --logdir"
             )
-        self.checkpoint.data = data if data is not None else tf.Module()
         try:
+            saved = {name.split("/", 1)[0] for name, _ in tf.train.list_variables(path)}
+            self.restored_data = data is not None and "data" in saved
+            self.checkpoint.data = data if self.restored_data else tf.Module()
+            self._traced = None
             self.checkpoint.read(path).assert_consumed()
         except (tf.errors.OpError, IndexError, OSError) as error:  # IndexError: truncated.
             raise CheckpointError(
@@ -392,6 +417,15 @@ class RunCheckpoint:
         """Give the callbacks their restored state; call it after their `on_train_begin`."""
         if self._restored:
             self.callback_state.apply(self._restored)
+
+
+def _remove_partial(path: Path) -> None:
+    """Remove the files of a checkpoint write to `path` that did not complete."""
+    for partial in tf.io.gfile.glob(f"{path}[._]*"):
+        if tf.io.gfile.isdir(partial):
+            tf.io.gfile.rmtree(partial)
+        else:
+            tf.io.gfile.remove(partial)
 
 
 def _first_line(error: BaseException) -> str:

@@ -15,7 +15,7 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -87,8 +87,11 @@ class Interrupted(Exception):
 
 
 @contextlib.contextmanager
-def catch_signals() -> Iterator[None]:
+def catch_signals(before_exit: Callable[[], None] | None = None) -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM request a stop; a second one exits at once.
+
+    Before that exit, `before_exit()`, if given, runs on a thread of its own while the main
+    thread is still in its call (to remove what a run that cannot be resumed wrote, say).
 
     However the block ends, a line still being drawn (`line_open`) is ended first, so that the
     message saying why the run stopped starts on a line of its own.
@@ -105,7 +108,9 @@ def catch_signals() -> Iterator[None]:
     clear()
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
-    watcher = threading.Thread(target=_exit_on_second_signal, args=(read_fd,), daemon=True)
+    watcher = threading.Thread(
+        target=_exit_on_second_signal, args=(read_fd, before_exit), daemon=True
+    )
     previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     previous = {signum: signal.signal(signum, _on_signal) for signum in SIGNALS}
     watcher.start()
@@ -140,7 +145,7 @@ def _on_signal(signum: int, frame: object) -> None:
     request(signum)
 
 
-def _exit_on_second_signal(read_fd: int) -> None:
+def _exit_on_second_signal(read_fd: int, before_exit: Callable[[], None] | None) -> None:
     seen = 0
     while chunk := os.read(read_fd, 64):
         for signum in chunk:
@@ -152,4 +157,7 @@ def _exit_on_second_signal(read_fd: int) -> None:
                 if _open_line is not None:
                     message = "\n" + message
                 os.write(2, message.encode())
+                if before_exit is not None:
+                    with contextlib.suppress(Exception):
+                        before_exit()
                 os._exit(128 + signum)

@@ -11,6 +11,8 @@ Template-owned: `copier update` merges template changes into it.
 from __future__ import annotations
 
 import contextlib
+import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -99,10 +101,13 @@ def export(logdir: str | Path, out: str | Path) -> Path:
     Load it with `tf.saved_model.load(out)` and call its `serve` endpoint:
     latent vectors in, images out.
 
-    Missing directories above `out` are made.
+    Missing directories above `out` are made. The SavedModel is written in a temporary
+    directory beside `out` and renamed to `out` once whole, so an export that fails or is
+    interrupted leaves nothing: neither `out` nor the directories it made.
 
     Raises:
         RunFileError: If the run has no model, or `out` exists already or cannot be made.
+        OSError, tf.errors.OpError: If writing fails (a full disk); nothing is left.
     """
     out = Path(out)
     if out.exists() or out.is_symlink():
@@ -115,7 +120,25 @@ def export(logdir: str | Path, out: str | Path) -> Path:
         )
     _, model = load_run(logdir)
     assert isinstance(model, GAN)
-    model.generator.export(str(out), verbose=False)
+    model = model.generator
+    made = [parent for parent in out.parents if not parent.exists()]
+    staging = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+        staged = staging / out.name  # Made by the export, with the usual permissions.
+        model.export(str(staged), verbose=False)
+        if out.exists() or out.is_symlink():
+            raise RunFileError(f"{out} exists already; give a new path for the SavedModel")
+        staged.rename(out)
+    except BaseException:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        for parent in made:  # Deepest first.
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        raise
+    staging.rmdir()
     return out
 
 

@@ -276,8 +276,8 @@ class StepRunner:
 
         A plain `tf.data` iterator saves its position, read-ahead and shuffle buffers
         included, and restores it exactly. Pipelines with state outside the iterator cannot:
-        `py_function` and `from_generator` (Python state), and anything reading files that
-        change between runs.
+        `py_function` and `from_generator` (Python state; their iterator cannot be saved at
+        all, see `skip`), and anything reading files that change between runs.
         """
         return self._iterator
 
@@ -327,6 +327,16 @@ class StepRunner:
         else:
             self._num_batches = num_batches
             self._iterator = iter(repeated(dataset))
+
+    def skip(self, steps: int) -> None:
+        """Read `steps` batches from the iterator without running the step on them.
+
+        For a resume whose checkpoint could not hold the iterator (see
+        `checkpoints.RunCheckpoint.saves_data`): its epoch then goes on at the right step,
+        on the batches that follow the first `steps` of a new pass over the data.
+        """
+        for _ in range(steps):
+            next(self._iterator)
 
     def run_epoch(
         self, dataset: tf.data.Dataset, hooks: CallHooks | None = None, *, first_step: int = 0

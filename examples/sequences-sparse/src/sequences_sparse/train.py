@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -38,6 +39,12 @@ from .loop import CallHooks, EpochLogs, StepRunner
 from .model import build_model
 from .options import RunOptions
 from .steps import StepFn, build_task
+
+NOT_EXACT = (
+    "note: the checkpoint holds no position in train_ds, whose iterator cannot be saved "
+    "(from_generator and py_function keep their state in Python), so this resume is not bit "
+    "for bit: it reads train_ds anew, skipping the {step} batches its epoch had run"
+)
 
 
 class Trainer:
@@ -409,6 +416,10 @@ class Trainer:
             self.train_runner.start(train_ds)
             if checkpoint is not None and self.options.resume:
                 initial_epoch, first_step = checkpoint.restore(self.train_runner.iterator)
+                if not checkpoint.restored_data:
+                    self.train_runner.skip(first_step)
+                    if self.chief:
+                        print(NOT_EXACT.format(step=first_step), file=sys.stderr, flush=True)
             elif logdir is not None and self.chief:
                 write_run_file(logdir, self.config, self.options, int(train_ds.cardinality()))
             callback_list.on_train_begin()
