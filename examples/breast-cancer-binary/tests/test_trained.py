@@ -7,12 +7,14 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import BinaryIO
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from breast_cancer_binary import trained
 from breast_cancer_binary.__main__ import main
 from breast_cancer_binary.config import Config
 from breast_cancer_binary.inputs import probe_batch
@@ -234,6 +236,30 @@ def test_an_export_that_fails_midway_leaves_nothing(
     assert main(["export", str(logdir), str(out)]) == code
     assert capsys.readouterr().err == f"{PROG} export: {line}\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_prediction_the_disk_cannot_hold_is_one_line_and_leaves_no_file(
+    logdir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    np.save(tmp_path / "x.npy", np.zeros((2, 3), np.float32))
+    monkeypatch.setattr(trained, "predict", lambda *args, **kwargs: np.zeros((2, 4), np.float32))
+
+    def fill_the_disk(file: BinaryIO, array: np.ndarray, allow_pickle: bool) -> None:
+        file.write(b"\x93NUMPY")  # Part of a header, then the disk is full.
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "save", fill_the_disk)
+    out = tmp_path / "y.npy"
+    argv = ["predict", str(logdir), "--input", str(tmp_path / "x.npy"), "--output", str(out)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"{PROG} predict: error: cannot write {out}: no space left on the device; free some, "
+        "then predict again; nothing was written\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
 
 
 @pytest.mark.parametrize(

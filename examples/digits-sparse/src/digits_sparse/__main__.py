@@ -673,7 +673,15 @@ def use_run(args: argparse.Namespace) -> int:
         output = trained.output_file(args.output)
         inputs = trained.load_input(args.input)
         predictions = trained.predict(args.logdir, inputs, as_class_ids=args.class_ids)
-        trained.save_output(output, predictions)
+        try:
+            trained.save_output(output, predictions)
+        except OSError as error:
+            problem = write_problem(error)
+            if problem is None:
+                raise
+            raise trained.RunFileError(
+                f"cannot write {output}: {problem}, then predict again; nothing was written"
+            ) from None
         print(f"wrote {output}: {predictions.dtype} {predictions.shape}")
         return 0
     try:
