@@ -200,8 +200,9 @@ def test_an_empty_dataset_fails_in_one_line_and_writes_nothing(
     logdir = tmp_path / "run"
     assert main(["train", "--epochs", "1", "--quiet", "--logdir", str(logdir)]) == 2
     why = {"train_ds": "every epoch would train on nothing", "val_ds": "it has no figure to report"}
+    prog = "python -m digits_backbone_head"
     assert capsys.readouterr().err == (
-        f"python -m digits_backbone_head train: error: {name} does not fit this project: "
+        f"{prog} train: error: {name} does not fit this project: "
         f"{name} is empty (no batch), so {why[name]}; give it data\n"
     )
     assert not logdir.exists()
@@ -230,8 +231,9 @@ def test_a_generator_that_raises_fails_in_one_line(
     monkeypatch.setattr(training, "load_datasets", generated)
     logdir = tmp_path / "run"
     assert main(["train", "--epochs", "1", "--quiet", "--logdir", str(logdir)]) == 2
+    prog = "python -m digits_backbone_head"
     assert capsys.readouterr().err == (
-        "python -m digits_backbone_head train: error: train_ds does not fit this project: its "
+        f"{prog} train: error: train_ds does not fit this project: its "
         "Python code raised OSError: the disk went away\n"
     )
     assert not (logdir / "checkpoints").exists() and not (logdir / "model.keras").exists()

@@ -155,8 +155,9 @@ def test_token_ids_outside_the_vocabulary_fail_in_one_line_on_the_command_line(
     monkeypatch.setattr(training, "load_datasets", outside)
     assert main(["train", "--epochs", "1", "--quiet", "--logdir", str(tmp_path / "run")]) == 2
     vocab_size = Config().vocab_size
+    prog = "python -m sequences_sparse"
     assert capsys.readouterr().err == (
-        "python -m sequences_sparse train: error: train_ds does not fit this project: token "
+        f"{prog} train: error: train_ds does not fit this project: token "
         f"ids must be in [0, config.vocab_size) = [0, {vocab_size}), 0 being padding; raise "
         "Config.vocab_size, or map the ids into that range in data.py\n"
     )
