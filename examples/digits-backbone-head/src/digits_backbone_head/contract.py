@@ -54,7 +54,7 @@ def read_failure(error: tf.errors.OpError) -> str | None:
     text = error.message
     check = re.search(r"assertion failed: \[(.*?)\] \[", text, re.DOTALL)
     if check is not None:
-        return check.group(1)
+        return check.group(1).strip().rstrip(".")
     if "PyFunc" not in text:
         return None
     raised = re.findall(
