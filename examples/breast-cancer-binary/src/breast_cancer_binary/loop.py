@@ -145,9 +145,7 @@ def without_read_ahead(dataset: tf.data.Dataset, options: tf.data.Options) -> tf
 
     The iterator a checkpoint saves must not read ahead on its own thread: one that has read
     into the next pass of `repeated(...)` when it is saved restores with another order for
-    the passes after it (measured here, TensorFlow 2.21: a run stopped in the last batches of
-    an epoch resumed with other weights, in about half the trials). Prefetches in your own
-    pipeline stay, inside each pass.
+    the passes after it. Prefetches in your own pipeline stay, inside each pass.
     """
     no_injected_prefetch = tf.data.Options()
     no_injected_prefetch.experimental_optimization.inject_prefetch = False
@@ -312,8 +310,10 @@ class StepRunner:
                 )
             self._dataset = dataset
             self._num_batches = self.steps_per_epoch
-            looped = dataset if infinite else repeated(dataset)
-            self._iterator = iter(without_read_ahead(looped, dataset.options()))
+            if infinite:
+                self._iterator = iter(without_read_ahead(dataset, dataset.options()))
+            else:
+                self._iterator = iter(repeated(dataset))  # Without read-ahead already.
             return
         if num_batches == tf.data.INFINITE_CARDINALITY:
             raise ValueError(
