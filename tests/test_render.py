@@ -299,7 +299,7 @@ DEFAULT = "sparse-logits-default"  # sparse labels, logits, the offline dataset'
 ONE_HOT_PROBS = "one-hot-probs-default"  # the other encoding, probabilities
 BINARY = "binary-probs-default"  # one sigmoid unit: its own losses, metrics and outputs
 VARIABLE = "sparse-logits-variable"  # token-id sequences: sequences.py instead of batches.py
-BACKBONE_HEAD = "backbone-head-one-hot-probs-image"  # two optimizers, a frozen first epoch, CNN
+BACKBONE_HEAD = "backbone-head-sparse-logits-default"  # two optimizers, a frozen first epoch
 MIRRORED_BF16 = "sparse-logits-image-mirrored-bf16"  # a run's defaults: 3 replicas, bfloat16
 GAN = "gan"  # its own loop body, models, checkpoints and optimizers
 # Every kind of classifier: each label encoding, logits and probabilities, fixed and variable
@@ -315,9 +315,9 @@ ENGINE_WIDE: dict[str, tuple[str, ...]] = {
     # callbacks.py and its tests branch on `optimizers` alone; the tests train on one device
     # in float32 whatever the project's defaults.
     "tests/test_callbacks.py": (DEFAULT, BACKBONE_HEAD, GAN),
-    # cluster.py has no Jinja; the tests branch on `optimizers` alone. Backbone-head's slow
-    # test trains two workers (WITH_SLOW_TESTS).
-    "tests/test_multi_worker.py": (DEFAULT, BACKBONE_HEAD, GAN),
+    # cluster.py has no Jinja; the tests branch on `optimizers` alone. This backbone-head
+    # project runs the slow tests: two workers train it (WITH_SLOW_TESTS).
+    "tests/test_multi_worker.py": (DEFAULT, "backbone-head-one-hot-probs-image", GAN),
     # loop.py has no Jinja; the tests branch on `optimizers` and `shapes`, the metrics come
     # from the labels and logits, and the command-line runs train with the project's defaults.
     "tests/test_loop.py": CLASSIFIERS,
@@ -339,6 +339,17 @@ ENGINE_WIDE: dict[str, tuple[str, ...]] = {
             "test_a_run_directory_in_use_is_refused_in_one_line",
             "test_a_logdir_that_cannot_be_written_is_refused_in_one_line",
             "test_a_run_of_another_project_is_refused_in_one_line",
+        )
+    },
+    # Parity with model.fit on the loop's other inputs: datasets that repeat forever read by
+    # steps_per_epoch (loop.py, no Jinja) and a dict of named inputs (inputs.py, branches on
+    # `shapes`), on the tests' own two-input model. The project's own model and loss are held
+    # to model.fit in every render.
+    **{
+        f"tests/test_parity.py::{test}": CLASSIFIERS
+        for test in (
+            "test_dict_features_train_as_model_fit",
+            "test_datasets_that_repeat_forever_train_as_model_fit_with_steps_per_epoch",
         )
     },
     # accumulation.py, distribution.py, gradients.py (clipping) and precision.py have no Jinja:
