@@ -386,10 +386,13 @@ GENERATED_TEST_ARGS = {name: _generated_test_args(name) for name, _ in MATRIX}
 
 
 def _expected_cost(case: tuple[str, dict[str, object]]) -> tuple[bool, bool, int]:
-    """Slow tests take longest, then an image shape's CNN, then more engine-wide tests."""
+    """Slow tests take longest, then the CNN of an image shape or the GAN's two models (each
+    twice a dense classifier's time or more), then more engine-wide tests."""
     name, answers = case
-    cnn = str(answers.get("input_shape", "")).count(",") == 2
-    return name in WITH_SLOW_TESTS, cnn, sum(name in names for names in ENGINE_WIDE.values())
+    heavy = (
+        str(answers.get("input_shape", "")).count(",") == 2 or answers.get("optimizers") == "gan"
+    )
+    return name in WITH_SLOW_TESTS, heavy, sum(name in names for names in ENGINE_WIDE.values())
 
 
 @pytest.mark.parametrize("name", [name for name, _ in MATRIX])
