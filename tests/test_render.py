@@ -303,8 +303,9 @@ BACKBONE_HEAD = "backbone-head-sparse-logits-default"  # two optimizers, a froze
 MIRRORED_BF16 = "sparse-logits-image-mirrored-bf16"  # a run's defaults: 3 replicas, bfloat16
 GAN = "gan"  # its own loop body, models, checkpoints and optimizers
 # Every kind of classifier: each label encoding, logits and probabilities, fixed and variable
-# shapes, one and two optimizers, a mirrored bfloat16 default.
-CLASSIFIERS = (DEFAULT, ONE_HOT_PROBS, BINARY, VARIABLE, BACKBONE_HEAD, MIRRORED_BF16)
+# shapes, one and two optimizers. Tests that train with the project's default strategy and
+# precision run in MIRRORED_BF16 too; the others choose their own.
+CLASSIFIERS = (DEFAULT, ONE_HOT_PROBS, BINARY, VARIABLE, BACKBONE_HEAD)
 ENGINE_WIDE: dict[str, tuple[str, ...]] = {
     # batches.py has no Jinja, and the tests shuffle their own arrays.
     "tests/test_batches.py": (DEFAULT,),
@@ -320,7 +321,7 @@ ENGINE_WIDE: dict[str, tuple[str, ...]] = {
     "tests/test_multi_worker.py": (DEFAULT, "backbone-head-one-hot-probs-image", GAN),
     # loop.py has no Jinja; the tests branch on `optimizers` and `shapes`, the metrics come
     # from the labels and logits, and the command-line runs train with the project's defaults.
-    "tests/test_loop.py": CLASSIFIERS,
+    "tests/test_loop.py": (*CLASSIFIERS, MIRRORED_BF16),
     # The non-finite guards of steps.py (branches on `shapes`) and gradients.py (no Jinja);
     # the tests branch on `optimizers` and `shapes`.
     "tests/test_guards.py": CLASSIFIERS,
@@ -328,7 +329,7 @@ ENGINE_WIDE: dict[str, tuple[str, ...]] = {
     # pipeline (sequences), the runs train with the project's defaults (the tests branch on a
     # mirrored strategy). A stopped run resuming bit for bit runs in every render.
     **{
-        f"tests/test_checkpoints.py::{test}": (*CLASSIFIERS, GAN)
+        f"tests/test_checkpoints.py::{test}": (*CLASSIFIERS, MIRRORED_BF16, GAN)
         for test in (
             "test_step_checkpoints_land_on_their_steps",
             "test_a_resumed_run_repeats_no_epoch_in_its_logs",
