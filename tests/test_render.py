@@ -319,17 +319,19 @@ ENGINE_WIDE: dict[str, tuple[str, ...]] = {
     # cluster.py has no Jinja; the tests branch on `optimizers` alone. This backbone-head
     # project runs the slow tests: two workers train it (WITH_SLOW_TESTS).
     "tests/test_multi_worker.py": (DEFAULT, "backbone-head-one-hot-probs-image", GAN),
-    # loop.py has no Jinja; the tests branch on `optimizers` and `shapes`, the metrics come
-    # from the labels and logits, and the command-line runs train with the project's defaults.
-    "tests/test_loop.py": (*CLASSIFIERS, MIRRORED_BF16),
+    # loop.py has no Jinja; the tests branch on `optimizers` and `shapes`, and the command-line
+    # runs train with the project's defaults. Each label encoding's metrics are held to
+    # model.fit's, epoch by epoch, by test_parity.py in every render.
+    "tests/test_loop.py": (DEFAULT, VARIABLE, BACKBONE_HEAD, MIRRORED_BF16),
     # The non-finite guards of steps.py (branches on `shapes`) and gradients.py (no Jinja);
     # the tests branch on `optimizers` and `shapes`.
     "tests/test_guards.py": CLASSIFIERS,
     # checkpoints.py has no Jinja; what it saves differs by optimizers and by the input
-    # pipeline (sequences), the runs train with the project's defaults (the tests branch on a
-    # mirrored strategy). A stopped run resuming bit for bit runs in every render.
+    # pipeline (sequences), not by the labels; the runs train with the project's defaults (the
+    # tests branch on a mirrored strategy). A stopped run resuming bit for bit runs in every
+    # render.
     **{
-        f"tests/test_checkpoints.py::{test}": (*CLASSIFIERS, MIRRORED_BF16, GAN)
+        f"tests/test_checkpoints.py::{test}": (DEFAULT, VARIABLE, BACKBONE_HEAD, MIRRORED_BF16, GAN)
         for test in (
             "test_step_checkpoints_land_on_their_steps",
             "test_a_resumed_run_repeats_no_epoch_in_its_logs",
