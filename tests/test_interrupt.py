@@ -3,7 +3,9 @@ project, no temporary directory, and ends with one line and exit code 130.
 
 A clean run is traced first: every call of the steps that write (the render, each file Copier
 writes, each git command, the final rename). Then `scaffold new` runs again once per point
-just before and just after each of those calls, with a KeyboardInterrupt raised there. Copier's
+just before and just after each of those calls, with a KeyboardInterrupt raised there; of
+Copier's files, where the points differ only in how many files are written, the first two, a
+middle one and the last two. Copier's
 clone of the template is traced likewise, and a Ctrl-C that is swallowed where it lands (as in
 a finalizer) is made at chosen points. Last, real SIGINTs at a spread of moments.
 """
@@ -40,9 +42,11 @@ class Tripwire:
         self.at = at
         self.swallow = swallow
         self.moments = 0
+        self.calls: list[str] = []  # the wrapped function of each moment
 
-    def _tick(self) -> None:
+    def _tick(self, name: str) -> None:
         self.moments += 1
+        self.calls.append(name)
         if self.moments != self.at:
             return
         if not self.swallow:
@@ -52,9 +56,9 @@ class Tripwire:
 
     def wrap(self, function: Callable) -> Callable:
         def wrapper(*args, **kwargs):
-            self._tick()
+            self._tick(function.__name__)
             result = function(*args, **kwargs)
-            self._tick()
+            self._tick(function.__name__)
             return result
 
         return wrapper
@@ -76,7 +80,7 @@ def _arm_clone(monkeypatch: pytest.MonkeyPatch, tripwire: Tripwire) -> None:
 
 def _run(
     tmp_path: Path, at: int | None, *, swallow: bool = False, arm: Callable = _arm
-) -> tuple[object, Path, int]:
+) -> tuple[object, Path, Tripwire]:
     dest = tmp_path / "new" / "proj"
     tripwire = Tripwire(at, swallow=swallow)
     temp = tmp_path / "tmp"  # where Copier clones the template: it must end empty
@@ -87,7 +91,7 @@ def _run(
         result = runner.invoke(app, ["new", str(dest), "--yes", "--quiet"])
     left = sorted(path.name for path in temp.iterdir())
     assert not left, f"Ctrl-C at moment {at} left {left} in the temporary directory"
-    return result, dest, tripwire.moments
+    return result, dest, tripwire
 
 
 def _assert_nothing_or_complete(dest: Path) -> None:
@@ -108,14 +112,25 @@ def _assert_nothing_or_complete(dest: Path) -> None:
     assert status.stdout == "", "a complete project has every file committed"
 
 
+def _spread(calls: list[str]) -> list[int]:
+    """The moments to interrupt: each one but those between Copier's files, where only the
+    number of files written differs (the first two files', a middle one's and the last two's
+    are kept)."""
+    files = [at for at, name in enumerate(calls, 1) if name == "_render_file"]
+    middle = len(files) // 2 & ~1  # the moment before a file
+    kept = {*files[:4], *files[middle : middle + 2], *files[-4:]}
+    return [at for at in range(1, len(calls) + 1) if at not in files or at in kept]
+
+
 def test_ctrl_c_anywhere_leaves_nothing_or_a_complete_project(tmp_path: Path) -> None:
-    result, dest, moments = _run(tmp_path / "clean", None)
+    result, dest, trace = _run(tmp_path / "clean", None)
     assert result.exit_code == 0, result.output
     _assert_nothing_or_complete(dest)
-    assert moments > 20, "the trace should see the render, each file, git and the rename"
+    assert trace.moments > 20, "the trace should see the render, each file, git and the rename"
+    assert trace.calls.count("_render_file") > 20, trace.calls
 
     outcomes = {"nothing": 0, "complete": 0}
-    for at in range(1, moments + 1):
+    for at in _spread(trace.calls):
         result, dest, _ = _run(tmp_path / str(at), at)
         assert result.exit_code == 130, f"Ctrl-C at moment {at}: {result.output}"
         lines = result.output.splitlines()
@@ -140,8 +155,9 @@ def _assert_interrupted(result, dest: Path, at: int) -> None:
 
 
 def test_ctrl_c_while_copier_clones_leaves_no_clone(tmp_path: Path) -> None:
-    result, dest, moments = _run(tmp_path / "clean", None, arm=_arm_clone)
+    result, dest, trace = _run(tmp_path / "clean", None, arm=_arm_clone)
     assert result.exit_code == 0, result.output
+    moments = trace.moments
     assert moments == 6, "the trace should see the clone made, filled and removed"
     for at in range(1, moments + 1):
         result, dest, _ = _run(tmp_path / str(at), at, arm=_arm_clone)
@@ -151,7 +167,8 @@ def test_ctrl_c_while_copier_clones_leaves_no_clone(tmp_path: Path) -> None:
 def test_a_swallowed_ctrl_c_still_ends_with_130(tmp_path: Path) -> None:
     # Moments of _arm: 1 before the render, 2 before Copier writes its first file, the last
     # just after the rename that makes DEST whole.
-    _, _, moments = _run(tmp_path / "clean", None)
+    _, _, trace = _run(tmp_path / "clean", None)
+    moments = trace.moments
     for at in (1, 2, moments - 1, moments):
         result, dest, _ = _run(tmp_path / str(at), at, swallow=True)
         _assert_interrupted(result, dest, at)

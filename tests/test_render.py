@@ -197,14 +197,15 @@ def generated_test_runs(
     """Each combination's own tests, started at once in a copy of its render, two at a time.
 
     A project's suite spends most of its minute on one core (tracing, Python), so two suites
-    run side by side on CI's two cores take about half the time of one after the other.
+    run side by side on CI's two cores take about half the time of one after the other. The
+    longest start first, so that none starts last and runs on alone.
     """
     with ThreadPoolExecutor(max_workers=2) as pool:
         runs = {}
-        for name, answers in MATRIX:
+        for name, answers in sorted(MATRIX, key=_expected_cost, reverse=True):
             dest = tmp_path_factory.mktemp("run") / str(answers["project_name"])
             render_project(dest, answers, quiet=True)
-            runs[name] = pool.submit(_run, _generated_test_args(name), dest)
+            runs[name] = pool.submit(_run, GENERATED_TEST_ARGS[name], dest)
         yield runs
         for run in runs.values():
             run.cancel()
@@ -278,8 +279,6 @@ def test_ruff_clean(project: Path) -> None:
 WITH_SLOW_TESTS = {
     "sparse-logits-default": [],
     "backbone-head-one-hot-probs-image": [
-        "--ignore",
-        "tests/test_signals.py",
         "--deselect",
         "tests/test_multi_worker.py::test_a_preempted_multi_worker_run_resumes",
         "--deselect",
@@ -288,12 +287,115 @@ WITH_SLOW_TESTS = {
     ],
 }
 
+# Where the generated tests run. What a project's answers decide runs in every render that has
+# its tests: parity with model.fit, learning, the steps and their one trace per run, the label
+# contract and its guard, preflight, the trained model's outputs, its step's exactness on
+# replicas and on resume, sequences, backbone-head, the GAN. A test of the engine (modules whose
+# code is the same whatever the answers, or branches only on the answers named below) runs only
+# in the renders ENGINE_WIDE lists for it, a file (--ignore elsewhere) or a test (--deselect
+# elsewhere): between them they take every Jinja branch of the tests and of the modules they
+# test. The covering renders:
+DEFAULT = "sparse-logits-default"  # sparse labels, logits, the offline dataset's shape
+ONE_HOT_PROBS = "one-hot-probs-default"  # the other encoding, probabilities
+BINARY = "binary-probs-default"  # one sigmoid unit: its own losses, metrics and outputs
+VARIABLE = "sparse-logits-variable"  # token-id sequences: sequences.py instead of batches.py
+BACKBONE_HEAD = "backbone-head-sparse-logits-default"  # two optimizers, a frozen first epoch
+MIRRORED_BF16 = "sparse-logits-image-mirrored-bf16"  # a run's defaults: 3 replicas, bfloat16
+GAN = "gan"  # its own loop body, models, checkpoints and optimizers
+# Every kind of classifier: each label encoding, logits and probabilities, fixed and variable
+# shapes, one and two optimizers. Tests that train with the project's default strategy and
+# precision run in MIRRORED_BF16 too; the others choose their own.
+CLASSIFIERS = (DEFAULT, ONE_HOT_PROBS, BINARY, VARIABLE, BACKBONE_HEAD)
+ENGINE_WIDE: dict[str, tuple[str, ...]] = {
+    # batches.py has no Jinja, and the tests shuffle their own arrays.
+    "tests/test_batches.py": (DEFAULT,),
+    # loop.py's StepRunner (no Jinja), driven by the tests' own datasets of ids.
+    "tests/test_step_runner.py": (DEFAULT,),
+    # Processes stopped and resumed (all slow): the same interrupts.py in every project.
+    "tests/test_signals.py": (DEFAULT,),
+    # callbacks.py and its tests branch on `optimizers` alone; the tests train on one device
+    # in float32 whatever the project's defaults.
+    "tests/test_callbacks.py": (DEFAULT, BACKBONE_HEAD, GAN),
+    # cluster.py has no Jinja; the tests branch on `optimizers` alone. This backbone-head
+    # project runs the slow tests: two workers train it (WITH_SLOW_TESTS).
+    "tests/test_multi_worker.py": (DEFAULT, "backbone-head-one-hot-probs-image", GAN),
+    # loop.py has no Jinja; the tests branch on `optimizers` and `shapes`, and the command-line
+    # runs train with the project's defaults. Each label encoding's metrics are held to
+    # model.fit's, epoch by epoch, by test_parity.py in every render.
+    "tests/test_loop.py": (DEFAULT, VARIABLE, BACKBONE_HEAD, MIRRORED_BF16),
+    # The non-finite guards of steps.py (branches on `shapes`) and gradients.py (no Jinja);
+    # the tests branch on `optimizers` and `shapes`.
+    "tests/test_guards.py": CLASSIFIERS,
+    # checkpoints.py has no Jinja; what it saves differs by optimizers and by the input
+    # pipeline (sequences), not by the labels; the runs train with the project's defaults (the
+    # tests branch on a mirrored strategy). A stopped run resuming bit for bit runs in every
+    # render.
+    **{
+        f"tests/test_checkpoints.py::{test}": (DEFAULT, VARIABLE, BACKBONE_HEAD, MIRRORED_BF16, GAN)
+        for test in (
+            "test_step_checkpoints_land_on_their_steps",
+            "test_a_resumed_run_repeats_no_epoch_in_its_logs",
+            "test_resuming_without_a_checkpoint_fails_in_one_line",
+            "test_a_truncated_checkpoint_fails_in_one_line",
+            "test_a_checkpoint_of_another_model_is_refused",
+            "test_resuming_with_another_config_is_refused",
+            "test_a_run_directory_in_use_is_refused_in_one_line",
+            "test_a_logdir_that_cannot_be_written_is_refused_in_one_line",
+            "test_a_run_of_another_project_is_refused_in_one_line",
+        )
+    },
+    # Parity with model.fit on the loop's other inputs: datasets that repeat forever read by
+    # steps_per_epoch (loop.py, no Jinja) and a dict of named inputs (inputs.py, branches on
+    # `shapes`), on the tests' own two-input model. The project's own model and loss are held
+    # to model.fit in every render.
+    **{
+        f"tests/test_parity.py::{test}": CLASSIFIERS
+        for test in (
+            "test_dict_features_train_as_model_fit",
+            "test_datasets_that_repeat_forever_train_as_model_fit_with_steps_per_epoch",
+        )
+    },
+    # accumulation.py, distribution.py, gradients.py (clipping) and precision.py have no Jinja:
+    # micro-batches on replicas, in float16 with clipping, resumed inside a group, mixed
+    # precision, and the checks of a model's scope and output dtype. The replicas' and one
+    # device's micro-batches' exactness in float32 runs in every render.
+    **{
+        f"tests/test_distribute.py::{test}": (*CLASSIFIERS, GAN)
+        for test in (
+            "test_accumulated_micro_batches_update_as_one_step_on_their_concatenation[2-",
+            "test_accumulated_micro_batches_update_as_one_step_on_their_concatenation[None-mixed",
+            "test_a_run_stopped_in_the_middle_of_a_group_resumes_bit_for_bit",
+            "test_a_model_built_outside_the_scope_is_refused_until_built_inside",
+            "test_mixed_precision_moves_the_weights_as_float32_does",
+            "test_loss_scaling_keeps_small_float16_gradients_from_vanishing",
+            "test_an_output_that_is_not_float32_is_named_until_made_float32",
+        )
+    },
+}
+
 
 def _generated_test_args(name: str) -> list[str]:
+    """The pytest command that runs render `name`'s share of its generated tests."""
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-    if name in WITH_SLOW_TESTS:
-        return args + WITH_SLOW_TESTS[name]
-    return [*args, "-m", "not slow"]
+    args += WITH_SLOW_TESTS.get(name, ["-m", "not slow"])
+    for test, names in ENGINE_WIDE.items():
+        if name not in names:
+            args += ["--deselect" if "::" in test else "--ignore", test]
+    return args
+
+
+# Render name -> the pytest command its generated tests run with.
+GENERATED_TEST_ARGS = {name: _generated_test_args(name) for name, _ in MATRIX}
+
+
+def _expected_cost(case: tuple[str, dict[str, object]]) -> tuple[bool, bool, int]:
+    """Slow tests take longest, then the CNN of an image shape or the GAN's two models (each
+    twice a dense classifier's time or more), then more engine-wide tests."""
+    name, answers = case
+    heavy = (
+        str(answers.get("input_shape", "")).count(",") == 2 or answers.get("optimizers") == "gan"
+    )
+    return name in WITH_SLOW_TESTS, heavy, sum(name in names for names in ENGINE_WIDE.values())
 
 
 @pytest.mark.parametrize("name", [name for name, _ in MATRIX])
@@ -304,6 +406,73 @@ def test_generated_tests_pass(
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]
     assert re.search(r"\b\d+ passed\b", result.stdout), result.stdout
     assert "skipped" not in result.stdout, result.stdout
+
+
+TEMPLATE_TESTS = Path(__file__).resolve().parent.parent / "template" / "tests"
+
+
+def _generated_test_files() -> dict[str, str]:
+    """Each test file the template can render (`tests/test_x.py`) -> its template's text."""
+    files = {
+        "tests/" + re.sub(r"\{%.*?%\}", "", path.name).removesuffix(".jinja"): path
+        for path in TEMPLATE_TESTS.glob("*.jinja")
+    }
+    return {
+        name: path.read_text() for name, path in files.items() if name.startswith("tests/test_")
+    }
+
+
+def _renders_with(path: str) -> set[str]:
+    """The renders of the matrix that have generated test file `path`."""
+    return {
+        name
+        for name, answers in MATRIX
+        if path
+        in expected_files(
+            str(answers["project_name"]).replace("-", "_"),
+            str(answers.get("optimizers", "single")),
+            str(answers.get("shapes", "fixed")),
+        )
+    }
+
+
+def _option_values(args: list[str], option: str) -> set[str]:
+    return {value for flag, value in itertools.pairwise(args) if flag == option}
+
+
+def test_every_generated_test_file_runs_in_some_render() -> None:
+    files = _generated_test_files()
+    assert "tests/test_loop.py" in files and "tests/test_gan.py" in files, sorted(files)
+    unrun = []
+    for path, text in files.items():
+        runs_in = {
+            name
+            for name in _renders_with(path)
+            if path not in _option_values(GENERATED_TEST_ARGS[name], "--ignore")
+            # A file whose every test is slow runs only where slow tests run.
+            and (name in WITH_SLOW_TESTS or "pytestmark = pytest.mark.slow" not in text)
+        }
+        if not runs_in:
+            unrun.append(path)
+    assert unrun == []
+
+
+def test_the_selection_names_renders_files_and_tests_that_exist() -> None:
+    # A renamed render, file or test would otherwise drop out of the selection unnoticed.
+    files = _generated_test_files()
+    names = {name for name, _ in MATRIX}
+    assert set(WITH_SLOW_TESTS) <= names
+    for test, renders in ENGINE_WIDE.items():
+        path, _, function = test.partition("::")
+        assert path in files, test
+        assert set(renders) <= _renders_with(path), (test, set(renders) - _renders_with(path))
+        if function:
+            function = function.partition("[")[0]
+            assert re.search(rf"^def {function}\(", files[path], flags=re.M), test
+    for args in WITH_SLOW_TESTS.values():
+        for test in _option_values(args, "--deselect"):
+            path, _, function = test.partition("::")
+            assert re.search(rf"^def {function}\(", files.get(path, ""), flags=re.M), test
 
 
 def test_readme_cites_only_tests_that_exist(project: Path) -> None:

@@ -352,9 +352,11 @@ def test_ctrl_c_during_an_update_undoes_it(
     total = calls["count"]
     assert total > 10, "an update renders the old and the new version, then the project"
 
+    edited = new(tmp_path / "edited" / "demo", template)
+    edit_user_files(edited)
     for at in (1, total // 2, total):
-        project = new(tmp_path / str(at) / "demo", template)
-        edit_user_files(project)
+        project = tmp_path / str(at) / "demo"
+        shutil.copytree(edited, project, symlinks=True)  # its history too
         before = state(project)
         calls.update(count=0, at=at)
         result = invoke("update", project)
@@ -491,6 +493,11 @@ def test_update_to_the_same_version_changes_nothing(
     assert state(project) == before
 
 
+def _template_of(project: Path) -> Path:
+    """The template a project records, the copy `t` its bad update's messages name."""
+    return Path(str(answers(project)["_src_path"]))
+
+
 def _not_a_repo(project: Path) -> str:
     shutil.rmtree(project / ".git")
     return (
@@ -532,7 +539,7 @@ def _no_commit_recorded(project: Path) -> str:
 def _relative_source(project: Path) -> str:
     path = project / ".copier-answers.yml"
     path.write_text(
-        path.read_text(encoding="utf-8").replace(str(project.parent / "t"), "t"),
+        path.read_text(encoding="utf-8").replace(str(_template_of(project)), "t"),
         encoding="utf-8",
     )
     commit_all(project, "relative _src_path")
@@ -545,7 +552,7 @@ def _relative_source(project: Path) -> str:
 
 def _unknown_ref(project: Path) -> str:
     return (
-        f"template ref 'v9.9.9' not found in {project.parent / 't'}; "
+        f"template ref 'v9.9.9' not found in {_template_of(project)}; "
         "pass --vcs-ref with one of its tags, branches or commits"
     )
 
@@ -583,12 +590,24 @@ BAD_CASES = {
 }
 
 
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory, template: Path) -> Path:
+    """A project made from `t`, a copy of the template that the messages can name; the bad
+    updates spoil copies of it, each with the same committed history."""
+    root = tmp_path_factory.mktemp("made")
+    shutil.copytree(template, root / "t", symlinks=True)
+    with pytest.MonkeyPatch.context() as patch:  # as _copier_cache does for each test
+        patch.setenv("COPIER_CACHE_DIR", str(root / "copier-cache"))
+        patch.delenv(source.TEMPLATE_ENV, raising=False)
+        return new(root / "demo", root / "t")
+
+
 @pytest.mark.parametrize(("spoil", "args"), BAD_CASES.values(), ids=BAD_CASES.keys())
 def test_bad_updates_fail_cleanly_and_change_nothing(
-    tmp_path: Path, template: Path, spoil, args: list[str]
+    tmp_path: Path, made: Path, spoil, args: list[str]
 ) -> None:
-    shutil.copytree(template, tmp_path / "t", symlinks=True)  # a path the messages can name
-    project = new(tmp_path / "demo", tmp_path / "t")
+    project = tmp_path / "demo"
+    shutil.copytree(made, project, symlinks=True)
     message = spoil(project)
     before = state(project)
     result = invoke("update", project, *args)
