@@ -35,7 +35,7 @@ then times, interleaved round by round so that machine noise hits every contende
 
 The non-finite guard cannot be switched off: every `loop` contender runs it, `all off`
 included; only the floor runs the bare task step. The task's step itself skips a non-finite
-update in the graph (`OptimizerSet.minimize`), in the floor too.
+update in the graph (`OptimizerSet.apply`), in the floor too.
 
 Every figure is training steps per second over whole epochs, validation included (except the
 floor), after one warm-up epoch. The `fit`, `fit K=<default>` and loop contenders without
@@ -317,7 +317,6 @@ def contenders(project, config, epochs: int) -> dict[str, Callable[[], float]]:
                 step = tf.function(
                     floor_trainer.task.make_train_step(),
                     input_signature=floor_trainer.task.input_signature,
-                    autograph=False,
                 )
             x, y = next(iter(train_ds))
 

@@ -162,6 +162,7 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                 "options",
                 "preflight",
                 "steps",
+                "task",
                 "train",
                 "trained",
             )
@@ -184,6 +185,7 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                 "test_signals",
                 "test_step_runner",
                 "test_steps",
+                "test_task",
                 "test_trained",
             )
         ),
