@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from digits_backbone_head import losses
 from digits_backbone_head.config import Config
+from digits_backbone_head.data import load_datasets
 from digits_backbone_head.inputs import features_spec
 from digits_backbone_head.options import RunOptions
 from digits_backbone_head.train import Trainer
@@ -21,6 +22,17 @@ def features(config: Config, num_examples: int, seed: int = 0) -> np.ndarray:
     """Random float32 inputs of the configured shape."""
     rng = np.random.default_rng(seed)
     return rng.normal(size=(num_examples, *config.input_shape)).astype(np.float32)
+
+
+def raw_features(config: Config, num_examples: int, seed: int = 0) -> np.ndarray:
+    """Random float32 features spread as `load_datasets`' training features, feature by feature.
+
+    The default model standardizes them to `features(config, num_examples, seed)` (to rounding;
+    a constant feature stays constant): noise of the scale it trains on.
+    """
+    train = np.concatenate([x for x, *_ in load_datasets(config)[0]])
+    noise = features(config, num_examples, seed)
+    return (train.mean(axis=0) + train.std(axis=0) * noise).astype(np.float32)
 
 
 def input_layer(config: Config) -> keras.KerasTensor:

@@ -158,7 +158,8 @@ def test_loss_scaling_keeps_small_float16_gradients_from_vanishing() -> None:
     before = kernel.numpy()
     with tf.GradientTape() as tape:
         loss = 1e-7 * tf.reduce_sum(model(tf.ones((8, 4))))  # float16 gradients of ~1e-8.
-    optimizers.minimize(loss, tape)
+        scaled = optimizers.scale_loss(loss)
+    optimizers.apply(tape.gradient(scaled, model.trainable_variables), model.trainable_variables)
     assert not np.array_equal(kernel.numpy(), before)
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import importlib.util
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import BinaryIO
 
@@ -14,9 +17,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import digits_gan.config
+from digits_gan import train as training
 from digits_gan import trained
-from digits_gan.__main__ import main
+from digits_gan.__main__ import HAND_WRITTEN, field_help, flag_name, main
 from digits_gan.config import Config
+from digits_gan.options import RunOptions
 from digits_gan.trained import RunFileError, save_output
 
 PROG = "python -m digits_gan"
@@ -256,7 +262,7 @@ def test_a_prediction_the_disk_cannot_hold_is_one_line_and_leaves_no_file(
         pytest.param(["trian"], "argument command: invalid choice: 'trian'", id="trian"),
         pytest.param(
             ["train", "--epochs", "0"],
-            "argument --epochs: expected a positive integer, got '0'",
+            "--epochs 0 is invalid; use 1 or more",
             id="train-bad-number",
         ),
         pytest.param(
@@ -311,3 +317,130 @@ def test_a_truncated_model_is_refused_and_resuming_writes_it_again(
 
     assert main(["train", "--logdir", str(logdir), "--resume", "--quiet"]) == 0
     keras.saving.load_model(model)
+
+
+def _edited_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, field: str = "dropout_rate"
+) -> type:
+    """`Config` as a user makes it by adding a field to config.py: `dropout_rate: float`."""
+    source = Path(digits_gan.config.__file__).read_text()
+    documented = f"        {field}: Fraction of the hidden units dropped in training.\n"
+    source = source.replace("    Attributes:\n", "    Attributes:\n" + documented, 1)
+    source = source.replace(
+        "    seed: int = 42\n", f"    seed: int = 42\n    {field}: float = 0.5\n", 1
+    )
+    path = tmp_path / "config.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("edited_config", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "edited_config", module)  # For the dataclass's types.
+    spec.loader.exec_module(module)
+    package = Config.__module__.rpartition(".")[0]
+    for name, imported in list(sys.modules.items()):  # Every module that imported Config.
+        if name.startswith(package) and getattr(imported, "Config", None) is Config:
+            monkeypatch.setattr(imported, "Config", module.Config)
+    return module.Config
+
+
+def test_a_field_added_to_config_is_a_flag_the_run_records_and_resumes_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    edited = _edited_config(monkeypatch, tmp_path)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = "".join(capsys.readouterr().out.split())
+    assert "--dropout-rateX" in help_text
+    assert "Fractionofthehiddenunitsdroppedintraining.(default:0.5)" in help_text
+
+    fit = training.fit
+    configs = []
+
+    def spy(config: Config, **kwargs: object) -> object:
+        configs.append(config)
+        return fit(config, **kwargs)
+
+    monkeypatch.setattr(training, "fit", spy)
+    logdir = tmp_path / "run"
+    argv = ["train", "--quiet", "--logdir", str(logdir), "--steps-per-epoch", "1"]
+    assert main([*argv, "--epochs", "1", "--dropout-rate", "0.25"]) == 0
+    assert configs[-1] == dataclasses.replace(edited(), epochs=1, dropout_rate=0.25)
+    run = json.loads((logdir / "run.json").read_text())
+    assert run["config"]["dropout_rate"] == 0.25
+
+    argv = ["train", "--quiet", "--logdir", str(logdir), "--resume"]
+    assert main([*argv, "--dropout-rate", "0.1"]) == 2
+    assert capsys.readouterr().err == (
+        f"{PROG} train: error: --dropout-rate cannot change when resuming; "
+        f"the run's is in {logdir}/run.json\n"
+    )
+    assert main([*argv, "--epochs", "2"]) == 0  # With the run's config, epochs apart.
+    assert configs[-1] == dataclasses.replace(edited(), epochs=2, dropout_rate=0.25)
+
+
+@pytest.mark.parametrize("field", ["quiet", "precision"])  # Hand-written; a run option's.
+def test_a_field_whose_flag_train_has_already_is_one_line(
+    field: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _edited_config(monkeypatch, tmp_path, field=field)
+    assert main(["train"]) == 2
+    assert capsys.readouterr().err == (
+        f"{PROG}: error: Config.{field} would be the flag --{field}, which train has "
+        "already; rename the field\n"
+    )
+
+
+def test_help_lists_every_field_with_its_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = "".join(capsys.readouterr().out.split())  # Wherever argparse wraps.
+    for cls in (Config, RunOptions):
+        helps = field_help(cls)
+        for field in dataclasses.fields(cls):
+            if cls is RunOptions and field.name in HAND_WRITTEN:
+                continue
+            assert helps.get(field.name), f"{cls.__name__}.{field.name} has no help"
+            text = "".join(helps[field.name].split()).replace("%%", "%")
+            assert f"{flag_name(field.name)}" in help_text
+            assert text in help_text, field.name
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["--batch-size", "0"], "--batch-size 0 is invalid; use 1 or more"),
+        (["--batch-size", "x"], "argument --batch-size: expected an integer, got 'x'"),
+        (["--max-bad-steps", "0"], "--max-bad-steps 0 is invalid; use an integer >= 1"),
+        (
+            ["--clip-global-norm", "-1"],
+            "--clip-global-norm -1.0 is invalid; use a positive number, or None for no clipping",
+        ),
+        (["--steps-per-epoch", "none", "--epochs", "-1"], "--epochs -1 is invalid; use 1 or more"),
+        (
+            ["--jit-compile", "--strategy", "mirrored"],
+            "--jit-compile cannot run with --strategy mirrored:",
+        ),
+        (
+            ["--image-shape", "8,8"],
+            "argument --image-shape: expected 3 values separated by commas, got '8,8'",
+        ),
+        (
+            ["--image-shape", "8,0,1"],
+            "--image-shape 8,0,1 is invalid; use (height, width, channels)",
+        ),
+    ],
+)
+def test_a_bad_flag_value_is_one_line_that_names_the_flag(
+    argv: list[str], problem: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logdir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--logdir", str(logdir), *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{PROG} train: error: {problem}")
+    assert err.endswith(f"; see '{PROG} train --help'\n") and len(err.splitlines()) == 1
+    assert not logdir.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -11,6 +12,8 @@ import tensorflow as tf
 from helpers import QUIET, dataset, features, labels_for, linear_model, traced_once_per_phase
 
 from digits_mirrored_bf16 import losses, precision
+from digits_mirrored_bf16 import train as training
+from digits_mirrored_bf16.__main__ import main
 from digits_mirrored_bf16.config import Config
 from digits_mirrored_bf16.data import load_datasets
 from digits_mirrored_bf16.gradients import NoneGradientError, NoneGradientWarning
@@ -133,8 +136,20 @@ def test_strict_gradients_turns_none_gradients_into_an_error(config: Config) -> 
     options = dataclasses.replace(QUIET, strict_gradients=True)
     trainer = Trainer(config, _model_with_orphan(config), options)
     labels = labels_for(linear_model(config), features(config, 8), config, agree=True)
-    with pytest.raises(NoneGradientError, match="orphan"):
+    with pytest.raises(NoneGradientError, match="orphan") as error:
         trainer.train_step(tf.constant(features(config, 8)), tf.constant(labels))
+    assert "\n" not in str(error.value)  # One line, though raised inside the traced step.
+
+
+def test_strict_gradients_on_the_command_line_fail_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(training, "build_model", _model_with_orphan)
+    argv = ["train", "--quiet", "--strict-gradients", "--logdir", str(tmp_path / "run")]
+    assert main([*argv, "--epochs", "1", "--steps-per-epoch", "1"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("python -m digits_mirrored_bf16 train: error: ") and "orphan" in error
+    assert error.count("\n") == 1, error
 
 
 def test_eager_steps_give_the_same_result(config: Config) -> None:

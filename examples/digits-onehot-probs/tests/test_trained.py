@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import importlib.util
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import BinaryIO
 
@@ -14,11 +17,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import digits_onehot_probs.config
+from digits_onehot_probs import train as training
 from digits_onehot_probs import trained
-from digits_onehot_probs.__main__ import main
+from digits_onehot_probs.__main__ import HAND_WRITTEN, field_help, flag_name, main
 from digits_onehot_probs.config import Config
+from digits_onehot_probs.data import load_arrays, load_datasets, split
 from digits_onehot_probs.inputs import probe_batch
-from digits_onehot_probs.losses import probabilities
+from digits_onehot_probs.losses import class_ids, probabilities
+from digits_onehot_probs.options import RunOptions
 from digits_onehot_probs.trained import RunFileError, load_run, save_output
 
 PROG = "python -m digits_onehot_probs"
@@ -28,6 +35,13 @@ PROG = "python -m digits_onehot_probs"
 def logdir(finished_run: Path) -> Path:
     """A finished two-epoch run (the session's), read but not changed here."""
     return finished_run
+
+
+def typical_rows(config: Config) -> np.ndarray:
+    """Two copies of the mean of `load_datasets`' training features: features the default model
+    standardizes to zeros (raw zeros would be far from anything it was trained on)."""
+    mean = np.concatenate([x for x, *_ in load_datasets(config)[0]]).mean(axis=0)
+    return np.stack([mean, mean])
 
 
 def test_the_run_ends_with_a_loadable_model(logdir: Path) -> None:
@@ -49,7 +63,7 @@ def test_evaluate_prints_the_figures_the_run_logged(
 def test_predict_writes_probabilities_or_class_ids(
     logdir: Path, tmp_path: Path, config: Config, class_ids: bool
 ) -> None:
-    x = probe_batch(config).numpy()
+    x = typical_rows(config)
     np.save(tmp_path / "x.npy", x)
     argv = ["predict", str(logdir), "--input", str(tmp_path / "x.npy")]
     argv += ["--output", str(tmp_path / "y.npy")] + (["--class-ids"] if class_ids else [])
@@ -73,9 +87,31 @@ def test_export_writes_a_saved_model_that_serves_the_same_outputs(
     assert main(["export", str(logdir), str(out)]) == 0
     assert list(out.parent.iterdir()) == [out]  # No temporary directory is left beside it.
     served = tf.saved_model.load(str(out))
-    x = probe_batch(config)
+    x = tf.constant(typical_rows(config))
     _, model = load_run(logdir)  # Under the run's dtype policy, as export loads it.
     np.testing.assert_allclose(served.serve(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_predict_on_raw_rows_gives_what_the_pipeline_measured(
+    logdir: Path, tmp_path: Path, config: Config
+) -> None:
+    """What is trained is what is served: `predict` takes the validation rows as `load_arrays`
+    reads them and gives the class ids the model gives on `load_datasets`' batches, so the
+    accuracy the run logged. Preprocessing outside the model (in `load_datasets`) fails here."""
+    features, labels = load_arrays(config)
+    rows = split(config, len(features))[1]
+    np.save(tmp_path / "x.npy", features[rows])
+    argv = ["predict", str(logdir), "--input", str(tmp_path / "x.npy")]
+    assert main([*argv, "--output", str(tmp_path / "y.npy"), "--class-ids"]) == 0
+    served = np.load(tmp_path / "y.npy")
+
+    _, model = load_run(logdir)
+    _, val_ds = load_datasets(config)
+    piped = np.concatenate([class_ids(model(x, training=False)) for x, *_ in val_ds])
+    logged = json.loads((logdir / "metrics.jsonl").read_text().splitlines()[-1])
+    accuracy = float(np.mean(served == labels[rows]))
+    np.testing.assert_array_equal(served, piped)
+    assert accuracy == pytest.approx(logged["val_accuracy"], abs=1e-6)
 
 
 @pytest.mark.parametrize("wrong", ["shape", "dtype", "complex", "no-rows"])
@@ -270,7 +306,7 @@ def test_a_prediction_the_disk_cannot_hold_is_one_line_and_leaves_no_file(
         pytest.param(["trian"], "argument command: invalid choice: 'trian'", id="trian"),
         pytest.param(
             ["train", "--epochs", "0"],
-            "argument --epochs: expected a positive integer, got '0'",
+            "--epochs 0 is invalid; use 1 or more",
             id="train-bad-number",
         ),
         pytest.param(
@@ -333,3 +369,123 @@ def test_a_truncated_model_is_refused_and_resuming_writes_it_again(
 
     assert main(["train", "--logdir", str(logdir), "--resume", "--quiet"]) == 0
     keras.saving.load_model(model)
+
+
+def _edited_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, field: str = "dropout_rate"
+) -> type:
+    """`Config` as a user makes it by adding a field to config.py: `dropout_rate: float`."""
+    source = Path(digits_onehot_probs.config.__file__).read_text()
+    documented = f"        {field}: Fraction of the hidden units dropped in training.\n"
+    source = source.replace("    Attributes:\n", "    Attributes:\n" + documented, 1)
+    source = source.replace(
+        "    seed: int = 42\n", f"    seed: int = 42\n    {field}: float = 0.5\n", 1
+    )
+    path = tmp_path / "config.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("edited_config", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "edited_config", module)  # For the dataclass's types.
+    spec.loader.exec_module(module)
+    package = Config.__module__.rpartition(".")[0]
+    for name, imported in list(sys.modules.items()):  # Every module that imported Config.
+        if name.startswith(package) and getattr(imported, "Config", None) is Config:
+            monkeypatch.setattr(imported, "Config", module.Config)
+    return module.Config
+
+
+def test_a_field_added_to_config_is_a_flag_the_run_records_and_resumes_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    edited = _edited_config(monkeypatch, tmp_path)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = "".join(capsys.readouterr().out.split())
+    assert "--dropout-rateX" in help_text
+    assert "Fractionofthehiddenunitsdroppedintraining.(default:0.5)" in help_text
+
+    fit = training.fit
+    configs = []
+
+    def spy(config: Config, **kwargs: object) -> object:
+        configs.append(config)
+        return fit(config, **kwargs)
+
+    monkeypatch.setattr(training, "fit", spy)
+    logdir = tmp_path / "run"
+    argv = ["train", "--quiet", "--logdir", str(logdir), "--steps-per-epoch", "1"]
+    assert main([*argv, "--epochs", "1", "--dropout-rate", "0.25"]) == 0
+    assert configs[-1] == dataclasses.replace(edited(), epochs=1, dropout_rate=0.25)
+    run = json.loads((logdir / "run.json").read_text())
+    assert run["config"]["dropout_rate"] == 0.25
+
+    argv = ["train", "--quiet", "--logdir", str(logdir), "--resume"]
+    assert main([*argv, "--dropout-rate", "0.1"]) == 2
+    assert capsys.readouterr().err == (
+        f"{PROG} train: error: --dropout-rate cannot change when resuming; "
+        f"the run's is in {logdir}/run.json\n"
+    )
+    assert main([*argv, "--epochs", "2"]) == 0  # With the run's config, epochs apart.
+    assert configs[-1] == dataclasses.replace(edited(), epochs=2, dropout_rate=0.25)
+
+
+@pytest.mark.parametrize("field", ["quiet", "precision"])  # Hand-written; a run option's.
+def test_a_field_whose_flag_train_has_already_is_one_line(
+    field: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _edited_config(monkeypatch, tmp_path, field=field)
+    assert main(["train"]) == 2
+    assert capsys.readouterr().err == (
+        f"{PROG}: error: Config.{field} would be the flag --{field}, which train has "
+        "already; rename the field\n"
+    )
+
+
+def test_help_lists_every_field_with_its_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = "".join(capsys.readouterr().out.split())  # Wherever argparse wraps.
+    for cls in (Config, RunOptions):
+        helps = field_help(cls)
+        for field in dataclasses.fields(cls):
+            if cls is RunOptions and field.name in HAND_WRITTEN:
+                continue
+            assert helps.get(field.name), f"{cls.__name__}.{field.name} has no help"
+            text = "".join(helps[field.name].split()).replace("%%", "%")
+            assert f"{flag_name(field.name)}" in help_text
+            assert text in help_text, field.name
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["--batch-size", "0"], "--batch-size 0 is invalid; use 1 or more"),
+        (["--batch-size", "x"], "argument --batch-size: expected an integer, got 'x'"),
+        (["--max-bad-steps", "0"], "--max-bad-steps 0 is invalid; use an integer >= 1"),
+        (
+            ["--clip-global-norm", "-1"],
+            "--clip-global-norm -1.0 is invalid; use a positive number, or None for no clipping",
+        ),
+        (["--steps-per-epoch", "none", "--epochs", "-1"], "--epochs -1 is invalid; use 1 or more"),
+        (
+            ["--jit-compile", "--strategy", "mirrored"],
+            "--jit-compile cannot run with --strategy mirrored:",
+        ),
+        (["--input-shape", "8,0"], "--input-shape 8,0 is invalid; use positive sizes"),
+    ],
+)
+def test_a_bad_flag_value_is_one_line_that_names_the_flag(
+    argv: list[str], problem: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logdir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--logdir", str(logdir), *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{PROG} train: error: {problem}")
+    assert err.endswith(f"; see '{PROG} train --help'\n") and len(err.splitlines()) == 1
+    assert not logdir.exists()

@@ -29,10 +29,10 @@ from digits_sparse import train as training
 from digits_sparse.__main__ import main
 from digits_sparse.config import Config
 from digits_sparse.contract import DatasetError, SpecCheck
-from digits_sparse.data import load_datasets
+from digits_sparse.data import load_arrays, load_datasets, split
 from digits_sparse.inputs import check_features
 from digits_sparse.model import build_model
-from digits_sparse.steps import build_task
+from digits_sparse.task import build_task
 from digits_sparse.train import Trainer, fit
 
 
@@ -44,6 +44,21 @@ def test_datasets_yield_the_declared_encoding(config: Config) -> None:
         assert losses.check_labels(y_spec, config) == SpecCheck()
         _, y = next(iter(ds))
         losses.checked_label_values(y, config)
+
+
+def test_the_model_standardizes_with_the_training_split_only(config: Config) -> None:
+    """The model's first layer centres and scales each feature over the training split, not
+    the validation split; a feature constant there (a blank pixel) is only centred."""
+    features, _ = load_arrays(config)
+    train = features[split(config, len(features))[0]]
+    standardize = build_model(config).get_layer("standardize")
+    standardized = np.asarray(standardize(train))
+    np.testing.assert_allclose(standardized.mean(axis=0), 0.0, atol=1e-5)
+    varying = train.std(axis=0) > 0
+    np.testing.assert_allclose(standardized.std(axis=0)[varying], 1.0, rtol=1e-4)
+    shifted = np.asarray(standardize(train + 1.0))  # Blank pixels that are not blank.
+    np.testing.assert_allclose(shifted[:, ~varying], 1.0, rtol=1e-6)  # Centred, not divided.
+    assert np.isfinite(np.asarray(standardize(features))).all()
 
 
 def test_loss_and_accuracy_read_the_labels_as_encoded(config: Config) -> None:

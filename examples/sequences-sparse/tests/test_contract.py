@@ -30,7 +30,7 @@ from sequences_sparse.contract import DatasetError, SpecCheck
 from sequences_sparse.data import load_datasets
 from sequences_sparse.inputs import check_features
 from sequences_sparse.model import build_model
-from sequences_sparse.steps import build_task
+from sequences_sparse.task import build_task
 from sequences_sparse.train import Trainer, fit
 
 

@@ -231,7 +231,7 @@ def test_command_line_rejects_bad_numbers(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--epochs", "0"])
     assert exit_info.value.code == 2
-    assert "expected a positive integer, got '0'" in capsys.readouterr().err
+    assert "--epochs 0 is invalid; use 1 or more" in capsys.readouterr().err
 
 
 def test_help_is_quick_and_shows_the_defaults() -> None:

@@ -4,7 +4,9 @@ Contract, checked by `train.fit` before training: `build_model(config)` takes fl
 shape `(batch, *config.input_shape)` and returns `(batch, losses.output_units(config))`
 logits: end it with `losses.output_layer(config)`, which has no activation (the loss applies
 it, numerically safely).
-Give random layers such as `Dropout` a `seed=config.seed`, so runs repeat exactly.
+It takes the features as `data.py` reads them and standardizes them first (`standardize`), so
+what is trained is what `predict` and `export` serve. Give random layers such as `Dropout` a
+`seed=config.seed`, so runs repeat exactly.
 """
 
 from __future__ import annotations
@@ -12,15 +14,30 @@ from __future__ import annotations
 import keras
 
 from .config import Config
+from .data import feature_statistics
 from .losses import output_layer
 
 
 def build_model(config: Config) -> keras.Model:
     """A multilayer perceptron with one hidden layer."""
     inputs = keras.Input(shape=config.input_shape, name="features")
+    x = standardize(config)(inputs)
     x = keras.layers.Dense(128, activation="relu", kernel_regularizer=keras.regularizers.L2(1e-4))(
-        inputs
+        x
     )
     x = keras.layers.Dropout(0.1, seed=config.seed)(x)
     outputs = output_layer(config)(x)
     return keras.Model(inputs, outputs, name="breast_cancer_binary")
+
+
+def standardize(config: Config) -> keras.layers.Normalization:
+    """A layer that standardizes each feature with the training split's `feature_statistics`.
+
+    The statistics are part of the model (saved in `model.keras` and in exports). The layer
+    computes in float32 under any dtype policy, as standardizing in NumPy would.
+    """
+    mean, variance = feature_statistics(config)
+    axis = tuple(range(1, 1 + len(config.input_shape)))  # One mean and variance per feature.
+    return keras.layers.Normalization(
+        axis=axis, mean=mean, variance=variance, dtype="float32", name="standardize"
+    )

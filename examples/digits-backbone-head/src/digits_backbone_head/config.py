@@ -1,7 +1,12 @@
 """Hyperparameters of digits-backbone-head, in one frozen dataclass.
 
-This module is yours: change the defaults, add fields. How a run executes (steps per call, XLA,
-gradient clipping, logging) is not here but in the template's `options.RunOptions`.
+This module is yours: change the defaults, add fields. Each field is a flag of `train`
+(`batch_size` is `--batch-size`), with its line under `Attributes:` below as its help, so a
+field you add with a default can be set from the command line, and the run's `run.json` records
+it (flags take int, float, str, bool, `Path`, tuples of these, `Literal` and `| None`; a field
+of another type gets none).
+How a run executes (steps per call, XLA, gradient clipping, logging) is not here but in the
+template's `options.RunOptions`.
 `copier update` three-way merges template changes into this file too, so your edits stay and
 the template's arrive; where both changed the same lines, the file keeps both, marked.
 """
@@ -18,7 +23,7 @@ class Config:
     Attributes:
         input_shape: Shape of one example, without the batch dimension.
         num_classes: Number of classes; the model's output has this many units.
-        epochs: Passes over the training data.
+        epochs: Passes over the training data, in all when a run resumes.
         batch_size: Examples per training step; the last batch of an epoch may be smaller.
         learning_rate: Learning rate of the head's Adam optimizer.
         backbone_learning_rate: Learning rate of the backbone's Adam optimizer.

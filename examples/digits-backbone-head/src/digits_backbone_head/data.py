@@ -28,20 +28,35 @@ def load_arrays(config: Config) -> tuple[np.ndarray, np.ndarray]:
     return features, class_ids[keep]
 
 
-def load_datasets(config: Config) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """Split, standardize, encode and batch the data.
+def split(config: Config, num_examples: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the training and of the validation examples, drawn from `config.seed`."""
+    order = np.random.default_rng(config.seed).permutation(num_examples)
+    num_val = max(1, round(num_examples * config.validation_fraction))
+    return order[num_val:], order[:num_val]
 
-    The split and the shuffling follow `config.seed`. Features are standardized with the
-    training split's statistics only, so nothing leaks from the validation split.
+
+def feature_statistics(config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """Each feature's mean and variance over the training split, for `model.py` to standardize.
+
+    From the training split only, so nothing leaks from the validation split. A constant feature
+    (e.g. a blank pixel) gets variance 1, so it is only centred (with variance 0,
+    `keras.layers.Normalization` would divide it by 1e-7).
+    """
+    features, _ = load_arrays(config)
+    train_features = features[split(config, len(features))[0]]
+    variance = train_features.var(axis=0)
+    variance[variance == 0] = 1.0
+    return train_features.mean(axis=0), variance
+
+
+def load_datasets(config: Config) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """Split, encode and batch the data; the features stay as `load_arrays` reads them.
+
+    The split and the shuffling follow `config.seed`. The model standardizes the features itself
+    (`model.py`, with `feature_statistics`), so `predict` and `export` take them as read here.
     """
     features, class_ids = load_arrays(config)
-    order = np.random.default_rng(config.seed).permutation(len(features))
-    num_val = max(1, round(len(features) * config.validation_fraction))
-    val_index, train_index = order[:num_val], order[num_val:]
-    mean = features[train_index].mean(axis=0)
-    std = features[train_index].std(axis=0)
-    std[std == 0] = 1.0  # Constant features (e.g. blank pixels) stay at zero.
-    features = (features - mean) / std
+    train_index, val_index = split(config, len(features))
     labels = encode_labels(class_ids, config)
 
     train_ds = shuffled_batches(

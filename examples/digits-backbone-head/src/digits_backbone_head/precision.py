@@ -4,8 +4,9 @@
 then compute in float16 or bfloat16 and keep float32 weights; the output the loss sees stays
 float32 (`losses.output_layer` is float32 under any policy, and `check_output` holds every
 model to it). With `mixed_float16`, each optimizer is a `keras.optimizers.LossScaleOptimizer`:
-`OptimizerSet.minimize` multiplies the loss by its dynamic scale inside the tape, so that
-small gradients do not underflow float16, and the optimizer divides it out, skipping (and
+the step's `scaled = self.optimizers.scale_loss(loss)`, inside the tape, multiplies the loss
+by its dynamic scale, so that small gradients do not underflow float16, and
+`OptimizerSet.apply` divides it out, skipping (and
 lowering the scale at) a step whose scaled gradients overflow. `mixed_bfloat16` has float32's
 range and needs no scaling.
 
@@ -24,7 +25,12 @@ from .options import PRECISIONS
 
 
 class PrecisionError(ValueError):
-    """A model that does not follow the run's dtype policy, or outputs less than float32."""
+    """A model that does not follow the run's dtype policy, or outputs less than float32.
+
+    Also a step that applies gradients of an unscaled loss under `mixed_float16`.
+    """
+
+    ag_pass_through = True  # Raised while tracing: AutoGraph passes it on as it is.
 
 
 @contextlib.contextmanager

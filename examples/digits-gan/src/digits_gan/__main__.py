@@ -6,7 +6,8 @@
     python -m digits_gan predict DIR --input Z.npy --output IMAGES.npy
     python -m digits_gan export DIR OUT
 
-`train` trains into a run directory, or with `--resume` goes on from its latest checkpoint;
+`train` trains into a run directory, or with `--resume` goes on from its latest checkpoint; its
+flags are the fields of `Config` and of `RunOptions` (see `add_field_flags`);
 `launch` runs `train` as N workers of a multi-worker run on this machine;
 the others use the model a finished run saved: generated images, a SavedModel.
 `--help` imports no TensorFlow, so it answers at once; TensorFlow's start-up messages are
@@ -28,16 +29,19 @@ import dataclasses
 import datetime
 import errno
 import fcntl
+import inspect
 import os
+import re
 import shutil
 import sys
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, Literal, NoReturn, Union, get_args, get_origin, get_type_hints
 
 from .cluster import EXIT_TIMEOUT, ClusterError, read_tf_config, run_workers
 from .config import Config
-from .options import PRECISIONS, STRATEGIES, RunOptions
+from .options import RunOptions
 
 RUNS = Path("runs")
 EXIT_NONFINITE = 1
@@ -79,9 +83,172 @@ def usage_error(prog: str, message: str) -> NoReturn:
     sys.exit(EXIT_USAGE)
 
 
+# The flags of `train` come from the fields of `Config` and `RunOptions`, but for these options.
+HAND_WRITTEN = frozenset({"logdir", "resume", "verbose"})  # --logdir, --resume, --quiet
+FLAG_NAMES = {"run_eagerly": "--eager"}
+RESUME_CAN_CHANGE = frozenset({"epochs"})  # The run's other Config fields stay.
+RESUME_CANNOT_CHANGE = frozenset({"precision"})  # The run's other options can change.
+
+
+def flag_name(name: str) -> str:
+    """The `train` flag of the field `name`: `batch_size` is `--batch-size`."""
+    return FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+
+
+def show(value: object) -> str:
+    """`value` as the command line writes it: `8,8,1` for a tuple, `none` for `None`."""
+    if isinstance(value, tuple):
+        return ",".join(str(item) for item in value)
+    return "none" if value is None else str(value)
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Each field's text under `Attributes:` in the docstring of `cls`, as one line."""
+    _, _, section = inspect.cleandoc(cls.__doc__ or "").partition("Attributes:\n")
+    helps: dict[str, str] = {}
+    name = None
+    for line in section.splitlines():
+        if line and not line.startswith(" "):
+            break  # The next section.
+        entry = re.fullmatch(r" {1,4}(\w+)(?: \(.*\))?: (.*)", line)
+        if entry:
+            name = entry[1]
+            helps[name] = entry[2]
+        elif name and line.strip():
+            helps[name] += " " + line.strip()
+    return helps
+
+
+def _without_none(kind: object) -> tuple[object, bool]:
+    """`kind` without `None` (for `int | None`, `int`), and whether it allowed `None`."""
+    if get_origin(kind) in (Union, types.UnionType):
+        args = tuple(arg for arg in get_args(kind) if arg is not type(None))
+        if len(args) == 1:
+            return args[0], len(args) < len(get_args(kind))
+    return kind, False
+
+
+def _scalar(kind: object) -> tuple[Callable[[str], object], str] | None:
+    """A parser of one value of the type `kind`, and its metavar; `None` if unsupported."""
+    names = {int: ("an integer", "N"), float: ("a number", "X"), str: ("", "TEXT")}
+    if kind is Path:
+        return Path, "PATH"
+    if kind not in names:
+        return None
+    expected, metavar = names[kind]
+
+    def parse(text: str) -> object:
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+    return parse, metavar
+
+
+def field_parser(kind: object) -> tuple[Callable[[str], object], str] | None:
+    """A parser of the type `kind` from the command line, and its metavar.
+
+    Supported: `int`, `float`, `str`, `Path`, tuples of them (`8,8,1`), and any of these or
+    `None` (`none`). `None` for other types: their fields get no flag.
+    """
+    kind, optional = _without_none(kind)
+    scalar = _scalar(kind)
+    if scalar is None and get_origin(kind) is tuple:
+        args = get_args(kind)
+        length = None if len(args) == 2 and args[1] is Ellipsis else len(args)
+        item = _scalar(args[0]) if args and all(arg in (args[0], ...) for arg in args) else None
+        if item is None:
+            return None
+        parse_item, item_metavar = item
+
+        def parse_tuple(text: str) -> object:
+            items = tuple(parse_item(part.strip()) for part in text.split(","))
+            if length is not None and len(items) != length:
+                raise argparse.ArgumentTypeError(
+                    f"expected {length} values separated by commas, got {text!r}"
+                )
+            return items
+
+        scalar = parse_tuple, ",".join([item_metavar] * (length or 2)) + ("" if length else ",...")
+    if scalar is None or not optional:
+        return scalar
+    parse, metavar = scalar
+    return (lambda text: None if text.lower() == "none" else parse(text)), f"{metavar}|none"
+
+
+def add_field_flags(
+    parser: argparse.ArgumentParser,
+    instance: Any,
+    group: str,
+    title: str,
+    skip: frozenset[str] = frozenset(),
+) -> None:
+    """A group of flags titled `title`, one for each field of the dataclass `instance`.
+
+    The help is the field's text under `Attributes:` in the class docstring; the flag's value
+    lands in the namespace as `<group>.<field>`, only when given (see `flag_values`).
+    """
+    cls = type(instance)
+    hints, helps = get_type_hints(cls), field_help(cls)
+    flags = parser.add_argument_group(title)
+    for field in dataclasses.fields(cls):
+        if field.name in skip or not field.init:
+            continue
+        kind = hints[field.name]
+        default = show(getattr(instance, field.name))
+        text = f"{helps.get(field.name, '')} (default: {default})".strip().replace("%", "%%")
+        flag, dest = flag_name(field.name), f"{group}.{field.name}"
+        how: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": text}
+        if kind is bool:  # --flag and --no-flag.
+            how["action"] = argparse.BooleanOptionalAction
+        elif get_origin(kind) is Literal:
+            choices = get_args(kind)
+            how.update(type=type(choices[0]), choices=choices)
+        elif (found := field_parser(kind)) is not None:
+            how.update(type=found[0], metavar=found[1])
+        else:
+            continue
+        flags.add_argument(flag, **how)
+
+
+def flag_values(args: argparse.Namespace, group: str) -> dict[str, object]:
+    """The fields of `group` (`config` or `options`) given as flags, by field name."""
+    prefix = f"{group}."
+    return {k.removeprefix(prefix): v for k, v in vars(args).items() if k.startswith(prefix)}
+
+
+def with_flags(instance: Any, values: dict[str, object]) -> Any:
+    """`instance` with the fields in `values` replaced.
+
+    Raises:
+        ValueError: The dataclass's own one-line error, with its fields named as flags:
+            `Config.epochs=0 is invalid` reads `--epochs 0 is invalid`, and a field given as a
+            flag, `strategy='mirrored'`, reads `--strategy mirrored`.
+    """
+    try:
+        return dataclasses.replace(instance, **values)
+    except ValueError as error:
+        message = str(error)
+        owner = type(instance).__name__
+        for field in dataclasses.fields(instance):
+            written = f"{owner}.{field.name}="
+            if field.name in values:
+                value, flag = values[field.name], flag_name(field.name)
+                if isinstance(value, bool):
+                    given = flag if value else flag.replace("--", "--no-", 1)
+                else:
+                    given = f"{flag} {show(value)}"
+                for shown in (repr(value), str(value)):
+                    message = message.replace(written + shown, given)
+                    bare = rf"(?<![\w.]){field.name}={re.escape(shown)}"
+                    message = re.sub(bare, lambda _, given=given: given, message)
+            message = message.replace(written, f"{flag_name(field.name)}=")
+        raise ValueError(message) from None
+
+
 def build_parser() -> Parser:
-    """The argument parser, one sub-command per task. Defaults come from `Config`."""
-    config, options = Config(), RunOptions()
+    """The argument parser, one sub-command per task; `train`'s flags come from the fields."""
     parser = Parser(
         prog=f"python -m {__package__}",
         description="Train the model with the custom loop, and use what it trained.",
@@ -95,16 +262,7 @@ def build_parser() -> Parser:
             "the run's directory."
         ),
     )
-    train.add_argument(
-        "--epochs",
-        type=_positive_int,
-        help=f"passes over the data, in all when resuming (default: {config.epochs})",
-    )
-    train.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        help=f"examples per training step (default: {config.batch_size})",
-    )
+    add_field_flags(train, Config(), "config", "hyperparameters (Config, in config.py)")
     train.add_argument(
         "--logdir",
         type=Path,
@@ -118,97 +276,12 @@ def build_parser() -> Parser:
         action="store_true",
         help=(
             "go on with the run in --logdir from its latest checkpoint, with its config "
-            "(run.json) and options; flags given now replace them"
+            "(run.json) and options; --epochs and the run options given now replace "
+            "theirs, but for --precision"
         ),
     )
-    train.add_argument(
-        "--checkpoint-every-steps",
-        type=_positive_int,
-        help="also write a checkpoint every N training steps (default: at epoch ends only)",
-    )
-    train.add_argument(
-        "--max-checkpoints",
-        type=_positive_int,
-        help=f"how many of the latest checkpoints to keep (default: {options.max_checkpoints})",
-    )
-    train.add_argument(
-        "--steps-per-execution",
-        type=_positive_int,
-        help=f"steps per tf.function call (default: {options.steps_per_execution})",
-    )
-    train.add_argument(
-        "--jit-compile",
-        action=argparse.BooleanOptionalAction,
-        help=f"compile the steps with XLA (default: {options.jit_compile})",
-    )
-    train.add_argument(
-        "--clip-global-norm",
-        type=_positive_float,
-        help="clip each step's gradients to this global norm (default: no clipping)",
-    )
-    train.add_argument(
-        "--max-bad-steps",
-        type=_positive_int,
-        help=(
-            "stop after this many non-finite steps in a row; each is skipped "
-            f"(default: {options.max_bad_steps})"
-        ),
-    )
-    train.add_argument(
-        "--strict-gradients",
-        action="store_true",
-        default=None,
-        help="fail, rather than warn, when a trainable variable gets no gradient",
-    )
-    train.add_argument(
-        "--deterministic",
-        action="store_true",
-        default=None,
-        help="make every op deterministic, so two runs give identical results (slower)",
-    )
-    train.add_argument(
-        "--no-tensorboard",
-        dest="tensorboard",
-        action="store_false",
-        default=None,
-        help="write no TensorBoard events",
-    )
-    train.add_argument(
-        "--eager",
-        action="store_true",
-        default=None,
-        help="run the steps eagerly for readable stack traces",
-    )
-    train.add_argument(
-        "--strategy",
-        choices=STRATEGIES,
-        help=(
-            "none: one device; mirrored: a replica on every local GPU, or on every CPU device "
-            "of --cpu-devices; multi-worker: every worker of the cluster in TF_CONFIG (see "
-            f"launch); --batch-size is the global batch (default: {options.strategy})"
-        ),
-    )
-    train.add_argument(
-        "--cpu-devices",
-        type=_positive_int,
-        help="split the CPU into N logical devices, to try --strategy mirrored without GPUs",
-    )
-    train.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        help=(
-            "float32, or float16/bfloat16 computations on float32 weights (mixed_float16 "
-            f"scales the loss) (default: {options.precision})"
-        ),
-    )
-    train.add_argument(
-        "--steps-per-epoch",
-        type=_positive_int,
-        help=(
-            "train on N batches per epoch, repeating the data as needed; needed when "
-            "load_datasets gives a dataset that repeats forever (default: one pass)"
-        ),
-    )
+    title = "run options (RunOptions, in options.py)"
+    add_field_flags(train, RunOptions(), "options", title, skip=HAND_WRITTEN)
     train.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
     predict = commands.add_parser(
@@ -390,7 +463,13 @@ def main(argv: list[str] | None = None) -> int:
 
     A usage error exits (`SystemExit` with code 2) after one line naming the command's `--help`.
     """
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except argparse.ArgumentError as error:  # A Config field named like a flag of train's.
+        flag = (error.argument_name or "").partition("/")[0]
+        field = flag.removeprefix("--").replace("-", "_")
+        problem = f"Config.{field} would be the flag {flag}, which train has already"
+        return _usage(f"python -m {__package__}", f"{problem}; rename the field")
     args, unknown = parser.parse_known_args(argv)
     prog = f"{parser.prog} {args.command}"
     if unknown:
@@ -415,20 +494,29 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(args: argparse.Namespace, prog: str) -> int:
     """`train`: a new run, or `--resume` of one; the exit code."""
+    config_flags, option_flags = flag_values(args, "config"), flag_values(args, "options")
     if args.resume:
         if args.logdir is None:
             return _usage(prog, "--resume needs --logdir DIR, the directory of the run to resume")
-        for flag, value in (("--batch-size", args.batch_size), ("--precision", args.precision)):
-            if value is not None:
-                return _usage(
-                    prog,
-                    f"{flag} cannot change when resuming; the run's is in {args.logdir}/run.json",
-                )
+        fixed = [name for name in config_flags if name not in RESUME_CAN_CHANGE]
+        fixed += [name for name in option_flags if name in RESUME_CANNOT_CHANGE]
+        if fixed:
+            return _usage(
+                prog,
+                f"{flag_name(fixed[0])} cannot change when resuming; "
+                f"the run's is in {args.logdir}/run.json",
+            )
         if not args.logdir.is_dir():
             return _usage(prog, f"--logdir {args.logdir} does not exist: no run to resume")
         logdir = args.logdir
+    else:  # Bad values are usage errors, found before TensorFlow loads.
+        try:
+            config = with_flags(Config(), config_flags)
+            options = with_flags(RunOptions(), option_flags)
+        except ValueError as error:
+            usage_error(prog, str(error))
     chief = True
-    if args.strategy == "multi-worker":
+    if option_flags.get("strategy") == "multi-worker":
         try:
             chief = read_tf_config().is_chief
         except ClusterError as error:
@@ -446,47 +534,21 @@ def train(args: argparse.Namespace, prog: str) -> int:
     from .checkpoints import MODEL_FILE, CheckpointError, read_run, resume_position
     from .contract import DatasetError
     from .distribution import DistributionError
-    from .gradients import NonFiniteError
+    from .gradients import NoneGradientError, NonFiniteError
     from .precision import PrecisionError
     from .train import fit
 
-    config, options = Config(), RunOptions()
-    if args.resume:
-        try:
-            config, options = read_run(logdir)
-        except CheckpointError as error:
-            return _usage(prog, str(error))
-    if args.epochs is not None:
-        config = dataclasses.replace(config, epochs=args.epochs)
-    if args.batch_size is not None:
-        config = dataclasses.replace(config, batch_size=args.batch_size)
-    changes = {
-        "steps_per_execution": args.steps_per_execution,
-        "jit_compile": args.jit_compile,
-        "clip_global_norm": args.clip_global_norm,
-        "max_bad_steps": args.max_bad_steps,
-        "checkpoint_every_steps": args.checkpoint_every_steps,
-        "max_checkpoints": args.max_checkpoints,
-        "strict_gradients": args.strict_gradients,
-        "deterministic": args.deterministic,
-        "tensorboard": args.tensorboard,
-        "run_eagerly": args.eager,
-        "strategy": args.strategy,
-        "cpu_devices": args.cpu_devices,
-        "precision": args.precision,
-        "steps_per_epoch": args.steps_per_epoch,
-    }
     try:
+        if args.resume:  # The run's config and options, with the flags given now.
+            saved_config, saved_options = read_run(logdir)
+            config = with_flags(saved_config, config_flags)
+            options = with_flags(saved_options, option_flags)
         options = dataclasses.replace(
-            options,
-            **{k: v for k, v in changes.items() if v is not None},
-            logdir=logdir,
-            resume=args.resume,
-            verbose=0 if args.quiet else 1,
+            options, logdir=logdir, resume=args.resume, verbose=0 if args.quiet else 1
         )
-    except ValueError as error:
+    except (CheckpointError, ValueError) as error:
         return _usage(prog, str(error))
-    if options.strategy == "multi-worker" and args.strategy is None:
+    if options.strategy == "multi-worker" and "strategy" not in option_flags:
         try:  # Resuming a multi-worker run.
             chief = read_tf_config().is_chief
         except ClusterError as error:
@@ -522,7 +584,13 @@ def train(args: argparse.Namespace, prog: str) -> int:
     except NonFiniteError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return EXIT_NONFINITE
-    except (CheckpointError, DatasetError, DistributionError, PrecisionError) as error:
+    except (
+        CheckpointError,
+        DatasetError,
+        DistributionError,
+        NoneGradientError,
+        PrecisionError,
+    ) as error:
         return _usage(prog, str(error))
     except interrupts.Interrupted as stop:
         resume = f"python -m {__package__} train --logdir {logdir} --resume"

@@ -209,14 +209,10 @@ class Trainer:
             step = self._guarded(step)
         if self.options.run_eagerly:
             return step
-        # The steps branch on Python values only, so AutoGraph has nothing to convert; without
-        # it, errors raised while tracing (such as NoneGradientError) reach the caller as is.
-        return tf.function(
-            step,
-            input_signature=signature,
-            autograph=False,
-            jit_compile=self.options.jit_compile,
-        )
+        # AutoGraph converts your step, so that a Python `if` on a tensor works there. The
+        # engine's errors raised while tracing carry `ag_pass_through`, so they reach the
+        # caller as they are.
+        return tf.function(step, input_signature=signature, jit_compile=self.options.jit_compile)
 
     def train_epoch(
         self, dataset: tf.data.Dataset, hooks: CallHooks | None = None, *, first_step: int = 0

@@ -4,7 +4,9 @@ Contract, checked by `train.fit` before training: `build_model(config)` takes fl
 shape `(batch, *config.input_shape)` and returns `(batch, losses.output_units(config))`
 logits: end it with `losses.output_layer(config)`, which has no activation (the loss applies
 it, numerically safely).
-Give random layers such as `Dropout` a `seed=config.seed`, so runs repeat exactly.
+It takes the features as `data.py` reads them and standardizes them first (`standardize`), so
+what is trained is what `predict` and `export` serve. Give random layers such as `Dropout` a
+`seed=config.seed`, so runs repeat exactly.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import keras
 
 from .config import Config
+from .data import feature_statistics
 from .losses import output_layer
 
 
@@ -19,7 +22,7 @@ def build_model(config: Config) -> keras.Model:
     """A small convolutional network for `(height, width, channels)` inputs."""
     regularizer = keras.regularizers.L2(1e-4)
     inputs = keras.Input(shape=config.input_shape, name="features")
-    x = inputs
+    x = standardize(config)(inputs)
     for filters in (32, 64):
         x = keras.layers.Conv2D(
             filters, 3, padding="same", activation="relu", kernel_regularizer=regularizer
@@ -30,3 +33,16 @@ def build_model(config: Config) -> keras.Model:
     x = keras.layers.Dropout(0.1, seed=config.seed)(x)
     outputs = output_layer(config)(x)
     return keras.Model(inputs, outputs, name="digits_mirrored_bf16")
+
+
+def standardize(config: Config) -> keras.layers.Normalization:
+    """A layer that standardizes each feature with the training split's `feature_statistics`.
+
+    The statistics are part of the model (saved in `model.keras` and in exports). The layer
+    computes in float32 under any dtype policy, as standardizing in NumPy would.
+    """
+    mean, variance = feature_statistics(config)
+    axis = tuple(range(1, 1 + len(config.input_shape)))  # One mean and variance per feature.
+    return keras.layers.Normalization(
+        axis=axis, mean=mean, variance=variance, dtype="float32", name="standardize"
+    )

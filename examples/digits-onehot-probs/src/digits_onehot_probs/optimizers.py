@@ -1,7 +1,7 @@
 """The optimizers of a run behind one interface, whatever the variant.
 
-This project trains every variable with one Adam optimizer. `OptimizerSet` is the interface
-the steps and the loop use; a backbone-head or GAN project puts several optimizers behind it.
+`OptimizerSet` puts the optimizers of `task.py` (there, one Adam for every variable) behind
+the interface of one Keras optimizer, which your step calls: `scale_loss`, `apply`.
 
 Template-owned: `copier update` merges template changes into it.
 """
@@ -9,14 +9,14 @@ Template-owned: `copier update` merges template changes into it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Sequence
 
 import keras
 import tensorflow as tf
 
 from . import precision
 from .accumulation import GradientAccumulator
-from .config import Config
 from .gradients import (
     FINITE,
     clip_by_global_norm,
@@ -27,6 +27,16 @@ from .gradients import (
 )
 from .options import RunOptions
 
+SCALE_LOSS_FIRST = (
+    "under mixed_float16 the gradients must be those of the scaled loss: write "
+    "`scaled = self.optimizers.scale_loss(loss)` inside the tape and take "
+    "`tape.gradient(scaled, ...)`"
+)
+ACCUMULATION_NEEDS_A_STEP = (
+    "accumulating gradients needs the batch size, which the loop gives each step it runs; "
+    "call apply inside the task's train_step"
+)
+
 
 class OptimizerSet:
     """Named optimizers, each updating the trainable variables of one part of the model.
@@ -36,7 +46,7 @@ class OptimizerSet:
     traced makes the step trace twice (and fails under `tf.distribute`).
 
     Under the `mixed_float16` precision each optimizer is wrapped in a
-    `keras.optimizers.LossScaleOptimizer` (see `precision.py`), and `minimize` scales the loss.
+    `keras.optimizers.LossScaleOptimizer` (see `precision.py`), and `scale_loss` scales the loss.
 
     Stock Keras callbacks that read or set `model.optimizer.learning_rate`
     (`ReduceLROnPlateau`, `LearningRateScheduler`) see this object as the model's optimizer
@@ -57,6 +67,10 @@ class OptimizerSet:
             rate would give every part the same one.)
         variables: Every variable that an optimizer of the set was built on; the guard
             against non-finite steps names a variable by its index here.
+        status: The training step's `gradients.update_status` code, an int32 variable: the
+            loop sets it to `FINITE` before each step (`begin_step`), `apply` records the
+            first bad code, and the loop reads it after the step (`end_step`). Each replica
+            holds its own; the codes are all-reduced already, so they agree.
         accumulator: With `RunOptions.accumulation_steps` above 1, the gradients summed
             between two updates (see `accumulation.py`); `None` otherwise.
     """
@@ -77,10 +91,22 @@ class OptimizerSet:
             self.by_part[name].build(layer.trainable_variables)
             self.variables.extend(layer.trainable_variables)
         self._index = {id(v): i for i, v in enumerate(self.variables)}
+        self._part = {id(v): name for name, layer, _ in parts for v in layer.trainable_variables}
         self._base_rates = {name: self._rate(name) for name in self.names}
         self._strict = options.strict_gradients
         self._clip_norm = options.clip_global_norm
         self._loss_scaling = options.precision == "mixed_float16"
+        self.status = tf.Variable(
+            FINITE,
+            dtype=tf.int32,
+            trainable=False,
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            name="update_status",
+        )
+        # What the step being traced gave so far (its loss, its batch size), per replica:
+        # `MirroredStrategy` traces each replica's step in a thread of its own.
+        self._step = threading.local()
         self.accumulator = (
             GradientAccumulator(options.accumulation_steps, self.variables)
             if options.accumulation_steps > 1
@@ -89,15 +115,89 @@ class OptimizerSet:
         # The variables each traced step updates, by the trainable variables it was traced for.
         self._groups: dict[tuple[int, ...], list[list[tf.Variable]]] = {}
 
+    def begin_step(self, batch_size: tf.Tensor) -> None:
+        """Start a training step of `batch_size` examples (the whole batch's, as float32).
+
+        The loop calls it on each replica, inside the traced step, before your `train_step`:
+        `status` goes back to `FINITE`, and the last step's loss is forgotten.
+        """
+        self.status.assign(FINITE)
+        self._step.batch_size = batch_size
+        self._step.loss = None
+        self._step.scaled = False
+
+    def end_step(self) -> tf.Tensor:
+        """End the step that `begin_step` started; return its `status` on this replica."""
+        self._step.batch_size = self._step.loss = None
+        self._step.scaled = False
+        return self.status.read_value()
+
+    def scale_loss(self, loss: tf.Tensor) -> tf.Tensor:
+        """`loss` as its gradients must be taken: times the loss scale under `mixed_float16`.
+
+        Call it inside the tape, on the scalar loss the step minimizes, and take the
+        gradients of what it returns; `apply` divides the scale out. It also records the
+        loss, so that a step whose loss is not finite updates nothing. In float32 and
+        `mixed_bfloat16` it returns `loss` as it is.
+        """
+        return self._scale_loss(loss, self.names[0])
+
+    def apply(
+        self,
+        gradients: Sequence[tf.Tensor | None],
+        variables: Sequence[tf.Variable],
+        *,
+        only_if: tf.Tensor | None = None,
+    ) -> None:
+        """Update `variables` by `gradients`, as a Keras optimizer's `apply` does.
+
+        Must be `tf.function`-compatible; runs as is under `tf.distribute.Strategy.run`, with
+        this replica's gradients. Each variable goes to the optimizer of its part. On the way:
+        `None` gradients are named and dropped (see `gradients.drop_none_gradients`); a step
+        whose loss (recorded by `scale_loss`) or gradients are not finite, on any replica,
+        updates nothing and sets `status`, so that the loop's guard undoes the rest of it;
+        the gradients are clipped by the global norm of the whole batch's gradient when
+        `RunOptions.clip_global_norm` is set; with loss scaling, each `LossScaleOptimizer`
+        divides its scale out and skips a step whose scaled gradients overflowed (only a
+        non-finite loss then counts as a bad step).
+
+        With `RunOptions.accumulation_steps` above 1, the gradients are added to the
+        `accumulator` (weighted by the batch's examples) and applied once its group is full.
+
+        Args:
+            gradients: One gradient, or `None`, per variable: this replica's.
+            variables: The variables, each trained by one optimizer of the set.
+            only_if: A boolean tensor, the same on every replica (a decision on the whole
+                batch, e.g. through `tf.distribute.get_replica_context().all_reduce`): when
+                false, nothing is updated. Unlike an `apply` inside a Python `if` on a tensor,
+                it works on several replicas too.
+
+        Raises:
+            precision.PrecisionError: Under `mixed_float16`, if the step being traced did not
+                call `scale_loss`: the gradients would be unscaled, and dividing the scale out
+                would shrink them.
+            ValueError: If a variable belongs to no optimizer of the set.
+        """
+        self._update(gradients, variables, self.names, only_if)
+
+    def apply_gradients(
+        self,
+        grads_and_vars: Iterable[tuple[tf.Tensor | None, tf.Variable]],
+        *,
+        only_if: tf.Tensor | None = None,
+    ) -> None:
+        """`apply`, on `(gradient, variable)` pairs, as a Keras optimizer's `apply_gradients`."""
+        pairs = list(grads_and_vars)
+        self.apply([g for g, _ in pairs], [v for _, v in pairs], only_if=only_if)
+
     def minimize(
         self,
         loss: tf.Tensor,
         tape: tf.GradientTape,
         parts: Sequence[str] | None = None,
         only_if: tf.Tensor | None = None,
-        batch_size: tf.Tensor | None = None,
     ) -> tf.Tensor:
-        """Differentiate `loss` and update the parts' trainable variables, unless not finite.
+        """Differentiate `loss` and `apply` the gradients to the parts' trainable variables.
 
         Must be `tf.function`-compatible; runs as is under `tf.distribute.Strategy.run`. The
         variables are those trainable when the step is traced: a part frozen with
@@ -106,11 +206,9 @@ class OptimizerSet:
         `gradients.drop_none_gradients`); the gradients are clipped by their global norm when
         `RunOptions.clip_global_norm` is set.
 
-        With loss scaling (`mixed_float16`), the loss is multiplied by the first part's
-        dynamic scale inside `tape`, and each `LossScaleOptimizer` gets the gradients in
-        units of its own scale, divides it out, and skips (lowering its scale) a step whose
-        gradients overflowed. Only a non-finite loss then counts as a bad step: overflowing
-        scaled gradients are the loss scale's to handle, not a fault of the data.
+        `scale_loss` and `apply` in one call, for a step that updates some parts only: with
+        loss scaling (`mixed_float16`), the loss is multiplied by the first named part's
+        dynamic scale inside `tape`.
 
         Args:
             loss: The scalar loss, computed inside `tape`.
@@ -118,8 +216,6 @@ class OptimizerSet:
             parts: The names of the parts to update; all of them by default.
             only_if: A boolean tensor, the same on every replica: when false, nothing is
                 updated (e.g. an earlier update of the same step was skipped).
-            batch_size: The examples in the whole batch; needed with an `accumulator`, which
-                then adds the gradients (weighted by it) and updates once its group is full.
 
         Returns:
             The `gradients.update_status` code: `FINITE` when the update was applied (or
@@ -130,34 +226,56 @@ class OptimizerSet:
             ValueError: If a trainable variable belongs to no optimizer of the set.
         """
         names = self.names if parts is None else tuple(parts)
-        per_part = [list(self.layers[name].trainable_variables) for name in names]
-        for variable in (v for part in per_part for v in part):
+        variables = [v for name in names for v in self.layers[name].trainable_variables]
+        with tape:  # Recorded by the tape, so that the backward pass runs scaled.
+            target = self._scale_loss(loss, names[0])
+        gradients = tape.gradient(target, variables)
+        return self._update(gradients, variables, names, only_if)
+
+    def _scale_loss(self, loss: tf.Tensor, name: str) -> tf.Tensor:
+        self._step.loss = loss
+        self._step.scaled = True
+        return self.by_part[name].scale_loss(loss) if self._loss_scaling else loss
+
+    def _update(
+        self,
+        gradients: Sequence[tf.Tensor | None],
+        variables: Sequence[tf.Variable],
+        names: Sequence[str],
+        only_if: tf.Tensor | None = None,
+    ) -> tf.Tensor:
+        """`apply` for the parts `names`, the first of which gave the loss scale; the status."""
+        if self._loss_scaling and not getattr(self._step, "scaled", False):
+            raise precision.PrecisionError(SCALE_LOSS_FIRST)
+        for variable in variables:
             if id(variable) not in self._index:
                 raise ValueError(
                     f"trainable variable {variable.path} was not trainable when the optimizers "
                     "were built, so no optimizer can update it; make every layer trainable "
                     "before training starts and freeze parts from a callback instead"
                 )
-        target = loss
-        if self._loss_scaling:
-            with tape:  # Recorded by the tape, so that the backward pass runs scaled.
-                target = self.by_part[names[0]].scale_loss(loss)
-        gradients = tape.gradient(target, [v for part in per_part for v in part])
+        pairs = list(zip(gradients, variables, strict=True))
         kept_gradients: list[tf.Tensor] = []
         kept_per_part: list[list[tf.Variable]] = []
-        start = 0
-        for name, part in zip(names, per_part, strict=True):
-            owner = name if len(self.names) > 1 else None
-            part_gradients = gradients[start : start + len(part)]
-            start += len(part)
-            kept, variables = drop_none_gradients(
-                part_gradients, part, strict=self._strict, owner=owner
+        for name in names:
+            part = [(g, v) for g, v in pairs if self._part[id(v)] == name]
+            kept, part_variables = drop_none_gradients(
+                [g for g, _ in part],
+                [v for _, v in part],
+                strict=self._strict,
+                owner=name if len(self.names) > 1 else None,
             )
             kept_gradients.extend(kept)
-            kept_per_part.append(variables)
+            kept_per_part.append(part_variables)
         flat = [v for part in kept_per_part for v in part]
+        loss = getattr(self._step, "loss", None)
         checked = [] if self._loss_scaling else kept_gradients
-        status = update_status(loss, checked, [self._index[id(v)] for v in flat])
+        status = update_status(
+            tf.constant(0.0) if loss is None else loss,
+            checked,
+            [self._index[id(v)] for v in flat],
+        )
+        self.status.assign(tf.where(self.status == FINITE, status, self.status))
         condition = status == FINITE
         if only_if is not None:
             condition = condition & only_if
@@ -165,7 +283,9 @@ class OptimizerSet:
             apply = functools.partial(self._apply, names=names, kept_per_part=kept_per_part)
             run_if(condition, apply, self._clipped(kept_gradients, names))
             return status
-        assert batch_size is not None, "accumulating gradients needs the batch size"
+        batch_size = getattr(self._step, "batch_size", None)
+        if batch_size is None:
+            raise ValueError(ACCUMULATION_NEEDS_A_STEP)
         self._groups[self._key()] = kept_per_part
         self.accumulator.add(kept_gradients, flat, batch_size, condition)
         self._apply_group(kept_per_part, self.accumulator.full())
@@ -259,9 +379,3 @@ class OptimizerSet:
     def _rate(self, name: str) -> float:
         # Through NumPy: `float()` of a variable fails under `tf.distribute`.
         return float(self.by_part[name].learning_rate.numpy())
-
-
-def build_optimizers(model: keras.Model, config: Config, options: RunOptions) -> OptimizerSet:
-    """One Adam optimizer for every trainable variable of `model`."""
-    adam = keras.optimizers.Adam(learning_rate=config.learning_rate)
-    return OptimizerSet([("model", model, adam)], options)

@@ -244,7 +244,8 @@ def _check_initial_loss(
         report.problems.append(
             f"the loss at initialisation, {loss:.3f}, is over {LOSS_FACTOR:g} x log "
             f"{losses.class_count(config)}: the model starts confidently wrong; standardize the "
-            "features in data.py, or give the last layer smaller initial weights"
+            "features (a keras.layers.Normalization first in model.py), or give the last layer "
+            "smaller initial weights"
         )
     elif loss < expected / LOSS_FACTOR:
         report.problems.append(

@@ -2,7 +2,7 @@
 
 `fit` is the entry point and returns a `keras.callbacks.History`, as `model.fit` does.
 `Trainer` is the loop itself, the same for every kind of project: what differs (the model,
-its optimizers, the steps) comes from the task of `steps.py`, and everything that watches or
+its optimizers, the steps) comes from the task of `task.py`, and everything that watches or
 steers a run (progress, `metrics.jsonl`, TensorBoard, and your own
 callbacks) is a Keras callback on it.
 
@@ -38,7 +38,10 @@ from .gradients import NonFiniteGuard
 from .loop import CallHooks, EpochLogs, StepRunner
 from .model import build_model
 from .options import RunOptions
-from .steps import StepFn, build_task
+from .steps import ClassifierTask, StepFn
+from .task import build_task
+
+BuildTask = Callable[[keras.Model, Config, RunOptions], ClassifierTask]
 
 NOT_EXACT = (
     "note: the checkpoint holds no position in train_ds, whose iterator cannot be saved "
@@ -60,6 +63,8 @@ class Trainer:
         strategy: The `tf.distribute.Strategy` to train with, in whose scope the model was
             built; `None` trains on one device. Each step's batch is then split among the
             replicas (see `distribution.py`).
+        task: Builds the task from the model, the config and the options;
+            `task.build_task` by default.
 
     Attributes:
         task: The model, its `OptimizerSet`, metrics and step factories.
@@ -86,6 +91,8 @@ class Trainer:
         model: keras.Model,
         options: RunOptions | None = None,
         strategy: tf.distribute.Strategy | None = None,
+        *,
+        task: BuildTask = build_task,
     ) -> None:
         self.config = config
         self.options = RunOptions() if options is None else options
@@ -99,7 +106,7 @@ class Trainer:
                 "device, and the strategy's variables live on several; drop jit_compile"
             )
         with self.scope():
-            self.task = build_task(model, config, self.options)
+            self.task = task(model, config, self.options)
         self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         metrics = [v for metric in self.task.train_metrics for v in metric.variables]
         self.guard = NonFiniteGuard(
@@ -211,14 +218,10 @@ class Trainer:
             step = self._guarded(step)
         if self.options.run_eagerly:
             return step
-        # The steps branch on Python values only, so AutoGraph has nothing to convert; without
-        # it, errors raised while tracing (such as NoneGradientError) reach the caller as is.
-        return tf.function(
-            step,
-            input_signature=signature,
-            autograph=False,
-            jit_compile=self.options.jit_compile,
-        )
+        # AutoGraph converts your step, so that a Python `if` on a tensor works there. The
+        # engine's errors raised while tracing carry `ag_pass_through`, so they reach the
+        # caller as they are.
+        return tf.function(step, input_signature=signature, jit_compile=self.options.jit_compile)
 
     def train_epoch(
         self, dataset: tf.data.Dataset, hooks: CallHooks | None = None, *, first_step: int = 0
@@ -551,6 +554,7 @@ def fit(
     options: RunOptions | None = None,
     strategy: tf.distribute.Strategy | None = None,
     class_weight: Mapping[int, float] | None = None,
+    task: BuildTask = build_task,
 ) -> keras.callbacks.History:
     """Train a model with the custom loop, as `model.fit` would.
 
@@ -572,6 +576,8 @@ def fit(
         class_weight: The weight of each class id, as for `model.fit`: each training
             example's loss counts times its label's weight (1.0 for a class the mapping
             omits). Not with a `train_ds` of `(features, labels, sample_weights)`.
+        task: Builds the task from the model, the config and the options;
+            `task.build_task` by default.
 
     Returns:
         The `History`: `.history[key]` holds one value per epoch, `.model` the trained model.
@@ -596,5 +602,5 @@ def fit(
     if train_ds is None:
         train_ds, default_val = load_datasets(config)
         val_ds = default_val if val_ds is None else val_ds
-    trainer = Trainer(config, model, options, strategy)
+    trainer = Trainer(config, model, options, strategy, task=task)
     return trainer.fit(train_ds, val_ds, callbacks=callbacks, class_weight=class_weight)

@@ -107,8 +107,8 @@ def predict(logdir: str | Path, features: np.ndarray, *, as_class_ids: bool = Fa
 
     Args:
         logdir: The run's directory.
-        features: `(n, *config.input_shape)`, preprocessed as `data.load_datasets` preprocesses
-            its features.
+        features: `(n, *config.input_shape)`, as `data.load_datasets` yields its features
+            (the model standardizes them itself).
         as_class_ids: Return class ids `(n,)` instead of probabilities.
 
     Returns:

@@ -32,6 +32,8 @@ class NoneGradientWarning(UserWarning):
 class NoneGradientError(ValueError):
     """Some trainable variables got no gradient and `RunOptions.strict_gradients` is set."""
 
+    ag_pass_through = True  # Raised while tracing: AutoGraph passes it on as it is.
+
 
 class NonFiniteError(RuntimeError):
     """Too many steps in a row had a loss or gradients that were not finite (or too large)."""
@@ -181,7 +183,7 @@ def run_if(condition: tf.Tensor, fn: Callable[..., object], *args: object) -> No
 class NonFiniteGuard:
     """Undoes what a skipped step moved beyond the weights, counts such steps, and stops a run.
 
-    `OptimizerSet.minimize` already skips the update of a step whose loss or gradients are
+    `OptimizerSet.apply` already skips the update of a step whose loss or gradients are
     bad (see `update_status`). The forward pass has run all the same, and layers keep state
     that it moves: BatchNormalization's moving statistics (a NaN there would spoil every
     later prediction) and the seed generators of Dropout; and the step recorded its figures in

@@ -2,6 +2,9 @@
 
 `Config` holds what you tune (the model learns differently when it changes); `RunOptions`
 holds how the loop runs it (the figures stay the same, or the run is only watched differently).
+Each field but `logdir`, `resume` and `verbose` (`--logdir`, `--resume`, `--quiet`) is a flag of
+`train`, named for it (`--steps-per-execution`; `run_eagerly` is `--eager`), with its text below
+as its help.
 Template-owned, so that later template versions can add options without touching your files.
 This module imports no TensorFlow, so that `python -m sequences_sparse --help` starts fast.
 """
@@ -11,9 +14,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+from typing import Literal, get_args
 
-STRATEGIES = ("none", "mirrored", "multi-worker")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+Strategy = Literal["none", "mirrored", "multi-worker"]
+Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,9 +91,9 @@ class RunOptions:
     checkpoint_every_steps: int | None = None
     max_checkpoints: int = 3
     resume: bool = False
-    strategy: str = "none"
+    strategy: Strategy = "none"
     cpu_devices: int | None = None
-    precision: str = "float32"
+    precision: Precision = "float32"
     accumulation_steps: int = 1
     steps_per_epoch: int | None = None
     validation_steps: int | None = None

@@ -1,11 +1,9 @@
-"""Step functions: what happens to one batch, and the task that the loop trains.
+"""The engine's side of a task: what `train.Trainer` needs around your step.
 
-Each factory returns a plain Python function of one batch, `(x, y)` or
-`(x, y, sample_weight)`. It is
-`tf.function`-compatible and runs on each replica under `tf.distribute.Strategy.run`, with
-that replica's share of the batch; `train.Trainer` wraps it in a `tf.function` with an input
-signature so that a whole run traces it once (once per set of trainable variables, if a
-callback freezes or unfreezes layers).
+`ClassifierTask` is the base of the task in `task.py`, where the optimizers, the loss, the
+metrics and the steps are yours. Here are what those steps call (`compute_loss`, the
+metrics' `update`) and what the loop calls: the steps wrapped for it (`make_train_step`,
+`make_eval_step`), their input signature, and the datasets checked and converted.
 
 Template-owned: `copier update` merges template changes into it.
 """
@@ -13,7 +11,7 @@ Template-owned: `copier update` merges template changes into it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import keras
 import tensorflow as tf
@@ -21,7 +19,7 @@ import tensorflow as tf
 from . import contract, inputs, losses, precision
 from .config import Config
 from .distribution import BatchMean, global_batch_size
-from .optimizers import OptimizerSet, build_optimizers
+from .optimizers import OptimizerSet
 from .options import RunOptions
 
 StepFn = Callable[..., tf.Tensor | None]
@@ -29,7 +27,10 @@ StepFn = Callable[..., tf.Tensor | None]
 
 @dataclasses.dataclass(frozen=True)
 class StepMetrics:
-    """The running loss and accuracy of one phase, e.g. training or validation."""
+    """The running loss and accuracy of one phase, e.g. training or validation.
+
+    Iterating gives the metrics, which the loop resets every epoch and reads.
+    """
 
     loss: BatchMean
     accuracy: keras.metrics.Metric
@@ -39,9 +40,7 @@ class StepMetrics:
         """Metrics named `{prefix}loss` and `{prefix}accuracy`, as `model.fit` names them."""
         return cls(BatchMean(name=f"{prefix}loss"), losses.make_accuracy(f"{prefix}accuracy"))
 
-    def update(
-        self, loss: tf.Tensor, batch_size: tf.Tensor, y: tf.Tensor, y_pred: tf.Tensor
-    ) -> None:
+    def update(self, loss: tf.Tensor, y: tf.Tensor, y_pred: tf.Tensor) -> None:
         """Record one batch (this replica's share of it). Must be `tf.function`-compatible.
 
         The loss is weighted by the batch size, as `model.fit` does, so a smaller last batch
@@ -50,17 +49,15 @@ class StepMetrics:
         `weighted_metrics`).
 
         Args:
-            loss: This replica's part of the batch's loss, from `total_loss`.
-            batch_size: The examples in the whole batch, from `global_batch_size`.
+            loss: This replica's part of the batch's loss, from `ClassifierTask.compute_loss`.
             y: This replica's labels.
             y_pred: This replica's outputs.
         """
-        self.loss.add(loss, batch_size, tf.shape(y)[0])
+        self.loss.add(loss, global_batch_size(y), tf.shape(y)[0])
         self.accuracy.update_state(y, y_pred)
 
-    def all(self) -> tuple[keras.metrics.Metric, ...]:
-        """The metrics, for `loop.StepRunner` to reset every epoch and read."""
-        return (self.loss, self.accuracy)
+    def __iter__(self) -> Iterator[keras.metrics.Metric]:
+        return iter((self.loss, self.accuracy))
 
 
 def total_loss(
@@ -91,58 +88,12 @@ def total_loss(
     return loss
 
 
-def make_train_step(
-    model: keras.Model,
-    optimizers: OptimizerSet,
-    loss_fn: keras.losses.Loss,
-    metrics: StepMetrics,
-    config: Config,
-) -> StepFn:
-    """Return the training step: forward pass, loss, gradients, update, metrics.
-
-    One tape and one loss; `optimizers.minimize` splits the gradients among its optimizers
-    and skips the update when the loss or a gradient is not finite (or too large, see
-    `gradients.update_status`). The step records every batch in the metrics; for a skipped
-    step, the loop's `gradients.NonFiniteGuard` undoes that, so that `loss` and `accuracy`
-    are those of the batches that trained, and only `skipped_steps` counts the others.
-
-    Returns:
-        A function of `(x, y)` or `(x, y, sample_weight)` that returns the step's
-        `gradients.update_status` code.
-    """
-
-    def train_step(x: tf.Tensor, y: tf.Tensor, sample_weight: tf.Tensor | None = None) -> tf.Tensor:
-        x = inputs.checked_token_ids(x, config)
-        y = losses.checked_label_values(y, config)
-        batch_size = global_batch_size(y)
-        with tf.GradientTape() as tape:
-            y_pred = model(x, training=True)
-            loss = total_loss(model, loss_fn, y, y_pred, batch_size, sample_weight)
-        status = optimizers.minimize(loss, tape, batch_size=batch_size)
-        metrics.update(loss, batch_size, y, y_pred)
-        return status
-
-    return train_step
-
-
-def make_eval_step(
-    model: keras.Model, loss_fn: keras.losses.Loss, metrics: StepMetrics, config: Config
-) -> StepFn:
-    """Return the evaluation step: forward pass with `training=False`, loss, metrics."""
-
-    def eval_step(x: tf.Tensor, y: tf.Tensor, sample_weight: tf.Tensor | None = None) -> None:
-        x = inputs.checked_token_ids(x, config)
-        y = losses.checked_label_values(y, config)
-        batch_size = global_batch_size(y)
-        y_pred = model(x, training=False)
-        loss = total_loss(model, loss_fn, y, y_pred, batch_size, sample_weight)
-        metrics.update(loss, batch_size, y, y_pred)
-
-    return eval_step
-
-
 class ClassifierTask:
-    """What `train.Trainer` trains: the model, its optimizers, metrics and steps.
+    """What `train.Trainer` trains: the model, its optimizers, loss, metrics and steps.
+
+    Subclass it (as `task.py` does) and give it `build_optimizers`, `build_loss`,
+    `build_metrics`, `train_step` and `test_step`; the loop runs the steps through
+    `make_train_step` and `make_eval_step`.
 
     Args:
         model: A built or unbuilt Keras model whose output fits the loss.
@@ -151,9 +102,14 @@ class ClassifierTask:
 
     Attributes:
         model: The model.
-        optimizers: Its optimizers, built on its trainable variables.
-        train_metrics: `loss` and `accuracy`, recorded by the training step.
-        val_metrics: `val_loss` and `val_accuracy`, recorded by the evaluation step.
+        config: The run's hyperparameters.
+        options: How the run executes.
+        optimizers: Its optimizers, from `build_optimizers`, built on its trainable variables.
+        loss_fn: The data loss, from `build_loss`.
+        train_metrics: `loss` and `accuracy`, from `build_metrics("")`, recorded by
+            `train_step`.
+        val_metrics: `val_loss` and `val_accuracy`, from `build_metrics("val_")`, recorded
+            by `test_step`.
         input_signature: `(features, labels)` of one batch: `inputs.features_spec` and
             `losses.label_spec`; `signature` adds the sample weights' spec where a dataset
             has them.
@@ -165,25 +121,76 @@ class ClassifierTask:
         precision.check_model(model, options.precision)
         self.model = model
         self.config = config
-        self.optimizers = build_optimizers(model, config, options)
-        self.loss_fn = losses.make_loss("sum")
-        self._train = StepMetrics.create()
-        self._val = StepMetrics.create("val_")
-        self.train_metrics = self._train.all()
-        self.val_metrics = self._val.all()
+        self.options = options
+        self.optimizers = self.build_optimizers()
+        self.loss_fn = self.build_loss()
+        self.train_metrics = self.build_metrics("")
+        self.val_metrics = self.build_metrics("val_")
         self.input_signature = (inputs.features_spec(config), losses.label_spec(config))
+
+    def build_optimizers(self) -> OptimizerSet:
+        """The optimizers, each on the trainable variables of its part of `model`."""
+        raise NotImplementedError("give the task a build_optimizers method")
+
+    def build_loss(self) -> keras.losses.Loss:
+        """The data loss, summed over the examples (`compute_loss` takes the mean)."""
+        return losses.make_loss("sum")
+
+    def build_metrics(self, prefix: str) -> StepMetrics:
+        """The metrics of one phase, their names starting with `prefix`."""
+        return StepMetrics.create(prefix)
+
+    def train_step(
+        self, x: tf.Tensor, y: tf.Tensor, sample_weight: tf.Tensor | None = None
+    ) -> None:
+        """Train on one batch (this replica's share of it); see `task.py`."""
+        raise NotImplementedError("give the task a train_step method")
+
+    def test_step(self, x: tf.Tensor, y: tf.Tensor, sample_weight: tf.Tensor | None = None) -> None:
+        """Evaluate one batch (this replica's share of it); see `task.py`."""
+        raise NotImplementedError("give the task a test_step method")
+
+    def compute_loss(
+        self, y: tf.Tensor, y_pred: tf.Tensor, sample_weight: tf.Tensor | None = None
+    ) -> tf.Tensor:
+        """This replica's part of the batch's loss, regularization losses included.
+
+        The parts add up, over the replicas, to the data loss's mean over the whole batch plus
+        the model's regularization losses, exactly as one device computes it (see
+        `total_loss`). Must be `tf.function`-compatible.
+        """
+        return total_loss(self.model, self.loss_fn, y, y_pred, global_batch_size(y), sample_weight)
 
     def checkpoint_items(self) -> dict[str, object]:
         """What a checkpoint holds beyond the model, its optimizers and the loop's state."""
         return {}
 
     def make_train_step(self) -> StepFn:
-        """The training step for the model's trainable variables now."""
-        return make_train_step(self.model, self.optimizers, self.loss_fn, self._train, self.config)
+        """`train_step` as the loop runs it, for the model's trainable variables now.
+
+        The labels (and token ids) are checked first; around the step, the optimizers
+        learn the batch size and reset their `status`, which the returned function returns
+        for the loop's guard. Whatever `train_step` returns is not used.
+        """
+
+        def step(x: tf.Tensor, y: tf.Tensor, sample_weight: tf.Tensor | None = None) -> tf.Tensor:
+            x = inputs.checked_token_ids(x, self.config)
+            y = losses.checked_label_values(y, self.config)
+            self.optimizers.begin_step(global_batch_size(y))
+            self.train_step(x, y, sample_weight)
+            return self.optimizers.end_step()
+
+        return step
 
     def make_eval_step(self) -> StepFn:
-        """The evaluation step."""
-        return make_eval_step(self.model, self.loss_fn, self._val, self.config)
+        """`test_step` as the loop runs it, on checked labels (and token ids)."""
+
+        def step(x: tf.Tensor, y: tf.Tensor, sample_weight: tf.Tensor | None = None) -> None:
+            x = inputs.checked_token_ids(x, self.config)
+            y = losses.checked_label_values(y, self.config)
+            self.test_step(x, y, sample_weight)
+
+        return step
 
     def signature(self, spec: object) -> tuple[tf.TensorSpec, ...]:
         """The steps' input signature for a prepared dataset of element spec `spec`.
@@ -260,8 +267,3 @@ class ClassifierTask:
             return x, y, tf.gather(table, ids)
 
         return conformed.map(with_class_weights).prefetch(2)
-
-
-def build_task(model: keras.Model, config: Config, options: RunOptions) -> ClassifierTask:
-    """The task `train.Trainer` runs for this project."""
-    return ClassifierTask(model, config, options)
