@@ -148,7 +148,8 @@ def test_strict_gradients_on_the_command_line_fail_in_one_line(
     argv = ["train", "--quiet", "--strict-gradients", "--logdir", str(tmp_path / "run")]
     assert main([*argv, "--epochs", "1", "--steps-per-epoch", "1"]) == 2
     error = capsys.readouterr().err
-    assert error.startswith("python -m digits_onehot_probs train: error: ") and "orphan" in error
+    prog = "python -m digits_onehot_probs"
+    assert error.startswith(f"{prog} train: error: ") and "orphan" in error
     assert error.count("\n") == 1, error
 
 
