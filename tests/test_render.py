@@ -500,6 +500,19 @@ def test_readme_cites_only_tests_that_exist(project: Path) -> None:
     assert cited <= defined, sorted(cited - defined)
 
 
+def test_readme_s_step_code_is_the_tested_code(project: Path) -> None:
+    # Each line of the README's code for a step on the whole batch is in the step that
+    # tests/test_task.py runs on one device and on two replicas.
+    readme = (project / "README.md").read_text()
+    if "only_if=" not in readme:
+        return  # The GAN's README: its steps are gan.py's.
+    block = re.search(r"```python\n(# No update for a batch.*?)```", readme, flags=re.S)
+    assert block, "the README's conditional update is gone"
+    tested = (project / "tests" / "test_task.py").read_text()
+    code = [line for line in block.group(1).splitlines() if not line.startswith("#")]
+    assert code and all(f"        {line}\n" in tested for line in code), code
+
+
 def test_readme_offers_the_fast_tests(project: Path) -> None:
     # The whole suite takes minutes; the README gives the subset without the slow tests too.
     readme = (project / "README.md").read_text()
