@@ -9,6 +9,7 @@ changes a template-owned module. The real repository and its tags are never touc
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -616,3 +617,75 @@ def test_bad_updates_fail_cleanly_and_change_nothing(
         message = message.format(float(args[-1].partition("=")[2]))
     assert result.output == f"Error: {message}\n"  # one line, Copier's own words aside
     assert state(project) == before
+
+
+# --- from a project made before the step moved into task.py ---------------------------------
+
+TASK_TEMPLATE = "template/src/{{package_name}}/{% if optimizers != 'gan' %}task.py{% endif %}.jinja"
+# What a user adds to config.py, data.py and model.py in a project made before task.py.
+CONFIG_EDIT = ("    seed: int = 42\n", "    seed: int = 42\n    dropout_rate: float = 0.1\n")
+DATA_EDIT = '\n\ndef my_data_note() -> str:\n    """Added by the user."""\n    return "mine"\n'
+
+
+@pytest.fixture(scope="module")
+def pre_task_template(tmp_path_factory: pytest.TempPathFactory, template: Path) -> Path:
+    """A clone whose v0.1.0 is the last commit before task.py, and v0.2.0 the working tree."""
+    repo = tmp_path_factory.mktemp("pre-task") / "scaffold"
+    git(template.parent, "clone", "--quiet", "--no-tags", str(template), str(repo))
+    added = git(repo, "log", "--diff-filter=A", "--format=%H", "--", TASK_TEMPLATE).split()
+    assert added, "no commit adds task.py"
+    before = subprocess.run([*GIT, "rev-parse", "--verify", "-q", f"{added[-1]}^"], cwd=repo)
+    if before.returncode != 0:
+        pytest.skip("a shallow clone: the commit before task.py is not in its history")
+    git(repo, "tag", V1, f"{added[-1]}^")
+    git(repo, "tag", V2, "HEAD~1")  # The working tree, without the `template` fixture's fix.
+    return repo
+
+
+def test_a_project_made_before_task_py_updates_keeping_the_users_files(
+    tmp_path: Path, pre_task_template: Path
+) -> None:
+    project = new(tmp_path / "demo", pre_task_template)
+    assert not (project / f"src/{PACKAGE}/task.py").exists()
+    config = project / f"src/{PACKAGE}/config.py"
+    config.write_text(config.read_text().replace(*CONFIG_EDIT, 1))
+    with (project / f"src/{PACKAGE}/data.py").open("a", encoding="utf-8") as file:
+        file.write(DATA_EDIT)
+    edit_user_files(project)
+
+    result = invoke("update", project)
+    # The user's function and the template's `standardize` both end model.py: the one
+    # conflict, resolved as the README says, by keeping both.
+    assert result.exit_code == 1, result.output
+    assert git(project, "diff", "--name-only", "--diff-filter=U") == MODEL
+    model = (project / MODEL).read_text()
+    assert model.count("<<<<<<< before updating") == 1, model
+    model = re.sub(
+        r"^(<<<<<<< before updating|=======|>>>>>>> after updating)\n", "", model, flags=re.M
+    )
+    (project / MODEL).write_text(model)
+    commit_all(project, "update: keep my note and the template's standardize")
+
+    assert (project / f"src/{PACKAGE}/task.py").exists()
+    assert CONFIG_EDIT[1] in config.read_text()
+    assert (project / f"src/{PACKAGE}/data.py").read_text().endswith(DATA_EDIT)
+    assert USER_EDIT.strip() in model and "def standardize(" in model
+    assert (project / "NOTES.md").read_text() == "my notes\n"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    help_text = subprocess.run(
+        [sys.executable, "-m", PACKAGE, "train", "--help"],
+        cwd=project / "src",
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert "--dropout-rate" in help_text.stdout, help_text.stdout + help_text.stderr
+    modules = ["tests/test_task.py", "tests/test_parity.py", "tests/test_steps.py"]
+    tests = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *modules],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert tests.returncode == 0, tests.stdout[-6000:] + tests.stderr[-3000:]
