@@ -146,7 +146,8 @@ def test_strict_gradients_on_the_command_line_fail_in_one_line(
 ) -> None:
     monkeypatch.setattr(training, "build_model", _model_with_orphan)
     argv = ["train", "--quiet", "--strict-gradients", "--logdir", str(tmp_path / "run")]
-    assert main([*argv, "--epochs", "1", "--steps-per-epoch", "1"]) == 2
+    # Two epochs: a backbone-head project freezes its backbone, orphan included, for the first.
+    assert main([*argv, "--epochs", "2", "--steps-per-epoch", "1"]) == 2
     error = capsys.readouterr().err
     prog = "python -m sequences_sparse"
     assert error.startswith(f"{prog} train: error: ") and "orphan" in error
