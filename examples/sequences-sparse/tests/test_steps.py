@@ -146,6 +146,7 @@ def test_strict_gradients_on_the_command_line_fail_in_one_line(
 ) -> None:
     monkeypatch.setattr(training, "build_model", _model_with_orphan)
     argv = ["train", "--quiet", "--strict-gradients", "--logdir", str(tmp_path / "run")]
+    argv += ["--strategy", "none", "--precision", "float32"]  # Whatever the project's defaults.
     # Two epochs: a backbone-head project freezes its backbone, orphan included, for the first.
     assert main([*argv, "--epochs", "2", "--steps-per-epoch", "1"]) == 2
     error = capsys.readouterr().err
