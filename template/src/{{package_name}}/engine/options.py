@@ -5,8 +5,9 @@ holds how the loop runs it (the figures stay the same, or the run is only watche
 Each field but `logdir`, `resume` and `verbose` (`--logdir`, `--resume`, `--quiet`) is a flag of
 `train`, named for it (`--steps-per-execution`; `run_eagerly` is `--eager`), with its text below
 as its help.
-Template-owned, so that later template versions can add options without touching your files.
-This module imports no TensorFlow, so that `python -m {{ package_name }} --help` starts fast.
+The defaults here are the engine's; your project's `config.RunOptions` subclasses this class
+with the defaults your answers chose, and is yours to change.
+This module imports no TensorFlow, so that `python -m <package> --help` starts fast.
 """
 
 from __future__ import annotations
@@ -31,9 +32,8 @@ class RunOptions:
             call. Figures are exactly those of one step per call; only the Python overhead
             between steps shrinks. Batch-level callback hooks fire once per call.
         jit_compile: Compile each step with XLA. XLA compiles once per distinct batch shape,
-            so a smaller last batch costs one more compile{% if shapes == 'variable' %}; sequence
-            batches are padded to their bucket's length, so compiles stay bounded by the
-            buckets{% endif %}.
+            so a smaller last batch costs one more compile; batches of sequences padded to
+            their bucket's length (see `sequences.py`) keep compiles bounded by the buckets.
         run_eagerly: Run the steps as plain Python, one batch at a time, for readable stack
             traces. Much slower.
         strict_gradients: Raise instead of warn when a trainable variable gets no gradient.
@@ -48,8 +48,8 @@ class RunOptions:
         deterministic: Make every op deterministic (`tf.config.experimental.enable_op_determinism`)
             on top of the seeds, so that two runs give identical figures and weights, at some
             cost in speed. It holds for the rest of the process.
-        logdir: Where the run writes `metrics.jsonl` and TensorBoard events (`logdir/train`,
-            `logdir/validation`){% if optimizers == 'gan' %} and its sample grids{% endif %}; nothing is written when `None`.
+        logdir: Where the run writes `metrics.jsonl`, TensorBoard events (`logdir/train`,
+            `logdir/validation`) and what its callbacks write; nothing is written when `None`.
         checkpoint_every_steps: With a `logdir`, also write a checkpoint every this many
             training steps; `None` writes one at the end of every epoch only.
         max_checkpoints: How many of the latest checkpoints to keep.
@@ -65,27 +65,23 @@ class RunOptions:
             `multi-worker`, whose workers each train on their CPU as one device.
         precision: The Keras dtype policy the model is built under: `float32`,
             `mixed_float16` (with loss scaling) or `mixed_bfloat16` (see `precision.py`).
-{%- if optimizers != 'gan' %}
         accumulation_steps: Update the weights once per this many batches, with the
             gradient of the mean loss over all their examples: as one step on their
             concatenation (see `accumulation.py`).
-{%- endif %}
         steps_per_epoch: If set, every epoch trains on this many batches, as with
             `model.fit(steps_per_epoch=...)`: needed for a training dataset that repeats
             forever; a finite one is repeated, so that epochs need not match passes over it.
             One iterator still serves the whole run.
-{%- if optimizers != 'gan' %}
         validation_steps: If set, every evaluation reads this many batches, the first ones of
             the validation dataset each time, as with `model.fit(validation_steps=...)`;
             needed for a validation dataset that repeats forever.
-{%- endif %}
         tensorboard: Write TensorBoard events when `logdir` is set.
         verbose: 0 prints nothing; 1 shows a progress bar per epoch on a terminal and one line
             per epoch otherwise; 2 prints one line per epoch.
     """
 
-    steps_per_execution: int = {{ steps_per_execution }}
-    jit_compile: bool = {{ jit_compile }}
+    steps_per_execution: int = 64
+    jit_compile: bool = False
     run_eagerly: bool = False
     strict_gradients: bool = False
     clip_global_norm: float | None = None
@@ -95,25 +91,19 @@ class RunOptions:
     checkpoint_every_steps: int | None = None
     max_checkpoints: int = 3
     resume: bool = False
-    strategy: Strategy = "{{ strategy }}"
+    strategy: Strategy = "none"
     cpu_devices: int | None = None
-    precision: Precision = "{{ precision }}"
-{%- if optimizers != 'gan' %}
+    precision: Precision = "float32"
     accumulation_steps: int = 1
-{%- endif %}
     steps_per_epoch: int | None = None
-{%- if optimizers != 'gan' %}
     validation_steps: int | None = None
-{%- endif %}
     tensorboard: bool = True
     verbose: int = 1
 
     def __post_init__(self) -> None:
         """Reject values that would fail later with a less helpful error."""
         names = ["steps_per_execution", "max_bad_steps", "max_checkpoints"]
-{%- if optimizers != 'gan' %}
         names.append("accumulation_steps")
-{%- endif %}
         for name in names:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -121,9 +111,7 @@ class RunOptions:
         optional = {
             "checkpoint_every_steps": "None for checkpoints at epoch ends only",
             "steps_per_epoch": "None for one pass over the data per epoch",
-{%- if optimizers != 'gan' %}
             "validation_steps": "None for one pass over the validation data",
-{%- endif %}
         }
         for name, default in optional.items():
             value = getattr(self, name)

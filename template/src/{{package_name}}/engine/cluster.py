@@ -13,7 +13,7 @@ Every worker runs the same command; worker 0 is the chief, which writes the run'
 `launch` starts N such workers on this machine, on free ports of 127.0.0.1, to try a
 multi-worker run without a cluster:
 
-    python -m {{ package_name }} launch --workers N -- train ...
+    python -m <package> launch --workers N -- train ...
 
 This module imports no TensorFlow: `launch` starts its workers at once.
 
@@ -33,6 +33,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO
+
+from . import PROJECT
 
 TF_CONFIG = "TF_CONFIG"
 # The TF_CONFIG of the first of two workers, as the README shows it.
@@ -82,7 +84,7 @@ def read_tf_config(environ: Mapping[str, str] | None = None) -> ClusterTask:
     """
     environ = os.environ if environ is None else environ
     fix = (
-        f"run `python -m {__package__} launch --workers N -- train ...` to try it on this "
+        f"run `python -m {PROJECT} launch --workers N -- train ...` to try it on this "
         f"machine, or set {TF_CONFIG} on each worker, e.g. {EXAMPLE}"
     )
     text = environ.get(TF_CONFIG)

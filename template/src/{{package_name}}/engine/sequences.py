@@ -10,15 +10,22 @@ Template-owned: `copier update` merges template changes into it.
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import tensorflow as tf
-
-from .config import Config
 
 PAD_ID = 0
 
 
-def bucket_lengths(config: Config) -> tuple[int, ...]:
+class SequenceConfig(Protocol):
+    """What batching reads from the project's `Config`."""
+
+    batch_size: int
+    max_length: int
+    num_buckets: int
+
+
+def bucket_lengths(config: SequenceConfig) -> tuple[int, ...]:
     """The longest sequence of each bucket, shortest first: `max_length / 2**k`.
 
     With `Config(max_length=128, num_buckets=4)` that is `(16, 32, 64, 128)`.
@@ -26,7 +33,7 @@ def bucket_lengths(config: Config) -> tuple[int, ...]:
     return tuple(sorted({math.ceil(config.max_length / 2**k) for k in range(config.num_buckets)}))
 
 
-def batch_sequences(dataset: tf.data.Dataset, config: Config) -> tf.data.Dataset:
+def batch_sequences(dataset: tf.data.Dataset, config: SequenceConfig) -> tf.data.Dataset:
     """Batch unbatched `(token_ids, label)` pairs into padded `(batch, length)` batches.
 
     `(token_ids, label, sample_weight)` triples are batched alike, one weight per sequence.

@@ -29,14 +29,17 @@ import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from .config import Config
+from . import PROJECT
 from .options import RunOptions
+
+Config = TypeVar("Config")
+Options = TypeVar("Options", bound=RunOptions)
 
 RUN_FILE = "run.json"
 MODEL_FILE = "model.keras"
@@ -56,12 +59,13 @@ class CheckpointError(Exception):
 
 
 def write_run_file(
-    logdir: str | Path, config: Config, options: RunOptions, train_batches: int | None = None
+    logdir: str | Path, config: Any, options: RunOptions, train_batches: int | None = None
 ) -> None:
     """Write `logdir/run.json`: this project's name, the config and the options to resume.
 
-    `train_batches`, the training dataset's number of batches (its `cardinality()`), lets
-    `check_same_data` refuse to resume on data of another size.
+    `config` is the project's `Config`, a dataclass. `train_batches`, the training dataset's
+    number of batches (its `cardinality()`), lets `check_same_data` refuse to resume on data of
+    another size.
     """
     path = Path(logdir) / RUN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +73,7 @@ def write_run_file(
     for name in ("logdir", "resume"):  # Where and how this run started, not how it trains.
         del run_options[name]
     run = {
-        "project": __package__,
+        "project": PROJECT,
         "config": dataclasses.asdict(config),
         "options": run_options,
         "train_batches": train_batches,
@@ -77,8 +81,12 @@ def write_run_file(
     path.write_text(json.dumps(run, indent=2) + "\n")
 
 
-def read_run(logdir: str | Path) -> tuple[Config, RunOptions]:
+def read_run(
+    logdir: str | Path, config_type: type[Config], options_type: type[Options]
+) -> tuple[Config, Options]:
     """The config and the options of the run in `logdir`, from its `run.json`.
+
+    `config_type` and `options_type` are the project's `Config` and `RunOptions` dataclasses.
 
     Raises:
         CheckpointError: If `logdir` holds no run, a run of another project (`run.json`
@@ -90,34 +98,34 @@ def read_run(logdir: str | Path) -> tuple[Config, RunOptions]:
         raise CheckpointError(f"{path} does not exist: {logdir} holds no run to resume")
     try:
         run = json.loads(path.read_text())
-        project = run.get("project", __package__)
-        if project != __package__:
+        project = run.get("project", PROJECT)
+        if project != PROJECT:
             raise CheckpointError(
-                f"{logdir} holds a run of the project {project}, not of {__package__}; "
+                f"{logdir} holds a run of the project {project}, not of {PROJECT}; "
                 f"use it with python -m {project}"
             )
         values = run["config"]
-        fields = {field.name: field for field in dataclasses.fields(Config)}
+        fields = {field.name: field for field in dataclasses.fields(config_type)}
         for name, value in values.items():
             if isinstance(value, list) and isinstance(fields[name].default, tuple):
                 values[name] = tuple(value)
-        return Config(**values), RunOptions(**run["options"])
+        return config_type(**values), options_type(**run["options"])
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise CheckpointError(
             f"{path} does not fit this project's Config and RunOptions: {error}"
         ) from None
 
 
-def check_same_config(logdir: str | Path, config: Config) -> None:
+def check_same_config(logdir: str | Path, config: Any, options_type: type[RunOptions]) -> None:
     """Refuse to resume a run with another config: only `epochs` may change.
 
     Raises:
         CheckpointError: Naming each field that differs.
     """
-    saved, _ = read_run(logdir)
+    saved, _ = read_run(logdir, type(config), options_type)
     changed = [
         f"{name}={getattr(config, name)!r} (the run has {getattr(saved, name)!r})"
-        for name in (field.name for field in dataclasses.fields(Config))
+        for name in (field.name for field in dataclasses.fields(config))
         if name != "epochs" and getattr(config, name) != getattr(saved, name)
     ]
     if changed:

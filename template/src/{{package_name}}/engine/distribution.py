@@ -36,7 +36,7 @@ def use_cpu_devices(count: int) -> None:
     """Split the CPU into `count` logical devices, so that `mirrored` has replicas to use.
 
     To try a distributed run, and test one, on a machine without GPUs. TensorFlow fixes its
-    devices when it first runs an op, so call this first (`python -m {{ package_name }} train
+    devices when it first runs an op, so call this first (`python -m <package> train
     --cpu-devices N` does).
 
     Raises:
