@@ -39,13 +39,14 @@ def test_readme_quotes_the_last_benchmark_run() -> None:
 
 
 def _tree_entries(text: str) -> tuple[set[str], set[str]]:
-    """The README tree's top-level entries and the entries under `src/my_project/`."""
+    """The README tree's top-level entries and those under `src/my_project/` (and its engine/)."""
     block = text.split("## What you get", 1)[1].split("```", 2)[1]
     top, package = set(), set()
     for line in block.splitlines():
-        match = re.match(r"^(│   |    )?[├└]── (\S+)", line)
+        match = re.match(r"^(│   (?:│   )?|    )?[├└]── (\S+)", line)
         if match:
-            (package if match[1] else top).add(match[2])
+            prefix = "engine/" if match[1] == "│   │   " else ""
+            (package if match[1] else top).add(prefix + match[2])
     return top, package
 
 
@@ -60,7 +61,11 @@ def test_readme_tree_matches_a_render(tmp_path: Path) -> None:
         for path in project.iterdir():
             if path.name not in ("src", "tests"):
                 top.add(path.name)
-        package |= {path.name for path in (project / "src" / "my_project").iterdir()}
+        src = project / "src" / "my_project"
+        package |= {
+            str(path.relative_to(src)) + ("/" if path.is_dir() else "")
+            for path in (*src.iterdir(), *(src / "engine").iterdir())
+        }
     top |= {"src/my_project/", "tests/"}
     readme_top, readme_package = _tree_entries(readme_path().read_text())
     assert readme_top == top, "update the tree in README.md's 'What you get' to match a render"

@@ -77,10 +77,31 @@ def _matrix() -> list[tuple[str, dict[str, object]]]:
 MATRIX = _matrix()
 
 
+# The engine's modules: the same files, byte for byte, in every project.
+TEMPLATE_ENGINE = (
+    Path(__file__).resolve().parent.parent / "template" / "src" / "{{package_name}}" / "engine"
+)
+ENGINE_MODULES = (
+    "__init__",
+    "accumulation",
+    "batches",
+    "checkpoints",
+    "cluster",
+    "distribution",
+    "gradients",
+    "interrupts",
+    "loop",
+    "options",
+    "precision",
+    "sequences",
+)
+
+
 def expected_files(package: str, optimizers: str = "single", shapes: str = "fixed") -> set[str]:
     """The exact set of files a project renders to, by the `optimizers` and `shapes` answers."""
+    engine = {f"src/{package}/engine/{module}.py" for module in ENGINE_MODULES}
     if optimizers == "gan":
-        return {
+        return engine | {
             ".copier-answers.yml",
             ".gitignore",
             "README.md",
@@ -90,22 +111,13 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                 for module in (
                     "__init__",
                     "__main__",
-                    "batches",
                     "callbacks",
-                    "checkpoints",
-                    "cluster",
                     "config",
                     "contract",
                     "data",
                     "gan",
-                    "gradients",
-                    "interrupts",
-                    "distribution",
-                    "precision",
-                    "loop",
                     "model",
                     "optimizers",
-                    "options",
                     "train",
                     "trained",
                 )
@@ -130,10 +142,12 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
     if optimizers == "backbone-head":
         extra |= {"tests/test_backbone_head.py"}
     if shapes == "variable":
-        extra |= {f"src/{package}/sequences.py", "tests/test_sequences.py"}
+        extra |= {"tests/test_sequences.py"}
     else:
-        extra |= {f"src/{package}/batches.py", "tests/test_batches.py"}
-    return extra | {
+        extra |= {"tests/test_batches.py"}
+    return {
+        *engine,
+        *extra,
         ".copier-answers.yml",
         ".gitignore",
         "README.md",
@@ -144,22 +158,13 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                 "__init__",
                 "__main__",
                 "callbacks",
-                "checkpoints",
-                "cluster",
                 "config",
                 "contract",
                 "data",
-                "gradients",
                 "inputs",
-                "interrupts",
-                "accumulation",
-                "distribution",
-                "precision",
-                "loop",
                 "losses",
                 "model",
                 "optimizers",
-                "options",
                 "preflight",
                 "steps",
                 "task",
@@ -242,6 +247,14 @@ def test_exact_file_set(project: Path) -> None:
         _package(project), optimizers.group(1), shapes.group(1) if shapes else "fixed"
     )
     assert files == expected
+
+
+def test_the_engine_is_the_template_s_bytes(project: Path) -> None:
+    # The engine is copied, never rendered: every answer gets the same files, byte for byte.
+    engine = project / "src" / _package(project) / "engine"
+    for module in ENGINE_MODULES:
+        source = TEMPLATE_ENGINE / f"{module}.py"
+        assert (engine / f"{module}.py").read_bytes() == source.read_bytes(), module
 
 
 def test_no_jinja_left(project: Path) -> None:
