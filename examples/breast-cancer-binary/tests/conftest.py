@@ -9,7 +9,7 @@ import pytest
 
 from breast_cancer_binary.__main__ import main
 from breast_cancer_binary.config import Config
-from breast_cancer_binary.distribution import use_cpu_devices
+from breast_cancer_binary.engine.distribution import use_cpu_devices
 
 # Three logical CPU devices, for the tests of runs on several replicas (test_distribute.py);
 # TensorFlow fixes its devices when it runs its first op, so this comes first.

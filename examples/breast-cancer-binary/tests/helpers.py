@@ -7,10 +7,9 @@ import numpy as np
 import tensorflow as tf
 
 from breast_cancer_binary import losses
-from breast_cancer_binary.config import Config
+from breast_cancer_binary.config import Config, RunOptions
 from breast_cancer_binary.data import load_datasets
 from breast_cancer_binary.inputs import features_spec
-from breast_cancer_binary.options import RunOptions
 from breast_cancer_binary.train import Trainer
 
 # Tests print no progress, and train on one device in float32 whatever the project's defaults:

@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from breast_cancer_binary import interrupts
 from breast_cancer_binary.callbacks import ProgressLogger
-from breast_cancer_binary.config import Config
+from breast_cancer_binary.config import Config, RunOptions
 from breast_cancer_binary.data import load_datasets
+from breast_cancer_binary.engine import interrupts
 from breast_cancer_binary.model import build_model
-from breast_cancer_binary.options import RunOptions
 from breast_cancer_binary.train import Trainer
 
 # 6 batches: calls of 4 and 2 steps; one device in float32, whatever the project's defaults.

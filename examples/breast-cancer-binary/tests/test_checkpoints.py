@@ -20,13 +20,12 @@ import tensorflow as tf
 from helpers import linear_model
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
-from breast_cancer_binary import distribution, interrupts, precision
 from breast_cancer_binary import train as training
 from breast_cancer_binary.__main__ import hold_run_dir, main
-from breast_cancer_binary.checkpoints import CheckpointError, RunCheckpoint, read_run
-from breast_cancer_binary.config import Config
+from breast_cancer_binary.config import Config, RunOptions
 from breast_cancer_binary.data import load_datasets
-from breast_cancer_binary.options import RunOptions
+from breast_cancer_binary.engine import distribution, interrupts, precision
+from breast_cancer_binary.engine.checkpoints import CheckpointError, RunCheckpoint, read_run
 from breast_cancer_binary.train import fit
 
 PROG = "python -m breast_cancer_binary"
@@ -407,7 +406,7 @@ def test_a_run_of_another_project_is_refused_in_one_line(
     package = PROG.split()[-1]
     assert run.pop("project") == package
     run_file.write_text(json.dumps(run))  # As written before run.json named its project.
-    assert read_run(logdir) == read_run(finished_run)
+    assert read_run(logdir, Config, RunOptions) == read_run(finished_run, Config, RunOptions)
     run_file.write_text(json.dumps({**run, "project": "other_project"}))
 
     argv = {"resume": ["train", "--logdir", str(logdir), "--resume"]}

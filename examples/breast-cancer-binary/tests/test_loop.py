@@ -19,10 +19,9 @@ from helpers import QUIET, dataset, features, labels_for, linear_model, traced_o
 
 from breast_cancer_binary import train as training
 from breast_cancer_binary.__main__ import main
-from breast_cancer_binary.config import Config
+from breast_cancer_binary.config import Config, RunOptions
 from breast_cancer_binary.data import load_datasets
 from breast_cancer_binary.model import build_model
-from breast_cancer_binary.options import RunOptions
 from breast_cancer_binary.train import Trainer, fit
 
 LINE = re.compile(

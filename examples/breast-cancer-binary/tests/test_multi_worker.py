@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 
 from breast_cancer_binary.__main__ import main
-from breast_cancer_binary.cluster import (
+from breast_cancer_binary.config import RunOptions
+from breast_cancer_binary.engine.cluster import (
     EXIT_TIMEOUT,
     ClusterError,
     local_tf_configs,
     read_tf_config,
     run_workers,
 )
-from breast_cancer_binary.options import RunOptions
 
 
 def test_each_worker_reads_its_place_in_the_cluster() -> None:

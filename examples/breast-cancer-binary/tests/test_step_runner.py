@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from breast_cancer_binary.loop import StepRunner
+from breast_cancer_binary.engine.loop import StepRunner
 
 NUM_EXAMPLES = 100
 BATCH_SIZE = 16  # 7 batches, the last of 4.

@@ -11,12 +11,13 @@ import pytest
 import tensorflow as tf
 from helpers import QUIET, dataset, features, labels_for, linear_model, traced_once_per_phase
 
-from breast_cancer_binary import losses, precision
+from breast_cancer_binary import losses
 from breast_cancer_binary import train as training
 from breast_cancer_binary.__main__ import main
 from breast_cancer_binary.config import Config
 from breast_cancer_binary.data import load_datasets
-from breast_cancer_binary.gradients import NoneGradientError, NoneGradientWarning
+from breast_cancer_binary.engine import precision
+from breast_cancer_binary.engine.gradients import NoneGradientError, NoneGradientWarning
 from breast_cancer_binary.losses import make_loss
 from breast_cancer_binary.model import build_model
 from breast_cancer_binary.steps import total_loss

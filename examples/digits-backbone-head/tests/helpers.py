@@ -7,10 +7,9 @@ import numpy as np
 import tensorflow as tf
 
 from digits_backbone_head import losses
-from digits_backbone_head.config import Config
+from digits_backbone_head.config import Config, RunOptions
 from digits_backbone_head.data import load_datasets
 from digits_backbone_head.inputs import features_spec
-from digits_backbone_head.options import RunOptions
 from digits_backbone_head.train import Trainer
 
 # Tests print no progress, and train on one device in float32 whatever the project's defaults:

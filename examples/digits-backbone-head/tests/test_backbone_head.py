@@ -11,10 +11,11 @@ import pytest
 import tensorflow as tf
 from helpers import QUIET, encoder, features, input_layer, labels_for, linear_model
 
-from digits_backbone_head import distribution, losses
+from digits_backbone_head import losses
 from digits_backbone_head.config import Config
 from digits_backbone_head.data import load_datasets
-from digits_backbone_head.gradients import NoneGradientWarning
+from digits_backbone_head.engine import distribution
+from digits_backbone_head.engine.gradients import NoneGradientWarning
 from digits_backbone_head.model import build_model
 from digits_backbone_head.train import Trainer
 

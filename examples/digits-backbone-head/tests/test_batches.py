@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from digits_backbone_head.batches import shuffled_batches
+from digits_backbone_head.engine.batches import shuffled_batches
 
 NUM_EXAMPLES = 100
 BATCH_SIZE = 16  # 7 batches, the last of 4.

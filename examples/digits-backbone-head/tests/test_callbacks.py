@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from digits_backbone_head import interrupts
 from digits_backbone_head.callbacks import ProgressLogger
-from digits_backbone_head.config import Config
+from digits_backbone_head.config import Config, RunOptions
 from digits_backbone_head.data import load_datasets
+from digits_backbone_head.engine import interrupts
 from digits_backbone_head.model import build_model
-from digits_backbone_head.options import RunOptions
 from digits_backbone_head.train import Trainer
 
 # 6 batches: calls of 4 and 2 steps; one device in float32, whatever the project's defaults.

@@ -19,10 +19,9 @@ from helpers import QUIET, dataset, features, labels_for, linear_model, traced_o
 
 from digits_backbone_head import train as training
 from digits_backbone_head.__main__ import main
-from digits_backbone_head.config import Config
+from digits_backbone_head.config import Config, RunOptions
 from digits_backbone_head.data import load_datasets
 from digits_backbone_head.model import build_model
-from digits_backbone_head.options import RunOptions
 from digits_backbone_head.train import Trainer, fit
 
 LINE = re.compile(

@@ -137,7 +137,7 @@ def test_a_second_signal_exits_at_once_even_inside_a_long_call(tmp_path: Path) -
     # as it would in a long call of steps.
     code = (
         "import os\n"
-        "from digits_backbone_head import interrupts\n"
+        "from digits_backbone_head.engine import interrupts\n"
         "read_end, _ = os.pipe()\n"
         "with interrupts.catch_signals():\n"
         "    print('ready', flush=True)\n"

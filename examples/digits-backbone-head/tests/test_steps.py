@@ -11,12 +11,13 @@ import pytest
 import tensorflow as tf
 from helpers import QUIET, dataset, features, labels_for, linear_model, traced_once_per_phase
 
-from digits_backbone_head import losses, precision
+from digits_backbone_head import losses
 from digits_backbone_head import train as training
 from digits_backbone_head.__main__ import main
 from digits_backbone_head.config import Config
 from digits_backbone_head.data import load_datasets
-from digits_backbone_head.gradients import NoneGradientError, NoneGradientWarning
+from digits_backbone_head.engine import precision
+from digits_backbone_head.engine.gradients import NoneGradientError, NoneGradientWarning
 from digits_backbone_head.losses import make_loss
 from digits_backbone_head.model import build_model
 from digits_backbone_head.steps import total_loss

@@ -9,7 +9,7 @@ import pytest
 
 from digits_gan.__main__ import main
 from digits_gan.config import Config
-from digits_gan.distribution import use_cpu_devices
+from digits_gan.engine.distribution import use_cpu_devices
 
 # Three logical CPU devices, for the tests of runs on several replicas (test_distribute.py);
 # TensorFlow fixes its devices when it runs its first op, so this comes first.

@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from digits_gan import interrupts
 from digits_gan.callbacks import ProgressLogger
-from digits_gan.config import Config
+from digits_gan.config import Config, RunOptions
 from digits_gan.data import load_datasets
+from digits_gan.engine import interrupts
 from digits_gan.model import build_model
-from digits_gan.options import RunOptions
 from digits_gan.train import Trainer
 
 # 6 batches: calls of 4 and 2 steps; one device in float32, whatever the project's defaults.

@@ -19,15 +19,14 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
-from digits_gan import distribution, interrupts, precision
 from digits_gan import train as training
 from digits_gan.__main__ import hold_run_dir, main
-from digits_gan.checkpoints import CheckpointError, RunCheckpoint, read_run
-from digits_gan.config import Config
+from digits_gan.config import Config, RunOptions
 from digits_gan.data import load_datasets
+from digits_gan.engine import distribution, interrupts, precision
+from digits_gan.engine.checkpoints import CheckpointError, RunCheckpoint, read_run
 from digits_gan.gan import GAN
 from digits_gan.model import build_generator
-from digits_gan.options import RunOptions
 from digits_gan.train import fit
 
 PROG = "python -m digits_gan"
@@ -411,7 +410,7 @@ def test_a_run_of_another_project_is_refused_in_one_line(
     package = PROG.split()[-1]
     assert run.pop("project") == package
     run_file.write_text(json.dumps(run))  # As written before run.json named its project.
-    assert read_run(logdir) == read_run(finished_run)
+    assert read_run(logdir, Config, RunOptions) == read_run(finished_run, Config, RunOptions)
     run_file.write_text(json.dumps({**run, "project": "other_project"}))
 
     argv = {"resume": ["train", "--logdir", str(logdir), "--resume"]}

@@ -19,13 +19,12 @@ import tensorflow as tf
 
 from digits_gan.__main__ import main
 from digits_gan.callbacks import SAMPLE_SCALE
-from digits_gan.checkpoints import save_model
-from digits_gan.config import Config
+from digits_gan.config import Config, RunOptions
 from digits_gan.data import load_datasets, load_images
+from digits_gan.engine.checkpoints import save_model
+from digits_gan.engine.gradients import NoneGradientWarning, NonFiniteError
 from digits_gan.gan import GAN
-from digits_gan.gradients import NoneGradientWarning, NonFiniteError
 from digits_gan.model import build_discriminator, build_generator, build_model
-from digits_gan.options import RunOptions
 from digits_gan.train import Trainer, fit
 
 # Tests print no progress, and train on one device in float32 whatever the project's defaults:

@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 
 from digits_gan.__main__ import main
-from digits_gan.cluster import (
+from digits_gan.config import RunOptions
+from digits_gan.engine.cluster import (
     EXIT_TIMEOUT,
     ClusterError,
     local_tf_configs,
     read_tf_config,
     run_workers,
 )
-from digits_gan.options import RunOptions
 
 
 def test_each_worker_reads_its_place_in_the_cluster() -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from digits_gan.loop import StepRunner
+from digits_gan.engine.loop import StepRunner
 
 NUM_EXAMPLES = 100
 BATCH_SIZE = 16  # 7 batches, the last of 4.

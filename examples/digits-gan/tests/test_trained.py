@@ -21,8 +21,7 @@ import digits_gan.config
 from digits_gan import train as training
 from digits_gan import trained
 from digits_gan.__main__ import HAND_WRITTEN, field_help, flag_name, main
-from digits_gan.config import Config
-from digits_gan.options import RunOptions
+from digits_gan.config import Config, RunOptions
 from digits_gan.trained import RunFileError, save_output
 
 PROG = "python -m digits_gan"
@@ -331,12 +330,13 @@ def _edited_config(
     )
     path = tmp_path / "config.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("edited_config", path)
+    package = Config.__module__.rpartition(".")[0]
+    name = f"{package}.edited_config"  # In the package, for config.py's relative imports.
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "edited_config", module)  # For the dataclass's types.
+    monkeypatch.setitem(sys.modules, name, module)  # For the dataclass's types.
     spec.loader.exec_module(module)
-    package = Config.__module__.rpartition(".")[0]
     for name, imported in list(sys.modules.items()):  # Every module that imported Config.
         if name.startswith(package) and getattr(imported, "Config", None) is Config:
             monkeypatch.setattr(imported, "Config", module.Config)

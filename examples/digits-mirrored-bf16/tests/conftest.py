@@ -9,7 +9,7 @@ import pytest
 
 from digits_mirrored_bf16.__main__ import main
 from digits_mirrored_bf16.config import Config
-from digits_mirrored_bf16.distribution import use_cpu_devices
+from digits_mirrored_bf16.engine.distribution import use_cpu_devices
 
 # Three logical CPU devices, for the tests of runs on several replicas (test_distribute.py);
 # TensorFlow fixes its devices when it runs its first op, so this comes first.

@@ -7,10 +7,9 @@ import numpy as np
 import tensorflow as tf
 
 from digits_mirrored_bf16 import losses
-from digits_mirrored_bf16.config import Config
+from digits_mirrored_bf16.config import Config, RunOptions
 from digits_mirrored_bf16.data import load_datasets
 from digits_mirrored_bf16.inputs import features_spec
-from digits_mirrored_bf16.options import RunOptions
 from digits_mirrored_bf16.train import Trainer
 
 # Tests print no progress, and train on one device in float32 whatever the project's defaults:

@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from digits_mirrored_bf16 import interrupts
 from digits_mirrored_bf16.callbacks import ProgressLogger
-from digits_mirrored_bf16.config import Config
+from digits_mirrored_bf16.config import Config, RunOptions
 from digits_mirrored_bf16.data import load_datasets
+from digits_mirrored_bf16.engine import interrupts
 from digits_mirrored_bf16.model import build_model
-from digits_mirrored_bf16.options import RunOptions
 from digits_mirrored_bf16.train import Trainer
 
 # 6 batches: calls of 4 and 2 steps; one device in float32, whatever the project's defaults.

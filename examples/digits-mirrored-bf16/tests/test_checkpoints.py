@@ -20,13 +20,12 @@ import tensorflow as tf
 from helpers import linear_model
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
-from digits_mirrored_bf16 import distribution, interrupts, precision
 from digits_mirrored_bf16 import train as training
 from digits_mirrored_bf16.__main__ import hold_run_dir, main
-from digits_mirrored_bf16.checkpoints import CheckpointError, RunCheckpoint, read_run
-from digits_mirrored_bf16.config import Config
+from digits_mirrored_bf16.config import Config, RunOptions
 from digits_mirrored_bf16.data import load_datasets
-from digits_mirrored_bf16.options import RunOptions
+from digits_mirrored_bf16.engine import distribution, interrupts, precision
+from digits_mirrored_bf16.engine.checkpoints import CheckpointError, RunCheckpoint, read_run
 from digits_mirrored_bf16.train import fit
 
 PROG = "python -m digits_mirrored_bf16"
@@ -410,7 +409,7 @@ def test_a_run_of_another_project_is_refused_in_one_line(
     package = PROG.split()[-1]
     assert run.pop("project") == package
     run_file.write_text(json.dumps(run))  # As written before run.json named its project.
-    assert read_run(logdir) == read_run(finished_run)
+    assert read_run(logdir, Config, RunOptions) == read_run(finished_run, Config, RunOptions)
     run_file.write_text(json.dumps({**run, "project": "other_project"}))
 
     argv = {"resume": ["train", "--logdir", str(logdir), "--resume"]}

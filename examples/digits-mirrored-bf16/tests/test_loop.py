@@ -19,10 +19,9 @@ from helpers import QUIET, dataset, features, labels_for, linear_model, traced_o
 
 from digits_mirrored_bf16 import train as training
 from digits_mirrored_bf16.__main__ import main
-from digits_mirrored_bf16.config import Config
+from digits_mirrored_bf16.config import Config, RunOptions
 from digits_mirrored_bf16.data import load_datasets
 from digits_mirrored_bf16.model import build_model
-from digits_mirrored_bf16.options import RunOptions
 from digits_mirrored_bf16.train import Trainer, fit
 
 LINE = re.compile(

@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 
 from digits_mirrored_bf16.__main__ import main
-from digits_mirrored_bf16.cluster import (
+from digits_mirrored_bf16.config import RunOptions
+from digits_mirrored_bf16.engine.cluster import (
     EXIT_TIMEOUT,
     ClusterError,
     local_tf_configs,
     read_tf_config,
     run_workers,
 )
-from digits_mirrored_bf16.options import RunOptions
 
 
 def test_each_worker_reads_its_place_in_the_cluster() -> None:

@@ -11,12 +11,13 @@ import pytest
 import tensorflow as tf
 from helpers import QUIET, dataset, features, labels_for, linear_model, traced_once_per_phase
 
-from digits_mirrored_bf16 import losses, precision
+from digits_mirrored_bf16 import losses
 from digits_mirrored_bf16 import train as training
 from digits_mirrored_bf16.__main__ import main
 from digits_mirrored_bf16.config import Config
 from digits_mirrored_bf16.data import load_datasets
-from digits_mirrored_bf16.gradients import NoneGradientError, NoneGradientWarning
+from digits_mirrored_bf16.engine import precision
+from digits_mirrored_bf16.engine.gradients import NoneGradientError, NoneGradientWarning
 from digits_mirrored_bf16.losses import make_loss
 from digits_mirrored_bf16.model import build_model
 from digits_mirrored_bf16.steps import total_loss

@@ -21,11 +21,10 @@ import digits_mirrored_bf16.config
 from digits_mirrored_bf16 import train as training
 from digits_mirrored_bf16 import trained
 from digits_mirrored_bf16.__main__ import HAND_WRITTEN, field_help, flag_name, main
-from digits_mirrored_bf16.config import Config
+from digits_mirrored_bf16.config import Config, RunOptions
 from digits_mirrored_bf16.data import load_arrays, load_datasets, split
 from digits_mirrored_bf16.inputs import probe_batch
 from digits_mirrored_bf16.losses import class_ids, probabilities
-from digits_mirrored_bf16.options import RunOptions
 from digits_mirrored_bf16.trained import RunFileError, load_run, save_output
 
 PROG = "python -m digits_mirrored_bf16"
@@ -388,12 +387,13 @@ def _edited_config(
     )
     path = tmp_path / "config.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("edited_config", path)
+    package = Config.__module__.rpartition(".")[0]
+    name = f"{package}.edited_config"  # In the package, for config.py's relative imports.
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "edited_config", module)  # For the dataclass's types.
+    monkeypatch.setitem(sys.modules, name, module)  # For the dataclass's types.
     spec.loader.exec_module(module)
-    package = Config.__module__.rpartition(".")[0]
     for name, imported in list(sys.modules.items()):  # Every module that imported Config.
         if name.startswith(package) and getattr(imported, "Config", None) is Config:
             monkeypatch.setattr(imported, "Config", module.Config)

@@ -7,10 +7,9 @@ import numpy as np
 import tensorflow as tf
 
 from digits_onehot_probs import losses
-from digits_onehot_probs.config import Config
+from digits_onehot_probs.config import Config, RunOptions
 from digits_onehot_probs.data import load_datasets
 from digits_onehot_probs.inputs import features_spec
-from digits_onehot_probs.options import RunOptions
 from digits_onehot_probs.train import Trainer
 
 # Tests print no progress, and train on one device in float32 whatever the project's defaults:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from digits_onehot_probs.batches import shuffled_batches
+from digits_onehot_probs.engine.batches import shuffled_batches
 
 NUM_EXAMPLES = 100
 BATCH_SIZE = 16  # 7 batches, the last of 4.

@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from digits_onehot_probs import interrupts
 from digits_onehot_probs.callbacks import ProgressLogger
-from digits_onehot_probs.config import Config
+from digits_onehot_probs.config import Config, RunOptions
 from digits_onehot_probs.data import load_datasets
+from digits_onehot_probs.engine import interrupts
 from digits_onehot_probs.model import build_model
-from digits_onehot_probs.options import RunOptions
 from digits_onehot_probs.train import Trainer
 
 # 6 batches: calls of 4 and 2 steps; one device in float32, whatever the project's defaults.

@@ -16,13 +16,12 @@ import pytest
 import tensorflow as tf
 from helpers import dict_features, linear_model, raw_features, two_input_model
 
-from digits_onehot_probs import interrupts, precision
-from digits_onehot_probs.config import Config
-from digits_onehot_probs.distribution import DistributionError
+from digits_onehot_probs.config import Config, RunOptions
+from digits_onehot_probs.engine import interrupts, precision
+from digits_onehot_probs.engine.distribution import DistributionError
 from digits_onehot_probs.losses import class_count, encode_labels
 from digits_onehot_probs.model import build_model
 from digits_onehot_probs.optimizers import OptimizerSet
-from digits_onehot_probs.options import RunOptions
 from digits_onehot_probs.train import fit
 
 # One device in float32 unless a test says otherwise, whatever the project's defaults.

@@ -19,10 +19,9 @@ from helpers import QUIET, dataset, features, labels_for, linear_model, traced_o
 
 from digits_onehot_probs import train as training
 from digits_onehot_probs.__main__ import main
-from digits_onehot_probs.config import Config
+from digits_onehot_probs.config import Config, RunOptions
 from digits_onehot_probs.data import load_datasets
 from digits_onehot_probs.model import build_model
-from digits_onehot_probs.options import RunOptions
 from digits_onehot_probs.train import Trainer, fit
 
 LINE = re.compile(

@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 
 from digits_onehot_probs.__main__ import main
-from digits_onehot_probs.cluster import (
+from digits_onehot_probs.config import RunOptions
+from digits_onehot_probs.engine.cluster import (
     EXIT_TIMEOUT,
     ClusterError,
     local_tf_configs,
     read_tf_config,
     run_workers,
 )
-from digits_onehot_probs.options import RunOptions
 
 
 def test_each_worker_reads_its_place_in_the_cluster() -> None:

@@ -11,12 +11,13 @@ import pytest
 import tensorflow as tf
 from helpers import QUIET, dataset, features, labels_for, linear_model, traced_once_per_phase
 
-from digits_onehot_probs import losses, precision
+from digits_onehot_probs import losses
 from digits_onehot_probs import train as training
 from digits_onehot_probs.__main__ import main
 from digits_onehot_probs.config import Config
 from digits_onehot_probs.data import load_datasets
-from digits_onehot_probs.gradients import NoneGradientError, NoneGradientWarning
+from digits_onehot_probs.engine import precision
+from digits_onehot_probs.engine.gradients import NoneGradientError, NoneGradientWarning
 from digits_onehot_probs.losses import make_loss
 from digits_onehot_probs.model import build_model
 from digits_onehot_probs.steps import total_loss

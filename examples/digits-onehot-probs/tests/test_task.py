@@ -14,8 +14,9 @@ import pytest
 import tensorflow as tf
 from helpers import QUIET, dataset, features, labels_for, linear_model
 
-from digits_onehot_probs import losses, precision
+from digits_onehot_probs import losses
 from digits_onehot_probs.config import Config
+from digits_onehot_probs.engine import precision
 from digits_onehot_probs.optimizers import SCALE_LOSS_FIRST
 from digits_onehot_probs.task import Task
 from digits_onehot_probs.train import Trainer

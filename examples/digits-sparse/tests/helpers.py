@@ -7,10 +7,9 @@ import numpy as np
 import tensorflow as tf
 
 from digits_sparse import losses
-from digits_sparse.config import Config
+from digits_sparse.config import Config, RunOptions
 from digits_sparse.data import load_datasets
 from digits_sparse.inputs import features_spec
-from digits_sparse.options import RunOptions
 from digits_sparse.train import Trainer
 
 # Tests print no progress, and train on one device in float32 whatever the project's defaults:

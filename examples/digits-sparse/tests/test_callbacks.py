@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from digits_sparse import interrupts
 from digits_sparse.callbacks import ProgressLogger
-from digits_sparse.config import Config
+from digits_sparse.config import Config, RunOptions
 from digits_sparse.data import load_datasets
+from digits_sparse.engine import interrupts
 from digits_sparse.model import build_model
-from digits_sparse.options import RunOptions
 from digits_sparse.train import Trainer
 
 # 6 batches: calls of 4 and 2 steps; one device in float32, whatever the project's defaults.

@@ -16,13 +16,12 @@ import pytest
 import tensorflow as tf
 from helpers import dict_features, linear_model, raw_features, two_input_model
 
-from digits_sparse import interrupts, precision
-from digits_sparse.config import Config
-from digits_sparse.distribution import DistributionError
+from digits_sparse.config import Config, RunOptions
+from digits_sparse.engine import interrupts, precision
+from digits_sparse.engine.distribution import DistributionError
 from digits_sparse.losses import class_count, encode_labels
 from digits_sparse.model import build_model
 from digits_sparse.optimizers import OptimizerSet
-from digits_sparse.options import RunOptions
 from digits_sparse.train import fit
 
 # One device in float32 unless a test says otherwise, whatever the project's defaults.

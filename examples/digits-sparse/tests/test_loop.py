@@ -19,10 +19,9 @@ from helpers import QUIET, dataset, features, labels_for, linear_model, traced_o
 
 from digits_sparse import train as training
 from digits_sparse.__main__ import main
-from digits_sparse.config import Config
+from digits_sparse.config import Config, RunOptions
 from digits_sparse.data import load_datasets
 from digits_sparse.model import build_model
-from digits_sparse.options import RunOptions
 from digits_sparse.train import Trainer, fit
 
 LINE = re.compile(

@@ -11,12 +11,13 @@ import pytest
 import tensorflow as tf
 from helpers import QUIET, dataset, features, labels_for, linear_model, traced_once_per_phase
 
-from digits_sparse import losses, precision
+from digits_sparse import losses
 from digits_sparse import train as training
 from digits_sparse.__main__ import main
 from digits_sparse.config import Config
 from digits_sparse.data import load_datasets
-from digits_sparse.gradients import NoneGradientError, NoneGradientWarning
+from digits_sparse.engine import precision
+from digits_sparse.engine.gradients import NoneGradientError, NoneGradientWarning
 from digits_sparse.losses import make_loss
 from digits_sparse.model import build_model
 from digits_sparse.steps import total_loss

@@ -14,8 +14,9 @@ import pytest
 import tensorflow as tf
 from helpers import QUIET, dataset, features, labels_for, linear_model
 
-from digits_sparse import losses, precision
+from digits_sparse import losses
 from digits_sparse.config import Config
+from digits_sparse.engine import precision
 from digits_sparse.optimizers import SCALE_LOSS_FIRST
 from digits_sparse.task import Task
 from digits_sparse.train import Trainer

@@ -21,11 +21,10 @@ import digits_sparse.config
 from digits_sparse import train as training
 from digits_sparse import trained
 from digits_sparse.__main__ import HAND_WRITTEN, field_help, flag_name, main
-from digits_sparse.config import Config
+from digits_sparse.config import Config, RunOptions
 from digits_sparse.data import load_arrays, load_datasets, split
 from digits_sparse.inputs import probe_batch
 from digits_sparse.losses import class_ids, probabilities
-from digits_sparse.options import RunOptions
 from digits_sparse.trained import RunFileError, load_run, save_output
 
 PROG = "python -m digits_sparse"
@@ -383,12 +382,13 @@ def _edited_config(
     )
     path = tmp_path / "config.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("edited_config", path)
+    package = Config.__module__.rpartition(".")[0]
+    name = f"{package}.edited_config"  # In the package, for config.py's relative imports.
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "edited_config", module)  # For the dataclass's types.
+    monkeypatch.setitem(sys.modules, name, module)  # For the dataclass's types.
     spec.loader.exec_module(module)
-    package = Config.__module__.rpartition(".")[0]
     for name, imported in list(sys.modules.items()):  # Every module that imported Config.
         if name.startswith(package) and getattr(imported, "Config", None) is Config:
             monkeypatch.setattr(imported, "Config", module.Config)

@@ -7,9 +7,8 @@ import numpy as np
 import tensorflow as tf
 
 from sequences_sparse import losses
-from sequences_sparse.config import Config
+from sequences_sparse.config import Config, RunOptions
 from sequences_sparse.inputs import features_spec
-from sequences_sparse.options import RunOptions
 from sequences_sparse.train import Trainer
 
 # Tests print no progress, and train on one device in float32 whatever the project's defaults:

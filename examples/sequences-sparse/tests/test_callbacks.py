@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sequences_sparse import interrupts
 from sequences_sparse.callbacks import ProgressLogger
-from sequences_sparse.config import Config
+from sequences_sparse.config import Config, RunOptions
 from sequences_sparse.data import load_datasets
+from sequences_sparse.engine import interrupts
 from sequences_sparse.model import build_model
-from sequences_sparse.options import RunOptions
 from sequences_sparse.train import Trainer
 
 # 6 batches: calls of 4 and 2 steps; one device in float32, whatever the project's defaults.

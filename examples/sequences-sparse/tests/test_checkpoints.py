@@ -20,13 +20,12 @@ import tensorflow as tf
 from helpers import linear_model
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
-from sequences_sparse import distribution, interrupts, precision
 from sequences_sparse import train as training
 from sequences_sparse.__main__ import hold_run_dir, main
-from sequences_sparse.checkpoints import CheckpointError, RunCheckpoint, read_run
-from sequences_sparse.config import Config
+from sequences_sparse.config import Config, RunOptions
 from sequences_sparse.data import load_datasets
-from sequences_sparse.options import RunOptions
+from sequences_sparse.engine import distribution, interrupts, precision
+from sequences_sparse.engine.checkpoints import CheckpointError, RunCheckpoint, read_run
 from sequences_sparse.train import fit
 
 PROG = "python -m sequences_sparse"
@@ -407,7 +406,7 @@ def test_a_run_of_another_project_is_refused_in_one_line(
     package = PROG.split()[-1]
     assert run.pop("project") == package
     run_file.write_text(json.dumps(run))  # As written before run.json named its project.
-    assert read_run(logdir) == read_run(finished_run)
+    assert read_run(logdir, Config, RunOptions) == read_run(finished_run, Config, RunOptions)
     run_file.write_text(json.dumps({**run, "project": "other_project"}))
 
     argv = {"resume": ["train", "--logdir", str(logdir), "--resume"]}

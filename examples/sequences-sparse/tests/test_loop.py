@@ -19,9 +19,8 @@ from helpers import QUIET, dataset, features, labels_for, linear_model, traced_o
 
 from sequences_sparse import train as training
 from sequences_sparse.__main__ import main
-from sequences_sparse.config import Config
+from sequences_sparse.config import Config, RunOptions
 from sequences_sparse.model import build_model
-from sequences_sparse.options import RunOptions
 from sequences_sparse.train import Trainer, fit
 
 LINE = re.compile(

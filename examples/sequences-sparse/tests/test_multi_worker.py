@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 
 from sequences_sparse.__main__ import main
-from sequences_sparse.cluster import (
+from sequences_sparse.config import RunOptions
+from sequences_sparse.engine.cluster import (
     EXIT_TIMEOUT,
     ClusterError,
     local_tf_configs,
     read_tf_config,
     run_workers,
 )
-from sequences_sparse.options import RunOptions
 
 
 def test_each_worker_reads_its_place_in_the_cluster() -> None:

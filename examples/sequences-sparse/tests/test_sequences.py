@@ -17,8 +17,8 @@ from sequences_sparse.__main__ import main
 from sequences_sparse.config import Config
 from sequences_sparse.contract import DatasetError
 from sequences_sparse.data import load_datasets
+from sequences_sparse.engine.sequences import batch_sequences, bucket_lengths
 from sequences_sparse.model import build_model
-from sequences_sparse.sequences import batch_sequences, bucket_lengths
 from sequences_sparse.train import Trainer, fit
 
 

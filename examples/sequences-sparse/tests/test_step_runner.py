@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sequences_sparse.loop import StepRunner
+from sequences_sparse.engine.loop import StepRunner
 
 NUM_EXAMPLES = 100
 BATCH_SIZE = 16  # 7 batches, the last of 4.

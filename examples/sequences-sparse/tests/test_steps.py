@@ -11,12 +11,13 @@ import pytest
 import tensorflow as tf
 from helpers import QUIET, dataset, features, labels_for, linear_model, traced_once_per_phase
 
-from sequences_sparse import losses, precision
+from sequences_sparse import losses
 from sequences_sparse import train as training
 from sequences_sparse.__main__ import main
 from sequences_sparse.config import Config
 from sequences_sparse.data import load_datasets
-from sequences_sparse.gradients import NoneGradientError, NoneGradientWarning
+from sequences_sparse.engine import precision
+from sequences_sparse.engine.gradients import NoneGradientError, NoneGradientWarning
 from sequences_sparse.losses import make_loss
 from sequences_sparse.model import build_model
 from sequences_sparse.steps import total_loss

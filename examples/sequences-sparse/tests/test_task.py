@@ -14,8 +14,9 @@ import pytest
 import tensorflow as tf
 from helpers import QUIET, dataset, features, labels_for, linear_model
 
-from sequences_sparse import losses, precision
+from sequences_sparse import losses
 from sequences_sparse.config import Config
+from sequences_sparse.engine import precision
 from sequences_sparse.optimizers import SCALE_LOSS_FIRST
 from sequences_sparse.task import Task
 from sequences_sparse.train import Trainer

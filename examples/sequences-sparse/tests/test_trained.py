@@ -21,10 +21,9 @@ import sequences_sparse.config
 from sequences_sparse import train as training
 from sequences_sparse import trained
 from sequences_sparse.__main__ import HAND_WRITTEN, field_help, flag_name, main
-from sequences_sparse.config import Config
+from sequences_sparse.config import Config, RunOptions
 from sequences_sparse.inputs import probe_batch
 from sequences_sparse.losses import probabilities
-from sequences_sparse.options import RunOptions
 from sequences_sparse.trained import RunFileError, load_run, save_output
 
 PROG = "python -m sequences_sparse"
@@ -353,12 +352,13 @@ def _edited_config(
     )
     path = tmp_path / "config.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("edited_config", path)
+    package = Config.__module__.rpartition(".")[0]
+    name = f"{package}.edited_config"  # In the package, for config.py's relative imports.
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "edited_config", module)  # For the dataclass's types.
+    monkeypatch.setitem(sys.modules, name, module)  # For the dataclass's types.
     spec.loader.exec_module(module)
-    package = Config.__module__.rpartition(".")[0]
     for name, imported in list(sys.modules.items()):  # Every module that imported Config.
         if name.startswith(package) and getattr(imported, "Config", None) is Config:
             monkeypatch.setattr(imported, "Config", module.Config)

@@ -15,8 +15,8 @@ import numpy as np
 import tensorflow as tf
 from sklearn.datasets import load_breast_cancer
 
-from .batches import shuffled_batches
 from .config import Config
+from .engine.batches import shuffled_batches
 from .losses import encode_labels
 
 

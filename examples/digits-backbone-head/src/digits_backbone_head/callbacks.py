@@ -23,9 +23,8 @@ import tensorflow as tf
 from tensorboard.compat.proto import event_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from . import interrupts
-from .config import Config
-from .options import RunOptions
+from .config import Config, RunOptions
+from .engine import interrupts
 
 
 def format_logs(epoch: int, epochs: int, logs: dict[str, float]) -> str:

@@ -16,9 +16,10 @@ from collections.abc import Iterable, Sequence
 import keras
 import tensorflow as tf
 
-from . import precision
-from .accumulation import GradientAccumulator
-from .gradients import (
+from .config import RunOptions
+from .engine import precision
+from .engine.accumulation import GradientAccumulator
+from .engine.gradients import (
     FINITE,
     clip_by_global_norm,
     drop_none_gradients,
@@ -26,7 +27,6 @@ from .gradients import (
     scale_gradient,
     update_status,
 )
-from .options import RunOptions
 
 SCALE_LOSS_FIRST = (
     "under mixed_float16 the gradients must be those of the scaled loss: write "
@@ -47,7 +47,8 @@ class OptimizerSet:
     traced makes the step trace twice (and fails under `tf.distribute`).
 
     Under the `mixed_float16` precision each optimizer is wrapped in a
-    `keras.optimizers.LossScaleOptimizer` (see `precision.py`), and `scale_loss` scales the loss.
+    `keras.optimizers.LossScaleOptimizer` (see `engine/precision.py`); `scale_loss` scales the
+    loss.
 
     Stock Keras callbacks that read or set `model.optimizer.learning_rate`
     (`ReduceLROnPlateau`, `LearningRateScheduler`) see this object as the model's optimizer
@@ -73,7 +74,7 @@ class OptimizerSet:
             first bad code, and the loop reads it after the step (`end_step`). Each replica
             holds its own; the codes are all-reduced already, so they agree.
         accumulator: With `RunOptions.accumulation_steps` above 1, the gradients summed
-            between two updates (see `accumulation.py`); `None` otherwise.
+            between two updates (see `engine/accumulation.py`); `None` otherwise.
     """
 
     def __init__(

@@ -17,9 +17,8 @@ import keras
 import tensorflow as tf
 
 from . import losses
-from .config import Config
+from .config import Config, RunOptions
 from .optimizers import OptimizerSet
-from .options import RunOptions
 from .steps import ClassifierTask, StepMetrics
 
 

@@ -22,12 +22,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import distribution, precision
-from .checkpoints import MODEL_FILE, CheckpointError, read_run
-from .config import Config
+from .config import Config, RunOptions
 from .data import load_datasets
+from .engine import distribution, precision
+from .engine.checkpoints import MODEL_FILE, CheckpointError, read_run
+from .engine.loop import EpochLogs
 from .inputs import describe, features_spec
-from .loop import EpochLogs
 from .losses import class_ids, probabilities
 from .train import Trainer
 
@@ -51,7 +51,7 @@ def load_run(
         RunFileError: If `logdir` holds no finished run.
     """
     path = finished_model(logdir)
-    config, options = read_run(logdir)
+    config, options = read_run(logdir, Config, RunOptions)
     scope = contextlib.nullcontext() if strategy is None else strategy.scope()
     with precision.dtype_policy(options.precision), scope:
         return config, keras.saving.load_model(path)
@@ -96,7 +96,7 @@ def evaluate(logdir: str | Path) -> EpochLogs:
         distribution.DistributionError: If the run's strategy cannot be built here.
     """
     finished_model(logdir)
-    _, options = read_run(logdir)
+    _, options = read_run(logdir, Config, RunOptions)
     options = dataclasses.replace(options, verbose=0, logdir=None, resume=False)
     strategy = distribution.make_strategy(options.strategy, options.cpu_devices)
     config, model = load_run(logdir, strategy)

@@ -24,9 +24,8 @@ import tensorflow as tf
 from tensorboard.compat.proto import event_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from . import interrupts
-from .config import Config
-from .options import RunOptions
+from .config import Config, RunOptions
+from .engine import interrupts
 
 SAMPLE_SCALE = 4  # Each pixel of a sample becomes a 4x4 block, so the grid is easy to see.
 

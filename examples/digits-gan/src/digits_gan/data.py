@@ -16,8 +16,8 @@ import numpy as np
 import tensorflow as tf
 from sklearn.datasets import load_digits
 
-from .batches import shuffled_batches
 from .config import Config
+from .engine.batches import shuffled_batches
 
 MAX_PIXEL = 16.0  # The digits' pixels are counts from 0 to 16.
 

@@ -22,12 +22,12 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from . import contract, precision
-from .config import Config
-from .distribution import BatchMean, global_batch_size
-from .gradients import FINITE
+from . import contract
+from .config import Config, RunOptions
+from .engine import precision
+from .engine.distribution import BatchMean, global_batch_size
+from .engine.gradients import FINITE
 from .optimizers import OptimizerSet, build_optimizers
-from .options import RunOptions
 
 StepFn = Callable[[tf.Tensor], tf.Tensor]
 DiscriminatorStepFn = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]]

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 import keras
 import tensorflow as tf
 
-from . import precision
-from .config import Config
-from .gradients import (
+from .config import Config, RunOptions
+from .engine import precision
+from .engine.gradients import (
     FINITE,
     clip_by_global_norm,
     drop_none_gradients,
@@ -26,7 +26,6 @@ from .gradients import (
     scale_gradient,
     update_status,
 )
-from .options import RunOptions
 
 if TYPE_CHECKING:
     from .gan import GAN
@@ -46,7 +45,8 @@ class OptimizerSet:
     traced makes the step trace twice (and fails under `tf.distribute`).
 
     Under the `mixed_float16` precision each optimizer is wrapped in a
-    `keras.optimizers.LossScaleOptimizer` (see `precision.py`), and `scale_loss` scales the loss.
+    `keras.optimizers.LossScaleOptimizer` (see `engine/precision.py`); `scale_loss` scales the
+    loss.
 
     Stock Keras callbacks that read or set `model.optimizer.learning_rate`
     (`ReduceLROnPlateau`, `LearningRateScheduler`) see this object as the model's optimizer

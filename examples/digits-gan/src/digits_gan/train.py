@@ -21,9 +21,12 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from . import distribution, interrupts, precision
 from .callbacks import default_callbacks
-from .checkpoints import (
+from .config import Config, RunOptions
+from .contract import DatasetError, read_failure
+from .data import load_datasets
+from .engine import distribution, interrupts, precision
+from .engine.checkpoints import (
     CHECKPOINTS,
     RunCheckpoint,
     check_same_config,
@@ -31,14 +34,10 @@ from .checkpoints import (
     save_model,
     write_run_file,
 )
-from .config import Config
-from .contract import DatasetError, read_failure
-from .data import load_datasets
+from .engine.gradients import NonFiniteGuard
+from .engine.loop import CallHooks, EpochLogs, StepRunner
 from .gan import StepFn, build_task
-from .gradients import NonFiniteGuard
-from .loop import CallHooks, EpochLogs, StepRunner
 from .model import build_model
-from .options import RunOptions
 
 NOT_EXACT = (
     "note: the checkpoint holds no position in train_ds, whose iterator cannot be saved "
@@ -59,7 +58,7 @@ class Trainer:
         options: How the run executes; `RunOptions()` by default.
         strategy: The `tf.distribute.Strategy` to train with, in whose scope the model was
             built; `None` trains on one device. Each step's batch is then split among the
-            replicas (see `distribution.py`).
+            replicas (see `engine/distribution.py`).
 
     Attributes:
         task: The model, its `OptimizerSet`, metrics and step factories.
@@ -89,6 +88,15 @@ class Trainer:
     ) -> None:
         self.config = config
         self.options = RunOptions() if options is None else options
+        for name, value in (
+            ("accumulation_steps", self.options.accumulation_steps != 1),
+            ("validation_steps", self.options.validation_steps is not None),
+        ):
+            if value:
+                raise ValueError(
+                    f"RunOptions.{name} does not apply to a GAN, which accumulates no gradients "
+                    f"and has no validation data; drop {name}"
+                )
         self.model = model
         self.strategy = strategy
         self.chief = distribution.is_chief(strategy)
@@ -320,7 +328,7 @@ class Trainer:
             val_ds = self.task.prepare_dataset(val_ds, "val_ds")
         logdir = None if self.options.logdir is None else Path(self.options.logdir)
         if self.options.resume and logdir is not None:
-            check_same_config(logdir, self.config)
+            check_same_config(logdir, self.config, RunOptions)
             check_same_data(logdir, int(train_ds.cardinality()))
         num_batches = self.options.steps_per_epoch or int(train_ds.cardinality())
         history = keras.callbacks.History()

@@ -20,9 +20,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import precision
-from .checkpoints import MODEL_FILE, CheckpointError, read_run
-from .config import Config
+from .config import Config, RunOptions
+from .engine import precision
+from .engine.checkpoints import MODEL_FILE, CheckpointError, read_run
 from .gan import GAN
 
 NPY_MAGIC = b"\x93NUMPY"  # How every .npy file starts.
@@ -45,7 +45,7 @@ def load_run(
         RunFileError: If `logdir` holds no finished run.
     """
     path = finished_model(logdir)
-    config, options = read_run(logdir)
+    config, options = read_run(logdir, Config, RunOptions)
     scope = contextlib.nullcontext() if strategy is None else strategy.scope()
     with precision.dtype_policy(options.precision), scope:
         return config, keras.saving.load_model(path)

@@ -12,8 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .config import Config
-from .options import RunOptions
+from .config import Config, RunOptions
 
 if TYPE_CHECKING:
     from .data import load_datasets

@@ -43,9 +43,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, NoReturn, Union, get_args, get_origin, get_type_hints
 
-from .cluster import EXIT_TIMEOUT, ClusterError, read_tf_config, run_workers
-from .config import Config
-from .options import RunOptions
+from .config import Config, RunOptions
+from .engine.cluster import EXIT_TIMEOUT, ClusterError, read_tf_config, run_workers
 
 RUNS = Path("runs")
 EXIT_NONFINITE = 1
@@ -108,19 +107,24 @@ def show(value: object) -> str:
 
 
 def field_help(cls: type) -> dict[str, str]:
-    """Each field's text under `Attributes:` in the docstring of `cls`, as one line."""
-    _, _, section = inspect.cleandoc(cls.__doc__ or "").partition("Attributes:\n")
+    """Each field's text under `Attributes:` in the docstring of `cls`, as one line.
+
+    A subclass's text wins; fields it does not document keep its base classes' text (as
+    `RunOptions` in config.py keeps the engine's).
+    """
     helps: dict[str, str] = {}
-    name = None
-    for line in section.splitlines():
-        if line and not line.startswith(" "):
-            break  # The next section.
-        entry = re.fullmatch(r" {1,4}(\w+)(?: \(.*\))?: (.*)", line)
-        if entry:
-            name = entry[1]
-            helps[name] = entry[2]
-        elif name and line.strip():
-            helps[name] += " " + line.strip()
+    for klass in reversed(cls.__mro__):
+        _, _, section = inspect.cleandoc(klass.__doc__ or "").partition("Attributes:\n")
+        name = None
+        for line in section.splitlines():
+            if line and not line.startswith(" "):
+                break  # The next section.
+            entry = re.fullmatch(r" {1,4}(\w+)(?: \(.*\))?: (.*)", line)
+            if entry:
+                name = entry[1]
+                helps[name] = entry[2]
+            elif name and line.strip():
+                helps[name] += " " + line.strip()
     return helps
 
 
@@ -517,8 +521,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return check(args)
         import_tensorflow_quietly()
-        from .checkpoints import CheckpointError
         from .contract import DatasetError
+        from .engine.checkpoints import CheckpointError
 
         try:
             return use_run(args)
@@ -567,17 +571,17 @@ def train(args: argparse.Namespace, prog: str) -> int:
     import_tensorflow_quietly()
     import tensorflow as tf
 
-    from . import interrupts
-    from .checkpoints import MODEL_FILE, CheckpointError, read_run, resume_position
     from .contract import DatasetError
-    from .distribution import DistributionError
-    from .gradients import NoneGradientError, NonFiniteError
-    from .precision import PrecisionError
+    from .engine import interrupts
+    from .engine.checkpoints import MODEL_FILE, CheckpointError, read_run, resume_position
+    from .engine.distribution import DistributionError
+    from .engine.gradients import NoneGradientError, NonFiniteError
+    from .engine.precision import PrecisionError
     from .train import fit
 
     try:
         if args.resume:  # The run's config and options, with the flags given now.
-            saved_config, saved_options = read_run(logdir)
+            saved_config, saved_options = read_run(logdir, Config, RunOptions)
             config = with_flags(saved_config, config_flags)
             options = with_flags(saved_options, option_flags)
         options = dataclasses.replace(

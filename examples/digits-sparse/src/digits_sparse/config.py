@@ -5,8 +5,8 @@ This module is yours: change the defaults, add fields. Each field is a flag of `
 field you add with a default can be set from the command line, and the run's `run.json` records
 it (flags take int, float, str, bool, `Path`, tuples of these, `Literal` and `| None`; a field
 of another type gets none).
-How a run executes (steps per call, XLA, gradient clipping, logging) is not here but in the
-template's `options.RunOptions`.
+How a run executes (steps per call, XLA, gradient clipping, logging) is `RunOptions`, at the
+end: the engine's options with this project's defaults.
 `copier update` three-way merges template changes into this file too, so your edits stay and
 the template's arrive; where both changed the same lines, the file keeps both, marked.
 """
@@ -14,6 +14,8 @@ the template's arrive; where both changed the same lines, the file keeps both, m
 from __future__ import annotations
 
 import dataclasses
+
+from .engine import options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,3 +62,17 @@ class Config:
                 f"Config.validation_fraction={self.validation_fraction} is invalid; "
                 "use a number between 0 and 1"
             )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions(options.RunOptions):
+    """How a run executes by default: the engine's `RunOptions`, with this project's defaults.
+
+    Every field of the engine's class (see `engine/options.py`) is a flag of `train`; change a
+    default here, or override one field at a time from the command line.
+    """
+
+    steps_per_execution: int = 64
+    jit_compile: bool = False
+    strategy: options.Strategy = "none"
+    precision: options.Precision = "float32"

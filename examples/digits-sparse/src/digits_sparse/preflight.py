@@ -27,12 +27,11 @@ import numpy as np
 import tensorflow as tf
 
 from . import inputs, losses
-from .config import Config
+from .config import Config, RunOptions
 from .contract import DatasetError, check_sample_weights
 from .data import load_datasets
-from .gradients import NoneGradientError, NoneGradientWarning
+from .engine.gradients import NoneGradientError, NoneGradientWarning
 from .model import build_model
-from .options import RunOptions
 from .train import Trainer
 
 # How far the loss at initialisation may be from log(number of classes), as a factor.

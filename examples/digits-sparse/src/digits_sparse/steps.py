@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterator, Mapping
 import keras
 import tensorflow as tf
 
-from . import contract, inputs, losses, precision
-from .config import Config
-from .distribution import BatchMean, global_batch_size
+from . import contract, inputs, losses
+from .config import Config, RunOptions
+from .engine import precision
+from .engine.distribution import BatchMean, global_batch_size
 from .optimizers import OptimizerSet
-from .options import RunOptions
 
 StepFn = Callable[..., tf.Tensor | None]
 

@@ -18,8 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 from .config import Config
+from .engine.sequences import PAD_ID, batch_sequences
 from .losses import class_count, encode_labels
-from .sequences import PAD_ID, batch_sequences
 
 NUM_EXAMPLES = 2000
 KEYWORDS_PER_CLASS = 4

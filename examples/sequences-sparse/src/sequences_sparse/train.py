@@ -21,9 +21,12 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from . import distribution, interrupts, precision
 from .callbacks import default_callbacks
-from .checkpoints import (
+from .config import Config, RunOptions
+from .contract import DatasetError, read_failure
+from .data import load_datasets
+from .engine import distribution, interrupts, precision
+from .engine.checkpoints import (
     CHECKPOINTS,
     RunCheckpoint,
     check_same_config,
@@ -31,13 +34,9 @@ from .checkpoints import (
     save_model,
     write_run_file,
 )
-from .config import Config
-from .contract import DatasetError, read_failure
-from .data import load_datasets
-from .gradients import NonFiniteGuard
-from .loop import CallHooks, EpochLogs, StepRunner
+from .engine.gradients import NonFiniteGuard
+from .engine.loop import CallHooks, EpochLogs, StepRunner
 from .model import build_model
-from .options import RunOptions
 from .steps import ClassifierTask, StepFn
 from .task import build_task
 
@@ -62,7 +61,7 @@ class Trainer:
         options: How the run executes; `RunOptions()` by default.
         strategy: The `tf.distribute.Strategy` to train with, in whose scope the model was
             built; `None` trains on one device. Each step's batch is then split among the
-            replicas (see `distribution.py`).
+            replicas (see `engine/distribution.py`).
         task: Builds the task from the model, the config and the options;
             `task.build_task` by default.
 
@@ -250,7 +249,7 @@ class Trainer:
     def flush_step(self) -> Callable[[], None]:
         """Applies the accumulated micro-batches of an epoch's last, smaller group.
 
-        With `options.accumulation_steps` above 1 (see `accumulation.py`); traced once per
+        With `options.accumulation_steps` above 1 (see `engine/accumulation.py`); traced once per
         set of trainable variables, like the steps.
         """
         key = tuple(id(v) for v in self.model.trainable_variables)
@@ -361,7 +360,7 @@ class Trainer:
             check_length(val_ds, "val_ds", self.options.validation_steps, "validation_steps")
         logdir = None if self.options.logdir is None else Path(self.options.logdir)
         if self.options.resume and logdir is not None:
-            check_same_config(logdir, self.config)
+            check_same_config(logdir, self.config, RunOptions)
             check_same_data(logdir, int(train_ds.cardinality()))
         num_batches = self.options.steps_per_epoch or int(train_ds.cardinality())
         history = keras.callbacks.History()
