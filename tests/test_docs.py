@@ -43,9 +43,9 @@ def _tree_entries(text: str) -> tuple[set[str], set[str]]:
     block = text.split("## What you get", 1)[1].split("```", 2)[1]
     top, package = set(), set()
     for line in block.splitlines():
-        match = re.match(r"^(│   (?:│   )?|    )?[├└]── (\S+)", line)
+        match = re.match(r"^(│   (?:│   |    )?|    )?[├└]── (\S+)", line)
         if match:
-            prefix = "engine/" if match[1] == "│   │   " else ""
+            prefix = "engine/" if match[1] in ("│   │   ", "│       ") else ""
             (package if match[1] else top).add(prefix + match[2])
     return top, package
 

@@ -667,6 +667,10 @@ def test_a_project_made_before_task_py_updates_keeping_the_users_files(
     commit_all(project, "update: keep my note and the template's standardize")
 
     assert (project / f"src/{PACKAGE}/task.py").exists()
+    # The modules that moved into engine/ are there, and not left behind at the top.
+    assert (project / f"src/{PACKAGE}/engine/loop.py").exists()
+    assert not (project / f"src/{PACKAGE}/loop.py").exists()
+    assert "class RunOptions(options.RunOptions):" in config.read_text()
     assert CONFIG_EDIT[1] in config.read_text()
     assert (project / f"src/{PACKAGE}/data.py").read_text().endswith(DATA_EDIT)
     assert USER_EDIT.strip() in model and "def standardize(" in model
