@@ -126,14 +126,12 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                 f"tests/{module}.py"
                 for module in (
                     "conftest",
-                    "test_batches",
                     "test_callbacks",
                     "test_checkpoints",
                     "test_distribute",
                     "test_gan",
                     "test_multi_worker",
                     "test_signals",
-                    "test_step_runner",
                     "test_trained",
                 )
             ),
@@ -143,8 +141,6 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
         extra |= {"tests/test_backbone_head.py"}
     if shapes == "variable":
         extra |= {"tests/test_sequences.py"}
-    else:
-        extra |= {"tests/test_batches.py"}
     return {
         *engine,
         *extra,
@@ -188,7 +184,6 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                 "test_parity",
                 "test_preflight",
                 "test_signals",
-                "test_step_runner",
                 "test_steps",
                 "test_task",
                 "test_trained",
@@ -324,10 +319,6 @@ GAN = "gan"  # its own loop body, models, checkpoints and optimizers
 # precision run in MIRRORED_BF16 too; the others choose their own.
 CLASSIFIERS = (DEFAULT, ONE_HOT_PROBS, BINARY, VARIABLE, BACKBONE_HEAD)
 ENGINE_WIDE: dict[str, tuple[str, ...]] = {
-    # batches.py has no Jinja, and the tests shuffle their own arrays.
-    "tests/test_batches.py": (DEFAULT,),
-    # loop.py's StepRunner (no Jinja), driven by the tests' own datasets of ids.
-    "tests/test_step_runner.py": (DEFAULT,),
     # Processes stopped and resumed (all slow): the same interrupts.py in every project.
     "tests/test_signals.py": (DEFAULT,),
     # callbacks.py and its tests branch on `optimizers` alone; the tests train on one device
