@@ -85,12 +85,14 @@ ENGINE_MODULES = (
     "__init__",
     "accumulation",
     "batches",
+    "callbacks",
     "checkpoints",
     "cluster",
     "distribution",
     "gradients",
     "interrupts",
     "loop",
+    "optimizers",
     "options",
     "precision",
     "sequences",
@@ -111,13 +113,11 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                 for module in (
                     "__init__",
                     "__main__",
-                    "callbacks",
                     "config",
                     "contract",
                     "data",
                     "gan",
                     "model",
-                    "optimizers",
                     "train",
                     "trained",
                 )
@@ -153,14 +153,12 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
             for module in (
                 "__init__",
                 "__main__",
-                "callbacks",
                 "config",
                 "contract",
                 "data",
                 "inputs",
                 "losses",
                 "model",
-                "optimizers",
                 "preflight",
                 "steps",
                 "task",
@@ -321,8 +319,8 @@ CLASSIFIERS = (DEFAULT, ONE_HOT_PROBS, BINARY, VARIABLE, BACKBONE_HEAD)
 ENGINE_WIDE: dict[str, tuple[str, ...]] = {
     # Processes stopped and resumed (all slow): the same interrupts.py in every project.
     "tests/test_signals.py": (DEFAULT,),
-    # callbacks.py and its tests branch on `optimizers` alone; the tests train on one device
-    # in float32 whatever the project's defaults.
+    # callbacks.py has no Jinja; the tests branch on `optimizers` alone (the task's callbacks)
+    # and train on one device in float32 whatever the project's defaults.
     "tests/test_callbacks.py": (DEFAULT, BACKBONE_HEAD, GAN),
     # cluster.py has no Jinja; the tests branch on `optimizers` alone. This backbone-head
     # project runs the slow tests: two workers train it (WITH_SLOW_TESTS).
