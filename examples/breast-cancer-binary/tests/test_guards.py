@@ -13,7 +13,7 @@ from helpers import QUIET, dataset, encoder, features, linear_model
 from breast_cancer_binary import losses
 from breast_cancer_binary.config import Config
 from breast_cancer_binary.engine.gradients import NonFiniteError
-from breast_cancer_binary.optimizers import OptimizerSet
+from breast_cancer_binary.engine.optimizers import OptimizerSet
 from breast_cancer_binary.train import Trainer
 
 

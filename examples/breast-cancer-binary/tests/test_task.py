@@ -17,7 +17,7 @@ from helpers import QUIET, dataset, features, labels_for, linear_model
 from breast_cancer_binary import losses
 from breast_cancer_binary.config import Config
 from breast_cancer_binary.engine import precision
-from breast_cancer_binary.optimizers import SCALE_LOSS_FIRST
+from breast_cancer_binary.engine.optimizers import SCALE_LOSS_FIRST
 from breast_cancer_binary.task import Task
 from breast_cancer_binary.train import Trainer
 

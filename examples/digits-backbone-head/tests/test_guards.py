@@ -13,7 +13,7 @@ from helpers import QUIET, dataset, encoder, features, linear_model
 from digits_backbone_head import losses
 from digits_backbone_head.config import Config
 from digits_backbone_head.engine.gradients import NonFiniteError
-from digits_backbone_head.optimizers import OptimizerSet
+from digits_backbone_head.engine.optimizers import OptimizerSet
 from digits_backbone_head.train import Trainer
 
 

@@ -17,7 +17,7 @@ from helpers import QUIET, dataset, features, labels_for, linear_model
 from digits_backbone_head import losses
 from digits_backbone_head.config import Config
 from digits_backbone_head.engine import precision
-from digits_backbone_head.optimizers import SCALE_LOSS_FIRST
+from digits_backbone_head.engine.optimizers import SCALE_LOSS_FIRST
 from digits_backbone_head.task import Task
 from digits_backbone_head.train import Trainer
 

@@ -18,9 +18,9 @@ import tensorflow as tf
 from digits_gan.config import Config, RunOptions
 from digits_gan.engine import precision
 from digits_gan.engine.distribution import DistributionError
+from digits_gan.engine.optimizers import OptimizerSet
 from digits_gan.gan import GAN
 from digits_gan.model import build_generator, build_model
-from digits_gan.optimizers import OptimizerSet
 from digits_gan.train import fit
 
 # One device in float32 unless a test says otherwise, whatever the project's defaults.

@@ -18,12 +18,11 @@ import pytest
 import tensorflow as tf
 
 from digits_gan.__main__ import main
-from digits_gan.callbacks import SAMPLE_SCALE
 from digits_gan.config import Config, RunOptions
 from digits_gan.data import load_datasets, load_images
 from digits_gan.engine.checkpoints import save_model
 from digits_gan.engine.gradients import NoneGradientWarning, NonFiniteError
-from digits_gan.gan import GAN
+from digits_gan.gan import GAN, SAMPLE_SCALE, SampleGrid, build_task
 from digits_gan.model import build_discriminator, build_generator, build_model
 from digits_gan.train import Trainer, fit
 
@@ -156,6 +155,18 @@ def test_fit_returns_a_history_and_writes_samples_every_epoch(
             channels,
         )
         assert int(tf.reduce_max(grid)) > int(tf.reduce_min(grid))  # not a blank image
+
+
+def test_only_the_chief_of_a_run_with_a_logdir_writes_sample_grids(
+    config: Config, tmp_path: Path
+) -> None:
+    options = dataclasses.replace(QUIET, logdir=tmp_path)
+    task = build_task(build_model(config), config, options)
+    no_logdir = build_task(build_model(config), config, QUIET)
+
+    assert [type(callback) for callback in task.callbacks(chief=True)] == [SampleGrid]
+    assert task.callbacks(chief=False) == []  # A worker other than the chief writes no file.
+    assert no_logdir.callbacks(chief=True) == []
 
 
 def test_steps_per_execution_changes_no_figure(config: Config) -> None:

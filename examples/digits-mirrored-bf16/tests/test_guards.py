@@ -13,7 +13,7 @@ from helpers import QUIET, dataset, encoder, features, linear_model
 from digits_mirrored_bf16 import losses
 from digits_mirrored_bf16.config import Config
 from digits_mirrored_bf16.engine.gradients import NonFiniteError
-from digits_mirrored_bf16.optimizers import OptimizerSet
+from digits_mirrored_bf16.engine.optimizers import OptimizerSet
 from digits_mirrored_bf16.train import Trainer
 
 

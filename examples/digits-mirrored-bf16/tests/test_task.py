@@ -17,7 +17,7 @@ from helpers import QUIET, dataset, features, labels_for, linear_model
 from digits_mirrored_bf16 import losses
 from digits_mirrored_bf16.config import Config
 from digits_mirrored_bf16.engine import precision
-from digits_mirrored_bf16.optimizers import SCALE_LOSS_FIRST
+from digits_mirrored_bf16.engine.optimizers import SCALE_LOSS_FIRST
 from digits_mirrored_bf16.task import Task
 from digits_mirrored_bf16.train import Trainer
 

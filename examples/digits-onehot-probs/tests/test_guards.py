@@ -13,7 +13,7 @@ from helpers import QUIET, dataset, encoder, features, linear_model
 from digits_onehot_probs import losses
 from digits_onehot_probs.config import Config
 from digits_onehot_probs.engine.gradients import NonFiniteError
-from digits_onehot_probs.optimizers import OptimizerSet
+from digits_onehot_probs.engine.optimizers import OptimizerSet
 from digits_onehot_probs.train import Trainer
 
 

@@ -17,7 +17,7 @@ from helpers import QUIET, dataset, features, labels_for, linear_model
 from digits_onehot_probs import losses
 from digits_onehot_probs.config import Config
 from digits_onehot_probs.engine import precision
-from digits_onehot_probs.optimizers import SCALE_LOSS_FIRST
+from digits_onehot_probs.engine.optimizers import SCALE_LOSS_FIRST
 from digits_onehot_probs.task import Task
 from digits_onehot_probs.train import Trainer
 

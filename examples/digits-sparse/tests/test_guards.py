@@ -13,7 +13,7 @@ from helpers import QUIET, dataset, encoder, features, linear_model
 from digits_sparse import losses
 from digits_sparse.config import Config
 from digits_sparse.engine.gradients import NonFiniteError
-from digits_sparse.optimizers import OptimizerSet
+from digits_sparse.engine.optimizers import OptimizerSet
 from digits_sparse.train import Trainer
 
 

@@ -17,7 +17,7 @@ from helpers import QUIET, dataset, features, labels_for, linear_model
 from digits_sparse import losses
 from digits_sparse.config import Config
 from digits_sparse.engine import precision
-from digits_sparse.optimizers import SCALE_LOSS_FIRST
+from digits_sparse.engine.optimizers import SCALE_LOSS_FIRST
 from digits_sparse.task import Task
 from digits_sparse.train import Trainer
 

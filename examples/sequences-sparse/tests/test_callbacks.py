@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import re
 import signal
 import sys
@@ -16,11 +17,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sequences_sparse.callbacks import ProgressLogger
 from sequences_sparse.config import Config, RunOptions
 from sequences_sparse.data import load_datasets
 from sequences_sparse.engine import interrupts
+from sequences_sparse.engine.callbacks import ProgressLogger
 from sequences_sparse.model import build_model
+from sequences_sparse.task import Task
 from sequences_sparse.train import Trainer
 
 # 6 batches: calls of 4 and 2 steps; one device in float32, whatever the project's defaults.
@@ -164,6 +166,31 @@ def test_a_subclass_sees_the_params_the_model_and_its_optimizers(config: Config)
     assert rate == pytest.approx(trainer.task.optimizers.learning_rate)
     assert history.history["spied"] == [0.0, 1.0]
     assert trainer.model.optimizer is not trainer.task.optimizers  # Only during the run.
+
+
+def test_the_task_s_callbacks_run_after_yours_and_before_the_defaults(
+    config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order: list[str] = []
+
+    class Mark(keras.callbacks.Callback):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.mark = name
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            order.append(self.mark)
+            logs[self.mark] = float(epoch)  # The defaults after it see what it adds.
+
+    task = Task
+    own = task.callbacks
+    monkeypatch.setattr(task, "callbacks", lambda self, chief: [*own(self, chief), Mark("task")])
+    _, history = _fit(config, [Mark("yours")], dataclasses.replace(QUIET, logdir=tmp_path))
+
+    assert order == ["yours", "task"] * config.epochs
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(row["yours"], row["task"]) for row in rows] == [(0.0, 0.0), (1.0, 1.0)]
+    assert history.history["task"] == [0.0, 1.0]
 
 
 def _events(directory: Path) -> dict[str, list[tuple[int, float]]]:

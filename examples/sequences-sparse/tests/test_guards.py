@@ -13,7 +13,7 @@ from helpers import QUIET, dataset, encoder, features, linear_model
 from sequences_sparse import losses
 from sequences_sparse.config import Config
 from sequences_sparse.engine.gradients import NonFiniteError
-from sequences_sparse.optimizers import OptimizerSet
+from sequences_sparse.engine.optimizers import OptimizerSet
 from sequences_sparse.train import Trainer
 
 

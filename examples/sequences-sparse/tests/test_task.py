@@ -17,7 +17,7 @@ from helpers import QUIET, dataset, features, labels_for, linear_model
 from sequences_sparse import losses
 from sequences_sparse.config import Config
 from sequences_sparse.engine import precision
-from sequences_sparse.optimizers import SCALE_LOSS_FIRST
+from sequences_sparse.engine.optimizers import SCALE_LOSS_FIRST
 from sequences_sparse.task import Task
 from sequences_sparse.train import Trainer
 

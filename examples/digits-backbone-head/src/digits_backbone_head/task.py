@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from . import losses
 from .config import Config, RunOptions
-from .optimizers import OptimizerSet
+from .engine.optimizers import OptimizerSet
 from .steps import ClassifierTask, StepMetrics
 
 
@@ -81,6 +81,15 @@ class Task(ClassifierTask):
         loss = self.compute_loss(y, y_pred, sample_weight)
         self.val_metrics.update(loss, y, y_pred)
 
+    def callbacks(self, chief: bool) -> list[keras.callbacks.Callback]:
+        """`FreezeBackbone`, on every worker: each must update the same variables.
+
+        On the chief alone, the workers would train different variables, and each would wait
+        for the others' all-reduces forever.
+        """
+        del chief
+        return [FreezeBackbone(self.config.freeze_backbone_epochs)]
+
 
 def model_part(model: keras.Model, name: str) -> keras.Layer:
     """The layer of `model` named `name`, with a fix in the error when there is none.
@@ -118,6 +127,34 @@ def check_partition(model: keras.Model, backbone: keras.Layer, head: keras.Layer
             f"trainable variable(s) {', '.join(neither)} belong to neither the backbone nor the "
             "head, so no optimizer would update them; move their layers into one of the parts"
         )
+
+
+class FreezeBackbone(keras.callbacks.Callback):
+    """Freezes the model's `backbone` for the first `epochs` epochs, then trains it.
+
+    Frozen means `trainable = False`, as in Keras: no backbone weight moves, and its
+    BatchNormalization layers run in inference mode, so their moving statistics do not move
+    either (what fine-tuning a pretrained backbone needs). The loop traces the training step
+    once for each set of trainable variables, so this costs one more trace, not one per epoch.
+    At the end of the run the backbone is as trainable as it was at the start.
+    """
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.epochs = epochs
+        self._was_trainable = True
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        """Remember whether the backbone was trainable."""
+        self._was_trainable = self.model.get_layer("backbone").trainable
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        """Freeze the backbone during the first `epochs` epochs (counted from 0)."""
+        self.model.get_layer("backbone").trainable = epoch >= self.epochs and self._was_trainable
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        """Leave the backbone as it was."""
+        self.model.get_layer("backbone").trainable = self._was_trainable
 
 
 def build_task(model: keras.Model, config: Config, options: RunOptions) -> Task:

@@ -17,7 +17,9 @@ Template-owned: `copier update` merges template changes into it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
+from pathlib import Path
 
 import keras
 import tensorflow as tf
@@ -27,11 +29,13 @@ from .config import Config, RunOptions
 from .engine import precision
 from .engine.distribution import BatchMean, global_batch_size
 from .engine.gradients import FINITE
-from .optimizers import OptimizerSet, build_optimizers
+from .engine.optimizers import OptimizerSet
 
 StepFn = Callable[[tf.Tensor], tf.Tensor]
 DiscriminatorStepFn = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]]
 GeneratorStepFn = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+
+SAMPLE_SCALE = 4  # Each pixel of a sample becomes a 4x4 block, so the grid is easy to see.
 
 
 @keras.saving.register_keras_serializable(package="digits_gan")
@@ -291,6 +295,7 @@ class GanTask:
 
     Attributes:
         model: The GAN.
+        options: How the run executes.
         optimizers: The generator's and the discriminator's optimizers.
         noise: The source of every latent vector, seeded by `config.seed`; a
             `tf.random.Generator`, so no Python randomness runs inside the step.
@@ -311,6 +316,7 @@ class GanTask:
         precision.check_model(model, options.precision)
         self.model = model
         self.config = config
+        self.options = options
         self.optimizers = build_optimizers(model, config, options)
         self.noise = tf.random.Generator.from_seed(config.seed)
         self._metrics = GanMetrics.create()
@@ -322,6 +328,12 @@ class GanTask:
     def checkpoint_items(self) -> dict[str, object]:
         """What a checkpoint holds beyond the model, its optimizers and the loop's state."""
         return {"noise": self.noise}
+
+    def callbacks(self, chief: bool) -> list[keras.callbacks.Callback]:
+        """`SampleGrid`, on the chief of a run with a logdir: the grids are files it writes."""
+        if not chief or self.options.logdir is None:
+            return []
+        return [SampleGrid(self.options.logdir, self.config, tensorboard=self.options.tensorboard)]
 
     def make_train_step(self) -> StepFn:
         """The training step."""
@@ -369,3 +381,76 @@ class GanTask:
 def build_task(model: GAN, config: Config, options: RunOptions) -> GanTask:
     """The task `train.Trainer` runs for this project."""
     return GanTask(model, config, options)
+
+
+def build_optimizers(model: GAN, config: Config, options: RunOptions) -> OptimizerSet:
+    """The generator's and the discriminator's Adam optimizers, each on its own model."""
+    generator_adam = keras.optimizers.Adam(
+        learning_rate=config.generator_learning_rate, beta_1=config.beta_1, name="g_adam"
+    )
+    discriminator_adam = keras.optimizers.Adam(
+        learning_rate=config.discriminator_learning_rate, beta_1=config.beta_1, name="d_adam"
+    )
+    return OptimizerSet(
+        [
+            ("generator", model.generator, generator_adam),
+            ("discriminator", model.discriminator, discriminator_adam),
+        ],
+        options,
+    )
+
+
+def sample_grid(images: tf.Tensor) -> tf.Tensor:
+    """Tile images with pixels in [-1, 1] into one square uint8 image for `tf.io.encode_png`."""
+    count, height, width, channels = images.shape
+    rows = math.isqrt(count)
+    pixels = tf.round((tf.clip_by_value(images, -1.0, 1.0) + 1.0) * 127.5)
+    pixels = tf.repeat(tf.repeat(pixels, SAMPLE_SCALE, axis=1), SAMPLE_SCALE, axis=2)
+    height, width = height * SAMPLE_SCALE, width * SAMPLE_SCALE
+    grid = tf.reshape(pixels, (rows, rows, height, width, channels))
+    # Tiled in float32, cast last: oneDNN's uint8 transpose logs an error line on CPUs
+    # without AVX-512 (TensorFlow 2.21).
+    grid = tf.transpose(grid, (0, 2, 1, 3, 4))
+    return tf.cast(tf.reshape(grid, (rows * height, rows * width, channels)), tf.uint8)
+
+
+class SampleGrid(keras.callbacks.Callback):
+    """Each epoch, the generator's images for fixed noise: a PNG grid, and a TensorBoard image.
+
+    Writes `logdir/samples_epoch_{epoch:03d}.png` and, with `tensorboard`, an image `samples`
+    in `logdir/train`. The noise is drawn once from `seed`, so the grids show the same latent
+    points improving.
+
+    Args:
+        logdir: The run's directory.
+        config: Gives `num_samples` (a square number), `latent_dim` and `seed`.
+        tensorboard: Also write the grid as a TensorBoard image.
+    """
+
+    def __init__(self, logdir: str | Path, config: Config, *, tensorboard: bool) -> None:
+        super().__init__()
+        self.logdir = Path(logdir)
+        self.noise = tf.random.Generator.from_seed(config.seed).normal(
+            (config.num_samples, config.latent_dim)
+        )
+        self.tensorboard = tensorboard
+        self._writer: tf.summary.SummaryWriter | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Write this epoch's grid."""
+        grid = sample_grid(self.model.generator(self.noise, training=False))
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        path = self.logdir / f"samples_epoch_{epoch + 1:03d}.png"
+        tf.io.write_file(str(path), tf.io.encode_png(grid))
+        if self.tensorboard:
+            if self._writer is None:
+                self._writer = tf.summary.create_file_writer(str(self.logdir / "train"))
+            with self._writer.as_default():
+                tf.summary.image("samples", grid[tf.newaxis], step=epoch + 1)
+            self._writer.flush()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        """Close the event file."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -21,11 +21,11 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from .callbacks import default_callbacks
 from .config import Config, RunOptions
 from .contract import DatasetError, read_failure
 from .data import load_datasets
 from .engine import distribution, interrupts, precision
+from .engine.callbacks import default_callbacks
 from .engine.checkpoints import (
     CHECKPOINTS,
     RunCheckpoint,
@@ -298,8 +298,9 @@ class Trainer:
             val_ds: Batches to evaluate on after each epoch; no evaluation when `None`.
             epochs: The epoch to stop at; `config.epochs` by default.
             initial_epoch: The epoch to start from.
-            callbacks: Yours; they run before the default ones (see
-                `callbacks.default_callbacks`), so those see what yours add to the logs.
+            callbacks: Yours; they run before the task's (its `callbacks` method) and the
+                default ones (see `callbacks.default_callbacks`), so those see what yours add
+                to the logs.
 
         Returns:
             The `History` of this call's epochs: `.history` maps each key of the epoch logs
@@ -332,10 +333,11 @@ class Trainer:
             check_same_data(logdir, int(train_ds.cardinality()))
         num_batches = self.options.steps_per_epoch or int(train_ds.cardinality())
         history = keras.callbacks.History()
+        task_callbacks = self.task.callbacks(chief=self.chief)
         # Under several workers only the chief prints progress and writes figures.
-        defaults = default_callbacks(self.config, self.options, self.chief)
+        defaults = default_callbacks(self.options, self.chief)
         callback_list = keras.callbacks.CallbackList(
-            [*callbacks, *defaults, history],
+            [*callbacks, *task_callbacks, *defaults, history],
             model=self.model,
             epochs=epochs,
             steps=num_batches if num_batches >= 0 else None,

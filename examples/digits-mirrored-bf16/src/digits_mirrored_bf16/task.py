@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from . import losses
 from .config import Config, RunOptions
-from .optimizers import OptimizerSet
+from .engine.optimizers import OptimizerSet
 from .steps import ClassifierTask, StepMetrics
 
 

@@ -20,7 +20,7 @@ from . import contract, inputs, losses
 from .config import Config, RunOptions
 from .engine import precision
 from .engine.distribution import BatchMean, global_batch_size
-from .optimizers import OptimizerSet
+from .engine.optimizers import OptimizerSet
 
 StepFn = Callable[..., tf.Tensor | None]
 
@@ -92,8 +92,8 @@ class ClassifierTask:
     """What `train.Trainer` trains: the model, its optimizers, loss, metrics and steps.
 
     Subclass it (as `task.py` does) and give it `build_optimizers`, `build_loss`,
-    `build_metrics`, `train_step` and `test_step`; the loop runs the steps through
-    `make_train_step` and `make_eval_step`.
+    `build_metrics`, `train_step` and `test_step` (and `callbacks`, for its own callbacks);
+    the loop runs the steps through `make_train_step` and `make_eval_step`.
 
     Args:
         model: A built or unbuilt Keras model whose output fits the loss.
@@ -142,6 +142,16 @@ class ClassifierTask:
     def build_metrics(self, prefix: str) -> StepMetrics:
         """The metrics of one phase, their names starting with `prefix`."""
         return StepMetrics.create(prefix)
+
+    def callbacks(self, chief: bool) -> list[keras.callbacks.Callback]:
+        """The task's own callbacks for a run; none here.
+
+        The loop runs them after the callbacks passed to `fit` and before the default ones,
+        on every worker: `chief` is false on the workers other than the chief of a
+        multi-worker run, where a callback that writes or prints has nothing to do.
+        """
+        del chief
+        return []
 
     def train_step(
         self, x: tf.Tensor, y: tf.Tensor, sample_weight: tf.Tensor | None = None

@@ -720,7 +720,7 @@ def use_run(args: argparse.Namespace) -> int:
     import tensorflow as tf
 
     from . import trained
-    from .callbacks import format_metrics
+    from .engine.callbacks import format_metrics
 
     if args.command == "evaluate":
         print(format_metrics(trained.evaluate(args.logdir)))

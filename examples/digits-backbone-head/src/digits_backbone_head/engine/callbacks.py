@@ -1,8 +1,8 @@
 """The callbacks every run gets: progress, `metrics.jsonl` and TensorBoard.
 
-They are ordinary `keras.callbacks.Callback`s on `train.Trainer`'s loop, which calls them as
-`model.fit` does; `default_callbacks` picks them for a run's options. Epoch logs hold every
-metric under the name `model.fit` gives it (`loss`, `accuracy`, `val_loss`, `val_accuracy`),
+They are ordinary `keras.callbacks.Callback`s on the project's `train.Trainer` loop, which
+calls them as `model.fit` does; `default_callbacks` picks them for a run's options. Epoch logs
+hold every metric under the name `model.fit` gives it (say `loss` and `val_loss`),
 `skipped_steps`, the learning rate(s) and `steps_per_second`.
 
 Template-owned: `copier update` merges template changes into it.
@@ -23,8 +23,8 @@ import tensorflow as tf
 from tensorboard.compat.proto import event_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from .config import Config, RunOptions
-from .engine import interrupts
+from . import interrupts
+from .options import RunOptions
 
 
 def format_logs(epoch: int, epochs: int, logs: dict[str, float]) -> str:
@@ -232,9 +232,11 @@ def mark_restart(run_dir: Path, step: int) -> None:
 class TensorBoard(keras.callbacks.Callback):
     """Per-epoch scalars for TensorBoard: `logdir/train` and `logdir/validation`.
 
-    `loss` and `val_loss` are both written as `loss`, to the `train` and the `validation` run,
-    so that TensorBoard draws them on one chart (likewise `accuracy`); every other figure
-    (`skipped_steps`, the learning rate(s), `steps_per_second`) goes to `train`.
+    A validation figure goes to the `validation` run under its name without `val_`: `loss`
+    and `val_loss` are both written as `loss`, to the `train` and the `validation` run, so
+    that TensorBoard draws them on one chart. Every other figure (`skipped_steps`, the
+    learning rate(s), `steps_per_second`) goes to `train`; a run without validation figures
+    writes no `validation` run.
     The step of each point is the epoch number, from 1. Written once per epoch and flushed,
     so a stopped run keeps every finished epoch. A resumed run first marks a restart at its
     first epoch (`SessionLog.START`), even the first one, so TensorBoard drops the points a
@@ -305,13 +307,10 @@ class TensorBoard(keras.callbacks.Callback):
         self._writes.clear()
 
 
-def default_callbacks(
-    config: Config, options: RunOptions, chief: bool = True
-) -> list[keras.callbacks.Callback]:
-    """The callbacks a run gets besides yours, in the order they run after yours.
+def default_callbacks(options: RunOptions, chief: bool = True) -> list[keras.callbacks.Callback]:
+    """The callbacks a run gets besides yours and its task's, in the order they run after them.
 
     Args:
-        config: The run's hyperparameters.
         options: How the run executes: what it writes and prints.
         chief: Whether this process writes the run's files and prints its progress: false on
             the workers other than the chief of a multi-worker run, which get none of them

@@ -1,8 +1,8 @@
-"""The callbacks every run gets: progress, `metrics.jsonl`, TensorBoard and sample grids.
+"""The callbacks every run gets: progress, `metrics.jsonl` and TensorBoard.
 
-They are ordinary `keras.callbacks.Callback`s on `train.Trainer`'s loop, which calls them as
-`model.fit` does; `default_callbacks` picks them for a run's options. Epoch logs hold every
-metric under the name `model.fit` gives it,
+They are ordinary `keras.callbacks.Callback`s on the project's `train.Trainer` loop, which
+calls them as `model.fit` does; `default_callbacks` picks them for a run's options. Epoch logs
+hold every metric under the name `model.fit` gives it (say `loss` and `val_loss`),
 `skipped_steps`, the learning rate(s) and `steps_per_second`.
 
 Template-owned: `copier update` merges template changes into it.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -24,10 +23,8 @@ import tensorflow as tf
 from tensorboard.compat.proto import event_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from .config import Config, RunOptions
-from .engine import interrupts
-
-SAMPLE_SCALE = 4  # Each pixel of a sample becomes a 4x4 block, so the grid is easy to see.
+from . import interrupts
+from .options import RunOptions
 
 
 def format_logs(epoch: int, epochs: int, logs: dict[str, float]) -> str:
@@ -235,7 +232,11 @@ def mark_restart(run_dir: Path, step: int) -> None:
 class TensorBoard(keras.callbacks.Callback):
     """Per-epoch scalars for TensorBoard: `logdir/train` and `logdir/validation`.
 
-    Every figure goes to the `train` run under its own name (a GAN has no validation).
+    A validation figure goes to the `validation` run under its name without `val_`: `loss`
+    and `val_loss` are both written as `loss`, to the `train` and the `validation` run, so
+    that TensorBoard draws them on one chart. Every other figure (`skipped_steps`, the
+    learning rate(s), `steps_per_second`) goes to `train`; a run without validation figures
+    writes no `validation` run.
     The step of each point is the epoch number, from 1. Written once per epoch and flushed,
     so a stopped run keeps every finished epoch. A resumed run first marks a restart at its
     first epoch (`SessionLog.START`), even the first one, so TensorBoard drops the points a
@@ -306,69 +307,10 @@ class TensorBoard(keras.callbacks.Callback):
         self._writes.clear()
 
 
-def sample_grid(images: tf.Tensor) -> tf.Tensor:
-    """Tile images with pixels in [-1, 1] into one square uint8 image for `tf.io.encode_png`."""
-    count, height, width, channels = images.shape
-    rows = math.isqrt(count)
-    pixels = tf.round((tf.clip_by_value(images, -1.0, 1.0) + 1.0) * 127.5)
-    pixels = tf.repeat(tf.repeat(pixels, SAMPLE_SCALE, axis=1), SAMPLE_SCALE, axis=2)
-    height, width = height * SAMPLE_SCALE, width * SAMPLE_SCALE
-    grid = tf.reshape(pixels, (rows, rows, height, width, channels))
-    # Tiled in float32, cast last: oneDNN's uint8 transpose logs an error line on CPUs
-    # without AVX-512 (TensorFlow 2.21).
-    grid = tf.transpose(grid, (0, 2, 1, 3, 4))
-    return tf.cast(tf.reshape(grid, (rows * height, rows * width, channels)), tf.uint8)
-
-
-class SampleGrid(keras.callbacks.Callback):
-    """Each epoch, the generator's images for fixed noise: a PNG grid, and a TensorBoard image.
-
-    Writes `logdir/samples_epoch_{epoch:03d}.png` and, with `tensorboard`, an image `samples`
-    in `logdir/train`. The noise is drawn once from `seed`, so the grids show the same latent
-    points improving.
+def default_callbacks(options: RunOptions, chief: bool = True) -> list[keras.callbacks.Callback]:
+    """The callbacks a run gets besides yours and its task's, in the order they run after them.
 
     Args:
-        logdir: The run's directory.
-        config: Gives `num_samples` (a square number), `latent_dim` and `seed`.
-        tensorboard: Also write the grid as a TensorBoard image.
-    """
-
-    def __init__(self, logdir: str | Path, config: Config, *, tensorboard: bool) -> None:
-        super().__init__()
-        self.logdir = Path(logdir)
-        self.noise = tf.random.Generator.from_seed(config.seed).normal(
-            (config.num_samples, config.latent_dim)
-        )
-        self.tensorboard = tensorboard
-        self._writer: tf.summary.SummaryWriter | None = None
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        """Write this epoch's grid."""
-        grid = sample_grid(self.model.generator(self.noise, training=False))
-        self.logdir.mkdir(parents=True, exist_ok=True)
-        path = self.logdir / f"samples_epoch_{epoch + 1:03d}.png"
-        tf.io.write_file(str(path), tf.io.encode_png(grid))
-        if self.tensorboard:
-            if self._writer is None:
-                self._writer = tf.summary.create_file_writer(str(self.logdir / "train"))
-            with self._writer.as_default():
-                tf.summary.image("samples", grid[tf.newaxis], step=epoch + 1)
-            self._writer.flush()
-
-    def on_train_end(self, logs: dict | None = None) -> None:
-        """Close the event file."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-
-def default_callbacks(
-    config: Config, options: RunOptions, chief: bool = True
-) -> list[keras.callbacks.Callback]:
-    """The callbacks a run gets besides yours, in the order they run after yours.
-
-    Args:
-        config: The run's hyperparameters.
         options: How the run executes: what it writes and prints.
         chief: Whether this process writes the run's files and prints its progress: false on
             the workers other than the chief of a multi-worker run, which get none of them
@@ -379,7 +321,6 @@ def default_callbacks(
         return callbacks
     if options.logdir is not None:
         logdir = Path(options.logdir)
-        callbacks.append(SampleGrid(logdir, config, tensorboard=options.tensorboard))
         callbacks.append(MetricsFile(logdir / "metrics.jsonl"))
         if options.tensorboard:
             callbacks.append(TensorBoard(logdir))

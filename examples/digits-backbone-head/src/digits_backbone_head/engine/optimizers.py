@@ -1,7 +1,9 @@
-"""The optimizers of a run behind one interface, whatever the variant.
+"""A run's optimizers behind the interface of one Keras optimizer: `OptimizerSet`.
 
-This project trains a generator and a discriminator, each with its own Adam optimizer, behind
-the one interface the steps and the loop use, `OptimizerSet`.
+The task builds its optimizers, one per part of the model (a single part, or several with a
+learning rate each), and puts them in an `OptimizerSet`; its step calls `scale_loss` and
+`apply` as it would call one Keras optimizer, and the loop and its callbacks see one
+optimizer, whatever the number of parts.
 
 Template-owned: `copier update` merges template changes into it.
 """
@@ -11,14 +13,13 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
 import keras
 import tensorflow as tf
 
-from .config import Config, RunOptions
-from .engine import precision
-from .engine.gradients import (
+from . import precision
+from .accumulation import GradientAccumulator
+from .gradients import (
     FINITE,
     clip_by_global_norm,
     drop_none_gradients,
@@ -26,14 +27,16 @@ from .engine.gradients import (
     scale_gradient,
     update_status,
 )
-
-if TYPE_CHECKING:
-    from .gan import GAN
+from .options import RunOptions
 
 SCALE_LOSS_FIRST = (
     "under mixed_float16 the gradients must be those of the scaled loss: write "
     "`scaled = self.optimizers.scale_loss(loss)` inside the tape and take "
     "`tape.gradient(scaled, ...)`"
+)
+ACCUMULATION_NEEDS_A_STEP = (
+    "accumulating gradients needs the batch size, which the loop gives each step it runs; "
+    "call apply inside the task's train_step"
 )
 
 
@@ -45,7 +48,7 @@ class OptimizerSet:
     traced makes the step trace twice (and fails under `tf.distribute`).
 
     Under the `mixed_float16` precision each optimizer is wrapped in a
-    `keras.optimizers.LossScaleOptimizer` (see `engine/precision.py`); `scale_loss` scales the
+    `keras.optimizers.LossScaleOptimizer` (see `precision.py`); `scale_loss` scales the
     loss.
 
     Stock Keras callbacks that read or set `model.optimizer.learning_rate`
@@ -71,6 +74,8 @@ class OptimizerSet:
             loop sets it to `FINITE` before each step (`begin_step`), `apply` records the
             first bad code, and the loop reads it after the step (`end_step`). Each replica
             holds its own; the codes are all-reduced already, so they agree.
+        accumulator: With `RunOptions.accumulation_steps` above 1, the gradients summed
+            between two updates (see `accumulation.py`); `None` otherwise.
     """
 
     def __init__(
@@ -105,6 +110,13 @@ class OptimizerSet:
         # What the step being traced gave so far (its loss, its batch size), per replica:
         # `MirroredStrategy` traces each replica's step in a thread of its own.
         self._step = threading.local()
+        self.accumulator = (
+            GradientAccumulator(options.accumulation_steps, self.variables)
+            if options.accumulation_steps > 1
+            else None
+        )
+        # The variables each traced step updates, by the trainable variables it was traced for.
+        self._groups: dict[tuple[int, ...], list[list[tf.Variable]]] = {}
 
     def begin_step(self, batch_size: tf.Tensor) -> None:
         """Start a training step of `batch_size` examples (the whole batch's, as float32).
@@ -151,6 +163,9 @@ class OptimizerSet:
         `RunOptions.clip_global_norm` is set; with loss scaling, each `LossScaleOptimizer`
         divides its scale out and skips a step whose scaled gradients overflowed (only a
         non-finite loss then counts as a bad step).
+
+        With `RunOptions.accumulation_steps` above 1, the gradients are added to the
+        `accumulator` (weighted by the batch's examples) and applied once its group is full.
 
         Args:
             gradients: One gradient, or `None`, per variable: this replica's.
@@ -267,9 +282,46 @@ class OptimizerSet:
         condition = status == FINITE
         if only_if is not None:
             condition = condition & only_if
-        apply = functools.partial(self._apply, names=names, kept_per_part=kept_per_part)
-        run_if(condition, apply, self._clipped(kept_gradients, names))
+        if self.accumulator is None:
+            apply = functools.partial(self._apply, names=names, kept_per_part=kept_per_part)
+            run_if(condition, apply, self._clipped(kept_gradients, names))
+            return status
+        batch_size = getattr(self._step, "batch_size", None)
+        if batch_size is None:
+            raise ValueError(ACCUMULATION_NEEDS_A_STEP)
+        self._groups[self._key()] = kept_per_part
+        self.accumulator.add(kept_gradients, flat, batch_size, condition)
+        self._apply_group(kept_per_part, self.accumulator.full())
         return status
+
+    def flush(self) -> None:
+        """Apply the micro-batches accumulated so far, if any: an epoch's last group.
+
+        `tf.function`-compatible; under `tf.distribute`, run it on every replica. The
+        variables are those of the last step traced for the trainable variables now.
+        """
+        assert self.accumulator is not None, "flush is for RunOptions.accumulation_steps > 1"
+        kept_per_part = self._groups.get(self._key())
+        if kept_per_part is not None:  # Else no step ran since they were trainable.
+            self._apply_group(kept_per_part, self.accumulator.pending())
+
+    def _key(self) -> tuple[int, ...]:
+        return tuple(id(v) for name in self.names for v in self.layers[name].trainable_variables)
+
+    def _apply_group(self, kept_per_part: list[list[tf.Variable]], condition: tf.Tensor) -> None:
+        """Apply the accumulated group and empty it, where `condition` holds.
+
+        A group whose every micro-batch was skipped holds no examples: it is emptied without
+        an update, as a skipped step updates nothing (a zero gradient would still move
+        Adam's moments, and with them the weights).
+        """
+        accumulator = self.accumulator
+        assert accumulator is not None
+        means = accumulator.means([v for part in kept_per_part for v in part])
+        examples = accumulator.examples > 0
+        apply = functools.partial(self._apply, names=self.names, kept_per_part=kept_per_part)
+        run_if(condition & examples, apply, self._clipped(means, self.names))
+        run_if(condition, accumulator.reset)
 
     def _scale(self, names: Sequence[str]) -> tf.Variable | None:
         """The loss scale the gradients are in units of: the first part's; `None` unscaled."""
@@ -319,26 +371,14 @@ class OptimizerSet:
         return {f"{name}_learning_rate": self._rate(name) for name in self.names}
 
     def checkpoint_items(self) -> dict[str, object]:
-        """The optimizers by name, for `tf.train.Checkpoint(**items)`."""
+        """The optimizers by name, for `tf.train.Checkpoint(**items)`.
+
+        With gradient accumulation, also the accumulator's state: a group can span a resume.
+        """
+        if self.accumulator is not None:
+            return {**self.by_part, "accumulator": self.accumulator.variables}
         return dict(self.by_part)
 
     def _rate(self, name: str) -> float:
         # Through NumPy: `float()` of a variable fails under `tf.distribute`.
         return float(self.by_part[name].learning_rate.numpy())
-
-
-def build_optimizers(model: GAN, config: Config, options: RunOptions) -> OptimizerSet:
-    """The generator's and the discriminator's Adam optimizers, each on its own model."""
-    generator_adam = keras.optimizers.Adam(
-        learning_rate=config.generator_learning_rate, beta_1=config.beta_1, name="g_adam"
-    )
-    discriminator_adam = keras.optimizers.Adam(
-        learning_rate=config.discriminator_learning_rate, beta_1=config.beta_1, name="d_adam"
-    )
-    return OptimizerSet(
-        [
-            ("generator", model.generator, generator_adam),
-            ("discriminator", model.discriminator, discriminator_adam),
-        ],
-        options,
-    )

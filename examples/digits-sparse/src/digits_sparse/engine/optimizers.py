@@ -1,7 +1,9 @@
-"""The optimizers of a run behind one interface, whatever the variant.
+"""A run's optimizers behind the interface of one Keras optimizer: `OptimizerSet`.
 
-`OptimizerSet` puts the optimizers of `task.py` (there, one Adam for every variable) behind
-the interface of one Keras optimizer, which your step calls: `scale_loss`, `apply`.
+The task builds its optimizers, one per part of the model (a single part, or several with a
+learning rate each), and puts them in an `OptimizerSet`; its step calls `scale_loss` and
+`apply` as it would call one Keras optimizer, and the loop and its callbacks see one
+optimizer, whatever the number of parts.
 
 Template-owned: `copier update` merges template changes into it.
 """
@@ -15,10 +17,9 @@ from collections.abc import Iterable, Sequence
 import keras
 import tensorflow as tf
 
-from .config import RunOptions
-from .engine import precision
-from .engine.accumulation import GradientAccumulator
-from .engine.gradients import (
+from . import precision
+from .accumulation import GradientAccumulator
+from .gradients import (
     FINITE,
     clip_by_global_norm,
     drop_none_gradients,
@@ -26,6 +27,7 @@ from .engine.gradients import (
     scale_gradient,
     update_status,
 )
+from .options import RunOptions
 
 SCALE_LOSS_FIRST = (
     "under mixed_float16 the gradients must be those of the scaled loss: write "
@@ -46,7 +48,7 @@ class OptimizerSet:
     traced makes the step trace twice (and fails under `tf.distribute`).
 
     Under the `mixed_float16` precision each optimizer is wrapped in a
-    `keras.optimizers.LossScaleOptimizer` (see `engine/precision.py`); `scale_loss` scales the
+    `keras.optimizers.LossScaleOptimizer` (see `precision.py`); `scale_loss` scales the
     loss.
 
     Stock Keras callbacks that read or set `model.optimizer.learning_rate`
@@ -73,7 +75,7 @@ class OptimizerSet:
             first bad code, and the loop reads it after the step (`end_step`). Each replica
             holds its own; the codes are all-reduced already, so they agree.
         accumulator: With `RunOptions.accumulation_steps` above 1, the gradients summed
-            between two updates (see `engine/accumulation.py`); `None` otherwise.
+            between two updates (see `accumulation.py`); `None` otherwise.
     """
 
     def __init__(
