@@ -46,6 +46,12 @@ KERAS_CLIPPING = (
     "RunOptions.clip_global_norm (--clip-global-norm) for every part or with "
     "OptimizerSet(..., clip_global_norm={{'{part}': {value}}}) for this one"
 )
+
+
+class StepError(ValueError):
+    """The step broke a rule that keeps it exact; the message says which, and what to write."""
+
+
 ACCUMULATION_NEEDS_A_STEP = (
     "accumulating gradients needs the batch size, which the loop gives each step it runs; "
     "call apply inside the task's train_step"
@@ -456,7 +462,8 @@ def _the_same_on_every_replica(only_if: tf.Tensor) -> tf.Tensor:
     """`only_if`, checked to be the same on every replica: a decision on the whole batch.
 
     Raises (when the step runs):
-        tf.errors.InvalidArgumentError: With `ONLY_IF_DIFFERS`, if the replicas disagree.
+        tf.errors.InvalidArgumentError: With `ONLY_IF_DIFFERS`, if the replicas disagree (the
+            loop raises it as a `StepError`).
     """
     only_if = tf.convert_to_tensor(only_if)
     context = tf.distribute.get_replica_context()
