@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
+
 from engine.batches import shuffled_batches
 
 NUM_EXAMPLES = 100

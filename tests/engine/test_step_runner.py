@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+
 from engine.loop import StepRunner
 
 NUM_EXAMPLES = 100
