@@ -94,6 +94,7 @@ ENGINE_MODULES = (
     "options",
     "precision",
     "sequences",
+    "task",
 )
 
 
@@ -118,6 +119,7 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                     "gan",
                     "model",
                     "optimizers",
+                    "task",
                     "train",
                     "trained",
                 )
