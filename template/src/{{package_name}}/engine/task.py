@@ -24,15 +24,16 @@ class Optimizers(Protocol):
 
     Attributes:
         variables: Every variable the optimizers update, for the guard to restore.
-        accumulator: The gradients summed across micro-batches, with
-            `RunOptions.accumulation_steps` above 1; `None` otherwise.
     """
 
     variables: list[tf.Variable]
-    accumulator: object | None
 
     def flush(self) -> None:
-        """Apply the accumulated micro-batches of a group that ended short."""
+        """Apply the micro-batches accumulated so far: an epoch's last, smaller group.
+
+        Called only with `RunOptions.accumulation_steps` above 1, which a task may refuse
+        (the GAN's does).
+        """
         ...
 
     def learning_rates(self) -> dict[str, float]:
