@@ -96,6 +96,7 @@ ENGINE_MODULES = (
     "options",
     "precision",
     "sequences",
+    "task",
 )
 
 
@@ -118,6 +119,7 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                     "data",
                     "gan",
                     "model",
+                    "task",
                     "train",
                     "trained",
                 )

@@ -263,6 +263,25 @@ def test_a_labelled_dataset_fails_before_training(config: Config) -> None:
         fit(config, train_ds=labelled, options=QUIET)
 
 
+@pytest.mark.parametrize(("option", "value"), [("accumulation_steps", 2), ("validation_steps", 1)])
+def test_options_a_gan_has_no_use_for_are_refused(config: Config, option: str, value: int) -> None:
+    options = dataclasses.replace(QUIET, **{option: value})
+    with pytest.raises(ValueError, match=f"RunOptions.{option} does not apply to a GAN"):
+        Trainer(config, build_model(config), options)
+
+
+def test_validation_data_and_class_weights_are_refused_before_training(config: Config) -> None:
+    images = tf.data.Dataset.from_tensor_slices(load_images(config)[:16]).batch(8)
+    trainer = _trainer(config)
+    with pytest.raises(ValueError, match=r"val_ds is given, but .* no evaluation step"):
+        trainer.fit(images, images)
+    with pytest.raises(ValueError, match="class_weight does not apply to a GAN"):
+        trainer.fit(images, class_weight={0: 1.0})
+    with pytest.raises(ValueError, match="no evaluation step"):
+        trainer.evaluate(images)
+    assert int(trainer.global_step) == 0
+
+
 def test_float64_images_are_cast_once_in_the_pipeline(config: Config) -> None:
     images = load_images(config)[:16]
     task = Trainer(config, build_model(config), QUIET).task

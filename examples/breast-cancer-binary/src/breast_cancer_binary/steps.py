@@ -11,7 +11,7 @@ Template-owned: `copier update` merges template changes into it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import keras
 import tensorflow as tf
@@ -20,9 +20,8 @@ from . import contract, inputs, losses
 from .config import Config, RunOptions
 from .engine import precision
 from .engine.distribution import BatchMean, global_batch_size
-from .engine.optimizers import OptimizerSet
-
-StepFn = Callable[..., tf.Tensor | None]
+from .engine.task import StepFn, Task
+from .optimizers import OptimizerSet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,12 +87,12 @@ def total_loss(
     return loss
 
 
-class ClassifierTask:
-    """What `train.Trainer` trains: the model, its optimizers, loss, metrics and steps.
+class ClassifierTask(Task):
+    """A classifier's `engine.task.Task`: the model, its optimizers, loss, metrics and steps.
 
     Subclass it (as `task.py` does) and give it `build_optimizers`, `build_loss`,
-    `build_metrics`, `train_step` and `test_step` (and `callbacks`, for its own callbacks);
-    the loop runs the steps through `make_train_step` and `make_eval_step`.
+    `build_metrics`, `train_step` and `test_step`; the loop runs the steps through
+    `make_train_step` and `make_eval_step`.
 
     Args:
         model: A built or unbuilt Keras model whose output fits the loss.
@@ -143,16 +142,6 @@ class ClassifierTask:
         """The metrics of one phase, their names starting with `prefix`."""
         return StepMetrics.create(prefix)
 
-    def callbacks(self, chief: bool) -> list[keras.callbacks.Callback]:
-        """The task's own callbacks for a run; none here.
-
-        The loop runs them after the callbacks passed to `fit` and before the default ones,
-        on every worker: `chief` is false on the workers other than the chief of a
-        multi-worker run, where a callback that writes or prints has nothing to do.
-        """
-        del chief
-        return []
-
     def train_step(
         self, x: tf.Tensor, y: tf.Tensor, sample_weight: tf.Tensor | None = None
     ) -> None:
@@ -173,10 +162,6 @@ class ClassifierTask:
         `total_loss`). Must be `tf.function`-compatible.
         """
         return total_loss(self.model, self.loss_fn, y, y_pred, global_batch_size(y), sample_weight)
-
-    def checkpoint_items(self) -> dict[str, object]:
-        """What a checkpoint holds beyond the model, its optimizers and the loop's state."""
-        return {}
 
     def make_train_step(self) -> StepFn:
         """`train_step` as the loop runs it, for the model's trainable variables now.

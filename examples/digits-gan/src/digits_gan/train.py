@@ -2,9 +2,10 @@
 
 `fit` is the entry point and returns a `keras.callbacks.History`, as `model.fit` does.
 `Trainer` is the loop itself, the same for every kind of project: what differs (the model,
-its optimizers, the steps) comes from the task of `gan.py`, and everything that watches or
-steers a run (progress, `metrics.jsonl`, TensorBoard, sample grids, and your own
-callbacks) is a Keras callback on it.
+its optimizers, the steps) comes from the task of `task.py`, an `engine.task.Task`, and
+everything that watches or steers a run (progress, `metrics.jsonl`, TensorBoard, what else
+`callbacks.default_callbacks` gives this project, and your own callbacks) is a Keras callback
+on it.
 
 Template-owned: `copier update` merges template changes into it.
 """
@@ -15,17 +16,17 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
+from .callbacks import default_callbacks
 from .config import Config, RunOptions
 from .contract import DatasetError, read_failure
 from .data import load_datasets
 from .engine import distribution, interrupts, precision
-from .engine.callbacks import default_callbacks
 from .engine.checkpoints import (
     CHECKPOINTS,
     RunCheckpoint,
@@ -36,14 +37,18 @@ from .engine.checkpoints import (
 )
 from .engine.gradients import NonFiniteGuard
 from .engine.loop import CallHooks, EpochLogs, StepRunner
-from .gan import StepFn, build_task
+from .engine.task import StepFn, Task
 from .model import build_model
+from .task import build_task
+
+BuildTask = Callable[[keras.Model, Config, RunOptions], Task]
 
 NOT_EXACT = (
     "note: the checkpoint holds no position in train_ds, whose iterator cannot be saved "
     "(from_generator and py_function keep their state in Python), so this resume is not bit "
     "for bit: it reads train_ds anew, skipping the {step} batches its epoch had run"
 )
+NO_EVALUATION = "this project's task has no evaluation step (a GAN has no validation data)"
 
 
 class Trainer:
@@ -54,14 +59,16 @@ class Trainer:
 
     Args:
         config: The run's hyperparameters.
-        model: The model to train (a `gan.GAN`); its output must fit the loss.
+        model: The model to train, as the task takes it (its output must fit the loss).
         options: How the run executes; `RunOptions()` by default.
         strategy: The `tf.distribute.Strategy` to train with, in whose scope the model was
             built; `None` trains on one device. Each step's batch is then split among the
             replicas (see `engine/distribution.py`).
+        task: Builds the task from the model, the config and the options;
+            `task.build_task` by default.
 
     Attributes:
-        task: The model, its `OptimizerSet`, metrics and step factories.
+        task: The model, its optimizers, metrics and step factories (an `engine.task.Task`).
         chief: Whether this process writes the run's files: false on the workers other than
             the chief of a multi-worker run (see `distribution.is_chief`).
         global_step: Training steps taken in this run, an int64 variable that the loop
@@ -76,7 +83,7 @@ class Trainer:
         train_signature: The training batches' input signature (see `task.signature`),
             set from the dataset at each epoch; `task.input_signature` until then.
         eval_signature: The evaluation batches' input signature, set likewise by `evaluate`.
-        eval_runner: Runs the evaluation step likewise (`None`: a GAN has no validation).
+        eval_runner: Runs the evaluation step likewise; `None` for a task without one (a GAN's).
     """
 
     def __init__(
@@ -85,18 +92,11 @@ class Trainer:
         model: keras.Model,
         options: RunOptions | None = None,
         strategy: tf.distribute.Strategy | None = None,
+        *,
+        task: BuildTask = build_task,
     ) -> None:
         self.config = config
         self.options = RunOptions() if options is None else options
-        for name, value in (
-            ("accumulation_steps", self.options.accumulation_steps != 1),
-            ("validation_steps", self.options.validation_steps is not None),
-        ):
-            if value:
-                raise ValueError(
-                    f"RunOptions.{name} does not apply to a GAN, which accumulates no gradients "
-                    f"and has no validation data; drop {name}"
-                )
         self.model = model
         self.strategy = strategy
         self.chief = distribution.is_chief(strategy)
@@ -107,7 +107,7 @@ class Trainer:
                 "device, and the strategy's variables live on several; drop jit_compile"
             )
         with self.scope():
-            self.task = build_task(model, config, self.options)
+            self.task = task(model, config, self.options)
         self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         metrics = [v for metric in self.task.train_metrics for v in metric.variables]
         self.guard = NonFiniteGuard(
@@ -129,13 +129,15 @@ class Trainer:
             open_loop_in_python=distribution.is_multi_worker(strategy),
         )
         self.eval_steps: dict[tuple[object, ...], StepFn] = {}
+        self.flush_steps: dict[tuple[int, ...], Callable[[], None]] = {}
         self.eval_runner: StepRunner | None = None
-        if self.task.make_eval_step is not None:
+        if self.task.evaluates:
             self.eval_runner = StepRunner(
                 None,
                 self.options.steps_per_execution,
                 self.task.val_metrics,
                 run_eagerly=self.options.run_eagerly,
+                steps_per_epoch=self.options.validation_steps,
                 open_loop_in_python=distribution.is_multi_worker(strategy),
             )
 
@@ -168,7 +170,6 @@ class Trainer:
         regularization losses of the trainable weights only (`model.losses`). It takes batches
         of `eval_signature`, set from the dataset by `evaluate`.
         """
-        assert self.task.make_eval_step is not None
         signature = self.eval_signature
         key = (signature, *(id(v) for v in self.model.trainable_variables))
         if key not in self.eval_steps:
@@ -241,7 +242,30 @@ class Trainer:
             logs, steps = self.train_runner.run_epoch(dataset, hooks, first_step=first_step)
         if bool(self.guard.tripped()):
             raise self.guard.error(int(self.global_step.numpy()))
+        if self.options.accumulation_steps > 1 and self.stop_requested() is None:
+            self.flush_step()  # Interrupted, the group goes into the checkpoint instead.
         return logs, steps
+
+    @property
+    def flush_step(self) -> Callable[[], None]:
+        """Applies the accumulated micro-batches of an epoch's last, smaller group.
+
+        With `options.accumulation_steps` above 1 (see `engine/accumulation.py`); traced once per
+        set of trainable variables, like the steps.
+        """
+        key = tuple(id(v) for v in self.model.trainable_variables)
+        if key not in self.flush_steps:
+            flush = self.task.optimizers.flush
+            if self.strategy is not None:
+                strategy = self.strategy
+
+                def flush() -> None:
+                    strategy.run(self.task.optimizers.flush)
+
+            self.flush_steps[key] = (
+                flush if self.options.run_eagerly else tf.function(flush, autograph=False)
+            )
+        return self.flush_steps[key]
 
     def evaluate(
         self, dataset: tf.data.Dataset, callbacks: keras.callbacks.CallbackList | None = None
@@ -249,12 +273,14 @@ class Trainer:
         """Evaluate on every batch once; figures cover this call only.
 
         Raises:
-            ValueError: If this project has no evaluation step.
+            ValueError: If the task has no evaluation step.
         """
         if self.eval_runner is None:
-            raise ValueError("this project has no evaluation step: a GAN has no validation")
+            raise ValueError(f"{NO_EVALUATION}, so evaluate has nothing to run")
         self.eval_signature = self.task.signature(dataset.element_spec)
         self.eval_runner.use_step(self.eval_step)
+        if self.options.validation_steps is not None:
+            self.eval_runner.close()  # As in `model.fit`: every evaluation reads the same batches.
         if callbacks is None:
             with reading("val_ds"):
                 logs, _ = self.eval_runner.run_epoch(dataset)
@@ -276,6 +302,7 @@ class Trainer:
         epochs: int | None = None,
         initial_epoch: int = 0,
         callbacks: Sequence[keras.callbacks.Callback] = (),
+        class_weight: Mapping[int, float] | None = None,
     ) -> keras.callbacks.History:
         """Train from epoch `initial_epoch` to `epochs`, evaluating on `val_ds` after each.
 
@@ -295,12 +322,14 @@ class Trainer:
 
         Args:
             train_ds: Batches to train on.
-            val_ds: Batches to evaluate on after each epoch; no evaluation when `None`.
+            val_ds: Batches to evaluate on after each epoch; no evaluation when `None`, which
+                a task without an evaluation step (a GAN's) requires.
             epochs: The epoch to stop at; `config.epochs` by default.
             initial_epoch: The epoch to start from.
-            callbacks: Yours; they run before the task's (its `callbacks` method) and the
-                default ones (see `callbacks.default_callbacks`), so those see what yours add
-                to the logs.
+            callbacks: Yours; they run before the default ones (see
+                `callbacks.default_callbacks`), so those see what yours add to the logs.
+            class_weight: The weight of each class id in the training loss, as for
+                `model.fit` (see the task's `prepare_dataset`); `val_ds` is not weighted by it.
 
         Returns:
             The `History` of this call's epochs: `.history` maps each key of the epoch logs
@@ -318,26 +347,31 @@ class Trainer:
                 `options.steps_per_epoch` (or `validation_steps`) ends its epochs; and during
                 the run, if a batch fails a value check of the steps or the dataset's Python
                 code raises (see `reading`).
+            ValueError: If `class_weight` maps something other than class ids to finite
+                weights >= 0, or the task takes none; or if `val_ds` is given to a task
+                without an evaluation step.
             checkpoints.CheckpointError: If `options.resume` finds nothing to resume, a
                 checkpoint that cannot be read or that another model wrote, or training data
                 of another number of batches than the run's.
         """
         epochs = self.config.epochs if epochs is None else epochs
-        train_ds = self.task.prepare_dataset(train_ds, "train_ds")
+        if val_ds is not None and self.eval_runner is None:
+            raise ValueError(f"val_ds is given, but {NO_EVALUATION}; drop val_ds")
+        train_ds = self.task.prepare_dataset(train_ds, "train_ds", class_weight)
         check_length(train_ds, "train_ds", self.options.steps_per_epoch, "steps_per_epoch")
         if val_ds is not None:
             val_ds = self.task.prepare_dataset(val_ds, "val_ds")
+            check_length(val_ds, "val_ds", self.options.validation_steps, "validation_steps")
         logdir = None if self.options.logdir is None else Path(self.options.logdir)
         if self.options.resume and logdir is not None:
             check_same_config(logdir, self.config, RunOptions)
             check_same_data(logdir, int(train_ds.cardinality()))
         num_batches = self.options.steps_per_epoch or int(train_ds.cardinality())
         history = keras.callbacks.History()
-        task_callbacks = self.task.callbacks(chief=self.chief)
         # Under several workers only the chief prints progress and writes figures.
-        defaults = default_callbacks(self.options, self.chief)
+        defaults = default_callbacks(self.config, self.options, self.chief)
         callback_list = keras.callbacks.CallbackList(
-            [*callbacks, *task_callbacks, *defaults, history],
+            [*callbacks, *defaults, history],
             model=self.model,
             epochs=epochs,
             steps=num_batches if num_batches >= 0 else None,
@@ -522,6 +556,8 @@ def fit(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     options: RunOptions | None = None,
     strategy: tf.distribute.Strategy | None = None,
+    class_weight: Mapping[int, float] | None = None,
+    task: BuildTask = build_task,
 ) -> keras.callbacks.History:
     """Train a model with the custom loop, as `model.fit` would.
 
@@ -535,11 +571,18 @@ def fit(
             built likewise.
         train_ds: Defaults to the training split of `load_datasets(config)`.
         val_ds: When `train_ds` is defaulted too, defaults to the validation split of
-            `load_datasets(config)` (a GAN has none); otherwise `None` means no evaluation.
+            `load_datasets(config)` (`None` where it has none, as a GAN's); otherwise `None`
+            means no evaluation.
         callbacks: Keras callbacks, as for `model.fit`.
         options: How the run executes; `RunOptions()` by default.
         strategy: Any `tf.distribute.Strategy`; by default the one `options.strategy` names
             (see `distribution.make_strategy`).
+        class_weight: The weight of each class id, as for `model.fit`: each training
+            example's loss counts times its label's weight (1.0 for a class the mapping
+            omits). Not with a `train_ds` of `(features, labels, sample_weights)`, nor for a
+            task without classes (a GAN's).
+        task: Builds the task from the model, the config and the options;
+            `task.build_task` by default.
 
     Returns:
         The `History`: `.history[key]` holds one value per epoch, `.model` the trained model.
@@ -564,5 +607,5 @@ def fit(
     if train_ds is None:
         train_ds, default_val = load_datasets(config)
         val_ds = default_val if val_ds is None else val_ds
-    trainer = Trainer(config, model, options, strategy)
-    return trainer.fit(train_ds, val_ds, callbacks=callbacks)
+    trainer = Trainer(config, model, options, strategy, task=task)
+    return trainer.fit(train_ds, val_ds, callbacks=callbacks, class_weight=class_weight)

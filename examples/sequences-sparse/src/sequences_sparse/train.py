@@ -2,9 +2,10 @@
 
 `fit` is the entry point and returns a `keras.callbacks.History`, as `model.fit` does.
 `Trainer` is the loop itself, the same for every kind of project: what differs (the model,
-its optimizers, the steps) comes from the task of `task.py`, and everything that watches or
-steers a run (progress, `metrics.jsonl`, TensorBoard, and your own
-callbacks) is a Keras callback on it.
+its optimizers, the steps) comes from the task of `task.py`, an `engine.task.Task`, and
+everything that watches or steers a run (progress, `metrics.jsonl`, TensorBoard, what else
+`callbacks.default_callbacks` gives this project, and your own callbacks) is a Keras callback
+on it.
 
 Template-owned: `copier update` merges template changes into it.
 """
@@ -21,11 +22,11 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from .callbacks import default_callbacks
 from .config import Config, RunOptions
 from .contract import DatasetError, read_failure
 from .data import load_datasets
 from .engine import distribution, interrupts, precision
-from .engine.callbacks import default_callbacks
 from .engine.checkpoints import (
     CHECKPOINTS,
     RunCheckpoint,
@@ -36,17 +37,18 @@ from .engine.checkpoints import (
 )
 from .engine.gradients import NonFiniteGuard
 from .engine.loop import CallHooks, EpochLogs, StepRunner
+from .engine.task import StepFn, Task
 from .model import build_model
-from .steps import ClassifierTask, StepFn
 from .task import build_task
 
-BuildTask = Callable[[keras.Model, Config, RunOptions], ClassifierTask]
+BuildTask = Callable[[keras.Model, Config, RunOptions], Task]
 
 NOT_EXACT = (
     "note: the checkpoint holds no position in train_ds, whose iterator cannot be saved "
     "(from_generator and py_function keep their state in Python), so this resume is not bit "
     "for bit: it reads train_ds anew, skipping the {step} batches its epoch had run"
 )
+NO_EVALUATION = "this project's task has no evaluation step (a GAN has no validation data)"
 
 
 class Trainer:
@@ -57,7 +59,7 @@ class Trainer:
 
     Args:
         config: The run's hyperparameters.
-        model: The model to train; its output must fit the loss.
+        model: The model to train, as the task takes it (its output must fit the loss).
         options: How the run executes; `RunOptions()` by default.
         strategy: The `tf.distribute.Strategy` to train with, in whose scope the model was
             built; `None` trains on one device. Each step's batch is then split among the
@@ -66,7 +68,7 @@ class Trainer:
             `task.build_task` by default.
 
     Attributes:
-        task: The model, its `OptimizerSet`, metrics and step factories.
+        task: The model, its optimizers, metrics and step factories (an `engine.task.Task`).
         chief: Whether this process writes the run's files: false on the workers other than
             the chief of a multi-worker run (see `distribution.is_chief`).
         global_step: Training steps taken in this run, an int64 variable that the loop
@@ -81,7 +83,7 @@ class Trainer:
         train_signature: The training batches' input signature (see `task.signature`),
             set from the dataset at each epoch; `task.input_signature` until then.
         eval_signature: The evaluation batches' input signature, set likewise by `evaluate`.
-        eval_runner: Runs the evaluation step likewise.
+        eval_runner: Runs the evaluation step likewise; `None` for a task without one (a GAN's).
     """
 
     def __init__(
@@ -129,7 +131,7 @@ class Trainer:
         self.eval_steps: dict[tuple[object, ...], StepFn] = {}
         self.flush_steps: dict[tuple[int, ...], Callable[[], None]] = {}
         self.eval_runner: StepRunner | None = None
-        if self.task.make_eval_step is not None:
+        if self.task.evaluates:
             self.eval_runner = StepRunner(
                 None,
                 self.options.steps_per_execution,
@@ -168,7 +170,6 @@ class Trainer:
         regularization losses of the trainable weights only (`model.losses`). It takes batches
         of `eval_signature`, set from the dataset by `evaluate`.
         """
-        assert self.task.make_eval_step is not None
         signature = self.eval_signature
         key = (signature, *(id(v) for v in self.model.trainable_variables))
         if key not in self.eval_steps:
@@ -241,7 +242,7 @@ class Trainer:
             logs, steps = self.train_runner.run_epoch(dataset, hooks, first_step=first_step)
         if bool(self.guard.tripped()):
             raise self.guard.error(int(self.global_step.numpy()))
-        if self.task.optimizers.accumulator is not None and self.stop_requested() is None:
+        if self.options.accumulation_steps > 1 and self.stop_requested() is None:
             self.flush_step()  # Interrupted, the group goes into the checkpoint instead.
         return logs, steps
 
@@ -272,10 +273,10 @@ class Trainer:
         """Evaluate on every batch once; figures cover this call only.
 
         Raises:
-            ValueError: If this project has no evaluation step.
+            ValueError: If the task has no evaluation step.
         """
         if self.eval_runner is None:
-            raise ValueError("this project has no evaluation step: a GAN has no validation")
+            raise ValueError(f"{NO_EVALUATION}, so evaluate has nothing to run")
         self.eval_signature = self.task.signature(dataset.element_spec)
         self.eval_runner.use_step(self.eval_step)
         if self.options.validation_steps is not None:
@@ -321,15 +322,14 @@ class Trainer:
 
         Args:
             train_ds: Batches to train on.
-            val_ds: Batches to evaluate on after each epoch; no evaluation when `None`.
+            val_ds: Batches to evaluate on after each epoch; no evaluation when `None`, which
+                a task without an evaluation step (a GAN's) requires.
             epochs: The epoch to stop at; `config.epochs` by default.
             initial_epoch: The epoch to start from.
-            callbacks: Yours; they run before the task's (its `callbacks` method) and the
-                default ones (see `callbacks.default_callbacks`), so those see what yours add
-                to the logs.
-            class_weight: The weight of each class id in the training loss, as
-                for `model.fit` (see `steps.ClassifierTask.prepare_dataset`); `val_ds` is not
-                weighted by it.
+            callbacks: Yours; they run before the default ones (see
+                `callbacks.default_callbacks`), so those see what yours add to the logs.
+            class_weight: The weight of each class id in the training loss, as for
+                `model.fit` (see the task's `prepare_dataset`); `val_ds` is not weighted by it.
 
         Returns:
             The `History` of this call's epochs: `.history` maps each key of the epoch logs
@@ -348,12 +348,15 @@ class Trainer:
                 the run, if a batch fails a value check of the steps or the dataset's Python
                 code raises (see `reading`).
             ValueError: If `class_weight` maps something other than class ids to finite
-                weights >= 0.
+                weights >= 0, or the task takes none; or if `val_ds` is given to a task
+                without an evaluation step.
             checkpoints.CheckpointError: If `options.resume` finds nothing to resume, a
                 checkpoint that cannot be read or that another model wrote, or training data
                 of another number of batches than the run's.
         """
         epochs = self.config.epochs if epochs is None else epochs
+        if val_ds is not None and self.eval_runner is None:
+            raise ValueError(f"val_ds is given, but {NO_EVALUATION}; drop val_ds")
         train_ds = self.task.prepare_dataset(train_ds, "train_ds", class_weight)
         check_length(train_ds, "train_ds", self.options.steps_per_epoch, "steps_per_epoch")
         if val_ds is not None:
@@ -365,11 +368,10 @@ class Trainer:
             check_same_data(logdir, int(train_ds.cardinality()))
         num_batches = self.options.steps_per_epoch or int(train_ds.cardinality())
         history = keras.callbacks.History()
-        task_callbacks = self.task.callbacks(chief=self.chief)
         # Under several workers only the chief prints progress and writes figures.
-        defaults = default_callbacks(self.options, self.chief)
+        defaults = default_callbacks(self.config, self.options, self.chief)
         callback_list = keras.callbacks.CallbackList(
-            [*callbacks, *task_callbacks, *defaults, history],
+            [*callbacks, *defaults, history],
             model=self.model,
             epochs=epochs,
             steps=num_batches if num_batches >= 0 else None,
@@ -569,14 +571,16 @@ def fit(
             built likewise.
         train_ds: Defaults to the training split of `load_datasets(config)`.
         val_ds: When `train_ds` is defaulted too, defaults to the validation split of
-            `load_datasets(config)`; otherwise `None` means no evaluation.
+            `load_datasets(config)` (`None` where it has none, as a GAN's); otherwise `None`
+            means no evaluation.
         callbacks: Keras callbacks, as for `model.fit`.
         options: How the run executes; `RunOptions()` by default.
         strategy: Any `tf.distribute.Strategy`; by default the one `options.strategy` names
             (see `distribution.make_strategy`).
         class_weight: The weight of each class id, as for `model.fit`: each training
             example's loss counts times its label's weight (1.0 for a class the mapping
-            omits). Not with a `train_ds` of `(features, labels, sample_weights)`.
+            omits). Not with a `train_ds` of `(features, labels, sample_weights)`, nor for a
+            task without classes (a GAN's).
         task: Builds the task from the model, the config and the options;
             `task.build_task` by default.
 

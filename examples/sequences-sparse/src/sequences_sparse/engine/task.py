@@ -1,0 +1,112 @@
+"""What the loop needs from a task: the one interface every kind of project's task offers.
+
+`train.Trainer` knows a task by this class alone: the model, its optimizers, the metrics of
+each phase, the steps it traces, their input signature, and the datasets checked and converted
+for them. A classifier's task (`steps.ClassifierTask`) and a GAN's (`task.GanTask`) both
+subclass it; so can a task of yours.
+
+Template-owned: `copier update` replaces it with the template's later versions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import ClassVar, Protocol
+
+import keras
+import tensorflow as tf
+
+StepFn = Callable[..., tf.Tensor | None]
+
+
+class Optimizers(Protocol):
+    """What the loop uses of a task's optimizers (the project's `optimizers.OptimizerSet`).
+
+    Attributes:
+        variables: Every variable the optimizers update, for the guard to restore.
+    """
+
+    variables: list[tf.Variable]
+
+    def flush(self) -> None:
+        """Apply the micro-batches accumulated so far: an epoch's last, smaller group.
+
+        Called only with `RunOptions.accumulation_steps` above 1, which a task may refuse
+        (the GAN's does).
+        """
+        ...
+
+    def learning_rates(self) -> dict[str, float]:
+        """Each optimizer's learning rate now, keyed as the epoch logs name it."""
+        ...
+
+    def checkpoint_items(self) -> dict[str, object]:
+        """The optimizers' state for a checkpoint."""
+        ...
+
+
+class Task:
+    """The model, its optimizers, metrics and steps, as `train.Trainer` runs them.
+
+    A subclass sets the attributes below in its `__init__` (called in the strategy's scope,
+    so that variables it creates are the strategy's) and gives `make_train_step` and
+    `prepare_dataset`; with `evaluates`, `make_eval_step` too.
+
+    Attributes:
+        evaluates: Whether the task has an evaluation step; without one (a GAN), the loop
+            refuses `val_ds` and `evaluate`.
+        model: The model the loop trains, checkpoints and saves.
+        optimizers: Its optimizers, on its trainable variables.
+        train_metrics: What the training step records; the loop resets them every epoch and
+            logs them by name.
+        val_metrics: What the evaluation step records, likewise; empty without evaluation.
+        input_signature: The steps' input signature for one batch, the batch dimension
+            `None`; `signature` refines it for a dataset.
+    """
+
+    evaluates: ClassVar[bool] = True
+    model: keras.Model
+    optimizers: Optimizers
+    train_metrics: Iterable[keras.metrics.Metric]
+    val_metrics: Iterable[keras.metrics.Metric]
+    input_signature: tuple[tf.TensorSpec, ...]
+
+    def make_train_step(self) -> StepFn:
+        """The training step for the model's trainable variables now, as the loop runs it.
+
+        A plain `tf.function`-compatible function of one batch's tensors (this replica's share
+        of it under a strategy) that returns the step's `gradients.update_status` code.
+        """
+        raise NotImplementedError("give the task a make_train_step method")
+
+    def make_eval_step(self) -> StepFn:
+        """The evaluation step, likewise; it returns nothing. Only with `evaluates`."""
+        raise NotImplementedError("give the task a make_eval_step method, or set evaluates")
+
+    def signature(self, spec: object) -> tuple[tf.TensorSpec, ...]:
+        """The steps' input signature for a prepared dataset of element spec `spec`."""
+        del spec  # One signature for every dataset, unless a subclass says otherwise.
+        return self.input_signature
+
+    def prepare_dataset(
+        self,
+        dataset: tf.data.Dataset,
+        name: str,
+        class_weight: Mapping[int, float] | None = None,
+    ) -> tf.data.Dataset:
+        """`dataset` as the steps take it: checked, and converted where that is unambiguous.
+
+        Called on every dataset before it is read, so that a problem fails before tracing.
+        The result has the same cardinality and order.
+
+        Args:
+            dataset: The batches.
+            name: What the dataset is called in errors, e.g. `train_ds`.
+            class_weight: The weight of each class id, for the training dataset, as for
+                `model.fit`; a task without classes refuses it.
+        """
+        raise NotImplementedError("give the task a prepare_dataset method")
+
+    def checkpoint_items(self) -> dict[str, object]:
+        """What a checkpoint holds beyond the model, its optimizers and the loop's state."""
+        return {}
