@@ -135,7 +135,10 @@ class Labels:
         if not isinstance(spec, tf.TensorSpec) or spec.shape.rank is None:
             fix = "make the dataset yield (features, labels) pairs of dense tensors of known rank"
         elif spec.dtype == tf.string:
-            fix = "map the strings to integer class ids in data.py, e.g. with keras.layers.StringLookup"
+            fix = (
+                "map the strings to integer class ids in data.py, e.g. with "
+                "keras.layers.StringLookup"
+            )
         else:
             accepted = self._accepted(spec, expected)
             if accepted is not None:
@@ -428,7 +431,7 @@ class BinaryLabels(Labels):
     def _accepted(
         self, spec: tf.TensorSpec, expected: tf.TensorSpec
     ) -> tuple[Conversion, str] | None:
-        """The conversion of 0/1 labels, `(batch,)` or `(batch, 1)`, bool or numbers, and its words."""
+        """The conversion of 0/1 labels, `(batch,)` or `(batch, 1)`, bools or numbers; its words."""
         if not (spec.dtype.is_integer or spec.dtype.is_floating or spec.dtype == tf.bool):
             return None
         cast = cast_to(expected.dtype)
