@@ -74,7 +74,7 @@ class Features:
     def check(
         self, spec: object, name: str = "features", model_features: FeatureSpec | None = None
     ) -> SpecCheck:
-        """How features of `spec` fit `spec`: as they are, converted, or not.
+        """How features of element spec `spec` fit `self.spec`: as they are, converted, or not.
 
         Args:
             spec: The features' `tf.TypeSpec`, e.g. `dataset.element_spec[0]`.

@@ -120,7 +120,7 @@ class Labels:
         raise NotImplementedError
 
     def check(self, spec: object, name: str = "labels") -> SpecCheck:
-        """How labels of `spec` fit `spec`: as they are, converted, or not.
+        """How labels of element spec `spec` fit `self.spec`: as they are, converted, or not.
 
         Args:
             spec: The labels' `tf.TypeSpec`, e.g. `dataset.element_spec[1]`.
