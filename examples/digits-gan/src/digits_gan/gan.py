@@ -22,9 +22,8 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from . import contract
 from .config import Config, RunOptions
-from .engine import precision
+from .engine import contract, precision
 from .engine.distribution import BatchMean, global_batch_size
 from .engine.gradients import FINITE
 from .optimizers import OptimizerSet, build_optimizers
