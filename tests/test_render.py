@@ -88,9 +88,12 @@ ENGINE_MODULES = (
     "callbacks",
     "checkpoints",
     "cluster",
+    "contract",
     "distribution",
+    "features",
     "gradients",
     "interrupts",
+    "labels",
     "loop",
     "optimizers",
     "options",
@@ -115,7 +118,6 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                     "__init__",
                     "__main__",
                     "config",
-                    "contract",
                     "data",
                     "gan",
                     "model",
@@ -156,10 +158,7 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                 "__init__",
                 "__main__",
                 "config",
-                "contract",
                 "data",
-                "inputs",
-                "losses",
                 "model",
                 "preflight",
                 "steps",
@@ -353,8 +352,8 @@ ENGINE_WIDE: dict[str, tuple[str, ...]] = {
         )
     },
     # Parity with model.fit on the loop's other inputs: datasets that repeat forever read by
-    # steps_per_epoch (loop.py, no Jinja) and a dict of named inputs (inputs.py, branches on
-    # `shapes`), on the tests' own two-input model. The project's own model and loss are held
+    # steps_per_epoch (loop.py, no Jinja) and a dict of named inputs (engine/features.py, no
+    # Jinja), on the tests' own two-input model. The project's own model and loss are held
     # to model.fit in every render.
     **{
         f"tests/test_parity.py::{test}": CLASSIFIERS

@@ -479,7 +479,7 @@ def test_changing_an_answer_rerenders_the_affected_files(tmp_path: Path, templat
     assert answers(project)["_commit"] == V1
     fresh = new(tmp_path / "fresh" / "demo", template, "--labels", "one-hot", "--no-git")
     assert files(project) == files(fresh)
-    assert "CategoricalCrossentropy" in (project / f"src/{PACKAGE}/losses.py").read_text()
+    assert "OneHotLabels(" in (project / f"src/{PACKAGE}/config.py").read_text()
 
 
 @pytest.mark.parametrize("ref", [V1, ":current:"])

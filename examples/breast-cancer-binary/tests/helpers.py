@@ -6,10 +6,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from breast_cancer_binary import losses
 from breast_cancer_binary.config import Config, RunOptions
 from breast_cancer_binary.data import load_datasets
-from breast_cancer_binary.inputs import features_spec
 from breast_cancer_binary.train import Trainer
 
 # Tests print no progress, and train on one device in float32 whatever the project's defaults:
@@ -35,8 +33,8 @@ def raw_features(config: Config, num_examples: int, seed: int = 0) -> np.ndarray
 
 
 def input_layer(config: Config) -> keras.KerasTensor:
-    """A Keras input that takes batches of `inputs.features_spec(config)`."""
-    spec = features_spec(config)
+    """A Keras input that takes batches of `config.features.spec`."""
+    spec = config.features.spec
     return keras.Input(shape=tuple(spec.shape[1:]), dtype=spec.dtype.name)
 
 
@@ -62,15 +60,15 @@ def dataset(x: np.ndarray, labels: np.ndarray, batch_size: int) -> tf.data.Datas
 def predicted_classes(model: keras.Model, x: np.ndarray) -> np.ndarray:
     """The class each example is predicted as, as the accuracy metric reads the outputs."""
     outputs = keras.ops.convert_to_numpy(model(x, training=False))
-    return (outputs[:, 0] > losses.THRESHOLD).astype(np.int64)
+    return (outputs[:, 0] > 0.0).astype(np.int64)
 
 
 def labels_for(model: keras.Model, x: np.ndarray, config: Config, *, agree: bool) -> np.ndarray:
     """Encoded labels that all agree (or all disagree) with the model's predictions."""
     classes = predicted_classes(model, x)
     if not agree:
-        classes = (classes + 1) % losses.class_count(config)
-    return losses.encode_labels(classes, config)
+        classes = (classes + 1) % config.labels.class_count
+    return config.labels.encode(classes)
 
 
 def traced_once_per_phase(trainer: Trainer) -> bool:
@@ -107,7 +105,7 @@ def linear_model(
     """
     inputs, x = encoder(config, front=front)
     outputs = keras.layers.Dense(
-        losses.output_units(config),
+        config.labels.output_units,
         kernel_regularizer=regularizer,
         dtype=output_dtype,
         name="last",
@@ -119,14 +117,14 @@ def two_input_model(config: Config) -> keras.Model:
     """A deterministic model on a dict of two named inputs, `pixels` and `extra`.
 
     `pixels` are features of `config.input_shape`, `extra` 3 numbers per example; the model
-    ends in the project's `losses.output_layer`.
+    ends in the project's `config.labels.output_layer()`.
     """
     inputs = {
         "pixels": keras.Input(config.input_shape, name="pixels"),
         "extra": keras.Input((3,), name="extra"),
     }
     x = keras.layers.Concatenate()([keras.layers.Flatten()(inputs["pixels"]), inputs["extra"]])
-    return keras.Model(inputs, losses.output_layer(config)(x))
+    return keras.Model(inputs, config.labels.output_layer()(x))
 
 
 def dict_features(config: Config, num_examples: int, seed: int = 0) -> dict[str, np.ndarray]:

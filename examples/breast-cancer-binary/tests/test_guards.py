@@ -10,7 +10,6 @@ import pytest
 import tensorflow as tf
 from helpers import QUIET, dataset, encoder, features, linear_model
 
-from breast_cancer_binary import losses
 from breast_cancer_binary.config import Config
 from breast_cancer_binary.engine.gradients import NonFiniteError
 from breast_cancer_binary.engine.optimizers import OptimizerSet
@@ -85,7 +84,7 @@ def _model(
     if layer is not None:
         x = layer(x)
     x = keras.layers.Dropout(0.5, seed=config.seed)(keras.layers.BatchNormalization()(x))
-    return keras.Model(inputs, losses.output_layer(config)(x))
+    return keras.Model(inputs, config.labels.output_layer()(x))
 
 
 def _trained_whole(config: Config) -> Config:
@@ -98,7 +97,7 @@ def _examples(config: Config, marked: list[int]) -> tuple[np.ndarray, np.ndarray
     x = features(config, 64)
     for batch in marked:
         x[batch * 16 + 5, 0] = _mark(config)
-    labels = losses.encode_labels(np.arange(64) % losses.class_count(config), config)
+    labels = config.labels.encode(np.arange(64) % config.labels.class_count)
     return x, labels
 
 
@@ -227,8 +226,8 @@ def test_a_non_finite_gradient_is_named_by_its_variable(config: Config) -> None:
 
 def test_clipping_bounds_the_global_norm_of_the_update(config: Config) -> None:
     x = features(config, 16)
-    y = losses.encode_labels(np.arange(16) % losses.class_count(config), config)
-    loss_fn = losses.make_loss()
+    y = config.labels.encode(np.arange(16) % config.labels.class_count)
+    loss_fn = config.labels.make_loss()
     norms = []
     for clip in (None, 1e-3):
         keras.utils.set_random_seed(config.seed)

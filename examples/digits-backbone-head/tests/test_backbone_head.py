@@ -11,7 +11,6 @@ import pytest
 import tensorflow as tf
 from helpers import QUIET, encoder, features, input_layer, labels_for, linear_model
 
-from digits_backbone_head import losses
 from digits_backbone_head.config import Config
 from digits_backbone_head.data import load_datasets
 from digits_backbone_head.engine import distribution
@@ -81,7 +80,7 @@ def _model_with_batch_norm(config: Config) -> keras.Model:
     x = keras.layers.BatchNormalization()(keras.layers.Dense(8)(x))
     backbone = keras.Model(inputs, x, name="backbone")
     embedding = keras.Input(shape=(8,))
-    head = keras.Model(embedding, losses.output_layer(config)(embedding), name="head")
+    head = keras.Model(embedding, config.labels.output_layer()(embedding), name="head")
     return keras.Model(inputs, head(backbone(inputs)))
 
 

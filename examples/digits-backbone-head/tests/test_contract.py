@@ -24,13 +24,11 @@ from helpers import (
     two_input_model,
 )
 
-from digits_backbone_head import losses
 from digits_backbone_head import train as training
 from digits_backbone_head.__main__ import main
 from digits_backbone_head.config import Config
-from digits_backbone_head.contract import DatasetError, SpecCheck
 from digits_backbone_head.data import load_arrays, load_datasets, split
-from digits_backbone_head.inputs import check_features
+from digits_backbone_head.engine.contract import DatasetError, SpecCheck
 from digits_backbone_head.model import build_model
 from digits_backbone_head.task import build_task
 from digits_backbone_head.train import Trainer, fit
@@ -40,10 +38,10 @@ def test_datasets_yield_the_declared_encoding(config: Config) -> None:
     train_ds, val_ds = load_datasets(config)
     for ds in (train_ds, val_ds):
         x_spec, y_spec = ds.element_spec
-        assert check_features(x_spec, config) == SpecCheck()
-        assert losses.check_labels(y_spec, config) == SpecCheck()
+        assert config.features.check(x_spec) == SpecCheck()
+        assert config.labels.check(y_spec) == SpecCheck()
         _, y = next(iter(ds))
-        losses.checked_label_values(y, config)
+        config.labels.checked_values(y)
 
 
 def test_the_model_standardizes_with_the_training_split_only(config: Config) -> None:
@@ -67,8 +65,8 @@ def test_loss_and_accuracy_read_the_labels_as_encoded(config: Config) -> None:
     right = labels_for(model, x, config, agree=True)
     wrong = labels_for(model, x, config, agree=False)
     y_pred = model(x, training=False)
-    loss_fn = losses.make_loss()
-    accuracy = losses.make_accuracy("acc")
+    loss_fn = config.labels.make_loss()
+    accuracy = config.labels.make_accuracy("acc")
 
     accuracy.update_state(right, y_pred)
     assert float(accuracy.result()) == 1.0
@@ -76,27 +74,27 @@ def test_loss_and_accuracy_read_the_labels_as_encoded(config: Config) -> None:
     accuracy.update_state(wrong, y_pred)
     assert float(accuracy.result()) == 0.0
     assert float(loss_fn(right, y_pred)) < float(loss_fn(wrong, y_pred))
-    assert loss_fn.get_config()["from_logits"] is losses.FROM_LOGITS
+    assert loss_fn.get_config()["from_logits"] is True
 
 
 def test_default_model_fits_the_loss(config: Config) -> None:
-    losses.check_model_output(build_model(config), config)
+    config.labels.check_model_output(build_model(config), config.features)
 
 
 def test_model_with_wrong_units_is_refused(config: Config) -> None:
     inputs, x = encoder(config)
-    outputs = keras.layers.Dense(losses.output_units(config) + 1)(x)
+    outputs = keras.layers.Dense(config.labels.output_units + 1)(x)
     with pytest.raises(ValueError, match=r"give the last layer \d+ units"):
-        losses.check_model_output(keras.Model(inputs, outputs), config)
+        config.labels.check_model_output(keras.Model(inputs, outputs), config.features)
 
 
 def test_model_with_wrong_activation_is_refused(config: Config) -> None:
     inputs, x = encoder(config)
-    activation = "sigmoid" if losses.LABEL_ENCODING == "binary" else "softmax"
+    activation = "sigmoid" if config.labels.encoding == "binary" else "softmax"
     expected = "remove the activation from the last layer"
-    outputs = keras.layers.Dense(losses.output_units(config), activation=activation)(x)
+    outputs = keras.layers.Dense(config.labels.output_units, activation=activation)(x)
     with pytest.raises(ValueError, match=expected):
-        losses.check_model_output(keras.Model(inputs, outputs), config)
+        config.labels.check_model_output(keras.Model(inputs, outputs), config.features)
 
 
 # Forms of the features and the labels, each made from the canonical arrays: features as
@@ -110,7 +108,7 @@ def _other_features(x: np.ndarray) -> np.ndarray:
 
 
 def _canonical(x: np.ndarray, ids: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray]:
-    return x, losses.encode_labels(ids, config)
+    return x, config.labels.encode(ids)
 
 
 ACCEPTED: dict[str, Form] = {
@@ -129,7 +127,7 @@ REFUSED["an extra axis"] = lambda x, ids, c: (x[..., np.newaxis], *_canonical(x,
 
 def _arrays(config: Config, num_examples: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Canonical features and class ids that cover every class."""
-    return features(config, num_examples), np.arange(num_examples) % losses.class_count(config)
+    return features(config, num_examples), np.arange(num_examples) % config.labels.class_count
 
 
 def _batches(ds: tf.data.Dataset) -> list[tuple[np.ndarray, ...]]:
@@ -222,7 +220,7 @@ def test_every_problem_is_reported_at_once_and_the_hints_lead_to_training(config
         lambda x, y: (follow_hint(message, "features", x), follow_hint(message, "labels", y))
     )
     followed = np.concatenate([y for _, y in _batches(fixed)])
-    np.testing.assert_array_equal(followed, losses.encode_labels(ids, config))
+    np.testing.assert_array_equal(followed, config.labels.encode(ids))
     config = dataclasses.replace(config, epochs=1)
     history = fit(config, model=linear_model(config), train_ds=fixed, options=QUIET)
     # Labels of every class, and a model that has seen them once: far from a perfect score.
@@ -237,7 +235,7 @@ def test_labels_with_impossible_values_fail_in_the_step(config: Config) -> None:
     message = r"sparse labels must be class ids in \[0, \d+\)"
     # The loss must wait for the check: unordered, the loss kernel's own error wins some runs.
     for call in range(100):
-        labels = losses.encode_labels(np.zeros(4, dtype=np.int64), config)
+        labels = config.labels.encode(np.zeros(4, dtype=np.int64))
         labels[call % 4] = impossible
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             trainer.train_step(x, tf.constant(labels))
@@ -285,7 +283,7 @@ def test_accepted_sample_weights_reach_the_step_as_float32_per_example(
     config: Config, form: str
 ) -> None:
     x, ids = _arrays(config)
-    y, w = losses.encode_labels(ids, config), _weights(len(ids))
+    y, w = config.labels.encode(ids), _weights(len(ids))
     task = build_task(linear_model(config), config, QUIET)
     given = _weighted(x, y, WEIGHTS_ACCEPTED[form](w), 8)
     _assert_same_batches(task.prepare_dataset(given, "train_ds"), _weighted(x, y, w, 8))
@@ -295,7 +293,7 @@ def test_following_the_hint_for_string_sample_weights_gives_the_canonical_batche
     config: Config,
 ) -> None:
     x, ids = _arrays(config)
-    y, w = losses.encode_labels(ids, config), _weights(len(ids))
+    y, w = config.labels.encode(ids), _weights(len(ids))
     task = build_task(linear_model(config), config, QUIET)
     bad = _weighted(x, y, w.astype(str), 8)
     with pytest.raises(DatasetError) as error:
@@ -321,8 +319,8 @@ def test_every_problem_of_a_weighted_dataset_is_reported_at_once(config: Config)
 
 def test_class_weight_weighs_each_training_example_by_its_class(config: Config) -> None:
     x, ids = _arrays(config)
-    y = losses.encode_labels(ids, config)
-    last = losses.class_count(config) - 1
+    y = config.labels.encode(ids)
+    last = config.labels.class_count - 1
     task = build_task(linear_model(config), config, QUIET)
     prepared = task.prepare_dataset(dataset(x, y, 8), "train_ds", {0: 4.0, last: 0.5})
     expected = np.ones(len(ids), dtype=np.float32)  # Classes the mapping omits weigh 1.
@@ -332,7 +330,7 @@ def test_class_weight_weighs_each_training_example_by_its_class(config: Config) 
 
 def test_class_weight_with_sample_weights_is_refused_and_the_hint_trains(config: Config) -> None:
     x, ids = _arrays(config)
-    y, w = losses.encode_labels(ids, config), _weights(len(ids))
+    y, w = config.labels.encode(ids), _weights(len(ids))
     class_weight = {0: 4.0}
     config = dataclasses.replace(config, epochs=1)
     with pytest.raises(DatasetError, match="drop class_weight, or multiply each sample weight"):
@@ -352,12 +350,12 @@ def test_class_weight_with_sample_weights_is_refused_and_the_hint_trains(config:
 
 
 def test_a_bad_class_weight_is_refused_naming_each_entry(config: Config) -> None:
-    n = losses.class_count(config)
+    n = config.labels.class_count
     task = build_task(linear_model(config), config, QUIET)
     x, ids = _arrays(config)
     given = {-1: 1.0, n: 2.0, 0: float("nan"), 1: -0.5, "cat": 1.0}
     with pytest.raises(ValueError) as error:
-        task.prepare_dataset(dataset(x, losses.encode_labels(ids, config), 8), "train_ds", given)
+        task.prepare_dataset(dataset(x, config.labels.encode(ids), 8), "train_ds", given)
     message = str(error.value)
     for part in (
         f"class -1 is not in [0, {n})",
@@ -371,7 +369,7 @@ def test_a_bad_class_weight_is_refused_naming_each_entry(config: Config) -> None
 
 def test_weighted_runs_trace_each_step_once(config: Config) -> None:
     x, ids = _arrays(config, 40)  # Batches of 16: the last is smaller.
-    y, w = losses.encode_labels(ids, config), _weights(len(ids))
+    y, w = config.labels.encode(ids), _weights(len(ids))
     trainer = Trainer(config, linear_model(config), QUIET)
     val_ds = _weighted(x, y, w.astype(np.int64), 16)  # Converted in the pipeline.
     history = trainer.fit(dataset(x, y, 16), val_ds, class_weight={0: 2.0})
@@ -380,8 +378,8 @@ def test_weighted_runs_trace_each_step_once(config: Config) -> None:
 
 
 def test_dict_features_reach_the_step_converted_per_input(config: Config) -> None:
-    x, ids = dict_features(config, 16), np.arange(16) % losses.class_count(config)
-    y = losses.encode_labels(ids, config)
+    x, ids = dict_features(config, 16), np.arange(16) % config.labels.class_count
+    y = config.labels.encode(ids)
     task = build_task(two_input_model(config), config, QUIET)
     given = {"pixels": x["pixels"].astype(np.float64), "extra": x["extra"].astype(np.float16)}
     prepared = task.prepare_dataset(dataset(given, y, 8), "train_ds")
@@ -393,8 +391,8 @@ def test_dict_features_reach_the_step_converted_per_input(config: Config) -> Non
 
 
 def test_every_problem_of_dict_features_is_listed_and_the_hints_train(config: Config) -> None:
-    x, ids = dict_features(config, 16), np.arange(16) % losses.class_count(config)
-    y = losses.encode_labels(ids, config)
+    x, ids = dict_features(config, 16), np.arange(16) % config.labels.class_count
+    y = config.labels.encode(ids)
     pixels = (x["pixels"] * 10).astype(np.int32)
     bad = dataset({"pixels": pixels, "other": x["extra"]}, y, 8)
     model = two_input_model(config)
@@ -418,8 +416,8 @@ def test_every_problem_of_dict_features_is_listed_and_the_hints_train(config: Co
 
 
 def test_dict_features_and_a_one_input_model_are_refused_both_ways(config: Config) -> None:
-    x, ids = dict_features(config, 16), np.arange(16) % losses.class_count(config)
-    y = losses.encode_labels(ids, config)
+    x, ids = dict_features(config, 16), np.arange(16) % config.labels.class_count
+    y = config.labels.encode(ids)
     one_input = build_task(linear_model(config), config, QUIET)
     with pytest.raises(DatasetError, match=r"build the model on a dict of keras\.Input"):
         one_input.prepare_dataset(dataset(x, y, 8), "train_ds")

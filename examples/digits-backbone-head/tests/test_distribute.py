@@ -19,9 +19,8 @@ from helpers import dict_features, linear_model, raw_features, two_input_model
 from digits_backbone_head.config import Config, RunOptions
 from digits_backbone_head.engine import interrupts, precision
 from digits_backbone_head.engine.distribution import DistributionError
-from digits_backbone_head.engine.optimizers import OptimizerSet
-from digits_backbone_head.losses import class_count, encode_labels
 from digits_backbone_head.model import build_model
+from digits_backbone_head.optimizers import OptimizerSet
 from digits_backbone_head.train import fit
 
 # One device in float32 unless a test says otherwise, whatever the project's defaults.
@@ -50,7 +49,7 @@ def datasets(config: Config, weighted: bool = False) -> tuple[tf.data.Dataset, t
     """
     rng = np.random.default_rng(0)
     x = raw_features(config, 2 * EXAMPLES)
-    labels = encode_labels(rng.integers(0, class_count(config), 2 * EXAMPLES), config)
+    labels = config.labels.encode(rng.integers(0, config.labels.class_count, 2 * EXAMPLES))
     weights = rng.uniform(0.0, 3.0, 2 * EXAMPLES).astype(np.float32)
     weights[rng.random(2 * EXAMPLES) < 0.2] = 0.0
 
@@ -189,7 +188,7 @@ def test_sample_weights_train_exactly_alike_on_replicas_and_in_micro_batches() -
 def test_weighted_dict_batches_train_exactly_alike_on_replicas() -> None:
     """A model on named inputs, fed `(dict, labels, sample_weights)`, on 3 replicas as on one."""
     config = dataclasses.replace(small_config(Config()), epochs=1)
-    labels = encode_labels(np.arange(EXAMPLES) % class_count(config), config)
+    labels = config.labels.encode(np.arange(EXAMPLES) % config.labels.class_count)
     parts = (dict_features(config, EXAMPLES), labels, np.linspace(0.0, 2.0, EXAMPLES))
     dataset = tf.data.Dataset.from_tensor_slices(parts).batch(BATCH)
     runs = []

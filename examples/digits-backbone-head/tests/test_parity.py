@@ -18,9 +18,8 @@ from helpers import (
 )
 
 from digits_backbone_head.config import Config
-from digits_backbone_head.contract import DatasetError
 from digits_backbone_head.data import load_datasets
-from digits_backbone_head.losses import class_count, encode_labels, make_accuracy, make_loss
+from digits_backbone_head.engine.contract import DatasetError
 from digits_backbone_head.model import build_model
 from digits_backbone_head.train import Trainer, fit
 
@@ -53,8 +52,8 @@ def test_custom_loop_matches_model_fit(config: Config) -> None:
 
     reference.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-        loss=make_loss(),
-        metrics=[make_accuracy("accuracy")],
+        loss=config.labels.make_loss(),
+        metrics=[config.labels.make_accuracy("accuracy")],
         jit_compile=False,  # The custom loop runs without XLA.
     )
     expected = reference.fit(
@@ -79,7 +78,7 @@ def test_weighted_training_matches_model_fit(config: Config, weighting: str) -> 
     )
     rng = np.random.default_rng(1)
     x = features(config, 40)
-    y = encode_labels(rng.permutation(np.arange(40) % class_count(config)), config)
+    y = config.labels.encode(rng.permutation(np.arange(40) % config.labels.class_count))
     weights = rng.uniform(0.0, 3.0, size=40).astype(np.float32)
     weights[::5] = 0.0  # Examples that count for nothing, in the loss and its gradient.
     class_weight = None
@@ -88,7 +87,7 @@ def test_weighted_training_matches_model_fit(config: Config, weighting: str) -> 
         val_ds = tf.data.Dataset.from_tensor_slices((x[:24], y[:24], weights[:24])).batch(16)
     else:
         # Classes in between weigh 1.0 (model.fit fails on a class above its largest key).
-        class_weight = {0: 3.0, class_count(config) - 1: 0.25}
+        class_weight = {0: 3.0, config.labels.class_count - 1: 0.25}
         train_ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
         val_ds = tf.data.Dataset.from_tensor_slices((x[:24], y[:24])).batch(16)
     keras.utils.set_random_seed(config.seed)
@@ -107,8 +106,8 @@ def test_weighted_training_matches_model_fit(config: Config, weighting: str) -> 
 
     reference.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-        loss=make_loss(),
-        metrics=[make_accuracy("accuracy")],
+        loss=config.labels.make_loss(),
+        metrics=[config.labels.make_accuracy("accuracy")],
         jit_compile=False,
     )
     expected = reference.fit(
@@ -135,7 +134,7 @@ def test_dict_features_train_as_model_fit(config: Config) -> None:
     )
     x = dict_features(config, 40)
     x["pixels"] = x["pixels"].astype(np.float64)  # Cast to float32 in the pipeline.
-    y = encode_labels(np.arange(40) % class_count(config), config)
+    y = config.labels.encode(np.arange(40) % config.labels.class_count)
     train_ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
     val_ds = tf.data.Dataset.from_tensor_slices(({k: v[:24] for k, v in x.items()}, y[:24]))
     val_ds = val_ds.batch(16)
@@ -149,8 +148,8 @@ def test_dict_features_train_as_model_fit(config: Config) -> None:
 
     reference.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-        loss=make_loss(),
-        metrics=[make_accuracy("accuracy")],
+        loss=config.labels.make_loss(),
+        metrics=[config.labels.make_accuracy("accuracy")],
         jit_compile=False,
     )
     expected = reference.fit(
@@ -187,8 +186,8 @@ def test_datasets_that_repeat_forever_train_as_model_fit_with_steps_per_epoch(
 
     reference.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-        loss=make_loss(),
-        metrics=[make_accuracy("accuracy")],
+        loss=config.labels.make_loss(),
+        metrics=[config.labels.make_accuracy("accuracy")],
         jit_compile=False,
     )
     expected = reference.fit(

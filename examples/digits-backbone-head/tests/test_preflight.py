@@ -14,7 +14,6 @@ import pytest
 import tensorflow as tf
 from helpers import QUIET, dict_features, encoder, features, linear_model, two_input_model
 
-from digits_backbone_head import losses
 from digits_backbone_head.config import Config
 from digits_backbone_head.preflight import check
 
@@ -37,7 +36,7 @@ def test_check_lists_each_problem_with_its_fix(config: Config) -> None:
     x = features(config, 16)
     x[3, ...] = np.nan
     bad_values = r"^\d+ feature values are NaN or infinite: replace or drop them in data\.py$"
-    labels = losses.encode_labels(np.zeros(16, dtype=np.int64), config)
+    labels = config.labels.encode(np.zeros(16, dtype=np.int64))
     weights = np.ones(16)
     weights[5] = np.inf
     dataset = tf.data.Dataset.from_tensor_slices((x, labels, weights)).batch(8)
@@ -53,7 +52,7 @@ def test_check_lists_each_problem_with_its_fix(config: Config) -> None:
 
 def test_check_trains_weighted_data_as_model_fit_does(config: Config) -> None:
     x = features(config, 16)
-    labels = losses.encode_labels(np.arange(16) % losses.class_count(config), config)
+    labels = config.labels.encode(np.arange(16) % config.labels.class_count)
     weights = np.arange(16) % 3  # Integers, converted to float32 in the pipeline.
     dataset = tf.data.Dataset.from_tensor_slices((x, labels, weights)).batch(8)
     report = check(config, linear_model(config), dataset, options=QUIET, batches=2)
@@ -65,7 +64,7 @@ def test_check_trains_weighted_data_as_model_fit_does(config: Config) -> None:
 
 def test_check_reads_dict_features_with_sample_weights(config: Config) -> None:
     x = dict_features(config, 16)
-    labels = losses.encode_labels(np.arange(16) % losses.class_count(config), config)
+    labels = config.labels.encode(np.arange(16) % config.labels.class_count)
     dataset = tf.data.Dataset.from_tensor_slices((x, labels, np.ones(16))).batch(8)
     report = check(config, two_input_model(config), dataset, options=QUIET, batches=2)
     findings = dict(report.findings)
@@ -75,7 +74,7 @@ def test_check_reads_dict_features_with_sample_weights(config: Config) -> None:
 
 def test_check_reports_contract_problems_before_reading_data(config: Config) -> None:
     x = features(config, 8)
-    labels = losses.encode_labels(np.arange(8) % 2, config)
+    labels = config.labels.encode(np.arange(8) % 2)
     bad = tf.data.Dataset.from_tensor_slices((x, labels, x, labels)).batch(4)
     report = check(config, linear_model(config), bad, options=QUIET)
     assert report.problems == [
@@ -87,7 +86,7 @@ def test_check_reports_contract_problems_before_reading_data(config: Config) -> 
 
 def test_check_reports_a_model_that_does_not_fit_the_loss(config: Config) -> None:
     inputs, x = encoder(config)
-    outputs = keras.layers.Dense(losses.output_units(config) + 1)(x)
+    outputs = keras.layers.Dense(config.labels.output_units + 1)(x)
     report = check(config, keras.Model(inputs, outputs), options=QUIET)
     assert len(report.problems) == 1, str(report)
     assert re.search(r"give the last layer \d+ units$", report.problems[0]), str(report)

@@ -23,8 +23,6 @@ from digits_backbone_head import trained
 from digits_backbone_head.__main__ import HAND_WRITTEN, field_help, flag_name, main
 from digits_backbone_head.config import Config, RunOptions
 from digits_backbone_head.data import load_arrays, load_datasets, split
-from digits_backbone_head.inputs import probe_batch
-from digits_backbone_head.losses import class_ids, probabilities
 from digits_backbone_head.trained import RunFileError, load_run, save_output
 
 PROG = "python -m digits_backbone_head"
@@ -71,11 +69,12 @@ def test_predict_writes_probabilities_or_class_ids(
     predicted = np.load(tmp_path / "y.npy")
     _, model = load_run(logdir)  # Under the run's dtype policy, as predict loads it.
     outputs = model(x)
+    probabilities = config.labels.probabilities(outputs)
     if class_ids:
         assert predicted.dtype == np.int32 and predicted.shape == (len(x),)
         np.testing.assert_array_equal(predicted, np.argmax(outputs, axis=-1))
     else:
-        np.testing.assert_allclose(predicted, probabilities(outputs), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(predicted, probabilities, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(predicted.sum(axis=-1), 1.0, rtol=1e-5)
 
 
@@ -106,7 +105,7 @@ def test_predict_on_raw_rows_gives_what_the_pipeline_measured(
 
     _, model = load_run(logdir)
     _, val_ds = load_datasets(config)
-    piped = np.concatenate([class_ids(model(x, training=False)) for x, *_ in val_ds])
+    piped = np.concatenate([config.labels.class_ids(model(x, training=False)) for x, *_ in val_ds])
     logged = json.loads((logdir / "metrics.jsonl").read_text().splitlines()[-1])
     accuracy = float(np.mean(served == labels[rows]))
     np.testing.assert_array_equal(served, piped)
@@ -117,7 +116,7 @@ def test_predict_on_raw_rows_gives_what_the_pipeline_measured(
 def test_predict_refuses_input_that_does_not_fit_in_one_line(
     logdir: Path, tmp_path: Path, config: Config, capsys: pytest.CaptureFixture[str], wrong: str
 ) -> None:
-    x = probe_batch(config).numpy()
+    x = config.features.probe_batch().numpy()
     x = {
         "shape": x[..., np.newaxis],
         "dtype": x.astype(str),

@@ -14,7 +14,6 @@ import pytest
 import tensorflow as tf
 from helpers import QUIET, dataset, features, labels_for, linear_model
 
-from digits_mirrored_bf16 import losses
 from digits_mirrored_bf16.config import Config
 from digits_mirrored_bf16.engine import precision
 from digits_mirrored_bf16.engine.optimizers import SCALE_LOSS_FIRST
@@ -36,7 +35,7 @@ class SkipAllZeroBatches(Task):
             loss = self.compute_loss(y, y_pred, sample_weight)
             scaled = self.optimizers.scale_loss(loss)
         gradients = tape.gradient(scaled, self.model.trainable_variables)
-        if tf.reduce_any(losses.label_class_ids(y) != 0):  # A Python `if` on a tensor.
+        if tf.reduce_any(self.labels.label_class_ids(y) != 0):  # A Python `if` on a tensor.
             self.optimizers.apply(gradients, self.model.trainable_variables)
         self.train_metrics.update(loss, y, y_pred)
 
@@ -52,7 +51,7 @@ class SkipAllZeroBatchesOnEveryReplica(Task):
             loss = self.compute_loss(y, y_pred, sample_weight)
             scaled = self.optimizers.scale_loss(loss)
         gradients = tape.gradient(scaled, self.model.trainable_variables)
-        nonzero = tf.cast(tf.reduce_any(losses.label_class_ids(y) != 0), tf.int32)
+        nonzero = tf.cast(tf.reduce_any(self.labels.label_class_ids(y) != 0), tf.int32)
         on_any_replica = tf.distribute.get_replica_context().all_reduce("sum", nonzero) > 0
         self.optimizers.apply(gradients, self.model.trainable_variables, only_if=on_any_replica)
         self.train_metrics.update(loss, y, y_pred)
@@ -75,13 +74,13 @@ def _iterations(trainer: Trainer) -> int:
 
 
 def _labels(class_ids: np.ndarray, config: Config) -> np.ndarray:
-    return losses.encode_labels(class_ids % losses.class_count(config), config)
+    return config.labels.encode(class_ids % config.labels.class_count)
 
 
 def test_a_conditional_update_skips_exactly_the_batches_it_should(config: Config) -> None:
     """Batches 1 and 3 (all labels 0) update nothing: as a run on batches 0 and 2 alone."""
     x = features(config, 64)
-    ids = np.arange(64) % losses.class_count(config)
+    ids = np.arange(64) % config.labels.class_count
     ids[16:32] = ids[48:64] = 0
     kept = np.r_[0:16, 32:48]
     runs = []
@@ -153,7 +152,7 @@ def test_a_conditional_update_on_the_whole_batch_is_exact_on_two_replicas(
 ) -> None:
     """Batch 1 is all 0s; batch 3 only in its first half, one replica's share: it trains."""
     x = features(config, 64)
-    ids = np.arange(64) % losses.class_count(config)
+    ids = np.arange(64) % config.labels.class_count
     ids[16:32] = ids[48:56] = 0
     y = _labels(ids, config)
     runs = []

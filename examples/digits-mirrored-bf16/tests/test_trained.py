@@ -23,8 +23,6 @@ from digits_mirrored_bf16 import trained
 from digits_mirrored_bf16.__main__ import HAND_WRITTEN, field_help, flag_name, main
 from digits_mirrored_bf16.config import Config, RunOptions
 from digits_mirrored_bf16.data import load_arrays, load_datasets, split
-from digits_mirrored_bf16.inputs import probe_batch
-from digits_mirrored_bf16.losses import class_ids, probabilities
 from digits_mirrored_bf16.trained import RunFileError, load_run, save_output
 
 PROG = "python -m digits_mirrored_bf16"
@@ -71,12 +69,13 @@ def test_predict_writes_probabilities_or_class_ids(
     predicted = np.load(tmp_path / "y.npy")
     _, model = load_run(logdir)  # Under the run's dtype policy, as predict loads it.
     outputs = model(x)
+    probabilities = config.labels.probabilities(outputs)
     if class_ids:
         assert predicted.dtype == np.int32 and predicted.shape == (len(x),)
         np.testing.assert_array_equal(predicted, np.argmax(outputs, axis=-1))
     else:
         # In bfloat16, `model.predict`'s graph and the eager model round differently.
-        np.testing.assert_allclose(predicted, probabilities(outputs), rtol=1e-2, atol=1e-3)
+        np.testing.assert_allclose(predicted, probabilities, rtol=1e-2, atol=1e-3)
         np.testing.assert_allclose(predicted.sum(axis=-1), 1.0, rtol=1e-5)
 
 
@@ -109,7 +108,7 @@ def test_predict_on_raw_rows_gives_what_the_pipeline_measured(
 
     _, model = load_run(logdir)
     _, val_ds = load_datasets(config)
-    piped = np.concatenate([class_ids(model(x, training=False)) for x, *_ in val_ds])
+    piped = np.concatenate([config.labels.class_ids(model(x, training=False)) for x, *_ in val_ds])
     logged = json.loads((logdir / "metrics.jsonl").read_text().splitlines()[-1])
     accuracy = float(np.mean(served == labels[rows]))
     # In bfloat16, `model.predict`'s graph and the eager model round differently, which
@@ -122,7 +121,7 @@ def test_predict_on_raw_rows_gives_what_the_pipeline_measured(
 def test_predict_refuses_input_that_does_not_fit_in_one_line(
     logdir: Path, tmp_path: Path, config: Config, capsys: pytest.CaptureFixture[str], wrong: str
 ) -> None:
-    x = probe_batch(config).numpy()
+    x = config.features.probe_batch().numpy()
     x = {
         "shape": x[..., np.newaxis],
         "dtype": x.astype(str),

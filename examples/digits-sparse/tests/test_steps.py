@@ -11,14 +11,12 @@ import pytest
 import tensorflow as tf
 from helpers import QUIET, dataset, features, labels_for, linear_model, traced_once_per_phase
 
-from digits_sparse import losses
 from digits_sparse import train as training
 from digits_sparse.__main__ import main
 from digits_sparse.config import Config
 from digits_sparse.data import load_datasets
 from digits_sparse.engine import precision
 from digits_sparse.engine.gradients import NoneGradientError, NoneGradientWarning
-from digits_sparse.losses import make_loss
 from digits_sparse.model import build_model
 from digits_sparse.steps import total_loss
 from digits_sparse.train import Trainer
@@ -66,7 +64,7 @@ def test_steps_add_regularization_losses(config: Config) -> None:
     x = features(config, 16)
     y = labels_for(model, x, config, agree=True)
 
-    data_loss = float(make_loss()(y, model(x, training=False)))
+    data_loss = float(config.labels.make_loss()(y, model(x, training=False)))
     regularization = float(tf.add_n(model.losses))
     assert regularization > 0.01
     expected = data_loss + regularization
@@ -84,16 +82,18 @@ def test_mixed_precision_regularization_losses_add_up_in_float32(config: Config)
         inputs = keras.Input((4,))
         l2 = keras.regularizers.L2(0.1)
         hidden = keras.layers.Dense(4, kernel_regularizer=l2, activity_regularizer=l2)(inputs)
-        model = keras.Model(inputs, losses.output_layer(config)(hidden))
-    y = losses.encode_labels(np.arange(8) % losses.class_count(config), config)
+        model = keras.Model(inputs, config.labels.output_layer()(hidden))
+    y = config.labels.encode(np.arange(8) % config.labels.class_count)
     y_pred = model(tf.ones((8, 4)), training=True)
     assert {loss.dtype for loss in model.losses} == {tf.bfloat16, tf.float32}
 
-    loss = total_loss(model, make_loss("sum"), y, y_pred, tf.constant(8.0))
+    loss = total_loss(model, config.labels.make_loss("sum"), y, y_pred, tf.constant(8.0))
 
     regularization = sum(float(loss) for loss in model.losses)
     assert loss.dtype == tf.float32
-    assert float(loss) == pytest.approx(float(make_loss()(y, y_pred)) + regularization)
+    assert float(loss) == pytest.approx(
+        float(config.labels.make_loss()(y, y_pred)) + regularization
+    )
 
 
 def test_a_whole_run_traces_each_step_once(config: Config) -> None:

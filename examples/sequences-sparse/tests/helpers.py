@@ -6,9 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sequences_sparse import losses
 from sequences_sparse.config import Config, RunOptions
-from sequences_sparse.inputs import features_spec
 from sequences_sparse.train import Trainer
 
 # Tests print no progress, and train on one device in float32 whatever the project's defaults:
@@ -26,8 +24,8 @@ def features(config: Config, num_examples: int, seed: int = 0) -> np.ndarray:
 
 
 def input_layer(config: Config) -> keras.KerasTensor:
-    """A Keras input that takes batches of `inputs.features_spec(config)`."""
-    spec = features_spec(config)
+    """A Keras input that takes batches of `config.features.spec`."""
+    spec = config.features.spec
     return keras.Input(shape=tuple(spec.shape[1:]), dtype=spec.dtype.name)
 
 
@@ -61,8 +59,8 @@ def labels_for(model: keras.Model, x: np.ndarray, config: Config, *, agree: bool
     """Encoded labels that all agree (or all disagree) with the model's predictions."""
     classes = predicted_classes(model, x)
     if not agree:
-        classes = (classes + 1) % losses.class_count(config)
-    return losses.encode_labels(classes, config)
+        classes = (classes + 1) % config.labels.class_count
+    return config.labels.encode(classes)
 
 
 def traced_once_per_phase(trainer: Trainer) -> bool:
@@ -99,7 +97,7 @@ def linear_model(
     """
     inputs, x = encoder(config, front=front)
     outputs = keras.layers.Dense(
-        losses.output_units(config),
+        config.labels.output_units,
         kernel_regularizer=regularizer,
         dtype=output_dtype,
         name="last",

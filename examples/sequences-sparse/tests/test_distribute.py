@@ -19,9 +19,8 @@ from helpers import features, linear_model
 from sequences_sparse.config import Config, RunOptions
 from sequences_sparse.engine import interrupts, precision
 from sequences_sparse.engine.distribution import DistributionError
-from sequences_sparse.engine.optimizers import OptimizerSet
-from sequences_sparse.losses import class_count, encode_labels
 from sequences_sparse.model import build_model
+from sequences_sparse.optimizers import OptimizerSet
 from sequences_sparse.train import fit
 
 # One device in float32 unless a test says otherwise, whatever the project's defaults.
@@ -50,7 +49,7 @@ def datasets(config: Config, weighted: bool = False) -> tuple[tf.data.Dataset, t
     """
     rng = np.random.default_rng(0)
     x = features(config, 2 * EXAMPLES)
-    labels = encode_labels(rng.integers(0, class_count(config), 2 * EXAMPLES), config)
+    labels = config.labels.encode(rng.integers(0, config.labels.class_count, 2 * EXAMPLES))
     weights = rng.uniform(0.0, 3.0, 2 * EXAMPLES).astype(np.float32)
     weights[rng.random(2 * EXAMPLES) < 0.2] = 0.0
 

@@ -11,12 +11,11 @@ import pytest
 import tensorflow as tf
 from helpers import QUIET, features, labels_for, linear_model, traced_once_per_phase
 
-from sequences_sparse import losses
 from sequences_sparse import train as training
 from sequences_sparse.__main__ import main
 from sequences_sparse.config import Config
-from sequences_sparse.contract import DatasetError
 from sequences_sparse.data import load_datasets
+from sequences_sparse.engine.contract import DatasetError
 from sequences_sparse.engine.sequences import batch_sequences, bucket_lengths
 from sequences_sparse.model import build_model
 from sequences_sparse.train import Trainer, fit
@@ -44,7 +43,7 @@ def test_padding_changes_neither_outputs_nor_loss(config: Config) -> None:
         trainer.eval_step(tf.constant(batch), tf.constant(y))
         losses_seen.append(float(val_loss.result()))
     assert losses_seen[1] == pytest.approx(losses_seen[0], rel=1e-6)
-    accuracy = losses.make_accuracy("acc")
+    accuracy = config.labels.make_accuracy("acc")
     accuracy.update_state(y, model(padded_twice, training=False))
     assert float(accuracy.result()) == 0.0  # Every label disagrees, padded or not.
 
@@ -132,7 +131,7 @@ def test_unbatched_sequences_are_refused_with_the_fix(config: Config) -> None:
 def test_token_ids_outside_the_vocabulary_fail_in_the_step(config: Config) -> None:
     trainer = Trainer(config, build_model(config), QUIET)
     x = features(config, 4)
-    labels = tf.constant(losses.encode_labels(np.zeros(4, dtype=np.int64), config))
+    labels = tf.constant(config.labels.encode(np.zeros(4, dtype=np.int64)))
     message = r"token ids must be in \[0, config\.vocab_size\) = \[0, \d+\)"
     # The model must wait for the check: unordered, the embedding's own error wins some runs.
     for call in range(20):

@@ -22,8 +22,6 @@ from sequences_sparse import train as training
 from sequences_sparse import trained
 from sequences_sparse.__main__ import HAND_WRITTEN, field_help, flag_name, main
 from sequences_sparse.config import Config, RunOptions
-from sequences_sparse.inputs import probe_batch
-from sequences_sparse.losses import probabilities
 from sequences_sparse.trained import RunFileError, load_run, save_output
 
 PROG = "python -m sequences_sparse"
@@ -54,7 +52,7 @@ def test_evaluate_prints_the_figures_the_run_logged(
 def test_predict_writes_probabilities_or_class_ids(
     logdir: Path, tmp_path: Path, config: Config, class_ids: bool
 ) -> None:
-    x = probe_batch(config).numpy()
+    x = config.features.probe_batch().numpy()
     np.save(tmp_path / "x.npy", x)
     argv = ["predict", str(logdir), "--input", str(tmp_path / "x.npy")]
     argv += ["--output", str(tmp_path / "y.npy")] + (["--class-ids"] if class_ids else [])
@@ -63,11 +61,12 @@ def test_predict_writes_probabilities_or_class_ids(
     predicted = np.load(tmp_path / "y.npy")
     _, model = load_run(logdir)  # Under the run's dtype policy, as predict loads it.
     outputs = model(x)
+    probabilities = config.labels.probabilities(outputs)
     if class_ids:
         assert predicted.dtype == np.int32 and predicted.shape == (len(x),)
         np.testing.assert_array_equal(predicted, np.argmax(outputs, axis=-1))
     else:
-        np.testing.assert_allclose(predicted, probabilities(outputs), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(predicted, probabilities, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(predicted.sum(axis=-1), 1.0, rtol=1e-5)
 
 
@@ -78,7 +77,7 @@ def test_export_writes_a_saved_model_that_serves_the_same_outputs(
     assert main(["export", str(logdir), str(out)]) == 0
     assert list(out.parent.iterdir()) == [out]  # No temporary directory is left beside it.
     served = tf.saved_model.load(str(out))
-    x = probe_batch(config)
+    x = config.features.probe_batch()
     _, model = load_run(logdir)  # Under the run's dtype policy, as export loads it.
     np.testing.assert_allclose(served.serve(x), model(x), rtol=1e-5, atol=1e-6)
 
@@ -87,7 +86,7 @@ def test_export_writes_a_saved_model_that_serves_the_same_outputs(
 def test_predict_refuses_input_that_does_not_fit_in_one_line(
     logdir: Path, tmp_path: Path, config: Config, capsys: pytest.CaptureFixture[str], wrong: str
 ) -> None:
-    x = probe_batch(config).numpy()
+    x = config.features.probe_batch().numpy()
     x = {
         "shape": x[..., np.newaxis],
         "dtype": x.astype(str),

@@ -14,8 +14,13 @@ the template's arrive; where both changed the same lines, the file keeps both, m
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from .engine import options
+
+if TYPE_CHECKING:  # They import TensorFlow, which `--help` must not wait for.
+    from .engine.features import DenseFeatures
+    from .engine.labels import BinaryLabels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +63,20 @@ class Config:
                 f"Config.validation_fraction={self.validation_fraction} is invalid; "
                 "use a number between 0 and 1"
             )
+
+    @property
+    def labels(self) -> BinaryLabels:
+        """The labels' encoding, which picks the loss, the accuracy and the output layer."""
+        from .engine.labels import BinaryLabels
+
+        return BinaryLabels(from_logits=True)
+
+    @property
+    def features(self) -> DenseFeatures:
+        """What a batch of features is: float32 examples of shape `input_shape`."""
+        from .engine.features import DenseFeatures
+
+        return DenseFeatures(self.input_shape)
 
 
 @dataclasses.dataclass(frozen=True)

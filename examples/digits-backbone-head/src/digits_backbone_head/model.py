@@ -1,8 +1,8 @@
 """The model. This module is yours: change the architecture freely.
 
 Contract, checked by `train.fit` before training: `build_model(config)` takes float32 batches of
-shape `(batch, *config.input_shape)` and returns `(batch, losses.output_units(config))`
-logits: end it with `losses.output_layer(config)`, which has no activation (the loss applies
+shape `(batch, *config.input_shape)` and returns `(batch, config.labels.output_units)`
+logits: end it with `config.labels.output_layer()`, which has no activation (the loss applies
 it, numerically safely).
 It takes the features as `data.py` reads them and standardizes them first (`standardize`), so
 what is trained is what `predict` and `export` serve. Give random layers such as `Dropout` a
@@ -19,7 +19,6 @@ import keras
 
 from .config import Config
 from .data import feature_statistics
-from .losses import output_layer
 
 
 def build_model(config: Config) -> keras.Model:
@@ -32,7 +31,7 @@ def build_model(config: Config) -> keras.Model:
     x = keras.layers.Dropout(0.1, seed=config.seed)(x)
     backbone = keras.Model(inputs, x, name="backbone")
     x = embedding = keras.Input(shape=backbone.output.shape[1:], name="embedding")
-    outputs = output_layer(config)(x)
+    outputs = config.labels.output_layer()(x)
     head = keras.Model(embedding, outputs, name="head")
     return keras.Model(inputs, head(backbone(inputs)), name="digits_backbone_head")
 

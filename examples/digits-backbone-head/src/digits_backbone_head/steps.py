@@ -11,17 +11,19 @@ Template-owned: `copier update` merges template changes into it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import keras
 import tensorflow as tf
 
-from . import contract, inputs, losses
 from .config import Config, RunOptions
-from .engine import precision
+from .engine import contract, precision
 from .engine.distribution import BatchMean, global_batch_size
-from .engine.task import StepFn, Task
+from .engine.features import with_packed_features
+from .engine.labels import Labels
 from .optimizers import OptimizerSet
+
+StepFn = Callable[..., tf.Tensor | None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,9 +37,9 @@ class StepMetrics:
     accuracy: keras.metrics.Metric
 
     @classmethod
-    def create(cls, prefix: str = "") -> StepMetrics:
-        """Metrics named `{prefix}loss` and `{prefix}accuracy`, as `model.fit` names them."""
-        return cls(BatchMean(name=f"{prefix}loss"), losses.make_accuracy(f"{prefix}accuracy"))
+    def create(cls, labels: Labels, prefix: str = "") -> StepMetrics:
+        """Metrics named `{prefix}loss` and `{prefix}accuracy` (for `labels`), as `model.fit`."""
+        return cls(BatchMean(name=f"{prefix}loss"), labels.make_accuracy(f"{prefix}accuracy"))
 
     def update(self, loss: tf.Tensor, y: tf.Tensor, y_pred: tf.Tensor) -> None:
         """Record one batch (this replica's share of it). Must be `tf.function`-compatible.
@@ -70,7 +72,7 @@ def total_loss(
     """The data loss plus the model's regularization losses, as `model.fit` optimizes it.
 
     The data loss is the mean over the batch: `loss_fn` sums over this replica's examples
-    (`losses.make_loss("sum")`), each times its `sample_weight` if given, and the sum is
+    (`labels.make_loss("sum")`), each times its `sample_weight` if given, and the sum is
     divided by `batch_size`, the examples of the whole batch (not the sum of the weights,
     as `model.fit` does not either), so that the replicas' losses add up to the mean over
     the batch however it was split (Keras's own mean reduction divides by the number of
@@ -87,8 +89,8 @@ def total_loss(
     return loss
 
 
-class ClassifierTask(Task):
-    """A classifier's `engine.task.Task`: the model, its optimizers, loss, metrics and steps.
+class ClassifierTask:
+    """What `train.Trainer` trains: the model, its optimizers, loss, metrics and steps.
 
     Subclass it (as `task.py` does) and give it `build_optimizers`, `build_loss`,
     `build_metrics`, `train_step` and `test_step`; the loop runs the steps through
@@ -103,21 +105,25 @@ class ClassifierTask(Task):
         model: The model.
         config: The run's hyperparameters.
         options: How the run executes.
+        labels: The labels' encoding, `config.labels`: the loss, the accuracy, the checks.
+        inputs: What a batch of features is, `config.features`: its spec and its checks.
         optimizers: Its optimizers, from `build_optimizers`, built on its trainable variables.
         loss_fn: The data loss, from `build_loss`.
         train_metrics: `loss` and `accuracy`, from `build_metrics("")`, recorded by
             `train_step`.
         val_metrics: `val_loss` and `val_accuracy`, from `build_metrics("val_")`, recorded
             by `test_step`.
-        features: What the model takes (`inputs.model_features_spec`): one tensor, or a dict
+        features: What the model takes (`inputs.model_spec(model)`): one tensor, or a dict
             of them for a model built on a dict of named inputs.
         input_signature: `(features, labels)` of one batch, flat as the loop passes them (a
-            dict's values in sorted key order): `features` and `losses.label_spec`;
-            `signature` adds the sample weights' spec where a dataset has them.
+            dict's values in sorted key order): `features` and `labels.spec`; `signature`
+            adds the sample weights' spec where a dataset has them.
     """
 
     def __init__(self, model: keras.Model, config: Config, options: RunOptions) -> None:
-        outputs = losses.check_model_output(model, config)
+        self.labels = config.labels
+        self.inputs = config.features
+        outputs = self.labels.check_model_output(model, self.inputs)
         precision.check_output(outputs, model)
         precision.check_model(model, options.precision)
         self.model = model
@@ -127,8 +133,8 @@ class ClassifierTask(Task):
         self.loss_fn = self.build_loss()
         self.train_metrics = self.build_metrics("")
         self.val_metrics = self.build_metrics("val_")
-        self.features = inputs.model_features_spec(model, config)
-        self.input_signature = tuple(tf.nest.flatten((self.features, losses.label_spec(config))))
+        self.features = self.inputs.model_spec(model)
+        self.input_signature = tuple(tf.nest.flatten((self.features, self.labels.spec)))
 
     def build_optimizers(self) -> OptimizerSet:
         """The optimizers, each on the trainable variables of its part of `model`."""
@@ -136,11 +142,11 @@ class ClassifierTask(Task):
 
     def build_loss(self) -> keras.losses.Loss:
         """The data loss, summed over the examples (`compute_loss` takes the mean)."""
-        return losses.make_loss("sum")
+        return self.labels.make_loss("sum")
 
     def build_metrics(self, prefix: str) -> StepMetrics:
         """The metrics of one phase, their names starting with `prefix`."""
-        return StepMetrics.create(prefix)
+        return StepMetrics.create(self.labels, prefix)
 
     def train_step(
         self, x: tf.Tensor, y: tf.Tensor, sample_weight: tf.Tensor | None = None
@@ -163,6 +169,10 @@ class ClassifierTask(Task):
         """
         return total_loss(self.model, self.loss_fn, y, y_pred, global_batch_size(y), sample_weight)
 
+    def checkpoint_items(self) -> dict[str, object]:
+        """What a checkpoint holds beyond the model, its optimizers and the loop's state."""
+        return {}
+
     def make_train_step(self) -> StepFn:
         """`train_step` as the loop runs it, for the model's trainable variables now.
 
@@ -172,21 +182,23 @@ class ClassifierTask(Task):
         """
 
         def step(x: tf.Tensor, y: tf.Tensor, sample_weight: tf.Tensor | None = None) -> tf.Tensor:
-            y = losses.checked_label_values(y, self.config)
+            x = self.inputs.checked_values(x)
+            y = self.labels.checked_values(y)
             self.optimizers.begin_step(global_batch_size(y))
             self.train_step(x, y, sample_weight)
             return self.optimizers.end_step()
 
-        return inputs.with_packed_features(step, self.features)
+        return with_packed_features(step, self.features)
 
     def make_eval_step(self) -> StepFn:
         """`test_step` as the loop runs it, on checked labels (and token ids)."""
 
         def step(x: tf.Tensor, y: tf.Tensor, sample_weight: tf.Tensor | None = None) -> None:
-            y = losses.checked_label_values(y, self.config)
+            x = self.inputs.checked_values(x)
+            y = self.labels.checked_values(y)
             self.test_step(x, y, sample_weight)
 
-        return inputs.with_packed_features(step, self.features)
+        return with_packed_features(step, self.features)
 
     def signature(self, spec: object) -> tuple[tf.TensorSpec, ...]:
         """The steps' input signature for a prepared dataset of element spec `spec`.
@@ -208,7 +220,7 @@ class ClassifierTask(Task):
         """`dataset` as the steps take it: checked, and converted where that is unambiguous.
 
         Called on every dataset before it is read, so that a problem fails before tracing and
-        the conversions (`inputs.check_features`, `losses.check_labels`,
+        the conversions (`inputs.check`, `labels.check`,
         `contract.check_sample_weights`) run once, in the pipeline, never in the step. The
         result has the same cardinality and order.
 
@@ -236,8 +248,8 @@ class ClassifierTask(Task):
                 ],
             )
         checks = [
-            inputs.check_features(spec[0], self.config, f"{name} features", self.features),
-            losses.check_labels(spec[1], self.config, f"{name} labels"),
+            self.inputs.check(spec[0], f"{name} features", self.features),
+            self.labels.check(spec[1], f"{name} labels"),
         ]
         if len(spec) == 3:
             checks.append(contract.check_sample_weights(spec[2], f"{name} sample weights"))
@@ -254,12 +266,12 @@ class ClassifierTask(Task):
         conformed = contract.conform(dataset, name, checks)
         if class_weight is None:
             return conformed
-        table = contract.class_weight_table(class_weight, losses.class_count(self.config))
-        last = losses.class_count(self.config) - 1
+        table = contract.class_weight_table(class_weight, self.labels.class_count)
+        last = self.labels.class_count - 1
 
         def with_class_weights(x: object, y: tf.Tensor) -> tuple[object, tf.Tensor, tf.Tensor]:
             # Clipped: a label out of range still reaches the step, whose check reports it.
-            ids = tf.clip_by_value(losses.label_class_ids(y), 0, last)
+            ids = tf.clip_by_value(self.labels.label_class_ids(y), 0, last)
             return x, y, tf.gather(table, ids)
 
         return conformed.map(with_class_weights).prefetch(2)

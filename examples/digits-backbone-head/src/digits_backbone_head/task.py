@@ -16,7 +16,6 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from . import losses
 from .config import Config, RunOptions
 from .engine.optimizers import OptimizerSet
 from .steps import ClassifierTask, StepMetrics
@@ -25,9 +24,9 @@ from .steps import ClassifierTask, StepMetrics
 class Task(ClassifierTask):
     """The model, its optimizers, loss, metrics and steps; the loop runs the steps.
 
-    `self.model`, `self.config`, `self.options`, `self.optimizers`, `self.loss_fn`,
-    `self.train_metrics` and `self.val_metrics` are set up by `ClassifierTask`, from the
-    `build_*` methods below.
+    `self.model`, `self.config`, `self.options`, `self.labels` (`config.labels`, the labels'
+    encoding), `self.optimizers`, `self.loss_fn`, `self.train_metrics` and `self.val_metrics`
+    are set up by `ClassifierTask`, from the `build_*` methods below.
     """
 
     def build_optimizers(self) -> OptimizerSet:
@@ -53,11 +52,11 @@ class Task(ClassifierTask):
         `compute_loss` divides the sum by the examples of the whole batch, which keeps the
         mean exact however the batch is split among replicas.
         """
-        return losses.make_loss("sum")
+        return self.labels.make_loss("sum")
 
     def build_metrics(self, prefix: str) -> StepMetrics:
         """`{prefix}loss` and `{prefix}accuracy`; the loop resets them every epoch and logs them."""
-        return StepMetrics.create(prefix)
+        return StepMetrics.create(self.labels, prefix)
 
     def train_step(
         self, x: tf.Tensor, y: tf.Tensor, sample_weight: tf.Tensor | None = None

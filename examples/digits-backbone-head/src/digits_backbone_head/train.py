@@ -24,7 +24,6 @@ import tensorflow as tf
 
 from .callbacks import default_callbacks
 from .config import Config, RunOptions
-from .contract import DatasetError, read_failure
 from .data import load_datasets
 from .engine import distribution, interrupts, precision
 from .engine.checkpoints import (
@@ -35,6 +34,7 @@ from .engine.checkpoints import (
     save_model,
     write_run_file,
 )
+from .engine.contract import DatasetError, read_failure
 from .engine.gradients import NonFiniteGuard
 from .engine.loop import CallHooks, EpochLogs, StepRunner
 from .engine.task import StepFn, Task

@@ -521,8 +521,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return check(args)
         import_tensorflow_quietly()
-        from .contract import DatasetError
         from .engine.checkpoints import CheckpointError
+        from .engine.contract import DatasetError
 
         try:
             return use_run(args)
@@ -571,9 +571,9 @@ def train(args: argparse.Namespace, prog: str) -> int:
     import_tensorflow_quietly()
     import tensorflow as tf
 
-    from .contract import DatasetError
     from .engine import interrupts
     from .engine.checkpoints import MODEL_FILE, CheckpointError, read_run, resume_position
+    from .engine.contract import DatasetError
     from .engine.distribution import DistributionError
     from .engine.gradients import NoneGradientError, NonFiniteError
     from .engine.precision import PrecisionError

@@ -5,8 +5,8 @@ training works offline. Only the first `config.num_classes` digits are kept.
 
 Contract, checked by `train.fit` before training: `load_datasets(config)` returns
 `(train_ds, val_ds)`, batched `tf.data.Dataset`s of `(features, labels)` with float32 features
-of shape `(batch, *config.input_shape)` and labels as `losses.label_spec(config)` declares them;
-`losses.encode_labels` turns class ids into that encoding.
+of shape `(batch, *config.input_shape)` and labels as `config.labels.spec` declares them;
+`config.labels.encode` turns class ids into that encoding.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from sklearn.datasets import load_digits
 
 from .config import Config
 from .engine.batches import shuffled_batches
-from .losses import encode_labels
 
 
 def load_arrays(config: Config) -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +56,7 @@ def load_datasets(config: Config) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     """
     features, class_ids = load_arrays(config)
     train_index, val_index = split(config, len(features))
-    labels = encode_labels(class_ids, config)
+    labels = config.labels.encode(class_ids)
 
     train_ds = shuffled_batches(
         (features[train_index], labels[train_index]),

@@ -26,10 +26,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import inputs, losses
 from .config import Config, RunOptions
-from .contract import DatasetError, check_sample_weights
 from .data import load_datasets
+from .engine.contract import DatasetError, check_sample_weights
 from .engine.gradients import NoneGradientError, NoneGradientWarning
 from .model import build_model
 from .train import Trainer
@@ -148,10 +147,8 @@ def _check_datasets(
             continue
         x_spec, y_spec, *weights_spec = dataset.element_spec
         checks = [
-            inputs.check_features(
-                x_spec, trainer.config, f"{name} features", trainer.task.features
-            ),
-            losses.check_labels(y_spec, trainer.config, f"{name} labels"),
+            trainer.task.inputs.check(x_spec, f"{name} features", trainer.task.features),
+            trainer.task.labels.check(y_spec, f"{name} labels"),
         ]
         checks += [check_sample_weights(spec, f"{name} sample weights") for spec in weights_spec]
         notes = [check.note for check in checks if check.note]
@@ -167,17 +164,18 @@ def _check_values(few: tf.data.Dataset, config: Config, report: CheckReport) -> 
     Returns:
         Whether every label and feature value can go through the model.
     """
-    counts = np.zeros(losses.class_count(config), dtype=np.int64)
+    labels = config.labels
+    counts = np.zeros(labels.class_count, dtype=np.int64)
     bad_features = 0
     weights = []
     for x, y, *weight in few:
         weights += [w.numpy() for w in weight]
         try:
-            losses.checked_label_values(y, config)
+            labels.checked_values(y)
         except tf.errors.InvalidArgumentError as error:
             report.problems.append(f"{error.message.splitlines()[0]}; fix them in data.py")
             return False
-        counts += np.bincount(losses.label_class_ids(y).numpy(), minlength=len(counts))
+        counts += np.bincount(labels.label_class_ids(y).numpy(), minlength=len(counts))
         for part in tf.nest.flatten(x):  # One tensor, or a dict of them.
             if part.dtype.is_floating:
                 bad_features += int(np.size(part) - np.count_nonzero(np.isfinite(part)))
@@ -226,14 +224,14 @@ def _check_initial_loss(
     model: keras.Model, few: tf.data.Dataset, config: Config, report: CheckReport
 ) -> None:
     """The data loss before any training, against log(number of classes)."""
-    loss_fn = losses.make_loss()
+    loss_fn = config.labels.make_loss()
     values = [float(loss_fn(y, model(x, training=False))) for x, y, *_ in few]
     loss = float(np.mean(values))
-    expected = math.log(losses.class_count(config))
+    expected = math.log(config.labels.class_count)
     report.add(
         "initial loss",
         f"{loss:.4f}; a model that knows nothing scores about {expected:.4f} "
-        f"(log {losses.class_count(config)})",
+        f"(log {config.labels.class_count})",
     )
     if not math.isfinite(loss):
         report.problems.append(
@@ -242,13 +240,13 @@ def _check_initial_loss(
     elif loss > LOSS_FACTOR * expected:
         report.problems.append(
             f"the loss at initialisation, {loss:.3f}, is over {LOSS_FACTOR:g} x log "
-            f"{losses.class_count(config)}: the model starts confidently wrong; standardize the "
+            f"{config.labels.class_count}: the model starts confidently wrong; standardize the "
             "features (a keras.layers.Normalization first in model.py), or give the last layer "
             "smaller initial weights"
         )
     elif loss < expected / LOSS_FACTOR:
         report.problems.append(
-            f"the loss at initialisation, {loss:.3f}, is under log {losses.class_count(config)} / "
+            f"the loss at initialisation, {loss:.3f}, is under log {config.labels.class_count} / "
             f"{LOSS_FACTOR:g}: the labels are predicted before any training; check that "
             "the features do not contain the labels"
         )
@@ -323,7 +321,9 @@ def _reference(model: keras.Model, trainer: Trainer) -> keras.Model | None:
     if trainer.options.clip_global_norm is not None:
         settings["global_clipnorm"] = trainer.options.clip_global_norm
     reference.compile(
-        optimizer=type(optimizer).from_config(settings), loss=losses.make_loss(), jit_compile=False
+        optimizer=type(optimizer).from_config(settings),
+        loss=trainer.task.labels.make_loss(),
+        jit_compile=False,
     )
     return reference
 

@@ -26,9 +26,8 @@ from .config import Config, RunOptions
 from .data import load_datasets
 from .engine import distribution, precision
 from .engine.checkpoints import MODEL_FILE, CheckpointError, read_run
+from .engine.contract import describe
 from .engine.loop import EpochLogs
-from .inputs import describe, features_spec
-from .losses import class_ids, probabilities
 from .train import Trainer
 
 NPY_MAGIC = b"\x93NUMPY"  # How every .npy file starts.
@@ -120,13 +119,14 @@ def predict(logdir: str | Path, features: np.ndarray, *, as_class_ids: bool = Fa
     config, model = load_run(logdir)
     features = check_features(features, config)
     outputs = model.predict(features, batch_size=config.batch_size, verbose=0)
-    result = class_ids(outputs) if as_class_ids else probabilities(outputs)
+    labels = config.labels
+    result = labels.class_ids(outputs) if as_class_ids else labels.probabilities(outputs)
     return np.asarray(result)
 
 
 def check_features(features: np.ndarray, config: Config) -> np.ndarray:
     """`features` in the model's input dtype, or a one-line error naming what does not fit."""
-    spec = features_spec(config)
+    spec = config.features.spec
     if features.ndim < 1 or not spec.shape.is_compatible_with((None, *features.shape[1:])):
         raise RunFileError(
             f"the input has shape {features.shape}, but the model takes {describe(spec)}"
@@ -142,7 +142,7 @@ def export(logdir: str | Path, out: str | Path) -> Path:
     """Write the run's model as a SavedModel for serving, with `model.export`.
 
     Load it with `tf.saved_model.load(out)` and call its `serve` endpoint:
-    features in, the model's raw outputs (logits) out; apply `losses.probabilities` for
+    features in, the model's raw outputs (logits) out; apply `Config.labels.probabilities` for
     probabilities.
 
     Missing directories above `out` are made. The SavedModel is written in a temporary

@@ -7,8 +7,8 @@ offline and repeats exactly.
 
 Contract, checked by `train.fit` before training: `load_datasets(config)` returns
 `(train_ds, val_ds)`, batched `tf.data.Dataset`s of `(token_ids, labels)` with int32 token ids
-of shape `(batch, length)`, padded with 0 (`inputs.features_spec`), and labels as
-`losses.label_spec(config)` declares them; `losses.encode_labels` turns class ids into that
+of shape `(batch, length)`, padded with 0 (`config.features.spec`), and labels as
+`config.labels.spec` declares them; `config.labels.encode` turns class ids into that
 encoding. Batch unbatched sequences with `sequences.batch_sequences`, which pads and buckets them.
 """
 
@@ -19,7 +19,6 @@ import tensorflow as tf
 
 from .config import Config
 from .engine.sequences import PAD_ID, batch_sequences
-from .losses import class_count, encode_labels
 
 NUM_EXAMPLES = 2000
 KEYWORDS_PER_CLASS = 4
@@ -29,7 +28,7 @@ KEYWORD_RATE = 0.15  # The share of a sequence's tokens that are its class's key
 def load_sequences(config: Config) -> tuple[list[np.ndarray], np.ndarray]:
     """All examples as int32 token-id sequences of varying length (no padding), and class ids."""
     rng = np.random.default_rng(config.seed)
-    num_classes = class_count(config)
+    num_classes = config.labels.class_count
     keywords = rng.integers(1, config.vocab_size, size=(num_classes, KEYWORDS_PER_CLASS))
     class_ids = rng.integers(0, num_classes, size=NUM_EXAMPLES)
     lengths = rng.integers(max(1, config.max_length // 16), config.max_length + 1, NUM_EXAMPLES)
@@ -62,7 +61,7 @@ def load_datasets(config: Config) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     order = np.random.default_rng(config.seed).permutation(len(sequences))
     num_val = max(1, round(len(sequences) * config.validation_fraction))
     val_index, train_index = order[:num_val], order[num_val:]
-    labels = encode_labels(class_ids, config)
+    labels = config.labels.encode(class_ids)
 
     train_ds = (
         unbatched([sequences[i] for i in train_index], labels[train_index])

@@ -1,8 +1,8 @@
 """The model. This module is yours: change the architecture freely.
 
 Contract, checked by `train.fit` before training: `build_model(config)` takes int32 token ids
-of shape `(batch, length)`, padded with 0, and returns `(batch, losses.output_units(config))`
-logits: end it with `losses.output_layer(config)`, which has no activation (the loss applies
+of shape `(batch, length)`, padded with 0, and returns `(batch, config.labels.output_units)`
+logits: end it with `config.labels.output_layer()`, which has no activation (the loss applies
 it, numerically safely).
 Padding must not change the output: keep `mask_zero=True` (or a `Masking` layer) and layers
 that honour the mask. Give random layers such as `Dropout` a `seed=config.seed`.
@@ -13,7 +13,6 @@ from __future__ import annotations
 import keras
 
 from .config import Config
-from .losses import output_layer
 
 
 def build_model(config: Config) -> keras.Model:
@@ -24,5 +23,5 @@ def build_model(config: Config) -> keras.Model:
     x = keras.layers.GlobalAveragePooling1D()(x)  # A mean over the unmasked tokens only.
     x = keras.layers.Dense(128, activation="relu", kernel_regularizer=regularizer)(x)
     x = keras.layers.Dropout(0.1, seed=config.seed)(x)
-    outputs = output_layer(config)(x)
+    outputs = config.labels.output_layer()(x)
     return keras.Model(inputs, outputs, name="sequences_sparse")

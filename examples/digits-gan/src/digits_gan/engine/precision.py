@@ -2,7 +2,7 @@
 
 `fit` builds the model under the Keras dtype policy `RunOptions.precision` names. The layers
 then compute in float16 or bfloat16 and keep float32 weights; the output the loss sees stays
-float32 (`losses.output_layer` is float32 under any policy, and `check_output` holds every
+float32 (`Labels.output_layer` is float32 under any policy, and `check_output` holds every
 model to it). With `mixed_float16`, each optimizer is a `keras.optimizers.LossScaleOptimizer`:
 the step's `scaled = self.optimizers.scale_loss(loss)`, inside the tape, multiplies the loss
 by its dynamic scale, so that small gradients do not underflow float16, and

@@ -14,18 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, {% if optimizers != 'gan' %}Mapping, {% endif %}Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-{% if optimizers != 'gan' -%}
 import numpy as np
-{% endif -%}
 import tensorflow as tf
 
 Conversion = Callable[[tf.Tensor], tf.Tensor]
-{%- if optimizers != 'gan' %}
 # One weight per example: it multiplies that example's loss (not its count in the accuracy).
 WEIGHTS_SPEC = tf.TensorSpec(shape=(None,), dtype=tf.float32, name="sample_weights")
-{%- endif %}
 
 
 class DatasetError(ValueError):
@@ -164,7 +160,6 @@ def conform(dataset: tf.data.Dataset, name: str, checks: Sequence[SpecCheck]) ->
     return dataset.map(
         lambda *parts: tuple(f(part) for f, part in zip(converts, parts, strict=True))
     ).prefetch(2)
-{%- if optimizers != 'gan' %}
 
 
 def check_sample_weights(spec: object, name: str = "sample weights") -> SpecCheck:
@@ -234,4 +229,3 @@ def class_weight_table(class_weight: Mapping[int, float], num_classes: int) -> t
             + "; ".join(bad)
         )
     return tf.constant(table)
-{%- endif %}

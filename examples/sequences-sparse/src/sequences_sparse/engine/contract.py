@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 Conversion = Callable[[tf.Tensor], tf.Tensor]
+# One weight per example: it multiplies that example's loss (not its count in the accuracy).
+WEIGHTS_SPEC = tf.TensorSpec(shape=(None,), dtype=tf.float32, name="sample_weights")
 
 
 class DatasetError(ValueError):
@@ -157,3 +160,72 @@ def conform(dataset: tf.data.Dataset, name: str, checks: Sequence[SpecCheck]) ->
     return dataset.map(
         lambda *parts: tuple(f(part) for f, part in zip(converts, parts, strict=True))
     ).prefetch(2)
+
+
+def check_sample_weights(spec: object, name: str = "sample weights") -> SpecCheck:
+    """How sample weights of `spec` fit `WEIGHTS_SPEC`: as they are, converted, or not.
+
+    Weights of any integer, float or bool dtype are cast to float32, and a `(batch, 1)` column
+    of them is flattened to `(batch,)`, as `model.fit` squeezes it; any value is kept as it is,
+    as `model.fit` keeps it (a NaN weight makes a NaN loss, whose step is skipped).
+
+    Args:
+        spec: The weights' `tf.TypeSpec`, e.g. `dataset.element_spec[2]`.
+        name: What the weights are called in the message, e.g. `train_ds sample weights`.
+
+    Returns:
+        The conversion to apply in the pipeline, if any, or the problem and its fix.
+    """
+    if fits(spec, WEIGHTS_SPEC):
+        return SpecCheck()
+    numeric = isinstance(spec, tf.TensorSpec) and (
+        spec.dtype.is_integer or spec.dtype.is_floating or spec.dtype == tf.bool
+    )
+    if numeric and spec.shape.rank in (1, 2) and spec.shape[1:] in ((), (1,)):
+        cast = cast_to(tf.float32)
+        if spec.shape.rank == 1:
+            return SpecCheck(convert=cast, note=f"{name}: {describe(spec)} cast to float32")
+        return SpecCheck(
+            convert=lambda w: cast(w[:, 0]),
+            note=f"{name}: {describe(spec)} cast to float32, shape (batch,)",
+        )
+    if isinstance(spec, tf.TensorSpec) and spec.dtype == tf.string:
+        fix = "convert them with tf.strings.to_number(w) in data.py"
+    elif numeric and spec.shape.rank is not None:
+        fix = "give one weight per example, one number per row of the labels"
+    else:
+        fix = "make the dataset yield (features, labels, sample_weights) of dense tensors"
+    return SpecCheck(
+        problem=(
+            f"{name} are {describe(spec)}, but the steps take one float32 weight per example, "
+            f"shape (batch,); {fix}"
+        )
+    )
+
+
+def class_weight_table(class_weight: Mapping[int, float], num_classes: int) -> tf.Tensor:
+    """The weight of each class id in `[0, num_classes)`, 1.0 for those `class_weight` omits.
+
+    As `model.fit(class_weight=...)` reads the mapping.
+
+    Raises:
+        ValueError: If a key is not a class id in `[0, num_classes)` or a weight is negative
+            or not finite, naming each.
+    """
+    table = np.ones(num_classes, dtype=np.float32)
+    bad = []
+    for key, weight in class_weight.items():
+        if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
+            bad.append(f"key {key!r} is not a class id")
+        elif not 0 <= key < num_classes:
+            bad.append(f"class {key} is not in [0, {num_classes})")
+        elif not (isinstance(weight, (int, float, np.number)) and 0 <= weight < np.inf):
+            bad.append(f"class {key} has weight {weight!r}")
+        else:
+            table[int(key)] = weight
+    if bad:
+        raise ValueError(
+            f"class_weight maps class ids in [0, {num_classes}) to finite weights >= 0, but "
+            + "; ".join(bad)
+        )
+    return tf.constant(table)
