@@ -19,8 +19,8 @@ from helpers import dict_features, linear_model, raw_features, two_input_model
 from breast_cancer_binary.config import Config, RunOptions
 from breast_cancer_binary.engine import interrupts, precision
 from breast_cancer_binary.engine.distribution import DistributionError
+from breast_cancer_binary.engine.optimizers import OptimizerSet
 from breast_cancer_binary.model import build_model
-from breast_cancer_binary.optimizers import OptimizerSet
 from breast_cancer_binary.train import fit
 
 # One device in float32 unless a test says otherwise, whatever the project's defaults.

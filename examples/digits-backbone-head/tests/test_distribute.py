@@ -19,8 +19,8 @@ from helpers import dict_features, linear_model, raw_features, two_input_model
 from digits_backbone_head.config import Config, RunOptions
 from digits_backbone_head.engine import interrupts, precision
 from digits_backbone_head.engine.distribution import DistributionError
+from digits_backbone_head.engine.optimizers import OptimizerSet
 from digits_backbone_head.model import build_model
-from digits_backbone_head.optimizers import OptimizerSet
 from digits_backbone_head.train import fit
 
 # One device in float32 unless a test says otherwise, whatever the project's defaults.

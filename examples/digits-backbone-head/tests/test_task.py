@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 
 import keras
 import numpy as np
@@ -16,7 +17,7 @@ from helpers import QUIET, dataset, features, labels_for, linear_model
 
 from digits_backbone_head.config import Config
 from digits_backbone_head.engine import precision
-from digits_backbone_head.engine.optimizers import SCALE_LOSS_FIRST
+from digits_backbone_head.engine.optimizers import ONLY_IF_DIFFERS, SCALE_LOSS_FIRST, StepError
 from digits_backbone_head.task import Task
 from digits_backbone_head.train import Trainer
 
@@ -54,6 +55,22 @@ class SkipAllZeroBatchesOnEveryReplica(Task):
         nonzero = tf.cast(tf.reduce_any(self.labels.label_class_ids(y) != 0), tf.int32)
         on_any_replica = tf.distribute.get_replica_context().all_reduce("sum", nonzero) > 0
         self.optimizers.apply(gradients, self.model.trainable_variables, only_if=on_any_replica)
+        self.train_metrics.update(loss, y, y_pred)
+
+
+class SkipAllZeroSharesOnThisReplica(Task):
+    """The natural wrong version: the decision on this replica's share of the batch only."""
+
+    def train_step(
+        self, x: tf.Tensor, y: tf.Tensor, sample_weight: tf.Tensor | None = None
+    ) -> None:
+        with tf.GradientTape() as tape:
+            y_pred = self.model(x, training=True)
+            loss = self.compute_loss(y, y_pred, sample_weight)
+            scaled = self.optimizers.scale_loss(loss)
+        gradients = tape.gradient(scaled, self.model.trainable_variables)
+        nonzero = tf.reduce_any(self.labels.label_class_ids(y) != 0)
+        self.optimizers.apply(gradients, self.model.trainable_variables, only_if=nonzero)
         self.train_metrics.update(loss, y, y_pred)
 
 
@@ -168,6 +185,39 @@ def test_a_conditional_update_on_the_whole_batch_is_exact_on_two_replicas(
     assert one_iterations == iterations == 3
     for ours, expected in zip(replicas, one_device, strict=True):
         np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_a_decision_on_one_replica_s_share_fails_naming_the_fix(config: Config) -> None:
+    """Batch 3's shares disagree (one all 0s): the replicas would update different weights."""
+    x = features(config, 64)
+    ids = np.arange(64) % config.labels.class_count
+    ids[16:32] = ids[48:56] = 0
+    strategy = _mirrored(2)
+    with strategy.scope():
+        model = linear_model(config)
+    trainer = Trainer(config, model, QUIET, strategy, task=SkipAllZeroSharesOnThisReplica)
+
+    with pytest.raises(StepError) as error:
+        trainer.fit(dataset(x, _labels(ids, config), 16), epochs=1)
+
+    assert str(error.value) == ONLY_IF_DIFFERS
+
+
+def test_keras_clipping_on_two_replicas_is_refused_naming_the_engine_s(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keras's `global_clipnorm` clips each replica's share: the sum's norm can pass the limit."""
+    adam = keras.optimizers.Adam
+    monkeypatch.setattr(keras.optimizers, "Adam", functools.partial(adam, global_clipnorm=1.0))
+    strategy = _mirrored(2)
+    with strategy.scope():
+        model = linear_model(config)
+
+    with pytest.raises(ValueError, match="clips each replica's share") as error:
+        Trainer(config, model, QUIET, strategy)
+
+    assert "--clip-global-norm" in str(error.value)
+    Trainer(config, linear_model(config), QUIET)  # On one device it clips the whole batch.
 
 
 def test_mixed_float16_without_scale_loss_fails_while_tracing(config: Config) -> None:

@@ -19,8 +19,8 @@ from helpers import dict_features, linear_model, raw_features, two_input_model
 from digits_mirrored_bf16.config import Config, RunOptions
 from digits_mirrored_bf16.engine import interrupts, precision
 from digits_mirrored_bf16.engine.distribution import DistributionError
+from digits_mirrored_bf16.engine.optimizers import OptimizerSet
 from digits_mirrored_bf16.model import build_model
-from digits_mirrored_bf16.optimizers import OptimizerSet
 from digits_mirrored_bf16.train import fit
 
 # One device in float32 unless a test says otherwise, whatever the project's defaults.

@@ -19,8 +19,8 @@ from helpers import dict_features, linear_model, raw_features, two_input_model
 from digits_onehot_probs.config import Config, RunOptions
 from digits_onehot_probs.engine import interrupts, precision
 from digits_onehot_probs.engine.distribution import DistributionError
+from digits_onehot_probs.engine.optimizers import OptimizerSet
 from digits_onehot_probs.model import build_model
-from digits_onehot_probs.optimizers import OptimizerSet
 from digits_onehot_probs.train import fit
 
 # One device in float32 unless a test says otherwise, whatever the project's defaults.

@@ -19,8 +19,8 @@ from helpers import dict_features, linear_model, raw_features, two_input_model
 from digits_sparse.config import Config, RunOptions
 from digits_sparse.engine import interrupts, precision
 from digits_sparse.engine.distribution import DistributionError
+from digits_sparse.engine.optimizers import OptimizerSet
 from digits_sparse.model import build_model
-from digits_sparse.optimizers import OptimizerSet
 from digits_sparse.train import fit
 
 # One device in float32 unless a test says otherwise, whatever the project's defaults.

@@ -19,8 +19,8 @@ from helpers import features, linear_model
 from sequences_sparse.config import Config, RunOptions
 from sequences_sparse.engine import interrupts, precision
 from sequences_sparse.engine.distribution import DistributionError
+from sequences_sparse.engine.optimizers import OptimizerSet
 from sequences_sparse.model import build_model
-from sequences_sparse.optimizers import OptimizerSet
 from sequences_sparse.train import fit
 
 # One device in float32 unless a test says otherwise, whatever the project's defaults.

@@ -11,7 +11,7 @@ Template-owned: `copier update` merges template changes into it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import keras
 import tensorflow as tf
@@ -21,9 +21,8 @@ from .engine import contract, precision
 from .engine.distribution import BatchMean, global_batch_size
 from .engine.features import with_packed_features
 from .engine.labels import Labels
-from .optimizers import OptimizerSet
-
-StepFn = Callable[..., tf.Tensor | None]
+from .engine.optimizers import OptimizerSet
+from .engine.task import StepFn, Task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,12 +88,12 @@ def total_loss(
     return loss
 
 
-class ClassifierTask:
-    """What `train.Trainer` trains: the model, its optimizers, loss, metrics and steps.
+class ClassifierTask(Task):
+    """A classifier's `engine.task.Task`: the model, its optimizers, loss, metrics and steps.
 
     Subclass it (as `task.py` does) and give it `build_optimizers`, `build_loss`,
-    `build_metrics`, `train_step` and `test_step`; the loop runs the steps through
-    `make_train_step` and `make_eval_step`.
+    `build_metrics`, `train_step` and `test_step` (and `callbacks`, for its own callbacks);
+    the loop runs the steps through `make_train_step` and `make_eval_step`.
 
     Args:
         model: A built or unbuilt Keras model whose output fits the loss.
@@ -168,10 +167,6 @@ class ClassifierTask:
         `total_loss`). Must be `tf.function`-compatible.
         """
         return total_loss(self.model, self.loss_fn, y, y_pred, global_batch_size(y), sample_weight)
-
-    def checkpoint_items(self) -> dict[str, object]:
-        """What a checkpoint holds beyond the model, its optimizers and the loop's state."""
-        return {}
 
     def make_train_step(self) -> StepFn:
         """`train_step` as the loop runs it, for the model's trainable variables now.

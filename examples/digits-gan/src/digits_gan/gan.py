@@ -1,11 +1,11 @@
-"""The GAN: the model that holds both networks, its step, and the task the loop trains.
+"""The GAN: the model that holds both networks, its metrics, and the two updates of its step.
 
 The step is one discriminator update, then one generator update, on one batch. Each factory
 returns a plain Python function that is `tf.function`-compatible and runs on each replica
 under `tf.distribute.Strategy.run`, with that replica's share of the batch; `train.Trainer`
-wraps the combined step in a `tf.function` with an input signature so that a whole run
-traces it exactly once. Each update has its own tape,
-its own loss and its own part of `OptimizerSet`, and touches only its own model's variables:
+wraps the combined step, which `task.GanTask` makes, in a `tf.function` with an input signature
+so that a whole run traces it exactly once. Each update has its own tape, its own loss and its
+own part of `OptimizerSet`, and touches only its own model's variables:
 the discriminator's loss must not move the generator, nor the generator's the discriminator.
 
 The step is one discriminator update per generator update (a 1:1 ratio); for more discriminator
@@ -17,20 +17,24 @@ Template-owned: `copier update` merges template changes into it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
+from pathlib import Path
 
 import keras
 import tensorflow as tf
 
 from .config import Config, RunOptions
-from .engine import contract, precision
+from .engine import precision
 from .engine.distribution import BatchMean, global_batch_size
 from .engine.gradients import FINITE
-from .optimizers import OptimizerSet, build_optimizers
+from .engine.optimizers import OptimizerSet
 
 StepFn = Callable[[tf.Tensor], tf.Tensor]
 DiscriminatorStepFn = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]]
 GeneratorStepFn = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+
+SAMPLE_SCALE = 4  # Each pixel of a sample becomes a 4x4 block, so the grid is easy to see.
 
 
 @keras.saving.register_keras_serializable(package="digits_gan")
@@ -278,93 +282,74 @@ def check_models(model: GAN, config: Config) -> None:
         )
 
 
-class GanTask:
-    """What `train.Trainer` trains: the GAN, its two optimizers, metrics and step.
+def build_optimizers(model: GAN, config: Config, options: RunOptions) -> OptimizerSet:
+    """The generator's and the discriminator's Adam optimizers, each on its own model."""
+    generator_adam = keras.optimizers.Adam(
+        learning_rate=config.generator_learning_rate, beta_1=config.beta_1, name="g_adam"
+    )
+    discriminator_adam = keras.optimizers.Adam(
+        learning_rate=config.discriminator_learning_rate, beta_1=config.beta_1, name="d_adam"
+    )
+    return OptimizerSet(
+        [
+            ("generator", model.generator, generator_adam),
+            ("discriminator", model.discriminator, discriminator_adam),
+        ],
+        options,
+    )
 
-    A GAN has no validation split: `val_metrics` is empty and `make_eval_step` is `None`.
+
+def sample_grid(images: tf.Tensor) -> tf.Tensor:
+    """Tile images with pixels in [-1, 1] into one square uint8 image for `tf.io.encode_png`."""
+    count, height, width, channels = images.shape
+    rows = math.isqrt(count)
+    pixels = tf.round((tf.clip_by_value(images, -1.0, 1.0) + 1.0) * 127.5)
+    pixels = tf.repeat(tf.repeat(pixels, SAMPLE_SCALE, axis=1), SAMPLE_SCALE, axis=2)
+    height, width = height * SAMPLE_SCALE, width * SAMPLE_SCALE
+    grid = tf.reshape(pixels, (rows, rows, height, width, channels))
+    # Tiled in float32, cast last: oneDNN's uint8 transpose logs an error line on CPUs
+    # without AVX-512 (TensorFlow 2.21).
+    grid = tf.transpose(grid, (0, 2, 1, 3, 4))
+    return tf.cast(tf.reshape(grid, (rows * height, rows * width, channels)), tf.uint8)
+
+
+class SampleGrid(keras.callbacks.Callback):
+    """Each epoch, the generator's images for fixed noise: a PNG grid, and a TensorBoard image.
+
+    Writes `logdir/samples_epoch_{epoch:03d}.png` and, with `tensorboard`, an image `samples`
+    in `logdir/train`. The noise is drawn once from `seed`, so the grids show the same latent
+    points improving.
 
     Args:
-        model: The generator and the discriminator, see `model.build_model`.
-        config: The run's hyperparameters.
-        options: How the run executes.
-
-    Attributes:
-        model: The GAN.
-        optimizers: The generator's and the discriminator's optimizers.
-        noise: The source of every latent vector, seeded by `config.seed`; a
-            `tf.random.Generator`, so no Python randomness runs inside the step.
-        train_metrics: `d_loss`, `g_loss`, `d_acc_real` and `d_acc_fake`.
-        val_metrics: None, as there is no validation.
-        input_signature: The real images of one batch.
+        logdir: The run's directory.
+        config: Gives `num_samples` (a square number), `latent_dim` and `seed`.
+        tensorboard: Also write the grid as a TensorBoard image.
     """
 
-    make_eval_step = None
-
-    def __init__(self, model: GAN, config: Config, options: RunOptions) -> None:
-        if not isinstance(model, GAN):
-            raise TypeError(
-                f"the model is a {type(model).__name__}, but this project trains a GAN: "
-                "pass model.build_model(config), or GAN(generator, discriminator)"
-            )
-        check_models(model, config)
-        precision.check_model(model, options.precision)
-        self.model = model
-        self.config = config
-        self.optimizers = build_optimizers(model, config, options)
-        self.noise = tf.random.Generator.from_seed(config.seed)
-        self._metrics = GanMetrics.create()
-        self.train_metrics = self._metrics.all()
-        self.val_metrics: tuple[keras.metrics.Metric, ...] = ()
-        self.input_signature = input_signature(config)
-        self._loss_fn = make_loss()
-
-    def checkpoint_items(self) -> dict[str, object]:
-        """What a checkpoint holds beyond the model, its optimizers and the loop's state."""
-        return {"noise": self.noise}
-
-    def make_train_step(self) -> StepFn:
-        """The training step."""
-        args = (self.model, self.optimizers, self._loss_fn, self.noise, self.config)
-        return make_train_step(
-            make_discriminator_step(*args), make_generator_step(*args), self._metrics
+    def __init__(self, logdir: str | Path, config: Config, *, tensorboard: bool) -> None:
+        super().__init__()
+        self.logdir = Path(logdir)
+        self.noise = tf.random.Generator.from_seed(config.seed).normal(
+            (config.num_samples, config.latent_dim)
         )
+        self.tensorboard = tensorboard
+        self._writer: tf.summary.SummaryWriter | None = None
 
-    def signature(self, spec: object) -> tuple[tf.TensorSpec]:
-        """The step's input signature for a prepared dataset: `input_signature`, always."""
-        del spec  # Image batches only: `prepare_dataset` refuses anything else.
-        return self.input_signature
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Write this epoch's grid."""
+        grid = sample_grid(self.model.generator(self.noise, training=False))
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        path = self.logdir / f"samples_epoch_{epoch + 1:03d}.png"
+        tf.io.write_file(str(path), tf.io.encode_png(grid))
+        if self.tensorboard:
+            if self._writer is None:
+                self._writer = tf.summary.create_file_writer(str(self.logdir / "train"))
+            with self._writer.as_default():
+                tf.summary.image("samples", grid[tf.newaxis], step=epoch + 1)
+            self._writer.flush()
 
-    def prepare_dataset(self, dataset: tf.data.Dataset, name: str) -> tf.data.Dataset:
-        """`dataset` as the step takes it: checked, and converted where that is unambiguous.
-
-        Images of another float dtype (float64 is numpy's default) are cast to float32, once,
-        in the pipeline; the result has the same cardinality and order.
-
-        Raises:
-            contract.DatasetError: If the elements are not image batches of
-                `Config.image_shape`, with the fix.
-        """
-        spec = dataset.element_spec
-        (expected,) = self.input_signature
-        if contract.fits(spec, expected):
-            return dataset
-        if (
-            isinstance(spec, tf.TensorSpec)
-            and spec.dtype.is_floating
-            and expected.shape.is_compatible_with(spec.shape)
-        ):
-            convert = contract.cast_to(expected.dtype)
-            return contract.conform(dataset, name, [contract.SpecCheck(convert)])
-        raise contract.DatasetError(
-            name,
-            [
-                f"{name} yields {contract.describe(spec)}, but the GAN trains on float32 images "
-                f"of shape (batch, {', '.join(map(str, self.config.image_shape))}) and no "
-                "labels; map it to images only in data.py, or change Config.image_shape"
-            ],
-        )
-
-
-def build_task(model: GAN, config: Config, options: RunOptions) -> GanTask:
-    """The task `train.Trainer` runs for this project."""
-    return GanTask(model, config, options)
+    def on_train_end(self, logs: dict | None = None) -> None:
+        """Close the event file."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

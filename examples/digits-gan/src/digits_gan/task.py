@@ -21,7 +21,9 @@ from .engine.task import Task
 from .gan import (
     GAN,
     GanMetrics,
+    SampleGrid,
     StepFn,
+    build_optimizers,
     check_models,
     input_signature,
     make_discriminator_step,
@@ -29,7 +31,6 @@ from .gan import (
     make_loss,
     make_train_step,
 )
-from .optimizers import build_optimizers
 
 
 class GanTask(Task):
@@ -45,6 +46,8 @@ class GanTask(Task):
 
     Attributes:
         model: The GAN.
+        config: The run's hyperparameters.
+        options: How the run executes.
         optimizers: The generator's and the discriminator's optimizers.
         noise: The source of every latent vector, seeded by `config.seed`; a
             `tf.random.Generator`, so no Python randomness runs inside the step.
@@ -79,6 +82,7 @@ class GanTask(Task):
         precision.check_model(model, options.precision)
         self.model = model
         self.config = config
+        self.options = options
         self.optimizers = build_optimizers(model, config, options)
         self.noise = tf.random.Generator.from_seed(config.seed)
         self._metrics = GanMetrics.create()
@@ -90,6 +94,12 @@ class GanTask(Task):
     def checkpoint_items(self) -> dict[str, object]:
         """What a checkpoint holds beyond the model, its optimizers and the loop's state."""
         return {"noise": self.noise}
+
+    def callbacks(self, chief: bool) -> list[keras.callbacks.Callback]:
+        """`SampleGrid`, on the chief of a run with a logdir: the grids are files it writes."""
+        if not chief or self.options.logdir is None:
+            return []
+        return [SampleGrid(self.options.logdir, self.config, tensorboard=self.options.tensorboard)]
 
     def make_train_step(self) -> StepFn:
         """The training step."""

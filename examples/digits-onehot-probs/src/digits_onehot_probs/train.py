@@ -22,10 +22,10 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from .callbacks import default_callbacks
 from .config import Config, RunOptions
 from .data import load_datasets
 from .engine import distribution, interrupts, precision
+from .engine.callbacks import default_callbacks
 from .engine.checkpoints import (
     CHECKPOINTS,
     RunCheckpoint,
@@ -37,6 +37,7 @@ from .engine.checkpoints import (
 from .engine.contract import DatasetError, read_failure
 from .engine.gradients import NonFiniteGuard
 from .engine.loop import CallHooks, EpochLogs, StepRunner
+from .engine.optimizers import ONLY_IF_DIFFERS, StepError
 from .engine.task import StepFn, Task
 from .model import build_model
 from .task import build_task
@@ -326,8 +327,9 @@ class Trainer:
                 a task without an evaluation step (a GAN's) requires.
             epochs: The epoch to stop at; `config.epochs` by default.
             initial_epoch: The epoch to start from.
-            callbacks: Yours; they run before the default ones (see
-                `callbacks.default_callbacks`), so those see what yours add to the logs.
+            callbacks: Yours; they run before the task's (its `callbacks` method) and the
+                default ones (see `callbacks.default_callbacks`), so those see what yours add
+                to the logs.
             class_weight: The weight of each class id in the training loss, as for
                 `model.fit` (see the task's `prepare_dataset`); `val_ds` is not weighted by it.
 
@@ -368,10 +370,11 @@ class Trainer:
             check_same_data(logdir, int(train_ds.cardinality()))
         num_batches = self.options.steps_per_epoch or int(train_ds.cardinality())
         history = keras.callbacks.History()
+        task_callbacks = self.task.callbacks(chief=self.chief)
         # Under several workers only the chief prints progress and writes figures.
-        defaults = default_callbacks(self.config, self.options, self.chief)
+        defaults = default_callbacks(self.options, self.chief)
         callback_list = keras.callbacks.CallbackList(
-            [*callbacks, *defaults, history],
+            [*callbacks, *task_callbacks, *defaults, history],
             model=self.model,
             epochs=epochs,
             steps=num_batches if num_batches >= 0 else None,
@@ -537,6 +540,7 @@ def reading(name: str) -> Iterator[None]:
         contract.DatasetError: If a batch of `name` failed a value check of the steps, or the
             dataset's Python code raised (see `contract.read_failure`). Other errors pass as
             they are.
+        StepError: If the step's `only_if` differed between the replicas.
     """
     try:
         yield
@@ -544,6 +548,8 @@ def reading(name: str) -> Iterator[None]:
         problem = read_failure(error)
         if problem is None:
             raise
+        if problem.replace("\\'", "'") == ONLY_IF_DIFFERS:  # The step's decision, not the data.
+            raise StepError(ONLY_IF_DIFFERS) from None
         raise DatasetError(name, [problem]) from error
 
 

@@ -576,6 +576,7 @@ def train(args: argparse.Namespace, prog: str) -> int:
     from .engine.contract import DatasetError
     from .engine.distribution import DistributionError
     from .engine.gradients import NoneGradientError, NonFiniteError
+    from .engine.optimizers import StepError
     from .engine.precision import PrecisionError
     from .train import fit
 
@@ -631,6 +632,7 @@ def train(args: argparse.Namespace, prog: str) -> int:
         DistributionError,
         NoneGradientError,
         PrecisionError,
+        StepError,
     ) as error:
         return _usage(prog, str(error))
     except interrupts.Interrupted as stop:

@@ -110,3 +110,13 @@ class Task:
     def checkpoint_items(self) -> dict[str, object]:
         """What a checkpoint holds beyond the model, its optimizers and the loop's state."""
         return {}
+
+    def callbacks(self, chief: bool) -> list[keras.callbacks.Callback]:
+        """The task's own callbacks for a run; none unless the task gives some.
+
+        The loop runs them after the callbacks passed to `fit` and before the default ones,
+        on every worker: `chief` is false on the workers other than the chief of a
+        multi-worker run, where a callback that writes or prints has nothing to do.
+        """
+        del chief
+        return []

@@ -11,8 +11,9 @@ Template-owned: `copier update` merges template changes into it.
 from __future__ import annotations
 
 import functools
+import math
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import keras
 import tensorflow as tf
@@ -34,6 +35,23 @@ SCALE_LOSS_FIRST = (
     "`scaled = self.optimizers.scale_loss(loss)` inside the tape and take "
     "`tape.gradient(scaled, ...)`"
 )
+ONLY_IF_DIFFERS = (
+    "only_if differs between the replicas, so they would update different weights; decide on "
+    "the whole batch, the same on every replica: all-reduce this replica's part first, e.g. "
+    "`tf.distribute.get_replica_context().all_reduce('sum', loss)` for the whole batch's loss"
+)
+KERAS_CLIPPING = (
+    "the {part} optimizer clips with Keras's {attribute}={value}, which under tf.distribute "
+    "clips each replica's share of the gradient, not the whole batch's; drop it, and clip with "
+    "RunOptions.clip_global_norm (--clip-global-norm) for every part or with "
+    "OptimizerSet(..., clip_global_norm={{'{part}': {value}}}) for this one"
+)
+
+
+class StepError(ValueError):
+    """The step broke a rule that keeps it exact; the message says which, and what to write."""
+
+
 ACCUMULATION_NEEDS_A_STEP = (
     "accumulating gradients needs the batch size, which the loop gives each step it runs; "
     "call apply inside the task's train_step"
@@ -61,6 +79,11 @@ class OptimizerSet:
             model must belong to exactly one layer. The first part's learning rate is the
             one `learning_rate` reads.
         options: Gives `strict_gradients`, `clip_global_norm` and `precision`.
+        clip_global_norm: Per part, by name: clip that part's gradients by their global norm
+            (the whole batch's, as `RunOptions.clip_global_norm` clips all of them), after
+            the run's clipping if any. Keras's own `clipnorm`, `global_clipnorm` and
+            `clipvalue` clip each replica's share on its own, so they are refused on several
+            replicas.
 
     Attributes:
         names: The parts' names, in order.
@@ -82,8 +105,18 @@ class OptimizerSet:
         self,
         parts: Sequence[tuple[str, keras.Layer, keras.optimizers.Optimizer]],
         options: RunOptions,
+        clip_global_norm: Mapping[str, float] | None = None,
     ) -> None:
         self.names = tuple(name for name, _, _ in parts)
+        self._part_clip_norms = _part_clip_norms(self.names, clip_global_norm or {})
+        if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            for name, _, optimizer in parts:
+                for attribute in ("clipnorm", "global_clipnorm", "clipvalue"):
+                    value = getattr(optimizer, attribute, None)
+                    if value is not None:
+                        raise ValueError(
+                            KERAS_CLIPPING.format(part=name, attribute=attribute, value=value)
+                        )
         self.layers = {name: layer for name, layer, _ in parts}
         self.by_part = {
             name: precision.loss_scaled(optimizer, options.precision)
@@ -281,10 +314,10 @@ class OptimizerSet:
         self.status.assign(tf.where(self.status == FINITE, status, self.status))
         condition = status == FINITE
         if only_if is not None:
-            condition = condition & only_if
+            condition = condition & _the_same_on_every_replica(only_if)
         if self.accumulator is None:
             apply = functools.partial(self._apply, names=names, kept_per_part=kept_per_part)
-            run_if(condition, apply, self._clipped(kept_gradients, names))
+            run_if(condition, apply, self._clipped(kept_gradients, names, kept_per_part))
             return status
         batch_size = getattr(self._step, "batch_size", None)
         if batch_size is None:
@@ -320,19 +353,37 @@ class OptimizerSet:
         means = accumulator.means([v for part in kept_per_part for v in part])
         examples = accumulator.examples > 0
         apply = functools.partial(self._apply, names=self.names, kept_per_part=kept_per_part)
-        run_if(condition & examples, apply, self._clipped(means, self.names))
+        run_if(condition & examples, apply, self._clipped(means, self.names, kept_per_part))
         run_if(condition, accumulator.reset)
 
     def _scale(self, names: Sequence[str]) -> tf.Variable | None:
         """The loss scale the gradients are in units of: the first part's; `None` unscaled."""
         return self.by_part[names[0]].dynamic_scale if self._loss_scaling else None
 
-    def _clipped(self, gradients: list[tf.Tensor], names: Sequence[str]) -> list[tf.Tensor]:
-        clip_norm = self._clip_norm
+    def _clipped(
+        self,
+        gradients: list[tf.Tensor],
+        names: Sequence[str],
+        kept_per_part: list[list[tf.Variable]],
+    ) -> list[tf.Tensor]:
+        """The gradients clipped by the run's norm, then each part's by its own, if any."""
         scale = self._scale(names)
-        if clip_norm is not None and scale is not None:
-            clip_norm = clip_norm * scale  # The gradients are scaled; so is their norm.
-        return clip_by_global_norm(gradients, clip_norm)
+
+        def scaled(clip_norm: float | None) -> float | tf.Tensor | None:
+            if clip_norm is None or scale is None:
+                return clip_norm
+            return clip_norm * scale  # The gradients are scaled; so is their norm.
+
+        gradients = clip_by_global_norm(gradients, scaled(self._clip_norm))
+        if not self._part_clip_norms:
+            return gradients
+        clipped: list[tf.Tensor] = []
+        start = 0
+        for name, variables in zip(names, kept_per_part, strict=True):
+            part = gradients[start : start + len(variables)]
+            clipped.extend(clip_by_global_norm(part, scaled(self._part_clip_norms.get(name))))
+            start += len(variables)
+        return clipped
 
     def _apply(
         self,
@@ -382,3 +433,43 @@ class OptimizerSet:
     def _rate(self, name: str) -> float:
         # Through NumPy: `float()` of a variable fails under `tf.distribute`.
         return float(self.by_part[name].learning_rate.numpy())
+
+
+def _part_clip_norms(names: Sequence[str], norms: Mapping[str, float]) -> dict[str, float]:
+    """`norms`, checked: each a part's name and a positive number.
+
+    Raises:
+        ValueError: Naming the unknown part or the invalid norm.
+    """
+    for name, norm in norms.items():
+        if name not in names:
+            raise ValueError(
+                f"clip_global_norm names the part {name!r}, which the optimizers do not have; "
+                f"use one of {', '.join(names)}"
+            )
+        if (
+            isinstance(norm, bool)
+            or not isinstance(norm, int | float)
+            or not (math.isfinite(norm) and norm > 0)
+        ):
+            raise ValueError(
+                f"clip_global_norm[{name!r}]={norm!r} is invalid; use a positive number"
+            )
+    return dict(norms)
+
+
+def _the_same_on_every_replica(only_if: tf.Tensor) -> tf.Tensor:
+    """`only_if`, checked to be the same on every replica: a decision on the whole batch.
+
+    Raises (when the step runs):
+        tf.errors.InvalidArgumentError: With `ONLY_IF_DIFFERS`, if the replicas disagree (the
+            loop raises it as a `StepError`).
+    """
+    only_if = tf.convert_to_tensor(only_if)
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return only_if
+    votes = context.all_reduce("sum", tf.cast(only_if, tf.int32))
+    unanimous = (votes == 0) | (votes == context.num_replicas_in_sync)
+    with tf.control_dependencies([tf.debugging.assert_equal(unanimous, True, ONLY_IF_DIFFERS)]):
+        return tf.identity(only_if)
