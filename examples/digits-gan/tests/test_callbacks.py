@@ -21,8 +21,8 @@ from digits_gan.config import Config, RunOptions
 from digits_gan.data import load_datasets
 from digits_gan.engine import interrupts
 from digits_gan.engine.callbacks import ProgressLogger
-from digits_gan.gan import GanTask
 from digits_gan.model import build_model
+from digits_gan.task import GanTask
 from digits_gan.train import Trainer
 
 # 6 batches: calls of 4 and 2 steps; one device in float32, whatever the project's defaults.

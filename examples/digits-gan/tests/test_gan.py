@@ -22,8 +22,9 @@ from digits_gan.config import Config, RunOptions
 from digits_gan.data import load_datasets, load_images
 from digits_gan.engine.checkpoints import save_model
 from digits_gan.engine.gradients import NoneGradientWarning, NonFiniteError
-from digits_gan.gan import GAN, SAMPLE_SCALE, SampleGrid, build_task
+from digits_gan.gan import GAN, SAMPLE_SCALE, SampleGrid
 from digits_gan.model import build_discriminator, build_generator, build_model
+from digits_gan.task import build_task
 from digits_gan.train import Trainer, fit
 
 # Tests print no progress, and train on one device in float32 whatever the project's defaults:

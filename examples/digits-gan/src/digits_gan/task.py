@@ -14,9 +14,8 @@ from collections.abc import Mapping
 import keras
 import tensorflow as tf
 
-from . import contract
 from .config import Config, RunOptions
-from .engine import precision
+from .engine import contract, precision
 from .engine.task import Task
 from .gan import (
     GAN,
