@@ -40,12 +40,6 @@ ONLY_IF_DIFFERS = (
     "the whole batch, the same on every replica: all-reduce this replica's part first, e.g. "
     "`tf.distribute.get_replica_context().all_reduce('sum', loss)` for the whole batch's loss"
 )
-KERAS_CLIPPING = (
-    "the {part} optimizer clips with Keras's {attribute}={value}, which under tf.distribute "
-    "clips each replica's share of the gradient, not the whole batch's; drop it, and clip with "
-    "RunOptions.clip_global_norm (--clip-global-norm) for every part or with "
-    "OptimizerSet(..., clip_global_norm={{'{part}': {value}}}) for this one"
-)
 
 
 class StepError(ValueError):
@@ -115,7 +109,11 @@ class OptimizerSet:
                     value = getattr(optimizer, attribute, None)
                     if value is not None:
                         raise ValueError(
-                            KERAS_CLIPPING.format(part=name, attribute=attribute, value=value)
+                            f"the {name} optimizer clips with Keras's {attribute}={value}, which "
+                            "under tf.distribute clips each replica's share of the gradient, not "
+                            "the whole batch's; drop it, and clip with RunOptions.clip_global_norm "
+                            "(--clip-global-norm) for every part, or with OptimizerSet(..., "
+                            f"clip_global_norm={ {name: value} }) for this one"
                         )
         self.layers = {name: layer for name, layer, _ in parts}
         self.by_part = {
