@@ -548,7 +548,7 @@ def reading(name: str) -> Iterator[None]:
         problem = read_failure(error)
         if problem is None:
             raise
-        if problem.replace("\\'", "'") == ONLY_IF_DIFFERS:  # The step's decision, not the data.
+        if problem == ONLY_IF_DIFFERS:  # The step's decision, not the data.
             raise StepError(ONLY_IF_DIFFERS) from None
         raise DatasetError(name, [problem]) from error
 

@@ -41,15 +41,14 @@ ONLY_IF_DIFFERS = (
     "`tf.distribute.get_replica_context().all_reduce('sum', loss)` for the whole batch's loss"
 )
 
-
-class StepError(ValueError):
-    """The step broke a rule that keeps it exact; the message says which, and what to write."""
-
-
 ACCUMULATION_NEEDS_A_STEP = (
     "accumulating gradients needs the batch size, which the loop gives each step it runs; "
     "call apply inside the task's train_step"
 )
+
+
+class StepError(ValueError):
+    """The step broke a rule that keeps it exact; the message says which, and what to write."""
 
 
 class OptimizerSet:

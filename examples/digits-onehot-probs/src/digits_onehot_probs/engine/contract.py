@@ -49,12 +49,13 @@ def read_failure(error: tf.errors.OpError) -> str | None:
     Two failures are the data's: a value check of the steps (the `tf.debugging` asserts on
     labels or token ids), whose message says what the values must be; and an exception
     raised by the dataset's own Python code (`from_generator`, `py_function`), named by its
-    type and message. TensorFlow reports both inside a dump of the graph.
+    type and message. TensorFlow reports both inside a dump of the graph, where it escapes
+    the apostrophes of an assert's message; they come back as written.
     """
     text = error.message
     check = re.search(r"assertion failed: \[(.*?)\] \[", text, re.DOTALL)
     if check is not None:
-        return check.group(1).strip().rstrip(".")
+        return check.group(1).strip().rstrip(".").replace("\\'", "'")
     if "PyFunc" not in text:
         return None
     raised = re.findall(
