@@ -87,6 +87,7 @@ ENGINE_MODULES = (
     "batches",
     "callbacks",
     "checkpoints",
+    "classifier",
     "cluster",
     "contract",
     "distribution",
@@ -98,8 +99,10 @@ ENGINE_MODULES = (
     "optimizers",
     "options",
     "precision",
+    "project",
     "sequences",
     "task",
+    "train",
 )
 
 
@@ -122,7 +125,6 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                     "gan",
                     "model",
                     "task",
-                    "train",
                     "trained",
                 )
             ),
@@ -161,9 +163,7 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                 "data",
                 "model",
                 "preflight",
-                "steps",
                 "task",
-                "train",
                 "trained",
             )
         ),

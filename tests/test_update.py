@@ -28,9 +28,9 @@ runner = CliRunner()
 V1, V2 = "v0.1.0", "v0.2.0"
 PACKAGE = "demo"
 USER_OWNED = {f"src/{PACKAGE}/{name}" for name in ("config.py", "data.py", "model.py")}
-TRAIN = f"src/{PACKAGE}/train.py"
+TRAIN = f"src/{PACKAGE}/engine/train.py"
 MODEL = f"src/{PACKAGE}/model.py"
-TRAIN_TEMPLATE = "template/src/{{package_name}}/train.py.jinja"
+TRAIN_TEMPLATE = "template/src/{{package_name}}/engine/train.py"
 # What v0.2.0 of the template adds to a template-owned module.
 TEMPLATE_FIX = (
     '\n\ndef template_fix() -> str:\n    """Added by v0.2.0 of the template."""\n'
