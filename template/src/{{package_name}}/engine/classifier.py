@@ -135,9 +135,7 @@ class ClassifierTask(Task):
             adds the sample weights' spec where a dataset has them.
     """
 
-    def __init__(
-        self, model: keras.Model, config: ClassifierConfig, options: RunOptions
-    ) -> None:
+    def __init__(self, model: keras.Model, config: ClassifierConfig, options: RunOptions) -> None:
         self.labels = config.labels
         self.inputs = config.features
         outputs = self.labels.check_model_output(model, self.inputs)
