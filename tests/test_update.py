@@ -668,8 +668,10 @@ def test_a_project_made_before_task_py_updates_keeping_the_users_files(
 
     assert (project / f"src/{PACKAGE}/task.py").exists()
     # The modules that moved into engine/ are there, and not left behind at the top.
-    assert (project / f"src/{PACKAGE}/engine/loop.py").exists()
-    assert not (project / f"src/{PACKAGE}/loop.py").exists()
+    for module in ("loop", "train", "steps"):
+        moved = "classifier" if module == "steps" else module
+        assert (project / f"src/{PACKAGE}/engine/{moved}.py").exists(), module
+        assert not (project / f"src/{PACKAGE}/{module}.py").exists(), module
     assert "class RunOptions(options.RunOptions):" in config.read_text()
     assert CONFIG_EDIT[1] in config.read_text()
     assert (project / f"src/{PACKAGE}/data.py").read_text().endswith(DATA_EDIT)
