@@ -40,7 +40,7 @@ def test_the_engine_imports_only_itself_by_relative_imports() -> None:
                 assert node.level == 1, f"{path.name}:{node.lineno} imports from outside engine/"
                 module = (node.module or "").split(".")[0]
                 names = {alias.name for alias in node.names} if not module else {module}
-                assert names <= set(ENGINE_MODULES) | {"PROJECT"}, (
+                assert names <= set(ENGINE_MODULES) | {"PACKAGE"}, (
                     f"{path.name}:{node.lineno} imports {names - set(ENGINE_MODULES)}"
                 )
             elif isinstance(node, ast.Import | ast.ImportFrom):
