@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from breast_cancer_binary.config import Config, RunOptions
 from breast_cancer_binary.data import load_datasets
-from breast_cancer_binary.train import Trainer
+from breast_cancer_binary.engine.train import Trainer
 
 # Tests print no progress, and train on one device in float32 whatever the project's defaults:
 # test_distribute.py covers strategies and mixed precision.

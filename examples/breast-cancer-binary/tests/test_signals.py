@@ -167,9 +167,9 @@ def test_a_second_signal_before_the_first_checkpoint_leaves_nothing(tmp_path: Pa
     code = (
         "import os, sys\n"
         "import tensorflow as tf\n"
-        "from breast_cancer_binary import train\n"
+        "from breast_cancer_binary import data\n"
         "from breast_cancer_binary.__main__ import main\n"
-        "load, calls = train.load_datasets, [0]\n"
+        "load, calls = data.load_datasets, [0]\n"
         "def generated(config):\n"
         "    train_ds, val_ds = load(config)\n"
         "    def batches():\n"
@@ -180,7 +180,7 @@ def test_a_second_signal_before_the_first_checkpoint_leaves_nothing(tmp_path: Pa
         "        yield from train_ds\n"
         "    spec = train_ds.element_spec\n"
         "    return tf.data.Dataset.from_generator(batches, output_signature=spec), val_ds\n"
-        "train.load_datasets = generated\n"
+        "data.load_datasets = generated\n"
         f"sys.exit(main(['train', '--quiet', '--logdir', {str(logdir)!r}]))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(SRC), "TF_CPP_MIN_LOG_LEVEL": "3"}

@@ -18,11 +18,12 @@ import pytest
 import tensorflow as tf
 
 import breast_cancer_binary.config
-from breast_cancer_binary import train as training
 from breast_cancer_binary import trained
 from breast_cancer_binary.__main__ import HAND_WRITTEN, field_help, flag_name, main
 from breast_cancer_binary.config import Config, RunOptions
 from breast_cancer_binary.data import load_arrays, load_datasets, split
+from breast_cancer_binary.engine import train as training
+from breast_cancer_binary.engine.project import Project
 from breast_cancer_binary.trained import RunFileError, load_run, save_output
 
 PROG = "python -m breast_cancer_binary"
@@ -406,9 +407,9 @@ def test_a_field_added_to_config_is_a_flag_the_run_records_and_resumes_with(
     fit = training.fit
     configs = []
 
-    def spy(config: Config, **kwargs: object) -> object:
+    def spy(project: Project, config: Config, **kwargs: object) -> object:
         configs.append(config)
-        return fit(config, **kwargs)
+        return fit(project, config, **kwargs)
 
     monkeypatch.setattr(training, "fit", spy)
     logdir = tmp_path / "run"

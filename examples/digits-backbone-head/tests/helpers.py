@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from digits_backbone_head.config import Config, RunOptions
 from digits_backbone_head.data import load_datasets
-from digits_backbone_head.train import Trainer
+from digits_backbone_head.engine.train import Trainer
 
 # Tests print no progress, and train on one device in float32 whatever the project's defaults:
 # test_distribute.py covers strategies and mixed precision.

@@ -11,12 +11,13 @@ import pytest
 import tensorflow as tf
 from helpers import QUIET, encoder, features, input_layer, labels_for, linear_model
 
+from digits_backbone_head import PROJECT
 from digits_backbone_head.config import Config
 from digits_backbone_head.data import load_datasets
 from digits_backbone_head.engine import distribution
 from digits_backbone_head.engine.gradients import NoneGradientWarning
+from digits_backbone_head.engine.train import Trainer
 from digits_backbone_head.model import build_model
-from digits_backbone_head.train import Trainer
 
 GROUPS = ("backbone", "head")
 
@@ -61,7 +62,7 @@ def test_the_model_is_a_backbone_and_a_head_that_share_nothing(config: Config) -
 @pytest.mark.parametrize("group", GROUPS)
 def test_each_optimizer_changes_only_its_own_group(config: Config, group: str) -> None:
     model = build_model(config)
-    trainer = Trainer(config, model, QUIET)
+    trainer = Trainer(PROJECT, config, model, QUIET)
     (other,) = set(GROUPS) - {group}
     # A zero learning rate silences the other optimizer: whatever moves, this one moved.
     trainer.task.optimizers.by_part[other].learning_rate = 0.0
@@ -92,7 +93,7 @@ def _backbone_state(model: keras.Model) -> list[np.ndarray]:
 def test_a_frozen_backbone_moves_no_weight_and_no_statistic(config: Config) -> None:
     train_ds = load_datasets(config)[0].take(8)
     model = _model_with_batch_norm(config)
-    trainer = Trainer(config, model, QUIET)
+    trainer = Trainer(PROJECT, config, model, QUIET)
     initial_backbone, initial_head = _backbone_state(model), _weights(model)["head"]
 
     model.get_layer("backbone").trainable = False
@@ -124,7 +125,7 @@ def test_fit_freezes_the_backbone_for_the_first_epochs(config: Config) -> None:
         on_epoch_end=lambda epoch, logs: seen.append((backbone.trainable, _backbone_state(model)))
     )
     initial = _backbone_state(model)
-    trainer = Trainer(config, model, QUIET)
+    trainer = Trainer(PROJECT, config, model, QUIET)
 
     trainer.fit(train_ds, val_ds, callbacks=[record])
 
@@ -155,7 +156,7 @@ def test_a_worker_other_than_the_chief_freezes_the_backbone_too(
     record = keras.callbacks.LambdaCallback(
         on_epoch_end=lambda epoch, logs: seen.append(backbone.trainable)
     )
-    trainer = Trainer(config, model, dataclasses.replace(QUIET, verbose=1))
+    trainer = Trainer(PROJECT, config, model, dataclasses.replace(QUIET, verbose=1))
 
     trainer.fit(train_ds.take(2), callbacks=[record])
 
@@ -178,7 +179,7 @@ def _model_with_orphan_in(config: Config, group: str) -> keras.Model:
 @pytest.mark.parametrize("group", GROUPS)
 def test_none_gradients_are_reported_per_group_by_name(config: Config, group: str) -> None:
     model = _model_with_orphan_in(config, group)
-    trainer = Trainer(config, model, QUIET)
+    trainer = Trainer(PROJECT, config, model, QUIET)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -194,7 +195,7 @@ def test_a_model_without_a_backbone_is_refused(config: Config) -> None:
     inputs, representation = encoder(config)
     outputs = linear_model(config).get_layer("head")(representation)
     with pytest.raises(ValueError, match="the model has no layer named 'backbone'"):
-        Trainer(config, keras.Model(inputs, outputs))
+        Trainer(PROJECT, config, keras.Model(inputs, outputs))
 
 
 def test_a_variable_outside_both_parts_is_refused(config: Config) -> None:
@@ -203,4 +204,4 @@ def test_a_variable_outside_both_parts_is_refused(config: Config) -> None:
     outside = Orphan(name="outside")(inputs)
     model = keras.Model(inputs, base.get_layer("head")(base.get_layer("backbone")(outside)))
     with pytest.raises(ValueError, match=r"outside/orphan belong to neither the backbone nor"):
-        Trainer(config, model, QUIET)
+        Trainer(PROJECT, config, model, QUIET)

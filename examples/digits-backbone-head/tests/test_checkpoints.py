@@ -20,13 +20,14 @@ import tensorflow as tf
 from helpers import linear_model
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
-from digits_backbone_head import train as training
+from digits_backbone_head import PROJECT, data
 from digits_backbone_head.__main__ import hold_run_dir, main
 from digits_backbone_head.config import Config, RunOptions
 from digits_backbone_head.data import load_datasets
 from digits_backbone_head.engine import distribution, interrupts, precision
+from digits_backbone_head.engine import train as training
 from digits_backbone_head.engine.checkpoints import CheckpointError, RunCheckpoint, read_run
-from digits_backbone_head.train import fit
+from digits_backbone_head.engine.train import fit
 
 PROG = "python -m digits_backbone_head"
 
@@ -81,21 +82,27 @@ def test_a_stopped_run_resumes_bit_for_bit(
     config: Config, tmp_path: Path, uninterrupted: tuple, stop: str
 ) -> None:
     if stop == "epoch-end":  # The first epoch's run, then the rest: the epoch's checkpoint.
-        fit(dataclasses.replace(config, epochs=1), options=run(tmp_path))
+        fit(PROJECT, dataclasses.replace(config, epochs=1), options=run(tmp_path))
     elif stop == "interrupt":  # Ctrl-C in the middle of epoch 2: a checkpoint there.
         with pytest.raises(interrupts.Interrupted) as stopped:
-            fit(config, options=run(tmp_path, steps_per_execution=2), callbacks=[StopAfter(2)])
+            fit(
+                PROJECT,
+                config,
+                options=run(tmp_path, steps_per_execution=2),
+                callbacks=[StopAfter(2)],
+            )
         interrupts.clear()
         assert (stopped.value.epoch, stopped.value.step) == (1, 4)
         assert stopped.value.checkpoint is not None and stopped.value.checkpoint.parent.is_dir()
     else:  # Killed in epoch 2, the last checkpoint a few steps before: data position too.
         with pytest.raises(RuntimeError, match="went away"):
             fit(
+                PROJECT,
                 config,
                 options=run(tmp_path, steps_per_execution=3, checkpoint_every_steps=7),
                 callbacks=[StopAfter(3, crash=True)],
             )
-    resumed = fit(config, options=run(tmp_path, resume=True))
+    resumed = fit(PROJECT, config, options=run(tmp_path, resume=True))
 
     expected_figures, expected_weights = uninterrupted
     assert figures(tmp_path) == expected_figures
@@ -124,20 +131,20 @@ def test_runs_stopped_in_the_last_steps_of_an_epoch_resume_bit_for_bit_under_loa
     # when saved; busy processes vary how far it got, and the third epoch's order shows it.
     config = dataclasses.replace(config, epochs=3)
     num_batches = int(load_datasets(config)[0].cardinality())
-    expected = fit(config, options=run(tmp_path / "whole")).model.get_weights()
+    expected = fit(PROJECT, config, options=run(tmp_path / "whole")).model.get_weights()
     saved_sizes = set()
     with busy_processors(3):
         for trial, left in enumerate([1, 2, 1, 2]):
             logdir = tmp_path / f"stopped-{trial}"
             with pytest.raises(interrupts.Interrupted) as stopped:  # Ctrl-C `left` steps early.
                 stop = StopAfter(num_batches - left)
-                fit(config, options=run(logdir, steps_per_execution=1), callbacks=[stop])
+                fit(PROJECT, config, options=run(logdir, steps_per_execution=1), callbacks=[stop])
             interrupts.clear()
             assert (stopped.value.epoch, stopped.value.step) == (1, num_batches - left)
             checkpoint = stopped.value.checkpoint
             assert checkpoint is not None
             saved_sizes.add(sum(f.stat().st_size for f in logdir.glob(f"**/{checkpoint.name}.*")))
-            resumed = fit(config, options=run(logdir, resume=True))
+            resumed = fit(PROJECT, config, options=run(logdir, resume=True))
             for ours, theirs in zip(resumed.model.get_weights(), expected, strict=True):
                 np.testing.assert_array_equal(ours, theirs, err_msg=f"stopped {left} before")
     # A few bytes may differ between saves; a data position saved after reading ahead into the
@@ -150,7 +157,7 @@ def test_runs_stopped_in_the_last_steps_of_an_epoch_resume_bit_for_bit_under_loa
 
 def test_step_checkpoints_land_on_their_steps(config: Config, tmp_path: Path) -> None:
     config = dataclasses.replace(config, epochs=1)
-    fit(config, options=run(tmp_path, checkpoint_every_steps=4, max_checkpoints=3))
+    fit(PROJECT, config, options=run(tmp_path, checkpoint_every_steps=4, max_checkpoints=3))
     kept = tf.train.get_checkpoint_state(str(tmp_path / "checkpoints"))
     steps = [
         int(tf.train.load_checkpoint(path).get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE"))
@@ -173,7 +180,11 @@ def test_a_resumed_run_repeats_no_epoch_in_its_logs(
     config: Config, tmp_path: Path, start: str
 ) -> None:
     short = {"steps_per_epoch": 4}
-    fit(config, options=run(tmp_path, **short, checkpoint_every_steps=2, max_checkpoints=100))
+    fit(
+        PROJECT,
+        config,
+        options=run(tmp_path, **short, checkpoint_every_steps=2, max_checkpoints=100),
+    )
     state = tmp_path / "checkpoints" / "checkpoint"
     kept = tf.train.get_checkpoint_state(str(state.parent)).all_model_checkpoint_paths
     position = "position/.ATTRIBUTES/VARIABLE_VALUE"
@@ -187,7 +198,7 @@ def test_a_resumed_run_repeats_no_epoch_in_its_logs(
         metrics = tmp_path / "metrics.jsonl"
         first, second = metrics.read_text().splitlines(keepends=True)
         metrics.write_text(first + second[: len(second) // 2])
-    fit(config, options=run(tmp_path, **short, resume=True))
+    fit(PROJECT, config, options=run(tmp_path, **short, resume=True))
 
     assert [line["epoch"] for line in figures(tmp_path)] == [1, 2]
     events = EventAccumulator(str(tmp_path / "train"))
@@ -206,7 +217,7 @@ def test_resuming_without_a_checkpoint_fails_in_one_line(
     defaults: dict[str, object] = {}  # A run of the default Config and RunOptions.
     (tmp_path / "run.json").write_text(json.dumps({"config": defaults, "options": defaults}))
     with pytest.raises(CheckpointError, match=r"holds no checkpoint: .* nothing to resume") as e:
-        fit(config, options=run(tmp_path, resume=True))
+        fit(PROJECT, config, options=run(tmp_path, resume=True))
     assert str(e.value).endswith("start a new run without --resume, into another --logdir")
 
 
@@ -224,7 +235,7 @@ def from_generator(monkeypatch: pytest.MonkeyPatch, each_batch: Callable[[int, i
     `each_batch(call, number)` runs before the generator yields batch `number` of its
     `call`-th pass (the first pass tells whether the dataset is empty, the next is epoch 1).
     """
-    load = training.load_datasets
+    load = data.load_datasets
     calls = [0]
 
     def generated(config: Config) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
@@ -240,7 +251,7 @@ def from_generator(monkeypatch: pytest.MonkeyPatch, each_batch: Callable[[int, i
         spec = train_ds.element_spec
         return tf.data.Dataset.from_generator(batches, output_signature=spec), val_ds
 
-    monkeypatch.setattr(training, "load_datasets", generated)
+    monkeypatch.setattr(data, "load_datasets", generated)
 
 
 @pytest.mark.slow
@@ -297,8 +308,8 @@ def test_a_truncated_checkpoint_fails_in_one_line(
     logdir = tmp_path / "run"
     shutil.copytree(finished_run, logdir)
     latest = Path(tf.train.latest_checkpoint(str(logdir / "checkpoints")))
-    for data in latest.parent.glob(f"{latest.name}.data-*"):
-        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    for shard in latest.parent.glob(f"{latest.name}.data-*"):
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
 
     assert main(["train", "--epochs", "3", "--quiet", "--logdir", str(logdir), "--resume"]) == 2
     err = capsys.readouterr().err
@@ -317,14 +328,14 @@ def test_resuming_on_data_of_another_size_fails_in_one_line(
     logdir = tmp_path / "run"
     shutil.copytree(finished_run, logdir)
     before = {path: path.read_bytes() for path in logdir.rglob("*") if path.is_file()}
-    load_datasets = training.load_datasets
+    load_datasets = data.load_datasets
     num_batches = int(load_datasets(Config())[0].cardinality())
 
     def shrunk(config: Config) -> tuple[tf.data.Dataset, object]:
         train_ds, val_ds = load_datasets(config)
         return train_ds.take(num_batches - 1), val_ds
 
-    monkeypatch.setattr(training, "load_datasets", shrunk)
+    monkeypatch.setattr(data, "load_datasets", shrunk)
     assert main(["train", "--epochs", "3", "--quiet", "--logdir", str(logdir), "--resume"]) == 2
     assert capsys.readouterr().err == (
         f"{PROG} train: error: cannot resume {logdir}: its training data had {num_batches} "
@@ -334,7 +345,7 @@ def test_resuming_on_data_of_another_size_fails_in_one_line(
     after = {path: path.read_bytes() for path in logdir.rglob("*") if path.is_file()}
     assert after == before  # Nothing was trained or written.
 
-    monkeypatch.setattr(training, "load_datasets", load_datasets)  # The run's data again.
+    monkeypatch.setattr(data, "load_datasets", load_datasets)  # The run's data again.
     assert main(["train", "--epochs", "3", "--quiet", "--logdir", str(logdir), "--resume"]) == 0
     assert len(figures(logdir)) == 3
 
@@ -346,14 +357,14 @@ def test_a_checkpoint_of_another_model_is_refused(config: Config, finished_run: 
     with precision.dtype_policy(options.precision), scope:  # Built as the run's model was.
         other = linear_model(config, output_dtype="float32")
     with pytest.raises(CheckpointError, match="does not match this model and run"):
-        fit(config, model=other, options=options, strategy=strategy)
+        fit(PROJECT, config, model=other, options=options, strategy=strategy)
     assert len(figures(finished_run)) == 2  # Nothing was trained or logged.
 
 
 def test_resuming_with_another_config_is_refused(config: Config, finished_run: Path) -> None:
     other = dataclasses.replace(config, batch_size=config.batch_size + 1)
     with pytest.raises(CheckpointError, match=r"another config: batch_size=\d+ \(the run has"):
-        fit(other, options=run(finished_run, resume=True))
+        fit(PROJECT, other, options=run(finished_run, resume=True))
 
 
 def test_a_run_directory_in_use_is_refused_in_one_line(

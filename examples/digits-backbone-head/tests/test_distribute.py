@@ -16,12 +16,13 @@ import pytest
 import tensorflow as tf
 from helpers import dict_features, linear_model, raw_features, two_input_model
 
+from digits_backbone_head import PROJECT
 from digits_backbone_head.config import Config, RunOptions
 from digits_backbone_head.engine import interrupts, precision
 from digits_backbone_head.engine.distribution import DistributionError
 from digits_backbone_head.engine.optimizers import OptimizerSet
+from digits_backbone_head.engine.train import fit
 from digits_backbone_head.model import build_model
-from digits_backbone_head.train import fit
 
 # One device in float32 unless a test says otherwise, whatever the project's defaults.
 QUIET = RunOptions(verbose=0, steps_per_execution=4, strategy="none", precision="float32")
@@ -88,7 +89,7 @@ def train(
     before = [w.numpy() for w in model.weights]
     train_ds, val_ds = datasets(config, weighted)
     run_options = dataclasses.replace(QUIET, precision=policy, **options)
-    history = fit(config, model, train_ds, val_ds, options=run_options, strategy=strategy)
+    history = fit(PROJECT, config, model, train_ds, val_ds, options=run_options, strategy=strategy)
     after = [w.numpy() for w in model.weights]
     return history.history, before, after
 
@@ -196,7 +197,7 @@ def test_weighted_dict_batches_train_exactly_alike_on_replicas() -> None:
         keras.utils.set_random_seed(config.seed)
         with contextlib.nullcontext() if strategy is None else strategy.scope():
             model = two_input_model(config)
-        history = fit(config, model, dataset, options=QUIET, strategy=strategy)
+        history = fit(PROJECT, config, model, dataset, options=QUIET, strategy=strategy)
         weights = [w.numpy() for w in model.weights]
         runs.append((history.history["loss"], weights))
     (one_loss, one_weights), (loss, weights) = runs
@@ -236,7 +237,7 @@ def test_a_run_stopped_in_the_middle_of_a_group_resumes_bit_for_bit(tmp_path: Pa
                 layer.rate = 0.0
         train_ds, val_ds = datasets(config)
         run_options = dataclasses.replace(options, logdir=tmp_path, resume=resume)
-        fit(config, model, train_ds, val_ds, options=run_options, callbacks=callbacks)
+        fit(PROJECT, config, model, train_ds, val_ds, options=run_options, callbacks=callbacks)
         return model
 
     with pytest.raises(interrupts.Interrupted):
@@ -253,10 +254,12 @@ def test_a_model_built_outside_the_scope_is_refused_until_built_inside(config: C
     strategy = mirrored(2)
     train_ds, val_ds = datasets(config)
     with pytest.raises(DistributionError, match=r"build it inside `with strategy.scope\(\):`"):
-        fit(config, build_model(config), train_ds, val_ds, options=QUIET, strategy=strategy)
+        fit(
+            PROJECT, config, build_model(config), train_ds, val_ds, options=QUIET, strategy=strategy
+        )
     with strategy.scope():
         model = build_model(config)
-    history = fit(config, model, train_ds, val_ds, options=QUIET, strategy=strategy)
+    history = fit(PROJECT, config, model, train_ds, val_ds, options=QUIET, strategy=strategy)
     assert len(next(iter(history.history.values()))) == 1
 
 
@@ -306,6 +309,6 @@ def test_an_output_that_is_not_float32_is_named_until_made_float32(config: Confi
     model = model_with_output(None)
     fix = r"layer 'last'.*give that layer dtype='float32'"
     with pytest.raises(precision.PrecisionError, match=fix):
-        fit(config, model, train_ds, val_ds, options=options)
-    history = fit(config, model_with_output("float32"), train_ds, val_ds, options=options)
+        fit(PROJECT, config, model, train_ds, val_ds, options=options)
+    history = fit(PROJECT, config, model_with_output("float32"), train_ds, val_ds, options=options)
     assert all(np.isfinite(values).all() for values in history.history.values())

@@ -10,8 +10,9 @@ import dataclasses
 
 from helpers import QUIET
 
+from digits_backbone_head import PROJECT
 from digits_backbone_head.config import Config
-from digits_backbone_head.train import fit
+from digits_backbone_head.engine.train import fit
 
 TARGET = 0.95  # Digits, held-out accuracy.
 
@@ -25,6 +26,6 @@ def test_default_run_reaches_target_accuracy() -> None:
         backbone_learning_rate=5e-4,
         freeze_backbone_epochs=1,
     )
-    history = fit(config, options=QUIET)
+    history = fit(PROJECT, config, options=QUIET)
     assert history.epoch == list(range(config.epochs))
     assert history.history["val_accuracy"][-1] >= TARGET, history.history

@@ -15,11 +15,12 @@ import pytest
 import tensorflow as tf
 from helpers import QUIET, dataset, features, labels_for, linear_model
 
+from digits_backbone_head import PROJECT
 from digits_backbone_head.config import Config
 from digits_backbone_head.engine import precision
 from digits_backbone_head.engine.optimizers import ONLY_IF_DIFFERS, SCALE_LOSS_FIRST, StepError
+from digits_backbone_head.engine.train import Trainer
 from digits_backbone_head.task import Task
-from digits_backbone_head.train import Trainer
 
 
 class SkipAllZeroBatches(Task):
@@ -103,7 +104,7 @@ def test_a_conditional_update_skips_exactly_the_batches_it_should(config: Config
     runs = []
     for task, rows in ((SkipAllZeroBatches, np.arange(64)), (Task, kept)):
         keras.utils.set_random_seed(config.seed)
-        trainer = Trainer(config, linear_model(config), QUIET, task=task)
+        trainer = Trainer(PROJECT, config, linear_model(config), QUIET, task=task)
         history = trainer.fit(dataset(x[rows], _labels(ids[rows], config), 16), epochs=1)
         runs.append((trainer, history.history))
     (skipping, history), (clean, _) = runs
@@ -116,7 +117,7 @@ def test_a_conditional_update_skips_exactly_the_batches_it_should(config: Config
 
 def test_the_step_returns_nothing_and_trains(config: Config) -> None:
     model = linear_model(config)
-    trainer = Trainer(config, model, QUIET)
+    trainer = Trainer(PROJECT, config, model, QUIET)
     x = features(config, 16)
     y = labels_for(model, x, config, agree=False)
     before = [v.numpy() for v in model.trainable_variables]
@@ -152,7 +153,7 @@ def test_apply_on_two_replicas_equals_one_device(config: Config) -> None:
         with contextlib.nullcontext() if strategy is None else strategy.scope():
             model = linear_model(config)
         before = [w.numpy() for w in model.trainable_weights]
-        trainer = Trainer(config, model, options, strategy)
+        trainer = Trainer(PROJECT, config, model, options, strategy)
         trainer.train_step(tf.constant(x), tf.constant(y))
         after = [w.numpy() for w in model.trainable_weights]
         runs.append(np.concatenate([(a - b).ravel() for a, b in zip(after, before, strict=True)]))
@@ -177,7 +178,9 @@ def test_a_conditional_update_on_the_whole_batch_is_exact_on_two_replicas(
         keras.utils.set_random_seed(config.seed)
         with contextlib.nullcontext() if strategy is None else strategy.scope():
             model = linear_model(config)
-        trainer = Trainer(config, model, QUIET, strategy, task=SkipAllZeroBatchesOnEveryReplica)
+        trainer = Trainer(
+            PROJECT, config, model, QUIET, strategy, task=SkipAllZeroBatchesOnEveryReplica
+        )
         trainer.fit(dataset(x, y, 16), epochs=1)
         runs.append((_iterations(trainer), [w.numpy() for w in model.trainable_weights]))
     (one_iterations, one_device), (iterations, replicas) = runs
@@ -195,7 +198,7 @@ def test_a_decision_on_one_replica_s_share_fails_naming_the_fix(config: Config) 
     strategy = _mirrored(2)
     with strategy.scope():
         model = linear_model(config)
-    trainer = Trainer(config, model, QUIET, strategy, task=SkipAllZeroSharesOnThisReplica)
+    trainer = Trainer(PROJECT, config, model, QUIET, strategy, task=SkipAllZeroSharesOnThisReplica)
 
     with pytest.raises(StepError) as error:
         trainer.fit(dataset(x, _labels(ids, config), 16), epochs=1)
@@ -214,10 +217,10 @@ def test_keras_clipping_on_two_replicas_is_refused_naming_the_engine_s(
         model = linear_model(config)
 
     with pytest.raises(ValueError, match="clips each replica's share") as error:
-        Trainer(config, model, QUIET, strategy)
+        Trainer(PROJECT, config, model, QUIET, strategy)
 
     assert "--clip-global-norm" in str(error.value)
-    Trainer(config, linear_model(config), QUIET)  # On one device it clips the whole batch.
+    Trainer(PROJECT, config, linear_model(config), QUIET)  # On one device it clips the whole batch.
 
 
 def test_mixed_float16_without_scale_loss_fails_while_tracing(config: Config) -> None:
@@ -227,7 +230,7 @@ def test_mixed_float16_without_scale_loss_fails_while_tracing(config: Config) ->
     y = _labels(np.arange(8), config)
     with precision.dtype_policy("mixed_float16"):
         model = linear_model(config, output_dtype="float32")
-    trainer = Trainer(config, model, options, task=Unscaled)
+    trainer = Trainer(PROJECT, config, model, options, task=Unscaled)
 
     with pytest.raises(precision.PrecisionError) as error:
         trainer.train_step(tf.constant(x), tf.constant(y))
@@ -236,6 +239,6 @@ def test_mixed_float16_without_scale_loss_fails_while_tracing(config: Config) ->
     assert _iterations(trainer) == 0
     with precision.dtype_policy("mixed_float16"):
         model = linear_model(config, output_dtype="float32")
-    as_rendered = Trainer(config, model, options)
+    as_rendered = Trainer(PROJECT, config, model, options)
     as_rendered.train_step(tf.constant(x), tf.constant(y))
     assert _iterations(as_rendered) == 1

@@ -18,11 +18,12 @@ import pytest
 import tensorflow as tf
 
 import digits_backbone_head.config
-from digits_backbone_head import train as training
 from digits_backbone_head import trained
 from digits_backbone_head.__main__ import HAND_WRITTEN, field_help, flag_name, main
 from digits_backbone_head.config import Config, RunOptions
 from digits_backbone_head.data import load_arrays, load_datasets, split
+from digits_backbone_head.engine import train as training
+from digits_backbone_head.engine.project import Project
 from digits_backbone_head.trained import RunFileError, load_run, save_output
 
 PROG = "python -m digits_backbone_head"
@@ -407,9 +408,9 @@ def test_a_field_added_to_config_is_a_flag_the_run_records_and_resumes_with(
     fit = training.fit
     configs = []
 
-    def spy(config: Config, **kwargs: object) -> object:
+    def spy(project: Project, config: Config, **kwargs: object) -> object:
         configs.append(config)
-        return fit(config, **kwargs)
+        return fit(project, config, **kwargs)
 
     monkeypatch.setattr(training, "fit", spy)
     logdir = tmp_path / "run"

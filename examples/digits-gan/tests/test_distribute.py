@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from digits_gan import PROJECT
 from digits_gan.config import Config, RunOptions
 from digits_gan.engine import precision
 from digits_gan.engine.distribution import DistributionError
 from digits_gan.engine.optimizers import OptimizerSet
+from digits_gan.engine.train import fit
 from digits_gan.gan import GAN
 from digits_gan.model import build_generator, build_model
-from digits_gan.train import fit
 
 # One device in float32 unless a test says otherwise, whatever the project's defaults.
 QUIET = RunOptions(verbose=0, steps_per_execution=4, strategy="none", precision="float32")
@@ -75,7 +76,7 @@ def train(
     before = [w.numpy() for w in model.weights]
     train_ds, val_ds = datasets(config)
     run_options = dataclasses.replace(QUIET, precision=policy, **options)
-    history = fit(config, model, train_ds, val_ds, options=run_options, strategy=strategy)
+    history = fit(PROJECT, config, model, train_ds, val_ds, options=run_options, strategy=strategy)
     after = [w.numpy() for w in model.weights]
     return history.history, before, after
 
@@ -102,12 +103,12 @@ def test_a_gan_resumed_on_two_replicas_repeats_the_run_bit_for_bit(
     """
     config = small_config(config)
     train_ds, _ = datasets(config)
-    whole = fit(config, train_ds=train_ds, options=QUIET, strategy=mirrored(2))
+    whole = fit(PROJECT, config, train_ds=train_ds, options=QUIET, strategy=mirrored(2))
     one_epoch = dataclasses.replace(config, epochs=1)
     first = dataclasses.replace(QUIET, logdir=tmp_path)
-    fit(one_epoch, train_ds=train_ds, options=first, strategy=mirrored(2))
+    fit(PROJECT, one_epoch, train_ds=train_ds, options=first, strategy=mirrored(2))
     again = dataclasses.replace(first, resume=True)
-    resumed = fit(config, train_ds=train_ds, options=again, strategy=mirrored(2))
+    resumed = fit(PROJECT, config, train_ds=train_ds, options=again, strategy=mirrored(2))
 
     for key, values in resumed.history.items():
         if key != "steps_per_second":
@@ -122,10 +123,12 @@ def test_a_model_built_outside_the_scope_is_refused_until_built_inside(config: C
     strategy = mirrored(2)
     train_ds, val_ds = datasets(config)
     with pytest.raises(DistributionError, match=r"build it inside `with strategy.scope\(\):`"):
-        fit(config, build_model(config), train_ds, val_ds, options=QUIET, strategy=strategy)
+        fit(
+            PROJECT, config, build_model(config), train_ds, val_ds, options=QUIET, strategy=strategy
+        )
     with strategy.scope():
         model = build_model(config)
-    history = fit(config, model, train_ds, val_ds, options=QUIET, strategy=strategy)
+    history = fit(PROJECT, config, model, train_ds, val_ds, options=QUIET, strategy=strategy)
     assert len(next(iter(history.history.values()))) == 1
 
 
@@ -179,6 +182,6 @@ def test_an_output_that_is_not_float32_is_named_until_made_float32(config: Confi
     model = model_with_output(None)
     fix = r"layer 'last'.*give that layer dtype='float32'"
     with pytest.raises(precision.PrecisionError, match=fix):
-        fit(config, model, train_ds, val_ds, options=options)
-    history = fit(config, model_with_output("float32"), train_ds, val_ds, options=options)
+        fit(PROJECT, config, model, train_ds, val_ds, options=options)
+    history = fit(PROJECT, config, model_with_output("float32"), train_ds, val_ds, options=options)
     assert all(np.isfinite(values).all() for values in history.history.values())

@@ -17,15 +17,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from digits_gan import PROJECT
 from digits_gan.__main__ import main
 from digits_gan.config import Config, RunOptions
 from digits_gan.data import load_datasets, load_images
 from digits_gan.engine.checkpoints import save_model
 from digits_gan.engine.gradients import NoneGradientWarning, NonFiniteError
+from digits_gan.engine.train import Trainer, fit
 from digits_gan.gan import GAN, SAMPLE_SCALE, SampleGrid
 from digits_gan.model import build_discriminator, build_generator, build_model
 from digits_gan.task import build_task
-from digits_gan.train import Trainer, fit
 
 # Tests print no progress, and train on one device in float32 whatever the project's defaults:
 # test_distribute.py covers strategies and mixed precision.
@@ -49,7 +50,7 @@ KEYS = {
 
 def _trainer(config: Config, options: RunOptions = QUIET) -> Trainer:
     keras.utils.set_random_seed(config.seed)
-    return Trainer(config, build_model(config), options)
+    return Trainer(PROJECT, config, build_model(config), options)
 
 
 def _weights(model: keras.Model) -> list[np.ndarray]:
@@ -93,7 +94,7 @@ def test_each_update_touches_only_its_own_network(config: Config, part: str) -> 
 
 def test_training_stays_finite_and_the_discriminator_is_not_perfect() -> None:
     config = Config(epochs=5)
-    history = fit(config, options=QUIET).history
+    history = fit(PROJECT, config, options=QUIET).history
 
     assert np.isfinite([values for values in history.values()]).all()
     last = {key: values[-1] for key, values in history.items()}
@@ -136,7 +137,9 @@ def test_fit_returns_a_history_and_writes_samples_every_epoch(
     config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model = build_model(config)
-    history = fit(config, model, options=dataclasses.replace(QUIET, logdir=tmp_path, verbose=2))
+    history = fit(
+        PROJECT, config, model, options=dataclasses.replace(QUIET, logdir=tmp_path, verbose=2)
+    )
 
     assert history.model is model
     assert set(history.history) == KEYS
@@ -173,7 +176,7 @@ def test_only_the_chief_of_a_run_with_a_logdir_writes_sample_grids(
 def test_steps_per_execution_changes_no_figure(config: Config) -> None:
     config = dataclasses.replace(config, epochs=1)
     runs = [
-        _figures(fit(config, options=dataclasses.replace(QUIET, steps_per_execution=k)))
+        _figures(fit(PROJECT, config, options=dataclasses.replace(QUIET, steps_per_execution=k)))
         for k in (1, QUIET.steps_per_execution)
     ]
     for key, values in runs[0].items():
@@ -192,7 +195,9 @@ def test_xla_traces_the_step_once_and_trains(config: Config) -> None:
 
 def test_fit_repeats_exactly_with_the_same_seed(config: Config) -> None:
     config = dataclasses.replace(config, epochs=1)
-    assert _figures(fit(config, options=QUIET)) == _figures(fit(config, options=QUIET))
+    assert _figures(fit(PROJECT, config, options=QUIET)) == _figures(
+        fit(PROJECT, config, options=QUIET)
+    )
 
 
 def test_eager_steps_give_the_same_result(config: Config) -> None:
@@ -235,7 +240,7 @@ def test_none_gradients_are_named_by_network(config: Config) -> None:
     discriminator = keras.Sequential(
         [keras.Input(shape=config.image_shape), Orphan(), build_discriminator(config)]
     )
-    trainer = Trainer(config, GAN(build_generator(config), discriminator), QUIET)
+    trainer = Trainer(PROJECT, config, GAN(build_generator(config), discriminator), QUIET)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.train_step(_real(config))
@@ -261,14 +266,14 @@ def test_a_labelled_dataset_fails_before_training(config: Config) -> None:
     images = load_images(config)[:16]
     labelled = tf.data.Dataset.from_tensor_slices((images, np.zeros(16))).batch(8)
     with pytest.raises(ValueError, match=r"map it to images only in data\.py"):
-        fit(config, train_ds=labelled, options=QUIET)
+        fit(PROJECT, config, train_ds=labelled, options=QUIET)
 
 
 @pytest.mark.parametrize(("option", "value"), [("accumulation_steps", 2), ("validation_steps", 1)])
 def test_options_a_gan_has_no_use_for_are_refused(config: Config, option: str, value: int) -> None:
     options = dataclasses.replace(QUIET, **{option: value})
     with pytest.raises(ValueError, match=f"RunOptions.{option} does not apply to a GAN"):
-        Trainer(config, build_model(config), options)
+        Trainer(PROJECT, config, build_model(config), options)
 
 
 def test_validation_data_and_class_weights_are_refused_before_training(config: Config) -> None:
@@ -285,7 +290,7 @@ def test_validation_data_and_class_weights_are_refused_before_training(config: C
 
 def test_float64_images_are_cast_once_in_the_pipeline(config: Config) -> None:
     images = load_images(config)[:16]
-    task = Trainer(config, build_model(config), QUIET).task
+    task = Trainer(PROJECT, config, build_model(config), QUIET).task
     given = tf.data.Dataset.from_tensor_slices(images.astype(np.float64)).batch(8)
     prepared = task.prepare_dataset(given, "train_ds")
     assert prepared.element_spec == tf.TensorSpec((None, *config.image_shape), tf.float32)
@@ -297,7 +302,7 @@ def test_a_discriminator_with_a_sigmoid_is_refused(config: Config) -> None:
     inputs = keras.Input(shape=config.image_shape)
     outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Flatten()(inputs))
     with pytest.raises(ValueError, match="remove the activation from the last layer"):
-        Trainer(config, GAN(build_generator(config), keras.Model(inputs, outputs)), QUIET)
+        Trainer(PROJECT, config, GAN(build_generator(config), keras.Model(inputs, outputs)), QUIET)
 
 
 def test_command_line_trains_into_the_run_directory(

@@ -18,10 +18,11 @@ import pytest
 import tensorflow as tf
 
 import digits_gan.config
-from digits_gan import train as training
 from digits_gan import trained
 from digits_gan.__main__ import HAND_WRITTEN, field_help, flag_name, main
 from digits_gan.config import Config, RunOptions
+from digits_gan.engine import train as training
+from digits_gan.engine.project import Project
 from digits_gan.trained import RunFileError, save_output
 
 PROG = "python -m digits_gan"
@@ -356,9 +357,9 @@ def test_a_field_added_to_config_is_a_flag_the_run_records_and_resumes_with(
     fit = training.fit
     configs = []
 
-    def spy(config: Config, **kwargs: object) -> object:
+    def spy(project: Project, config: Config, **kwargs: object) -> object:
         configs.append(config)
-        return fit(config, **kwargs)
+        return fit(project, config, **kwargs)
 
     monkeypatch.setattr(training, "fit", spy)
     logdir = tmp_path / "run"

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from digits_mirrored_bf16.config import Config, RunOptions
 from digits_mirrored_bf16.data import load_datasets
-from digits_mirrored_bf16.train import Trainer
+from digits_mirrored_bf16.engine.train import Trainer
 
 # Tests print no progress, and train on one device in float32 whatever the project's defaults:
 # test_distribute.py covers strategies and mixed precision.

@@ -24,14 +24,14 @@ from helpers import (
     two_input_model,
 )
 
-from digits_mirrored_bf16 import train as training
+from digits_mirrored_bf16 import PROJECT, data
 from digits_mirrored_bf16.__main__ import main
 from digits_mirrored_bf16.config import Config
 from digits_mirrored_bf16.data import load_arrays, load_datasets, split
 from digits_mirrored_bf16.engine.contract import DatasetError, SpecCheck
+from digits_mirrored_bf16.engine.train import Trainer, fit
 from digits_mirrored_bf16.model import build_model
 from digits_mirrored_bf16.task import build_task
-from digits_mirrored_bf16.train import Trainer, fit
 
 
 def test_datasets_yield_the_declared_encoding(config: Config) -> None:
@@ -171,7 +171,7 @@ def test_an_accepted_form_trains_as_the_canonical_one(config: Config) -> None:
     weights = []
     for form in (_canonical, *ACCEPTED.values()):
         keras.utils.set_random_seed(config.seed)
-        trainer = Trainer(config, linear_model(config), QUIET)
+        trainer = Trainer(PROJECT, config, linear_model(config), QUIET)
         prepared = trainer.task.prepare_dataset(dataset(*form(x, ids, config), 16), "train_ds")
         trainer.train_step(*next(iter(prepared)))
         weights.append([w.numpy() for w in trainer.model.weights])
@@ -209,7 +209,7 @@ def test_every_problem_is_reported_at_once_and_the_hints_lead_to_training(config
     bad_x, _ = list(REFUSED.values())[-1](x, ids, config)
     bad = dataset(bad_x, bad_y, 8)
     with pytest.raises(DatasetError) as error:
-        fit(config, model=linear_model(config), train_ds=bad, options=QUIET)
+        fit(PROJECT, config, model=linear_model(config), train_ds=bad, options=QUIET)
     message = str(error.value)
     assert message.startswith("train_ds does not fit this project (2 problems):\n"), message
     assert [line.split(" are ")[0] for line in message.splitlines()[1:]] == [
@@ -222,14 +222,14 @@ def test_every_problem_is_reported_at_once_and_the_hints_lead_to_training(config
     followed = np.concatenate([y for _, y in _batches(fixed)])
     np.testing.assert_array_equal(followed, config.labels.encode(ids))
     config = dataclasses.replace(config, epochs=1)
-    history = fit(config, model=linear_model(config), train_ds=fixed, options=QUIET)
+    history = fit(PROJECT, config, model=linear_model(config), train_ds=fixed, options=QUIET)
     # Labels of every class, and a model that has seen them once: far from a perfect score.
     assert history.history["accuracy"][-1] < 1.0
     assert np.isfinite(history.history["loss"]).all()
 
 
 def test_labels_with_impossible_values_fail_in_the_step(config: Config) -> None:
-    trainer = Trainer(config, build_model(config), QUIET)
+    trainer = Trainer(PROJECT, config, build_model(config), QUIET)
     x = tf.constant(features(config, 4))
     impossible = config.num_classes
     message = r"sparse labels must be class ids in \[0, \d+\)"
@@ -245,14 +245,14 @@ def test_labels_with_impossible_values_fail_in_the_step(config: Config) -> None:
 def test_labels_with_impossible_values_fail_in_one_line_on_the_command_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    original = training.load_datasets
+    original = data.load_datasets
     message = f"sparse labels must be class ids in [0, {Config().num_classes})"
 
     def impossible(config: Config) -> tuple[tf.data.Dataset, tf.data.Dataset]:
         train_ds, val_ds = original(config)
         return train_ds.map(lambda x, y: (x, y + config.num_classes)), val_ds
 
-    monkeypatch.setattr(training, "load_datasets", impossible)
+    monkeypatch.setattr(data, "load_datasets", impossible)
     assert main(["train", "--epochs", "1", "--quiet", "--logdir", str(tmp_path / "run")]) == 2
     prog = "python -m digits_mirrored_bf16"
     assert capsys.readouterr().err == (
@@ -310,7 +310,7 @@ def test_every_problem_of_a_weighted_dataset_is_reported_at_once(config: Config)
     two_columns = np.stack([_weights(len(ids))] * 2, axis=1)  # Which one is the weight?
     with pytest.raises(DatasetError) as error:
         bad = _weighted(bad_x, bad_y, two_columns, 8)
-        fit(config, model=linear_model(config), train_ds=bad, options=QUIET)
+        fit(PROJECT, config, model=linear_model(config), train_ds=bad, options=QUIET)
     problems = error.value.problems
     assert [problem.split(" are ")[0] for problem in problems][-1] == "train_ds sample weights"
     assert "give one weight per example" in problems[-1]
@@ -335,6 +335,7 @@ def test_class_weight_with_sample_weights_is_refused_and_the_hint_trains(config:
     config = dataclasses.replace(config, epochs=1)
     with pytest.raises(DatasetError, match="drop class_weight, or multiply each sample weight"):
         fit(
+            PROJECT,
             config,
             model=linear_model(config),
             train_ds=_weighted(x, y, w, 8),
@@ -344,7 +345,11 @@ def test_class_weight_with_sample_weights_is_refused_and_the_hint_trains(config:
     # Followed: each sample weight times its class's weight, and no class_weight.
     followed = w * np.array([class_weight.get(int(i), 1.0) for i in ids], dtype=np.float32)
     history = fit(
-        config, model=linear_model(config), train_ds=_weighted(x, y, followed, 8), options=QUIET
+        PROJECT,
+        config,
+        model=linear_model(config),
+        train_ds=_weighted(x, y, followed, 8),
+        options=QUIET,
     )
     assert np.isfinite(history.history["loss"]).all()
 
@@ -370,7 +375,7 @@ def test_a_bad_class_weight_is_refused_naming_each_entry(config: Config) -> None
 def test_weighted_runs_trace_each_step_once(config: Config) -> None:
     x, ids = _arrays(config, 40)  # Batches of 16: the last is smaller.
     y, w = config.labels.encode(ids), _weights(len(ids))
-    trainer = Trainer(config, linear_model(config), QUIET)
+    trainer = Trainer(PROJECT, config, linear_model(config), QUIET)
     val_ds = _weighted(x, y, w.astype(np.int64), 16)  # Converted in the pipeline.
     history = trainer.fit(dataset(x, y, 16), val_ds, class_weight={0: 2.0})
     assert traced_once_per_phase(trainer)
@@ -397,7 +402,7 @@ def test_every_problem_of_dict_features_is_listed_and_the_hints_train(config: Co
     bad = dataset({"pixels": pixels, "other": x["extra"]}, y, 8)
     model = two_input_model(config)
     with pytest.raises(DatasetError) as error:
-        fit(config, model=model, train_ds=bad, options=QUIET)
+        fit(PROJECT, config, model=model, train_ds=bad, options=QUIET)
     problems = error.value.problems
     assert [problem.split(" ")[1] for problem in problems] == [
         "features",
@@ -411,7 +416,9 @@ def test_every_problem_of_dict_features_is_listed_and_the_hints_train(config: Co
     assert code is not None, problems[2]
     cast = eval(code.group(1), {"tf": tf}, {"x": tf.constant(pixels)})
     fixed = dataset({"pixels": cast.numpy(), "extra": x["extra"]}, y, 8)
-    history = fit(dataclasses.replace(config, epochs=1), model=model, train_ds=fixed, options=QUIET)
+    history = fit(
+        PROJECT, dataclasses.replace(config, epochs=1), model=model, train_ds=fixed, options=QUIET
+    )
     assert np.isfinite(history.history["loss"]).all()
 
 

@@ -17,11 +17,12 @@ from helpers import (
     two_input_model,
 )
 
+from digits_mirrored_bf16 import PROJECT
 from digits_mirrored_bf16.config import Config
 from digits_mirrored_bf16.data import load_datasets
 from digits_mirrored_bf16.engine.contract import DatasetError
+from digits_mirrored_bf16.engine.train import Trainer, fit
 from digits_mirrored_bf16.model import build_model
-from digits_mirrored_bf16.train import Trainer, fit
 
 
 def _frozen(dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -43,7 +44,7 @@ def test_custom_loop_matches_model_fit(config: Config) -> None:
     # so a dataset that reshuffles on each iteration would hand the two loops different orders.
     train_ds, val_ds = (_frozen(ds) for ds in load_datasets(config))
 
-    history = fit(config, model=model, train_ds=train_ds, val_ds=val_ds, options=QUIET)
+    history = fit(PROJECT, config, model=model, train_ds=train_ds, val_ds=val_ds, options=QUIET)
 
     reference.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
@@ -89,6 +90,7 @@ def test_weighted_training_matches_model_fit(config: Config, weighting: str) -> 
     reference.set_weights(model.get_weights())
 
     history = fit(
+        PROJECT,
         config,
         model=model,
         train_ds=train_ds,
@@ -134,7 +136,7 @@ def test_dict_features_train_as_model_fit(config: Config) -> None:
     reference = two_input_model(config)
     reference.set_weights(model.get_weights())
 
-    trainer = Trainer(config, model, QUIET)
+    trainer = Trainer(PROJECT, config, model, QUIET)
     history = trainer.fit(train_ds, val_ds)
 
     reference.compile(
@@ -165,12 +167,12 @@ def test_datasets_that_repeat_forever_train_as_model_fit_with_steps_per_epoch(
     steps, validation_steps = int(_frozen(load_datasets(config)[0]).cardinality()) + 3, 2
 
     with pytest.raises(DatasetError, match=r"set RunOptions\.steps_per_epoch \(--steps-per"):
-        fit(config, model=model, train_ds=train_ds, val_ds=val_ds, options=QUIET)
+        fit(PROJECT, config, model=model, train_ds=train_ds, val_ds=val_ds, options=QUIET)
     options = dataclasses.replace(QUIET, steps_per_epoch=steps)
     with pytest.raises(DatasetError, match=r"set RunOptions\.validation_steps"):
-        fit(config, model=model, train_ds=train_ds, val_ds=val_ds, options=options)
+        fit(PROJECT, config, model=model, train_ds=train_ds, val_ds=val_ds, options=options)
     options = dataclasses.replace(options, validation_steps=validation_steps)
-    history = fit(config, model=model, train_ds=train_ds, val_ds=val_ds, options=options)
+    history = fit(PROJECT, config, model=model, train_ds=train_ds, val_ds=val_ds, options=options)
 
     reference.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),

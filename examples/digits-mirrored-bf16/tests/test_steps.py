@@ -11,15 +11,16 @@ import pytest
 import tensorflow as tf
 from helpers import QUIET, dataset, features, labels_for, linear_model, traced_once_per_phase
 
-from digits_mirrored_bf16 import train as training
+from digits_mirrored_bf16 import PROJECT
+from digits_mirrored_bf16 import model as model_module
 from digits_mirrored_bf16.__main__ import main
 from digits_mirrored_bf16.config import Config
 from digits_mirrored_bf16.data import load_datasets
 from digits_mirrored_bf16.engine import precision
+from digits_mirrored_bf16.engine.classifier import total_loss
 from digits_mirrored_bf16.engine.gradients import NoneGradientError, NoneGradientWarning
+from digits_mirrored_bf16.engine.train import Trainer
 from digits_mirrored_bf16.model import build_model
-from digits_mirrored_bf16.steps import total_loss
-from digits_mirrored_bf16.train import Trainer
 
 
 class TrainingProbe(keras.layers.Layer):
@@ -46,7 +47,7 @@ class Orphan(keras.layers.Layer):
 def test_train_step_runs_training_and_eval_step_inference(config: Config) -> None:
     probe = TrainingProbe()
     model = linear_model(config, front=probe)
-    trainer = Trainer(config, model, QUIET)
+    trainer = Trainer(PROJECT, config, model, QUIET)
     x = features(config, 8)
     y = labels_for(model, x, config, agree=True)
 
@@ -60,7 +61,7 @@ def test_train_step_runs_training_and_eval_step_inference(config: Config) -> Non
 
 def test_steps_add_regularization_losses(config: Config) -> None:
     model = linear_model(config, regularizer=keras.regularizers.L2(0.1))
-    trainer = Trainer(config, model, QUIET)
+    trainer = Trainer(PROJECT, config, model, QUIET)
     x = features(config, 16)
     y = labels_for(model, x, config, agree=True)
 
@@ -103,7 +104,7 @@ def test_a_whole_run_traces_each_step_once(config: Config) -> None:
     assert num_train % batch_size, "the run must include a smaller last batch"
     config = dataclasses.replace(config, batch_size=batch_size, epochs=3)
     train_ds, val_ds = load_datasets(config)
-    trainer = Trainer(config, build_model(config), QUIET)
+    trainer = Trainer(PROJECT, config, build_model(config), QUIET)
 
     trainer.fit(train_ds, val_ds)
 
@@ -117,7 +118,7 @@ def _model_with_orphan(config: Config) -> keras.Model:
 
 def test_none_gradients_are_named_and_the_rest_still_trains(config: Config) -> None:
     model = _model_with_orphan(config)
-    trainer = Trainer(config, model, QUIET)
+    trainer = Trainer(PROJECT, config, model, QUIET)
     x = features(config, 8)
     y = labels_for(model, x, config, agree=False)
     before = [v.numpy() for v in model.trainable_variables]
@@ -135,7 +136,7 @@ def test_none_gradients_are_named_and_the_rest_still_trains(config: Config) -> N
 
 def test_strict_gradients_turns_none_gradients_into_an_error(config: Config) -> None:
     options = dataclasses.replace(QUIET, strict_gradients=True)
-    trainer = Trainer(config, _model_with_orphan(config), options)
+    trainer = Trainer(PROJECT, config, _model_with_orphan(config), options)
     labels = labels_for(linear_model(config), features(config, 8), config, agree=True)
     with pytest.raises(NoneGradientError, match="orphan") as error:
         trainer.train_step(tf.constant(features(config, 8)), tf.constant(labels))
@@ -145,7 +146,7 @@ def test_strict_gradients_turns_none_gradients_into_an_error(config: Config) -> 
 def test_strict_gradients_on_the_command_line_fail_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(training, "build_model", _model_with_orphan)
+    monkeypatch.setattr(model_module, "build_model", _model_with_orphan)
     argv = ["train", "--quiet", "--strict-gradients", "--logdir", str(tmp_path / "run")]
     argv += ["--strategy", "none", "--precision", "float32"]  # Whatever the project's defaults.
     # Two epochs: a backbone-head project freezes its backbone, orphan included, for the first.
@@ -163,7 +164,9 @@ def test_eager_steps_give_the_same_result(config: Config) -> None:
         keras.utils.set_random_seed(config.seed)
         model = linear_model(config)
         y = labels_for(model, x, config, agree=False)
-        trainer = Trainer(config, model, dataclasses.replace(QUIET, run_eagerly=run_eagerly))
+        trainer = Trainer(
+            PROJECT, config, model, dataclasses.replace(QUIET, run_eagerly=run_eagerly)
+        )
         history = trainer.fit(dataset(x, y, 8), dataset(x, y, 8)).history
         del history["steps_per_second"]
         results.append(history)

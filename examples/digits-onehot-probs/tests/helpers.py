@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from digits_onehot_probs.config import Config, RunOptions
 from digits_onehot_probs.data import load_datasets
-from digits_onehot_probs.train import Trainer
+from digits_onehot_probs.engine.train import Trainer
 
 # Tests print no progress, and train on one device in float32 whatever the project's defaults:
 # test_distribute.py covers strategies and mixed precision.

@@ -18,11 +18,12 @@ import pytest
 import tensorflow as tf
 
 import digits_onehot_probs.config
-from digits_onehot_probs import train as training
 from digits_onehot_probs import trained
 from digits_onehot_probs.__main__ import HAND_WRITTEN, field_help, flag_name, main
 from digits_onehot_probs.config import Config, RunOptions
 from digits_onehot_probs.data import load_arrays, load_datasets, split
+from digits_onehot_probs.engine import train as training
+from digits_onehot_probs.engine.project import Project
 from digits_onehot_probs.trained import RunFileError, load_run, save_output
 
 PROG = "python -m digits_onehot_probs"
@@ -407,9 +408,9 @@ def test_a_field_added_to_config_is_a_flag_the_run_records_and_resumes_with(
     fit = training.fit
     configs = []
 
-    def spy(config: Config, **kwargs: object) -> object:
+    def spy(project: Project, config: Config, **kwargs: object) -> object:
         configs.append(config)
-        return fit(config, **kwargs)
+        return fit(project, config, **kwargs)
 
     monkeypatch.setattr(training, "fit", spy)
     logdir = tmp_path / "run"

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from digits_sparse.config import Config, RunOptions
 from digits_sparse.data import load_datasets
-from digits_sparse.train import Trainer
+from digits_sparse.engine.train import Trainer
 
 # Tests print no progress, and train on one device in float32 whatever the project's defaults:
 # test_distribute.py covers strategies and mixed precision.

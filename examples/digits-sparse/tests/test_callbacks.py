@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from digits_sparse import PROJECT
 from digits_sparse.config import Config, RunOptions
 from digits_sparse.data import load_datasets
 from digits_sparse.engine import interrupts
 from digits_sparse.engine.callbacks import ProgressLogger
+from digits_sparse.engine.train import Trainer
 from digits_sparse.model import build_model
 from digits_sparse.task import Task
-from digits_sparse.train import Trainer
 
 # 6 batches: calls of 4 and 2 steps; one device in float32, whatever the project's defaults.
 QUIET = RunOptions(verbose=0, steps_per_execution=4, strategy="none", precision="float32")
@@ -40,7 +41,7 @@ def _fit(
     config: Config, callbacks: list[keras.callbacks.Callback], options: RunOptions = QUIET
 ) -> tuple[Trainer, keras.callbacks.History]:
     keras.utils.set_random_seed(config.seed)
-    trainer = Trainer(config, build_model(config), options)
+    trainer = Trainer(PROJECT, config, build_model(config), options)
     return trainer, trainer.fit(*_data(config), callbacks=callbacks)
 
 
@@ -59,7 +60,7 @@ def test_early_stopping_stops_and_restores_the_best_weights(config: Config) -> N
         monitor=MONITOR, mode="min", patience=1, min_delta=1e9, restore_best_weights=True
     )
     keras.utils.set_random_seed(config.seed)
-    trainer = Trainer(config, build_model(config), QUIET)
+    trainer = Trainer(PROJECT, config, build_model(config), QUIET)
 
     history = trainer.fit(*_data(config), callbacks=[record, stop])
 
@@ -76,7 +77,7 @@ def test_reduce_lr_on_plateau_scales_every_optimizer(config: Config) -> None:
         monitor=MONITOR, mode="min", factor=0.5, patience=0, min_delta=1e9
     )
     keras.utils.set_random_seed(config.seed)
-    trainer = Trainer(config, build_model(config), QUIET)
+    trainer = Trainer(PROJECT, config, build_model(config), QUIET)
     optimizers = trainer.task.optimizers.by_part
     bases = {name: float(optimizer.learning_rate) for name, optimizer in optimizers.items()}
 
@@ -93,7 +94,7 @@ def test_reduce_lr_on_plateau_scales_every_optimizer(config: Config) -> None:
 def test_learning_rate_scheduler_sets_every_optimizer(config: Config) -> None:
     config = dataclasses.replace(config, epochs=3)
     keras.utils.set_random_seed(config.seed)
-    trainer = Trainer(config, build_model(config), QUIET)
+    trainer = Trainer(PROJECT, config, build_model(config), QUIET)
     first = trainer.task.optimizers.learning_rate
     bases = {name: float(o.learning_rate) for name, o in trainer.task.optimizers.by_part.items()}
     schedule = keras.callbacks.LearningRateScheduler(lambda epoch, rate: first * 0.1**epoch)

@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from sequences_sparse.config import Config, RunOptions
-from sequences_sparse.train import Trainer
+from sequences_sparse.engine.train import Trainer
 
 # Tests print no progress, and train on one device in float32 whatever the project's defaults:
 # test_distribute.py covers strategies and mixed precision.

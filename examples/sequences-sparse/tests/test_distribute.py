@@ -16,12 +16,13 @@ import pytest
 import tensorflow as tf
 from helpers import features, linear_model
 
+from sequences_sparse import PROJECT
 from sequences_sparse.config import Config, RunOptions
 from sequences_sparse.engine import interrupts, precision
 from sequences_sparse.engine.distribution import DistributionError
 from sequences_sparse.engine.optimizers import OptimizerSet
+from sequences_sparse.engine.train import fit
 from sequences_sparse.model import build_model
-from sequences_sparse.train import fit
 
 # One device in float32 unless a test says otherwise, whatever the project's defaults.
 QUIET = RunOptions(verbose=0, steps_per_execution=4, strategy="none", precision="float32")
@@ -88,7 +89,7 @@ def train(
     before = [w.numpy() for w in model.weights]
     train_ds, val_ds = datasets(config, weighted)
     run_options = dataclasses.replace(QUIET, precision=policy, **options)
-    history = fit(config, model, train_ds, val_ds, options=run_options, strategy=strategy)
+    history = fit(PROJECT, config, model, train_ds, val_ds, options=run_options, strategy=strategy)
     after = [w.numpy() for w in model.weights]
     return history.history, before, after
 
@@ -218,7 +219,7 @@ def test_a_run_stopped_in_the_middle_of_a_group_resumes_bit_for_bit(tmp_path: Pa
                 layer.rate = 0.0
         train_ds, val_ds = datasets(config)
         run_options = dataclasses.replace(options, logdir=tmp_path, resume=resume)
-        fit(config, model, train_ds, val_ds, options=run_options, callbacks=callbacks)
+        fit(PROJECT, config, model, train_ds, val_ds, options=run_options, callbacks=callbacks)
         return model
 
     with pytest.raises(interrupts.Interrupted):
@@ -235,10 +236,12 @@ def test_a_model_built_outside_the_scope_is_refused_until_built_inside(config: C
     strategy = mirrored(2)
     train_ds, val_ds = datasets(config)
     with pytest.raises(DistributionError, match=r"build it inside `with strategy.scope\(\):`"):
-        fit(config, build_model(config), train_ds, val_ds, options=QUIET, strategy=strategy)
+        fit(
+            PROJECT, config, build_model(config), train_ds, val_ds, options=QUIET, strategy=strategy
+        )
     with strategy.scope():
         model = build_model(config)
-    history = fit(config, model, train_ds, val_ds, options=QUIET, strategy=strategy)
+    history = fit(PROJECT, config, model, train_ds, val_ds, options=QUIET, strategy=strategy)
     assert len(next(iter(history.history.values()))) == 1
 
 
@@ -288,6 +291,6 @@ def test_an_output_that_is_not_float32_is_named_until_made_float32(config: Confi
     model = model_with_output(None)
     fix = r"layer 'last'.*give that layer dtype='float32'"
     with pytest.raises(precision.PrecisionError, match=fix):
-        fit(config, model, train_ds, val_ds, options=options)
-    history = fit(config, model_with_output("float32"), train_ds, val_ds, options=options)
+        fit(PROJECT, config, model, train_ds, val_ds, options=options)
+    history = fit(PROJECT, config, model_with_output("float32"), train_ds, val_ds, options=options)
     assert all(np.isfinite(values).all() for values in history.history.values())

@@ -10,10 +10,11 @@ import pytest
 import tensorflow as tf
 from helpers import QUIET, dataset, encoder, features, linear_model
 
+from sequences_sparse import PROJECT
 from sequences_sparse.config import Config
 from sequences_sparse.engine.gradients import NonFiniteError
 from sequences_sparse.engine.optimizers import OptimizerSet
-from sequences_sparse.train import Trainer
+from sequences_sparse.engine.train import Trainer
 
 
 class Poison(keras.layers.Layer):
@@ -130,10 +131,10 @@ def test_a_bad_batch_leaves_the_run_as_one_that_skipped_it(
     """
     x, y = _examples(config, marked=[2])
     config = dataclasses.replace(_trained_whole(config), epochs=2)
-    skipping = Trainer(config, _model(config, **spoil), QUIET)
+    skipping = Trainer(PROJECT, config, _model(config, **spoil), QUIET)
     terminate = keras.callbacks.TerminateOnNaN()
     history = skipping.fit(dataset(x, y, 16), callbacks=[terminate])
-    clean = Trainer(config, _model(config, **spoil), QUIET)
+    clean = Trainer(PROJECT, config, _model(config, **spoil), QUIET)
     keep = np.r_[0:32, 48:64]
     clean_history = clean.fit(dataset(x[keep], y[keep], 16))
 
@@ -151,9 +152,9 @@ def test_a_bad_batch_leaves_the_run_as_one_that_skipped_it(
 def test_a_group_of_skipped_micro_batches_updates_nothing(config: Config) -> None:
     x, y = _examples(config, marked=[2, 3])
     options = dataclasses.replace(QUIET, accumulation_steps=2)
-    skipping = Trainer(config, _model(config), options)
+    skipping = Trainer(PROJECT, config, _model(config), options)
     skipping.fit(dataset(x, y, 16), epochs=1)
-    clean = Trainer(config, _model(config), options)
+    clean = Trainer(PROJECT, config, _model(config), options)
     clean.fit(dataset(x[:32], y[:32], 16), epochs=1)
 
     # The second group held only skipped micro-batches: no update, not even a zero one
@@ -168,7 +169,7 @@ def test_a_group_of_skipped_micro_batches_updates_nothing(config: Config) -> Non
 def test_bad_steps_in_a_row_stop_the_run_naming_the_loss(config: Config) -> None:
     x, y = _examples(config, marked=[1, 2, 3])
     options = dataclasses.replace(QUIET, max_bad_steps=3)
-    trainer = Trainer(config, _model(config), options)
+    trainer = Trainer(PROJECT, config, _model(config), options)
     weights = trainer.model.get_weights()
 
     with pytest.raises(NonFiniteError) as error:
@@ -194,7 +195,7 @@ def test_gradients_too_large_to_square_stop_the_run_at_the_first(config: Config)
     x, y = _examples(config, marked=[1, 2, 3])
     config = _trained_whole(config)
     options = dataclasses.replace(QUIET, max_bad_steps=3)
-    trainer = Trainer(config, _model(config, lever=True), options)
+    trainer = Trainer(PROJECT, config, _model(config, lever=True), options)
     weights, slots = trainer.model.get_weights(), _optimizer_state(trainer)
 
     with pytest.raises(
@@ -214,7 +215,7 @@ def test_gradients_too_large_to_square_stop_the_run_at_the_first(config: Config)
 def test_a_non_finite_gradient_is_named_by_its_variable(config: Config) -> None:
     x, y = _examples(config, marked=[])
     options = dataclasses.replace(QUIET, max_bad_steps=2)
-    trainer = Trainer(config, _model(config, Fuse(name="bomb")), options)
+    trainer = Trainer(PROJECT, config, _model(config, Fuse(name="bomb")), options)
 
     with pytest.raises(
         NonFiniteError, match=r"^stopped at step 2: .* the gradient of \S*bomb/fuse was not finite"

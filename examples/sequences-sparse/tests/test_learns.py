@@ -10,8 +10,9 @@ import dataclasses
 
 from helpers import QUIET
 
+from sequences_sparse import PROJECT
 from sequences_sparse.config import Config
-from sequences_sparse.train import fit
+from sequences_sparse.engine.train import fit
 
 TARGET = 0.95  # The synthetic keyword sequences, held-out accuracy.
 
@@ -23,6 +24,6 @@ def test_default_run_reaches_target_accuracy() -> None:
         batch_size=32,
         learning_rate=1e-3,
     )
-    history = fit(config, options=QUIET)
+    history = fit(PROJECT, config, options=QUIET)
     assert history.epoch == list(range(config.epochs))
     assert history.history["val_accuracy"][-1] >= TARGET, history.history

@@ -17,11 +17,11 @@ import pytest
 import tensorflow as tf
 from helpers import QUIET, dataset, features, labels_for, linear_model, traced_once_per_phase
 
-from sequences_sparse import train as training
+from sequences_sparse import PROJECT, data
 from sequences_sparse.__main__ import main
 from sequences_sparse.config import Config, RunOptions
+from sequences_sparse.engine.train import Trainer, fit
 from sequences_sparse.model import build_model
-from sequences_sparse.train import Trainer, fit
 
 LINE = re.compile(
     r"epoch (\d+)/(\d+) \| loss \d+\.\d{4} \| accuracy \d\.\d{4} "
@@ -46,14 +46,14 @@ def test_metrics_are_reset_every_epoch_and_every_evaluation(config: Config) -> N
     x = features(config, 64)
     wrong = dataset(x, labels_for(model, x, config, agree=False), 16)
     right = dataset(x, labels_for(model, x, config, agree=True), 16)
-    trainer = Trainer(config, model, QUIET)
+    trainer = Trainer(PROJECT, config, model, QUIET)
 
     assert trainer.train_epoch(wrong)[0]["accuracy"] == 0.0
     assert trainer.train_epoch(right)[0]["accuracy"] == 1.0
     assert trainer.evaluate(wrong)["val_accuracy"] == 0.0
     assert trainer.evaluate(right)["val_accuracy"] == 1.0
     assert trainer.evaluate(right)["val_loss"] == pytest.approx(
-        Trainer(config, model, QUIET).evaluate(right)["val_loss"]
+        Trainer(PROJECT, config, model, QUIET).evaluate(right)["val_loss"]
     )
 
 
@@ -63,7 +63,7 @@ def test_every_batch_runs_exactly_once_per_epoch(config: Config, steps_per_execu
     x = features(config, 100)
     data = dataset(x, labels_for(model, x, config, agree=True), 16)  # 7 batches, the last of 4
     options = dataclasses.replace(QUIET, steps_per_execution=steps_per_execution)
-    trainer = Trainer(config, model, options)
+    trainer = Trainer(PROJECT, config, model, options)
     loss, _ = trainer.task.train_metrics
     val_loss, _ = trainer.task.val_metrics
 
@@ -84,7 +84,7 @@ def test_steps_per_execution_changes_no_figure(config: Config) -> None:
         keras.utils.set_random_seed(config.seed)
         model = build_model(config)
         options = dataclasses.replace(QUIET, steps_per_execution=steps_per_execution)
-        history = fit(config, model=model, options=options)
+        history = fit(PROJECT, config, model=model, options=options)
         runs.append((_figures(history), model.get_weights()))
     (history, weights), *others = runs
     for other_history, other_weights in others:
@@ -99,7 +99,9 @@ def test_fit_returns_a_history_like_model_fit_and_writes_the_run(
     config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model = build_model(config)
-    history = fit(config, model, options=dataclasses.replace(QUIET, logdir=tmp_path, verbose=2))
+    history = fit(
+        PROJECT, config, model, options=dataclasses.replace(QUIET, logdir=tmp_path, verbose=2)
+    )
 
     assert isinstance(history, keras.callbacks.History)
     assert history.model is model
@@ -115,13 +117,15 @@ def test_fit_returns_a_history_like_model_fit_and_writes_the_run(
 
 def test_fit_repeats_exactly_with_the_same_seed(config: Config) -> None:
     config = dataclasses.replace(config, epochs=1)
-    assert _figures(fit(config, options=QUIET)) == _figures(fit(config, options=QUIET))
+    assert _figures(fit(PROJECT, config, options=QUIET)) == _figures(
+        fit(PROJECT, config, options=QUIET)
+    )
 
 
 def test_deterministic_runs_give_identical_figures_and_weights(config: Config) -> None:
     config = dataclasses.replace(config, epochs=1)
     options = dataclasses.replace(QUIET, deterministic=True)
-    first, second = fit(config, options=options), fit(config, options=options)
+    first, second = fit(PROJECT, config, options=options), fit(PROJECT, config, options=options)
 
     assert _figures(first) == _figures(second)
     for ours, theirs in zip(first.model.get_weights(), second.model.get_weights(), strict=True):
@@ -175,7 +179,7 @@ def test_command_line_refuses_a_directory_that_holds_a_run(
 def test_an_empty_dataset_fails_in_one_line_and_writes_nothing(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    load_datasets = training.load_datasets
+    load_datasets = data.load_datasets
 
     def emptied(config: Config) -> tuple[tf.data.Dataset, tf.data.Dataset]:
         train_ds, val_ds = load_datasets(config)
@@ -183,7 +187,7 @@ def test_an_empty_dataset_fails_in_one_line_and_writes_nothing(
             return train_ds.take(0), val_ds  # No batch, and tf.data knows it.
         return train_ds, val_ds.filter(lambda *_: False)  # No batch, of unknown length.
 
-    monkeypatch.setattr(training, "load_datasets", emptied)
+    monkeypatch.setattr(data, "load_datasets", emptied)
     logdir = tmp_path / "run"
     assert main(["train", "--epochs", "1", "--quiet", "--logdir", str(logdir)]) == 2
     why = {"train_ds": "every epoch would train on nothing", "val_ds": "it has no figure to report"}
@@ -199,7 +203,7 @@ def test_an_empty_dataset_fails_in_one_line_and_writes_nothing(
 def test_a_generator_that_raises_fails_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    load_datasets = training.load_datasets
+    load_datasets = data.load_datasets
 
     def generated(config: Config) -> tuple[tf.data.Dataset, tf.data.Dataset]:
         train_ds, val_ds = load_datasets(config)
@@ -215,7 +219,7 @@ def test_a_generator_that_raises_fails_in_one_line(
         spec = train_ds.element_spec
         return tf.data.Dataset.from_generator(batches, output_signature=spec), val_ds
 
-    monkeypatch.setattr(training, "load_datasets", generated)
+    monkeypatch.setattr(data, "load_datasets", generated)
     logdir = tmp_path / "run"
     assert main(["train", "--epochs", "1", "--quiet", "--logdir", str(logdir)]) == 2
     prog = "python -m sequences_sparse"

@@ -10,11 +10,12 @@ import pytest
 import tensorflow as tf
 from helpers import QUIET, features, linear_model
 
+from sequences_sparse import PROJECT
 from sequences_sparse.config import Config
 from sequences_sparse.data import load_datasets
 from sequences_sparse.engine.contract import DatasetError
+from sequences_sparse.engine.train import fit
 from sequences_sparse.model import build_model
-from sequences_sparse.train import fit
 
 
 def _frozen(dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -36,7 +37,7 @@ def test_custom_loop_matches_model_fit(config: Config) -> None:
     # so a dataset that reshuffles on each iteration would hand the two loops different orders.
     train_ds, val_ds = (_frozen(ds) for ds in load_datasets(config))
 
-    history = fit(config, model=model, train_ds=train_ds, val_ds=val_ds, options=QUIET)
+    history = fit(PROJECT, config, model=model, train_ds=train_ds, val_ds=val_ds, options=QUIET)
 
     reference.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
@@ -82,6 +83,7 @@ def test_weighted_training_matches_model_fit(config: Config, weighting: str) -> 
     reference.set_weights(model.get_weights())
 
     history = fit(
+        PROJECT,
         config,
         model=model,
         train_ds=train_ds,
@@ -122,12 +124,12 @@ def test_datasets_that_repeat_forever_train_as_model_fit_with_steps_per_epoch(
     steps, validation_steps = int(_frozen(load_datasets(config)[0]).cardinality()) + 3, 2
 
     with pytest.raises(DatasetError, match=r"set RunOptions\.steps_per_epoch \(--steps-per"):
-        fit(config, model=model, train_ds=train_ds, val_ds=val_ds, options=QUIET)
+        fit(PROJECT, config, model=model, train_ds=train_ds, val_ds=val_ds, options=QUIET)
     options = dataclasses.replace(QUIET, steps_per_epoch=steps)
     with pytest.raises(DatasetError, match=r"set RunOptions\.validation_steps"):
-        fit(config, model=model, train_ds=train_ds, val_ds=val_ds, options=options)
+        fit(PROJECT, config, model=model, train_ds=train_ds, val_ds=val_ds, options=options)
     options = dataclasses.replace(options, validation_steps=validation_steps)
-    history = fit(config, model=model, train_ds=train_ds, val_ds=val_ds, options=options)
+    history = fit(PROJECT, config, model=model, train_ds=train_ds, val_ds=val_ds, options=options)
 
     reference.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),

@@ -11,14 +11,14 @@ import pytest
 import tensorflow as tf
 from helpers import QUIET, features, labels_for, linear_model, traced_once_per_phase
 
-from sequences_sparse import train as training
+from sequences_sparse import PROJECT, data
 from sequences_sparse.__main__ import main
 from sequences_sparse.config import Config
 from sequences_sparse.data import load_datasets
 from sequences_sparse.engine.contract import DatasetError
 from sequences_sparse.engine.sequences import batch_sequences, bucket_lengths
+from sequences_sparse.engine.train import Trainer, fit
 from sequences_sparse.model import build_model
-from sequences_sparse.train import Trainer, fit
 
 
 def _shapes(dataset: tf.data.Dataset) -> set[tuple[int, ...]]:
@@ -32,7 +32,7 @@ def test_padding_changes_neither_outputs_nor_loss(config: Config) -> None:
     y = labels_for(model, x, config, agree=False)
     length = x.shape[1]
     padded_twice = np.pad(x, ((0, 0), (0, length)))  # The same examples, padded to 2L.
-    trainer = Trainer(config, model, QUIET)
+    trainer = Trainer(PROJECT, config, model, QUIET)
     val_loss, _ = trainer.task.val_metrics
 
     outputs = model(x, training=False)
@@ -67,7 +67,7 @@ def _many_lengths(config: Config) -> tf.data.Dataset:
 def test_a_run_over_many_lengths_traces_each_step_once(config: Config) -> None:
     data = _many_lengths(config)
     assert len(_shapes(data)) == 60, "the run must see many distinct batch shapes"
-    trainer = Trainer(config, build_model(config), QUIET)
+    trainer = Trainer(PROJECT, config, build_model(config), QUIET)
 
     trainer.fit(data, data)
 
@@ -89,7 +89,9 @@ def test_batches_are_padded_to_bucket_lengths_so_xla_compiles_are_bounded(
         shapes = _shapes(dataset)
         assert {length for _, length in shapes} <= set(lengths)
         assert len(shapes) <= 2 * len(lengths)
-    trainer = Trainer(config, build_model(config), dataclasses.replace(QUIET, jit_compile=True))
+    trainer = Trainer(
+        PROJECT, config, build_model(config), dataclasses.replace(QUIET, jit_compile=True)
+    )
 
     # A few batches are enough to compile and run every step (each shape compiles once).
     history = trainer.fit(train_ds.take(3), val_ds.take(2))
@@ -125,11 +127,11 @@ def test_weighted_sequences_keep_their_weight_through_bucketing(config: Config) 
 def test_unbatched_sequences_are_refused_with_the_fix(config: Config) -> None:
     train_ds, _ = load_datasets(config)
     with pytest.raises(DatasetError, match=r"int32 batches of shape \(batch,\).*batch_seq"):
-        fit(config, train_ds=train_ds.unbatch(), options=QUIET)
+        fit(PROJECT, config, train_ds=train_ds.unbatch(), options=QUIET)
 
 
 def test_token_ids_outside_the_vocabulary_fail_in_the_step(config: Config) -> None:
-    trainer = Trainer(config, build_model(config), QUIET)
+    trainer = Trainer(PROJECT, config, build_model(config), QUIET)
     x = features(config, 4)
     labels = tf.constant(config.labels.encode(np.zeros(4, dtype=np.int64)))
     message = r"token ids must be in \[0, config\.vocab_size\) = \[0, \d+\)"
@@ -145,13 +147,13 @@ def test_token_ids_outside_the_vocabulary_fail_in_the_step(config: Config) -> No
 def test_token_ids_outside_the_vocabulary_fail_in_one_line_on_the_command_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    original = training.load_datasets
+    original = data.load_datasets
 
     def outside(config: Config) -> tuple[tf.data.Dataset, tf.data.Dataset]:
         train_ds, val_ds = original(config)
         return train_ds.map(lambda x, y: (x + config.vocab_size, y)), val_ds
 
-    monkeypatch.setattr(training, "load_datasets", outside)
+    monkeypatch.setattr(data, "load_datasets", outside)
     assert main(["train", "--epochs", "1", "--quiet", "--logdir", str(tmp_path / "run")]) == 2
     vocab_size = Config().vocab_size
     prog = "python -m sequences_sparse"

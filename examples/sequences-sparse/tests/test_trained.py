@@ -18,10 +18,11 @@ import pytest
 import tensorflow as tf
 
 import sequences_sparse.config
-from sequences_sparse import train as training
 from sequences_sparse import trained
 from sequences_sparse.__main__ import HAND_WRITTEN, field_help, flag_name, main
 from sequences_sparse.config import Config, RunOptions
+from sequences_sparse.engine import train as training
+from sequences_sparse.engine.project import Project
 from sequences_sparse.trained import RunFileError, load_run, save_output
 
 PROG = "python -m sequences_sparse"
@@ -377,9 +378,9 @@ def test_a_field_added_to_config_is_a_flag_the_run_records_and_resumes_with(
     fit = training.fit
     configs = []
 
-    def spy(config: Config, **kwargs: object) -> object:
+    def spy(project: Project, config: Config, **kwargs: object) -> object:
         configs.append(config)
-        return fit(config, **kwargs)
+        return fit(project, config, **kwargs)
 
     monkeypatch.setattr(training, "fit", spy)
     logdir = tmp_path / "run"

@@ -3,7 +3,7 @@
 Default: scikit-learn's breast cancer dataset (30 features, malignant or benign), which ships
 inside scikit-learn, so training works offline.
 
-Contract, checked by `train.fit` before training: `load_datasets(config)` returns
+Contract, checked by `fit` before training: `load_datasets(config)` returns
 `(train_ds, val_ds)`, batched `tf.data.Dataset`s of `(features, labels)` with float32 features
 of shape `(batch, *config.input_shape)` and labels as `config.labels.spec` declares them;
 `config.labels.encode` turns class ids into that encoding.

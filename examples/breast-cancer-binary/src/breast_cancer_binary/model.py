@@ -1,6 +1,6 @@
 """The model. This module is yours: change the architecture freely.
 
-Contract, checked by `train.fit` before training: `build_model(config)` takes float32 batches of
+Contract, checked by `fit` before training: `build_model(config)` takes float32 batches of
 shape `(batch, *config.input_shape)` and returns `(batch, config.labels.output_units)`
 logits: end it with `config.labels.output_layer()`, which has no activation (the loss applies
 it, numerically safely).

@@ -26,12 +26,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from . import PROJECT
 from .config import Config, RunOptions
 from .data import load_datasets
 from .engine.contract import DatasetError, check_sample_weights
 from .engine.gradients import NoneGradientError, NoneGradientWarning
+from .engine.train import Trainer
 from .model import build_model
-from .train import Trainer
 
 # How far the loss at initialisation may be from log(number of classes), as a factor.
 LOSS_FACTOR = 2.0
@@ -105,7 +106,7 @@ def check(
         val_ds = default_val if val_ds is None else val_ds
     report = CheckReport()
     try:
-        trainer = Trainer(config, model, options)
+        trainer = Trainer(PROJECT, config, model, options)
     except ValueError as error:  # The model's output does not fit the loss, or its parts.
         report.add("model", "does not fit this project")
         report.problems.append(str(error))

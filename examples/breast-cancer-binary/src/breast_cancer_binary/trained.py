@@ -22,13 +22,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from . import PROJECT
 from .config import Config, RunOptions
 from .data import load_datasets
 from .engine import distribution, precision
 from .engine.checkpoints import MODEL_FILE, CheckpointError, read_run
 from .engine.contract import describe
 from .engine.loop import EpochLogs
-from .train import Trainer
+from .engine.train import Trainer
 
 NPY_MAGIC = b"\x93NUMPY"  # How every .npy file starts.
 ZIP_MAGIC = b"PK\x03\x04"  # How a .npz file, a zip archive, starts.
@@ -97,7 +98,7 @@ def evaluate(logdir: str | Path) -> EpochLogs:
     strategy = distribution.make_strategy(options.strategy, options.cpu_devices)
     config, model = load_run(logdir, strategy)
     _, val_ds = load_datasets(config)
-    trainer = Trainer(config, model, options, strategy)
+    trainer = Trainer(PROJECT, config, model, options, strategy)
     return trainer.evaluate(trainer.task.prepare_dataset(val_ds, "val_ds"))
 
 

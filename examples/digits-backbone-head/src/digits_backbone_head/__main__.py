@@ -571,6 +571,7 @@ def train(args: argparse.Namespace, prog: str) -> int:
     import_tensorflow_quietly()
     import tensorflow as tf
 
+    from . import PROJECT
     from .engine import interrupts
     from .engine.checkpoints import MODEL_FILE, CheckpointError, read_run, resume_position
     from .engine.contract import DatasetError
@@ -578,7 +579,7 @@ def train(args: argparse.Namespace, prog: str) -> int:
     from .engine.gradients import NoneGradientError, NonFiniteError
     from .engine.optimizers import StepError
     from .engine.precision import PrecisionError
-    from .train import fit
+    from .engine.train import fit
 
     try:
         if args.resume:  # The run's config and options, with the flags given now.
@@ -611,7 +612,7 @@ def train(args: argparse.Namespace, prog: str) -> int:
             if not args.quiet and chief and not finished:
                 print(f"run directory: {logdir}  (watch it: tensorboard --logdir {logdir.parent})")
             with interrupts.catch_signals(before_exit=discard):
-                fit(config, options=options)
+                fit(PROJECT, config, options=options)
     except RunDirError as error:
         return _usage(prog, str(error))
     except (OSError, tf.errors.OpError) as error:

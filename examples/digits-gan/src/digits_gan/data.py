@@ -3,7 +3,7 @@
 Default: scikit-learn's handwritten digits as 8x8 grey images, which ship inside scikit-learn,
 so training works offline.
 
-Contract, checked by `train.fit` before training: `load_datasets(config)` returns
+Contract, checked by `fit` before training: `load_datasets(config)` returns
 `(train_ds, None)`: a batched `tf.data.Dataset` of float32 images of shape
 `(batch, *config.image_shape)` with pixels in [-1, 1], the range of the generator's `tanh`
 output, and no validation split (a GAN is not evaluated against held-out images). There are

@@ -2,7 +2,7 @@
 
 The step is one discriminator update, then one generator update, on one batch. Each factory
 returns a plain Python function that is `tf.function`-compatible and runs on each replica
-under `tf.distribute.Strategy.run`, with that replica's share of the batch; `train.Trainer`
+under `tf.distribute.Strategy.run`, with that replica's share of the batch; `engine.train.Trainer`
 wraps the combined step, which `task.GanTask` makes, in a `tf.function` with an input signature
 so that a whole run traces it exactly once. Each update has its own tape, its own loss and its
 own part of `OptimizerSet`, and touches only its own model's variables:

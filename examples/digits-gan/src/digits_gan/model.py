@@ -1,7 +1,7 @@
 """The generator and the discriminator. This module is yours: change them freely.
 
 `build_model(config)` holds both in one `gan.GAN`, the model the training loop runs.
-Contract, checked by `train.Trainer` before training: `build_generator(config)` maps noise of
+Contract, checked by the loop before training: `build_generator(config)` maps noise of
 shape `(batch, config.latent_dim)` to images of shape `(batch, *config.image_shape)` in [-1, 1]
 (a `tanh` output); `build_discriminator(config)` maps such images to one logit each, shape
 `(batch, 1)`, float32, with no activation on the last layer (the loss applies the sigmoid,

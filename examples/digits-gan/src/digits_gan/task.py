@@ -1,6 +1,6 @@
 """The training of digits-gan: the GAN's optimizers, metrics and step, as one task.
 
-This module is yours: `GanTask` is what `train.Trainer` runs, an `engine.task.Task` like a
+This module is yours: `GanTask` is what `engine.train.Trainer` runs, an `engine.task.Task` like a
 classifier's. Its step is the two updates of `gan.py`, one tape each; change the step there,
 and what the task holds (optimizers, metrics, the datasets it takes) here.
 `copier update` three-way merges template changes into this file too, so your edits stay and
@@ -33,7 +33,7 @@ from .gan import (
 
 
 class GanTask(Task):
-    """What `train.Trainer` trains: the GAN, its two optimizers, metrics and step.
+    """What `engine.train.Trainer` trains: the GAN, its two optimizers, metrics and step.
 
     A GAN has no validation split: `evaluates` is false and `val_metrics` is empty, so the loop
     refuses a `val_ds`. Nor does it accumulate gradients.
@@ -150,5 +150,5 @@ class GanTask(Task):
 
 
 def build_task(model: GAN, config: Config, options: RunOptions) -> GanTask:
-    """The task `train.Trainer` runs for this project."""
+    """The task `engine.train.Trainer` runs for this project."""
     return GanTask(model, config, options)

@@ -3,7 +3,7 @@
 Default: scikit-learn's handwritten digits (8x8 images), which ship inside scikit-learn, so
 training works offline. Only the first `config.num_classes` digits are kept.
 
-Contract, checked by `train.fit` before training: `load_datasets(config)` returns
+Contract, checked by `fit` before training: `load_datasets(config)` returns
 `(train_ds, val_ds)`, batched `tf.data.Dataset`s of `(features, labels)` with float32 features
 of shape `(batch, *config.input_shape)` and labels as `config.labels.spec` declares them;
 `config.labels.encode` turns class ids into that encoding.

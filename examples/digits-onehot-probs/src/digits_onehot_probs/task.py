@@ -17,8 +17,8 @@ import keras
 import tensorflow as tf
 
 from .config import Config, RunOptions
+from .engine.classifier import ClassifierTask, StepMetrics
 from .engine.optimizers import OptimizerSet
-from .steps import ClassifierTask, StepMetrics
 
 
 class Task(ClassifierTask):
@@ -70,5 +70,5 @@ class Task(ClassifierTask):
 
 
 def build_task(model: keras.Model, config: Config, options: RunOptions) -> Task:
-    """The task `train.Trainer` runs for this project."""
+    """The task `engine.train.Trainer` runs for this project."""
     return Task(model, config, options)

@@ -5,7 +5,7 @@ sequence is noise tokens from the whole vocabulary with its class's keywords mix
 length varies from `max_length // 16` to `max_length`. Generated from the seed, so it works
 offline and repeats exactly.
 
-Contract, checked by `train.fit` before training: `load_datasets(config)` returns
+Contract, checked by `fit` before training: `load_datasets(config)` returns
 `(train_ds, val_ds)`, batched `tf.data.Dataset`s of `(token_ids, labels)` with int32 token ids
 of shape `(batch, length)`, padded with 0 (`config.features.spec`), and labels as
 `config.labels.spec` declares them; `config.labels.encode` turns class ids into that

@@ -1,6 +1,6 @@
 """The model. This module is yours: change the architecture freely.
 
-Contract, checked by `train.fit` before training: `build_model(config)` takes int32 token ids
+Contract, checked by `fit` before training: `build_model(config)` takes int32 token ids
 of shape `(batch, length)`, padded with 0, and returns `(batch, config.labels.output_units)`
 logits: end it with `config.labels.output_layer()`, which has no activation (the loss applies
 it, numerically safely).

@@ -8,4 +8,4 @@ replaces it with the template's later versions, so keep your changes in your own
 from __future__ import annotations
 
 # The package the engine lives in: it names the project's runs and its commands in messages.
-PROJECT = __name__.rpartition(".")[0] or __name__
+PACKAGE = __name__.rpartition(".")[0] or __name__

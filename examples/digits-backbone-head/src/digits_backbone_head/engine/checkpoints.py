@@ -35,7 +35,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import PROJECT
+from . import PACKAGE
 from .options import RunOptions
 
 Config = TypeVar("Config")
@@ -73,7 +73,7 @@ def write_run_file(
     for name in ("logdir", "resume"):  # Where and how this run started, not how it trains.
         del run_options[name]
     run = {
-        "project": PROJECT,
+        "project": PACKAGE,
         "config": dataclasses.asdict(config),
         "options": run_options,
         "train_batches": train_batches,
@@ -98,10 +98,10 @@ def read_run(
         raise CheckpointError(f"{path} does not exist: {logdir} holds no run to resume")
     try:
         run = json.loads(path.read_text())
-        project = run.get("project", PROJECT)
-        if project != PROJECT:
+        project = run.get("project", PACKAGE)
+        if project != PACKAGE:
             raise CheckpointError(
-                f"{logdir} holds a run of the project {project}, not of {PROJECT}; "
+                f"{logdir} holds a run of the project {project}, not of {PACKAGE}; "
                 f"use it with python -m {project}"
             )
         values = run["config"]

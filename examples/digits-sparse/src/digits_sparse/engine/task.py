@@ -2,7 +2,7 @@
 
 `train.Trainer` knows a task by this class alone: the model, its optimizers, the metrics of
 each phase, the steps it traces, their input signature, and the datasets checked and converted
-for them. A classifier's task (`steps.ClassifierTask`) and a GAN's (`task.GanTask`) both
+for them. A classifier's task (`classifier.ClassifierTask`) and a GAN's (`task.GanTask`) both
 subclass it; so can a task of yours.
 
 Template-owned: `copier update` replaces it with the template's later versions.

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO
 
-from . import PROJECT
+from . import PACKAGE
 
 TF_CONFIG = "TF_CONFIG"
 # The TF_CONFIG of the first of two workers, as the README shows it.
@@ -84,7 +84,7 @@ def read_tf_config(environ: Mapping[str, str] | None = None) -> ClusterTask:
     """
     environ = os.environ if environ is None else environ
     fix = (
-        f"run `python -m {PROJECT} launch --workers N -- train ...` to try it on this "
+        f"run `python -m {PACKAGE} launch --workers N -- train ...` to try it on this "
         f"machine, or set {TF_CONFIG} on each worker, e.g. {EXAMPLE}"
     )
     text = environ.get(TF_CONFIG)

@@ -2,12 +2,15 @@
 
 `fit` is the entry point and returns a `keras.callbacks.History`, as `model.fit` does.
 `Trainer` is the loop itself, the same for every kind of project: what differs (the model,
-its optimizers, the steps) comes from the task of `task.py`, an `engine.task.Task`, and
+its optimizers, the steps) comes from the project's task, an `engine.task.Task`, and
 everything that watches or steers a run (progress, `metrics.jsonl`, TensorBoard, what else
 `callbacks.default_callbacks` gives this project, and your own callbacks) is a Keras callback
 on it.
 
-Template-owned: `copier update` merges template changes into it.
+Both take the project (`project.Project`, the package's `PROJECT`), which hands over its
+`Config`, `RunOptions`, datasets, model and task; the engine imports none of its modules.
+
+Template-owned: `copier update` replaces it with the template's later versions.
 """
 
 from __future__ import annotations
@@ -18,15 +21,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import keras
 import tensorflow as tf
 
-from .config import Config, RunOptions
-from .data import load_datasets
-from .engine import distribution, interrupts, precision
-from .engine.callbacks import default_callbacks
-from .engine.checkpoints import (
+from . import distribution, interrupts, precision
+from .callbacks import default_callbacks
+from .checkpoints import (
     CHECKPOINTS,
     RunCheckpoint,
     check_same_config,
@@ -34,15 +36,15 @@ from .engine.checkpoints import (
     save_model,
     write_run_file,
 )
-from .engine.contract import DatasetError, read_failure
-from .engine.gradients import NonFiniteGuard
-from .engine.loop import CallHooks, EpochLogs, StepRunner
-from .engine.optimizers import ONLY_IF_DIFFERS, StepError
-from .engine.task import StepFn, Task
-from .model import build_model
-from .task import build_task
+from .contract import DatasetError, read_failure
+from .gradients import NonFiniteGuard
+from .loop import CallHooks, EpochLogs, StepRunner
+from .optimizers import ONLY_IF_DIFFERS, StepError
+from .options import RunOptions
+from .project import Project
+from .task import StepFn, Task
 
-BuildTask = Callable[[keras.Model, Config, RunOptions], Task]
+BuildTask = Callable[[keras.Model, Any, Any], Task]
 
 NOT_EXACT = (
     "note: the checkpoint holds no position in train_ds, whose iterator cannot be saved "
@@ -59,14 +61,15 @@ class Trainer:
     the callbacks, and knows nothing of the task beyond its steps, metrics and optimizers.
 
     Args:
-        config: The run's hyperparameters.
+        project: The project: its `RunOptions` and its task come from it.
+        config: The run's hyperparameters, a `project.config`.
         model: The model to train, as the task takes it (its output must fit the loss).
-        options: How the run executes; `RunOptions()` by default.
+        options: How the run executes; `project.options()` by default.
         strategy: The `tf.distribute.Strategy` to train with, in whose scope the model was
             built; `None` trains on one device. Each step's batch is then split among the
             replicas (see `engine/distribution.py`).
         task: Builds the task from the model, the config and the options;
-            `task.build_task` by default.
+            `project.build_task` by default.
 
     Attributes:
         task: The model, its optimizers, metrics and step factories (an `engine.task.Task`).
@@ -89,15 +92,17 @@ class Trainer:
 
     def __init__(
         self,
-        config: Config,
+        project: Project,
+        config: Any,
         model: keras.Model,
         options: RunOptions | None = None,
         strategy: tf.distribute.Strategy | None = None,
         *,
-        task: BuildTask = build_task,
+        task: BuildTask | None = None,
     ) -> None:
+        self.project = project
         self.config = config
-        self.options = RunOptions() if options is None else options
+        self.options = project.options() if options is None else options
         self.model = model
         self.strategy = strategy
         self.chief = distribution.is_chief(strategy)
@@ -108,7 +113,8 @@ class Trainer:
                 "device, and the strategy's variables live on several; drop jit_compile"
             )
         with self.scope():
-            self.task = task(model, config, self.options)
+            build_task = project.build_task if task is None else task
+            self.task = build_task(model, config, self.options)
         self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         metrics = [v for metric in self.task.train_metrics for v in metric.variables]
         self.guard = NonFiniteGuard(
@@ -366,7 +372,7 @@ class Trainer:
             check_length(val_ds, "val_ds", self.options.validation_steps, "validation_steps")
         logdir = None if self.options.logdir is None else Path(self.options.logdir)
         if self.options.resume and logdir is not None:
-            check_same_config(logdir, self.config, RunOptions)
+            check_same_config(logdir, self.config, self.project.options)
             check_same_data(logdir, int(train_ds.cardinality()))
         num_batches = self.options.steps_per_epoch or int(train_ds.cardinality())
         history = keras.callbacks.History()
@@ -554,7 +560,8 @@ def reading(name: str) -> Iterator[None]:
 
 
 def fit(
-    config: Config,
+    project: Project,
+    config: Any,
     model: keras.Model | None = None,
     train_ds: tf.data.Dataset | None = None,
     val_ds: tf.data.Dataset | None = None,
@@ -563,7 +570,7 @@ def fit(
     options: RunOptions | None = None,
     strategy: tf.distribute.Strategy | None = None,
     class_weight: Mapping[int, float] | None = None,
-    task: BuildTask = build_task,
+    task: BuildTask | None = None,
 ) -> keras.callbacks.History:
     """Train a model with the custom loop, as `model.fit` would.
 
@@ -571,16 +578,17 @@ def fit(
     with `options.deterministic`, makes every op deterministic too.
 
     Args:
-        config: The run's hyperparameters.
-        model: Defaults to `build_model(config)`, built under the dtype policy
+        project: The project: its datasets, model, task and `RunOptions` come from it.
+        config: The run's hyperparameters, a `project.config`.
+        model: Defaults to `project.build_model(config)`, built under the dtype policy
             `options.precision` in the strategy's scope. A model of yours must have been
             built likewise.
-        train_ds: Defaults to the training split of `load_datasets(config)`.
+        train_ds: Defaults to the training split of `project.load_datasets(config)`.
         val_ds: When `train_ds` is defaulted too, defaults to the validation split of
-            `load_datasets(config)` (`None` where it has none, as a GAN's); otherwise `None`
+            `project.load_datasets(config)` (`None` where it has none, as a GAN's); otherwise `None`
             means no evaluation.
         callbacks: Keras callbacks, as for `model.fit`.
-        options: How the run executes; `RunOptions()` by default.
+        options: How the run executes; `project.options()` by default.
         strategy: Any `tf.distribute.Strategy`; by default the one `options.strategy` names
             (see `distribution.make_strategy`).
         class_weight: The weight of each class id, as for `model.fit`: each training
@@ -588,7 +596,7 @@ def fit(
             omits). Not with a `train_ds` of `(features, labels, sample_weights)`, nor for a
             task without classes (a GAN's).
         task: Builds the task from the model, the config and the options;
-            `task.build_task` by default.
+            `project.build_task` by default.
 
     Returns:
         The `History`: `.history[key]` holds one value per epoch, `.model` the trained model.
@@ -600,7 +608,7 @@ def fit(
         precision.PrecisionError: If `model` was built under another dtype policy, or does
             not output float32.
     """
-    options = RunOptions() if options is None else options
+    options = project.options() if options is None else options
     keras.utils.set_random_seed(config.seed)
     if options.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -609,9 +617,9 @@ def fit(
     if model is None:
         scope = contextlib.nullcontext() if strategy is None else strategy.scope()
         with precision.dtype_policy(options.precision), scope:
-            model = build_model(config)
+            model = project.build_model(config)
     if train_ds is None:
-        train_ds, default_val = load_datasets(config)
+        train_ds, default_val = project.load_datasets(config)
         val_ds = default_val if val_ds is None else val_ds
-    trainer = Trainer(config, model, options, strategy, task=task)
+    trainer = Trainer(project, config, model, options, strategy, task=task)
     return trainer.fit(train_ds, val_ds, callbacks=callbacks, class_weight=class_weight)

@@ -1,28 +1,44 @@
-"""The engine's side of a task: what `train.Trainer` needs around your step.
+"""A classifier's task, the engine's side: what `train.Trainer` needs around your step.
 
-`ClassifierTask` is the base of the task in `task.py`, where the optimizers, the loss, the
-metrics and the steps are yours. Here are what those steps call (`compute_loss`, the
-metrics' `update`) and what the loop calls: the steps wrapped for it (`make_train_step`,
-`make_eval_step`), their input signature, and the datasets checked and converted.
+`ClassifierTask` is the base of the task in the project's `task.py`, where the optimizers,
+the loss, the metrics and the steps are yours. Here are what those steps call
+(`compute_loss`, the metrics' `update`) and what the loop calls: the steps wrapped for it
+(`make_train_step`, `make_eval_step`), their input signature, and the datasets checked and
+converted. It knows the project's `Config` only as `ClassifierConfig` says.
 
-Template-owned: `copier update` merges template changes into it.
+Template-owned: `copier update` replaces it with the template's later versions.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Mapping
+from typing import Protocol
 
 import keras
 import tensorflow as tf
 
-from .config import Config, RunOptions
-from .engine import contract, precision
-from .engine.distribution import BatchMean, global_batch_size
-from .engine.features import with_packed_features
-from .engine.labels import Labels
-from .engine.optimizers import OptimizerSet
-from .engine.task import StepFn, Task
+from . import contract, precision
+from .distribution import BatchMean, global_batch_size
+from .features import Features, with_packed_features
+from .labels import Labels
+from .optimizers import OptimizerSet
+from .options import RunOptions
+from .task import StepFn, Task
+
+
+class ClassifierConfig(Protocol):
+    """What `ClassifierTask` reads of the project's `Config`: its labels and its features."""
+
+    @property
+    def labels(self) -> Labels:
+        """The labels' encoding: the loss, the accuracy, the checks."""
+        ...
+
+    @property
+    def features(self) -> Features:
+        """What a batch of features is: its spec and its checks."""
+        ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +135,7 @@ class ClassifierTask(Task):
             adds the sample weights' spec where a dataset has them.
     """
 
-    def __init__(self, model: keras.Model, config: Config, options: RunOptions) -> None:
+    def __init__(self, model: keras.Model, config: ClassifierConfig, options: RunOptions) -> None:
         self.labels = config.labels
         self.inputs = config.features
         outputs = self.labels.check_model_output(model, self.inputs)

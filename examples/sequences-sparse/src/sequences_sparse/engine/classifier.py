@@ -1,0 +1,288 @@
+"""A classifier's task, the engine's side: what `train.Trainer` needs around your step.
+
+`ClassifierTask` is the base of the task in the project's `task.py`, where the optimizers,
+the loss, the metrics and the steps are yours. Here are what those steps call
+(`compute_loss`, the metrics' `update`) and what the loop calls: the steps wrapped for it
+(`make_train_step`, `make_eval_step`), their input signature, and the datasets checked and
+converted. It knows the project's `Config` only as `ClassifierConfig` says.
+
+Template-owned: `copier update` replaces it with the template's later versions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from typing import Protocol
+
+import keras
+import tensorflow as tf
+
+from . import contract, precision
+from .distribution import BatchMean, global_batch_size
+from .features import Features, with_packed_features
+from .labels import Labels
+from .optimizers import OptimizerSet
+from .options import RunOptions
+from .task import StepFn, Task
+
+
+class ClassifierConfig(Protocol):
+    """What `ClassifierTask` reads of the project's `Config`: its labels and its features."""
+
+    @property
+    def labels(self) -> Labels:
+        """The labels' encoding: the loss, the accuracy, the checks."""
+        ...
+
+    @property
+    def features(self) -> Features:
+        """What a batch of features is: its spec and its checks."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class StepMetrics:
+    """The running loss and accuracy of one phase, e.g. training or validation.
+
+    Iterating gives the metrics, which the loop resets every epoch and reads.
+    """
+
+    loss: BatchMean
+    accuracy: keras.metrics.Metric
+
+    @classmethod
+    def create(cls, labels: Labels, prefix: str = "") -> StepMetrics:
+        """Metrics named `{prefix}loss` and `{prefix}accuracy` (for `labels`), as `model.fit`."""
+        return cls(BatchMean(name=f"{prefix}loss"), labels.make_accuracy(f"{prefix}accuracy"))
+
+    def update(self, loss: tf.Tensor, y: tf.Tensor, y_pred: tf.Tensor) -> None:
+        """Record one batch (this replica's share of it). Must be `tf.function`-compatible.
+
+        The loss is weighted by the batch size, as `model.fit` does, so a smaller last batch
+        counts for what it holds. Sample weights are in the loss already; the accuracy counts
+        every example once, as `model.fit` counts its `metrics` (Keras weights only its
+        `weighted_metrics`).
+
+        Args:
+            loss: This replica's part of the batch's loss, from `ClassifierTask.compute_loss`.
+            y: This replica's labels.
+            y_pred: This replica's outputs.
+        """
+        self.loss.add(loss, global_batch_size(y), tf.shape(y)[0])
+        self.accuracy.update_state(y, y_pred)
+
+    def __iter__(self) -> Iterator[keras.metrics.Metric]:
+        return iter((self.loss, self.accuracy))
+
+
+def total_loss(
+    model: keras.Model,
+    loss_fn: keras.losses.Loss,
+    y: tf.Tensor,
+    y_pred: tf.Tensor,
+    batch_size: tf.Tensor,
+    sample_weight: tf.Tensor | None = None,
+) -> tf.Tensor:
+    """The data loss plus the model's regularization losses, as `model.fit` optimizes it.
+
+    The data loss is the mean over the batch: `loss_fn` sums over this replica's examples
+    (`labels.make_loss("sum")`), each times its `sample_weight` if given, and the sum is
+    divided by `batch_size`, the examples of the whole batch (not the sum of the weights,
+    as `model.fit` does not either), so that the replicas' losses add up to the mean over
+    the batch however it was split (Keras's own mean reduction divides by the number of
+    replicas instead, which is exact only for equal shares). Regularization losses are
+    scaled with `tf.nn.scale_regularization_loss`, which divides by the number of replicas
+    under `tf.distribute` and by 1 otherwise. They are added up in float32: under a mixed
+    precision policy an activity regularizer's loss is float16 or bfloat16, a weight
+    regularizer's float32. Outside `tf.distribute` this is exactly `model.fit`'s loss.
+    """
+    loss = loss_fn(y, y_pred, sample_weight=sample_weight) / batch_size
+    if model.losses:
+        regularization = tf.add_n([tf.cast(part, tf.float32) for part in model.losses])
+        loss += tf.nn.scale_regularization_loss(regularization)
+    return loss
+
+
+class ClassifierTask(Task):
+    """A classifier's `engine.task.Task`: the model, its optimizers, loss, metrics and steps.
+
+    Subclass it (as `task.py` does) and give it `build_optimizers`, `build_loss`,
+    `build_metrics`, `train_step` and `test_step` (and `callbacks`, for its own callbacks);
+    the loop runs the steps through `make_train_step` and `make_eval_step`.
+
+    Args:
+        model: A built or unbuilt Keras model whose output fits the loss.
+        config: The run's hyperparameters.
+        options: How the run executes.
+
+    Attributes:
+        model: The model.
+        config: The run's hyperparameters.
+        options: How the run executes.
+        labels: The labels' encoding, `config.labels`: the loss, the accuracy, the checks.
+        inputs: What a batch of features is, `config.features`: its spec and its checks.
+        optimizers: Its optimizers, from `build_optimizers`, built on its trainable variables.
+        loss_fn: The data loss, from `build_loss`.
+        train_metrics: `loss` and `accuracy`, from `build_metrics("")`, recorded by
+            `train_step`.
+        val_metrics: `val_loss` and `val_accuracy`, from `build_metrics("val_")`, recorded
+            by `test_step`.
+        features: What the model takes (`inputs.model_spec(model)`): one tensor, or a dict
+            of them for a model built on a dict of named inputs.
+        input_signature: `(features, labels)` of one batch, flat as the loop passes them (a
+            dict's values in sorted key order): `features` and `labels.spec`; `signature`
+            adds the sample weights' spec where a dataset has them.
+    """
+
+    def __init__(self, model: keras.Model, config: ClassifierConfig, options: RunOptions) -> None:
+        self.labels = config.labels
+        self.inputs = config.features
+        outputs = self.labels.check_model_output(model, self.inputs)
+        precision.check_output(outputs, model)
+        precision.check_model(model, options.precision)
+        self.model = model
+        self.config = config
+        self.options = options
+        self.optimizers = self.build_optimizers()
+        self.loss_fn = self.build_loss()
+        self.train_metrics = self.build_metrics("")
+        self.val_metrics = self.build_metrics("val_")
+        self.features = self.inputs.model_spec(model)
+        self.input_signature = tuple(tf.nest.flatten((self.features, self.labels.spec)))
+
+    def build_optimizers(self) -> OptimizerSet:
+        """The optimizers, each on the trainable variables of its part of `model`."""
+        raise NotImplementedError("give the task a build_optimizers method")
+
+    def build_loss(self) -> keras.losses.Loss:
+        """The data loss, summed over the examples (`compute_loss` takes the mean)."""
+        return self.labels.make_loss("sum")
+
+    def build_metrics(self, prefix: str) -> StepMetrics:
+        """The metrics of one phase, their names starting with `prefix`."""
+        return StepMetrics.create(self.labels, prefix)
+
+    def train_step(
+        self, x: tf.Tensor, y: tf.Tensor, sample_weight: tf.Tensor | None = None
+    ) -> None:
+        """Train on one batch (this replica's share of it); see `task.py`."""
+        raise NotImplementedError("give the task a train_step method")
+
+    def test_step(self, x: tf.Tensor, y: tf.Tensor, sample_weight: tf.Tensor | None = None) -> None:
+        """Evaluate one batch (this replica's share of it); see `task.py`."""
+        raise NotImplementedError("give the task a test_step method")
+
+    def compute_loss(
+        self, y: tf.Tensor, y_pred: tf.Tensor, sample_weight: tf.Tensor | None = None
+    ) -> tf.Tensor:
+        """This replica's part of the batch's loss, regularization losses included.
+
+        The parts add up, over the replicas, to the data loss's mean over the whole batch plus
+        the model's regularization losses, exactly as one device computes it (see
+        `total_loss`). Must be `tf.function`-compatible.
+        """
+        return total_loss(self.model, self.loss_fn, y, y_pred, global_batch_size(y), sample_weight)
+
+    def make_train_step(self) -> StepFn:
+        """`train_step` as the loop runs it, for the model's trainable variables now.
+
+        The labels (and token ids) are checked first; around the step, the optimizers
+        learn the batch size and reset their `status`, which the returned function returns
+        for the loop's guard. Whatever `train_step` returns is not used.
+        """
+
+        def step(x: tf.Tensor, y: tf.Tensor, sample_weight: tf.Tensor | None = None) -> tf.Tensor:
+            x = self.inputs.checked_values(x)
+            y = self.labels.checked_values(y)
+            self.optimizers.begin_step(global_batch_size(y))
+            self.train_step(x, y, sample_weight)
+            return self.optimizers.end_step()
+
+        return with_packed_features(step, self.features)
+
+    def make_eval_step(self) -> StepFn:
+        """`test_step` as the loop runs it, on checked labels (and token ids)."""
+
+        def step(x: tf.Tensor, y: tf.Tensor, sample_weight: tf.Tensor | None = None) -> None:
+            x = self.inputs.checked_values(x)
+            y = self.labels.checked_values(y)
+            self.test_step(x, y, sample_weight)
+
+        return with_packed_features(step, self.features)
+
+    def signature(self, spec: object) -> tuple[tf.TensorSpec, ...]:
+        """The steps' input signature for a prepared dataset of element spec `spec`.
+
+        `input_signature` for `(features, labels)` pairs; with `contract.WEIGHTS_SPEC` added
+        for `(features, labels, sample_weights)`, which `prepare_dataset` makes of weighted
+        datasets and of `class_weight`.
+        """
+        if isinstance(spec, tuple) and len(spec) == 3:
+            return (*self.input_signature, contract.WEIGHTS_SPEC)
+        return self.input_signature
+
+    def prepare_dataset(
+        self,
+        dataset: tf.data.Dataset,
+        name: str,
+        class_weight: Mapping[int, float] | None = None,
+    ) -> tf.data.Dataset:
+        """`dataset` as the steps take it: checked, and converted where that is unambiguous.
+
+        Called on every dataset before it is read, so that a problem fails before tracing and
+        the conversions (`inputs.check`, `labels.check`,
+        `contract.check_sample_weights`) run once, in the pipeline, never in the step. The
+        result has the same cardinality and order.
+
+        Args:
+            dataset: `(features, labels)` or `(features, labels, sample_weights)` batches.
+            name: What the dataset is called in errors, e.g. `train_ds`.
+            class_weight: The weight of each class id, as for `model.fit`: each example
+                gets its label's weight as its sample weight (1.0 for a class the mapping
+                omits). Not with sample weights in `dataset`, which `model.fit` refuses too.
+
+        Raises:
+            contract.DatasetError: Listing every problem of the features, the labels and the
+                sample weights, each with its fix.
+            ValueError: If `class_weight` maps something other than class ids to finite
+                weights >= 0.
+        """
+        spec = dataset.element_spec
+        if not (isinstance(spec, tuple) and len(spec) in (2, 3)):
+            found = f"{len(spec)}-tuples" if isinstance(spec, tuple) else contract.describe(spec)
+            raise contract.DatasetError(
+                name,
+                [
+                    f"{name} yields {found}, but the steps take (features, labels) pairs or "
+                    "(features, labels, sample_weights) triples; make data.py yield those"
+                ],
+            )
+        checks = [
+            self.inputs.check(spec[0], f"{name} features", self.features),
+            self.labels.check(spec[1], f"{name} labels"),
+        ]
+        if len(spec) == 3:
+            checks.append(contract.check_sample_weights(spec[2], f"{name} sample weights"))
+            if class_weight is not None:
+                checks.append(
+                    contract.SpecCheck(
+                        problem=(
+                            f"{name} yields sample weights and class_weight is given too, "
+                            "which model.fit refuses as well; drop class_weight, or multiply "
+                            "each sample weight by its class's weight in data.py"
+                        )
+                    )
+                )
+        conformed = contract.conform(dataset, name, checks)
+        if class_weight is None:
+            return conformed
+        table = contract.class_weight_table(class_weight, self.labels.class_count)
+        last = self.labels.class_count - 1
+
+        def with_class_weights(x: object, y: tf.Tensor) -> tuple[object, tf.Tensor, tf.Tensor]:
+            # Clipped: a label out of range still reaches the step, whose check reports it.
+            ids = tf.clip_by_value(self.labels.label_class_ids(y), 0, last)
+            return x, y, tf.gather(table, ids)
+
+        return conformed.map(with_class_weights).prefetch(2)
