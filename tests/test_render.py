@@ -88,6 +88,7 @@ ENGINE_MODULES = (
     "callbacks",
     "checkpoints",
     "classifier",
+    "cli",
     "cluster",
     "contract",
     "distribution",

@@ -1,42 +1,31 @@
-"""Command line: `python -m {{ package_name }} train|{% if optimizers != 'gan' %}check|evaluate|{% endif %}predict|export ...`.
+"""The command line of a project: `python -m PKG train|launch|check|evaluate|predict|export`.
 
-    python -m {{ package_name }} train [--epochs N] [--logdir DIR] ...
-    python -m {{ package_name }} train --logdir DIR --resume [--epochs N]
-    python -m {{ package_name }} launch --workers N -- train [...]
-{%- if optimizers != 'gan' %}
-    python -m {{ package_name }} check [--batches N]
-    python -m {{ package_name }} evaluate DIR
-    python -m {{ package_name }} predict DIR --input X.npy --output Y.npy [--class-ids]
-{%- else %}
-    python -m {{ package_name }} predict DIR --input Z.npy --output IMAGES.npy
-{%- endif %}
-    python -m {{ package_name }} export DIR OUT
+    python -m PKG train [--epochs N] [--logdir DIR] ...
+    python -m PKG train --logdir DIR --resume [--epochs N]
+    python -m PKG launch --workers N -- train [...]
+    python -m PKG check [--batches N]                      (a classifier's)
+    python -m PKG evaluate DIR                             (a classifier's)
+    python -m PKG predict DIR --input X.npy --output Y.npy [--class-ids]
+    python -m PKG export DIR OUT
 
-`train` trains into a run directory, or with `--resume` goes on from its latest checkpoint; its
-flags are the fields of `Config` and of `RunOptions` (see `add_field_flags`);
-`launch` runs `train` as N workers of a multi-worker run on this machine;
-{%- if optimizers != 'gan' %}
-`check` tries the data and the model on a few batches and lists any problem with its fix;
-{%- endif %}
-the others use the model a finished run saved{% if optimizers != 'gan' %}: its validation figures, predictions{% else %}: generated images{% endif %}, a SavedModel.
+The project's `__main__.py` runs `main(PROJECT)`, and PKG is its package. `train` trains into a
+run directory, or with `--resume` goes on from its latest checkpoint; its flags are the fields
+of the project's `Config` and `RunOptions` (see `add_field_flags`); `launch` runs `train` as N
+workers of a multi-worker run on this machine; `check` tries the data and the model on a few
+batches and lists any problem with its fix; the others use the model a finished run saved:
+its validation figures, predictions (a GAN's: generated images), a SavedModel. `check`,
+`evaluate` and `--class-ids` are a classifier's: a project whose `Config` declares `labels`.
 `--help` imports no TensorFlow, so it answers at once; TensorFlow's start-up messages are
 silenced unless `TF_CPP_MIN_LOG_LEVEL` is set.
-{%- if optimizers != 'gan' %}
+
 Exit codes: 0 when the command did its work, 1 when training stopped on non-finite steps or
 `check` found a problem, 2 for a usage error or a run that cannot be used (one line; nothing
 is written), a run directory that cannot be written (in use by another `train`, read-only,
 or a full disk: one line; nothing is left half-written) or data that does not fit (one line
 per problem), 130 on Ctrl-C and 143 on SIGTERM (after a checkpoint); `launch` returns the
 first non-zero code of a worker.
-{%- else %}
-Exit codes: 0 when the command did its work, 1 when training stopped on non-finite steps, 2 for
-a usage error or a run that cannot be used (one line; nothing is written), a run directory
-that cannot be written (in use by another `train`, read-only, or a full disk: one line;
-nothing is left half-written) or data that does not fit, 130 on Ctrl-C and 143 on SIGTERM
-(after a checkpoint); `launch` returns the first non-zero code of a worker.
-{%- endif %}
 
-Template-owned: `copier update` merges template changes into it.
+Template-owned: `copier update` replaces it with the template's later versions.
 """
 
 from __future__ import annotations
@@ -47,24 +36,23 @@ import dataclasses
 import datetime
 import errno
 import fcntl
+import importlib
 import inspect
 import os
 import re
 import shutil
 import sys
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, NoReturn, Union, get_args, get_origin, get_type_hints
 
-from .config import Config, RunOptions
-from .engine.cluster import EXIT_TIMEOUT, ClusterError, read_tf_config, run_workers
+from .cluster import EXIT_TIMEOUT, ClusterError, read_tf_config, run_workers
+from .project import Project
 
 RUNS = Path("runs")
 EXIT_NONFINITE = 1
-{%- if optimizers != 'gan' %}
 EXIT_PROBLEMS = 1  # What `check` returns when it found a problem.
-{%- endif %}
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -272,10 +260,18 @@ def with_flags(instance: Any, values: dict[str, object]) -> Any:
         raise ValueError(message) from None
 
 
-def build_parser() -> Parser:
+def classifies(project: Project) -> bool:
+    """Whether the project is a classifier's: its `Config` declares `labels` (an encoding).
+
+    Known without importing TensorFlow, so that `--help` lists the commands at once.
+    """
+    return hasattr(project.config, "labels")
+
+
+def build_parser(project: Project) -> Parser:
     """The argument parser, one sub-command per task; `train`'s flags come from the fields."""
     parser = Parser(
-        prog=f"python -m {__package__}",
+        prog=f"python -m {project.package}",
         description="Train the model with the custom loop, and use what it trained.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -287,7 +283,7 @@ def build_parser() -> Parser:
             "the run's directory."
         ),
     )
-    add_field_flags(train, Config(), "config", "hyperparameters (Config, in config.py)")
+    add_field_flags(train, project.config(), "config", "hyperparameters (Config, in config.py)")
     train.add_argument(
         "--logdir",
         type=Path,
@@ -305,11 +301,18 @@ def build_parser() -> Parser:
             "theirs, but for --precision"
         ),
     )
-    title = "run options (RunOptions, in options.py)"
-    add_field_flags(train, RunOptions(), "options", title, skip=HAND_WRITTEN)
+    title = "run options (RunOptions, in config.py)"
+    add_field_flags(train, project.options(), "options", title, skip=HAND_WRITTEN)
     train.add_argument("--quiet", action="store_true", help="print nothing but errors")
-{%- if optimizers != 'gan' %}
+    if classifies(project):
+        _add_classifier_commands(commands)
+    _add_run_commands(commands, classifies(project))
+    _add_launch(commands)
+    return parser
 
+
+def _add_classifier_commands(commands: Any) -> None:
+    """`check` and `evaluate`, a classifier's commands."""
     check = commands.add_parser(
         "check",
         help="check the data and the model in seconds, before a long run",
@@ -333,64 +336,58 @@ def build_parser() -> Parser:
         ),
     )
     evaluate.add_argument("logdir", type=Path, help="the run's directory")
-{%- endif %}
 
-    predict = commands.add_parser(
-        "predict",
-{%- if optimizers == 'gan' %}
-        help="generate images with a run's generator",
-        description=(
-            "Write the images the generator makes of latent vectors: --input holds an "
-            "(n, latent_dim) array, --output gets float32 (n, *image_shape) images."
-        ),
-{%- else %}
-        help="predict with a run's model",
-        description=(
-{%- if labels == 'binary' %}
-            "Write predictions for the examples in --input: float32 probabilities of class 1, "
-            "(n, 1), or with --class-ids int32 class ids 0/1, (n,)."
-{%- else %}
-            "Write predictions for the examples in --input: float32 probabilities of each "
-            "class, (n, num_classes), or with --class-ids int32 class ids, (n,)."
-{%- endif %}
-        ),
-{%- endif %}
-    )
+
+def _add_run_commands(commands: Any, classifier: bool) -> None:
+    """`predict` and `export`: what a finished run's model does, a classifier's or a GAN's."""
+    if classifier:
+        predict = commands.add_parser(
+            "predict",
+            help="predict with a run's model",
+            description=(
+                "Write predictions for the examples in --input: float32 probabilities, one "
+                "row per example (of each class, or of class 1 for binary labels), or with "
+                "--class-ids int32 class ids, (n,)."
+            ),
+        )
+        inputs = "a .npy file of examples, one per row, as data.py's load_datasets yields them"
+    else:
+        predict = commands.add_parser(
+            "predict",
+            help="generate images with a run's generator",
+            description=(
+                "Write the images the generator makes of latent vectors: --input holds an "
+                "(n, latent_dim) array, --output gets float32 (n, *image_shape) images."
+            ),
+        )
+        inputs = "a .npy file of latent vectors, one per row"
     predict.add_argument("logdir", type=Path, help="the run's directory")
-{%- if optimizers == 'gan' %}
-    predict.add_argument(
-        "--input", type=Path, required=True, help="a .npy file of latent vectors, one per row"
-    )
-{%- else %}
-    predict.add_argument(
-        "--input",
-        type=Path,
-        required=True,
-        help="a .npy file of examples, one per row, as data.py's load_datasets yields them",
-    )
-{%- endif %}
+    predict.add_argument("--input", type=Path, required=True, help=inputs)
     predict.add_argument(
         "--output",
         type=Path,
         required=True,
         help="the .npy file to write (.npy is added to a name without it); must not exist",
     )
-{%- if optimizers != 'gan' %}
-    predict.add_argument(
-        "--class-ids", action="store_true", help="write class ids instead of probabilities"
-    )
-{%- endif %}
+    if classifier:
+        predict.add_argument(
+            "--class-ids", action="store_true", help="write class ids instead of probabilities"
+        )
 
     export = commands.add_parser(
         "export",
         help="export a run's model as a SavedModel for serving",
         description=(
-            "Write a finished run's {% if optimizers == 'gan' %}generator{% else %}model{% endif %} as a TensorFlow SavedModel (model.export); "
-            "tf.saved_model.load(OUT).serve(x) runs it."
+            f"Write a finished run's {'model' if classifier else 'generator'} as a TensorFlow "
+            "SavedModel (model.export); tf.saved_model.load(OUT).serve(x) runs it."
         ),
     )
     export.add_argument("logdir", type=Path, help="the run's directory")
     export.add_argument("out", type=Path, help="where to write the SavedModel; must not exist")
+
+
+def _add_launch(commands: Any) -> None:
+    """`launch`: `train` as N local workers of a multi-worker run."""
     launch = commands.add_parser(
         "launch",
         help="try a multi-worker run: train as N local workers",
@@ -415,7 +412,6 @@ def build_parser() -> Parser:
         metavar="-- train ...",
         help="the train command every worker runs, after --",
     )
-    return parser
 
 
 def new_run_dir(runs: Path = RUNS) -> Path:
@@ -536,37 +532,36 @@ def import_tensorflow_quietly() -> None:
         os.close(devnull)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse the command line, run the command, and return the exit code.
+def main(project: Project, argv: Sequence[str] | None = None) -> int:
+    """Parse the command line for `project`, run the command, and return the exit code.
 
-    A usage error exits (`SystemExit` with code 2) after one line naming the command's `--help`.
+    `argv` is `sys.argv[1:]` by default. A usage error exits (`SystemExit` with code 2) after
+    one line naming the command's `--help`.
     """
     try:
-        parser = build_parser()
+        parser = build_parser(project)
     except argparse.ArgumentError as error:  # A Config field named like a flag of train's.
         flag = (error.argument_name or "").partition("/")[0]
         field = flag.removeprefix("--").replace("-", "_")
         problem = f"Config.{field} would be the flag {flag}, which train has already"
-        return _usage(f"python -m {__package__}", f"{problem}; rename the field")
+        return _usage(f"python -m {project.package}", f"{problem}; rename the field")
     args, unknown = parser.parse_known_args(argv)
     prog = f"{parser.prog} {args.command}"
     if unknown:
         usage_error(prog, f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if args.command == "train":
-            return train(args, prog)
+            return train(project, args, prog)
         if args.command == "launch":
-            return launch(args, prog)
-{%- if optimizers != 'gan' %}
+            return launch(project, args, prog)
         if args.command == "check":
-            return check(args)
-{%- endif %}
+            return check(project, args)
         import_tensorflow_quietly()
-        from .engine.checkpoints import CheckpointError
-        from .engine.contract import DatasetError
+        from .checkpoints import CheckpointError
+        from .contract import DatasetError
 
         try:
-            return use_run(args)
+            return use_run(project, args)
         except (CheckpointError, DatasetError) as error:
             return _usage(prog, str(error))
     except KeyboardInterrupt:
@@ -574,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def train(args: argparse.Namespace, prog: str) -> int:
+def train(project: Project, args: argparse.Namespace, prog: str) -> int:
     """`train`: a new run, or `--resume` of one; the exit code."""
     config_flags, option_flags = flag_values(args, "config"), flag_values(args, "options")
     if args.resume:
@@ -593,8 +588,8 @@ def train(args: argparse.Namespace, prog: str) -> int:
         logdir = args.logdir
     else:  # Bad values are usage errors, found before TensorFlow loads.
         try:
-            config = with_flags(Config(), config_flags)
-            options = with_flags(RunOptions(), option_flags)
+            config = with_flags(project.config(), config_flags)
+            options = with_flags(project.options(), option_flags)
         except ValueError as error:
             usage_error(prog, str(error))
     chief = True
@@ -612,19 +607,18 @@ def train(args: argparse.Namespace, prog: str) -> int:
     import_tensorflow_quietly()
     import tensorflow as tf
 
-    from . import PROJECT
-    from .engine import interrupts
-    from .engine.checkpoints import MODEL_FILE, CheckpointError, read_run, resume_position
-    from .engine.contract import DatasetError
-    from .engine.distribution import DistributionError
-    from .engine.gradients import NoneGradientError, NonFiniteError
-    from .engine.optimizers import StepError
-    from .engine.precision import PrecisionError
-    from .engine.train import fit
+    from . import interrupts
+    from .checkpoints import MODEL_FILE, CheckpointError, read_run, resume_position
+    from .contract import DatasetError
+    from .distribution import DistributionError
+    from .gradients import NoneGradientError, NonFiniteError
+    from .optimizers import StepError
+    from .precision import PrecisionError
+    from .train import fit
 
     try:
         if args.resume:  # The run's config and options, with the flags given now.
-            saved_config, saved_options = read_run(logdir, Config, RunOptions)
+            saved_config, saved_options = read_run(logdir, project.config, project.options)
             config = with_flags(saved_config, config_flags)
             options = with_flags(saved_options, option_flags)
         options = dataclasses.replace(
@@ -653,7 +647,7 @@ def train(args: argparse.Namespace, prog: str) -> int:
             if not args.quiet and chief and not finished:
                 print(f"run directory: {logdir}  (watch it: tensorboard --logdir {logdir.parent})")
             with interrupts.catch_signals(before_exit=discard):
-                fit(PROJECT, config, options=options)
+                fit(project, config, options=options)
     except RunDirError as error:
         return _usage(prog, str(error))
     except (OSError, tf.errors.OpError) as error:
@@ -663,7 +657,7 @@ def train(args: argparse.Namespace, prog: str) -> int:
         if resume_position(logdir) is None:
             then = "train again into a new --logdir"
         else:
-            then = f"resume with: python -m {__package__} train --logdir {logdir} --resume"
+            then = f"resume with: python -m {project.package} train --logdir {logdir} --resume"
         return _usage(prog, f"cannot write to {logdir}: {problem}, then {then}")
     except NonFiniteError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
@@ -678,12 +672,12 @@ def train(args: argparse.Namespace, prog: str) -> int:
     ) as error:
         return _usage(prog, str(error))
     except interrupts.Interrupted as stop:
-        resume = f"python -m {__package__} train --logdir {logdir} --resume"
+        resume = f"python -m {project.package} train --logdir {logdir} --resume"
         if options.strategy == "multi-worker":
             workers = len(read_tf_config().workers)
             resume += (
-                f" on every worker (locally: python -m {__package__} launch --workers {workers} "
-                f"-- train --logdir {logdir} --resume)"
+                f" on every worker (locally: python -m {project.package} launch --workers "
+                f"{workers} -- train --logdir {logdir} --resume)"
             )
         print(f"{prog}: {stop}; resume with: {resume}", file=sys.stderr)
         return stop.exit_code
@@ -713,12 +707,12 @@ def write_problem(error: BaseException) -> str | None:
     return next((reason for code, reason in reasons.items() if os.strerror(code) in text), None)
 
 
-def launch(args: argparse.Namespace, prog: str) -> int:
+def launch(project: Project, args: argparse.Namespace, prog: str) -> int:
     """`launch`: `train` as `--workers` local workers of a multi-worker run; the exit code."""
     command = list(args.train_args)
     if command[:1] == ["--"]:
         command = command[1:]
-    example = f"python -m {__package__} launch --workers {args.workers} -- train --epochs 2"
+    example = f"python -m {project.package} launch --workers {args.workers} -- train --epochs 2"
     if command[:1] != ["train"]:
         return _usage(prog, f"give the train command every worker runs after --, e.g. {example}")
     for index, word in enumerate(command):
@@ -738,50 +732,45 @@ def launch(args: argparse.Namespace, prog: str) -> int:
     if "--strategy" not in command and not any(w.startswith("--strategy=") for w in command):
         command += ["--strategy", "multi-worker"]
     code = run_workers(
-        [sys.executable, "-m", __package__, *command], args.workers, timeout=args.timeout
+        [sys.executable, "-m", project.package, *command], args.workers, timeout=args.timeout
     )
     if code == EXIT_TIMEOUT:
         print(f"{prog}: the workers ran past --timeout {args.timeout:g}s: stopped", file=sys.stderr)
     return code
-{%- if optimizers != 'gan' %}
 
 
-def check(args: argparse.Namespace) -> int:
+def check(project: Project, args: argparse.Namespace) -> int:
     """`check`: the preflight report of `preflight.check`; the exit code."""
     import_tensorflow_quietly()
-    from . import preflight
+    preflight = _project_module(project, "preflight")
 
     report = preflight.check(batches=args.batches)
     print(report)
     return 0 if report.ok else EXIT_PROBLEMS
-{%- endif %}
 
 
-def use_run(args: argparse.Namespace) -> int:
-    """{% if optimizers != 'gan' %}`evaluate`, {% endif %}`predict` or `export` of a finished run; the exit code.
+def use_run(project: Project, args: argparse.Namespace) -> int:
+    """`evaluate`, `predict` or `export` of a finished run; the exit code.
 
     Raises:
         checkpoints.CheckpointError: With the one line to print, for exit code 2.
     """
     import tensorflow as tf
 
-    from . import trained
-{%- if optimizers != 'gan' %}
-    from .engine.callbacks import format_metrics
+    from .callbacks import format_metrics
 
+    trained = _project_module(project, "trained")
     if args.command == "evaluate":
         print(format_metrics(trained.evaluate(args.logdir)))
         return 0
-{%- endif %}
 
     if args.command == "predict":
         output = trained.output_file(args.output)
         inputs = trained.load_input(args.input)
-{%- if optimizers == 'gan' %}
-        predictions = trained.predict(args.logdir, inputs)
-{%- else %}
-        predictions = trained.predict(args.logdir, inputs, as_class_ids=args.class_ids)
-{%- endif %}
+        if classifies(project):
+            predictions = trained.predict(args.logdir, inputs, as_class_ids=args.class_ids)
+        else:
+            predictions = trained.predict(args.logdir, inputs)
         try:
             trained.save_output(output, predictions)
         except OSError as error:
@@ -811,5 +800,6 @@ def _usage(prog: str, problem: str) -> int:
     return EXIT_USAGE
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _project_module(project: Project, name: str) -> Any:
+    """The project's module `name`, which is to move into the engine."""
+    return importlib.import_module(f".{name}", project.package)
