@@ -16,6 +16,8 @@ from typing import ClassVar, Protocol
 import keras
 import tensorflow as tf
 
+from .distribution import global_batch_size
+
 StepFn = Callable[..., tf.Tensor | None]
 
 
@@ -27,6 +29,14 @@ class Optimizers(Protocol):
     """
 
     variables: list[tf.Variable]
+
+    def begin_step(self, batch_size: tf.Tensor) -> None:
+        """Start a training step of `batch_size` examples (the whole batch's)."""
+        ...
+
+    def end_step(self) -> tf.Tensor:
+        """End the step `begin_step` started; its `gradients.update_status` code."""
+        ...
 
     def flush(self) -> None:
         """Apply the micro-batches accumulated so far: an epoch's last, smaller group.
@@ -49,8 +59,9 @@ class Task:
     """The model, its optimizers, metrics and steps, as `train.Trainer` runs them.
 
     A subclass sets the attributes below in its `__init__` (called in the strategy's scope,
-    so that variables it creates are the strategy's) and gives `make_train_step` and
-    `prepare_dataset`; with `evaluates`, `make_eval_step` too.
+    so that variables it creates are the strategy's) and gives `train_step` (or
+    `make_train_step`, which wraps it for the loop) and `prepare_dataset`; with `evaluates`,
+    `make_eval_step` too.
 
     Attributes:
         evaluates: Whether the task has an evaluation step; without one (a GAN), the loop
@@ -71,13 +82,25 @@ class Task:
     val_metrics: Iterable[keras.metrics.Metric]
     input_signature: tuple[tf.TensorSpec, ...]
 
+    def train_step(self, *batch: tf.Tensor) -> None:
+        """Train on one batch: this replica's share of it. Must be `tf.function`-compatible."""
+        raise NotImplementedError("give the task a train_step method")
+
     def make_train_step(self) -> StepFn:
         """The training step for the model's trainable variables now, as the loop runs it.
 
         A plain `tf.function`-compatible function of one batch's tensors (this replica's share
-        of it under a strategy) that returns the step's `gradients.update_status` code.
+        of it under a strategy) that returns the step's `gradients.update_status` code: by
+        default `train_step` between the optimizers' `begin_step` and `end_step`, the batch
+        size taken from the batch's first tensor.
         """
-        raise NotImplementedError("give the task a make_train_step method")
+
+        def step(*batch: tf.Tensor) -> tf.Tensor:
+            self.optimizers.begin_step(global_batch_size(batch[0]))
+            self.train_step(*batch)
+            return self.optimizers.end_step()
+
+        return step
 
     def make_eval_step(self) -> StepFn:
         """The evaluation step, likewise; it returns nothing. Only with `evaluates`."""
