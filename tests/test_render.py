@@ -99,10 +99,12 @@ ENGINE_MODULES = (
     "optimizers",
     "options",
     "precision",
+    "preflight",
     "project",
     "sequences",
     "task",
     "train",
+    "trained",
 )
 
 
@@ -125,7 +127,6 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                     "gan",
                     "model",
                     "task",
-                    "trained",
                 )
             ),
             *(
@@ -162,9 +163,7 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                 "config",
                 "data",
                 "model",
-                "preflight",
                 "task",
-                "trained",
             )
         ),
         *(
@@ -180,6 +179,7 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                 "test_learns",
                 "test_loop",
                 "test_multi_worker",
+                "test_outputs",
                 "test_parity",
                 "test_preflight",
                 "test_signals",
