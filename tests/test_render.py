@@ -100,10 +100,12 @@ ENGINE_MODULES = (
     "optimizers",
     "options",
     "precision",
+    "preflight",
     "project",
     "sequences",
     "task",
     "train",
+    "trained",
 )
 
 
@@ -126,7 +128,6 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                     "gan",
                     "model",
                     "task",
-                    "trained",
                 )
             ),
             *(
@@ -163,9 +164,7 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                 "config",
                 "data",
                 "model",
-                "preflight",
                 "task",
-                "trained",
             )
         ),
         *(
@@ -181,6 +180,7 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                 "test_learns",
                 "test_loop",
                 "test_multi_worker",
+                "test_outputs",
                 "test_parity",
                 "test_preflight",
                 "test_signals",

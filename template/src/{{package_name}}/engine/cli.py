@@ -36,7 +36,6 @@ import dataclasses
 import datetime
 import errno
 import fcntl
-import importlib
 import inspect
 import os
 import re
@@ -742,9 +741,9 @@ def launch(project: Project, args: argparse.Namespace, prog: str) -> int:
 def check(project: Project, args: argparse.Namespace) -> int:
     """`check`: the preflight report of `preflight.check`; the exit code."""
     import_tensorflow_quietly()
-    preflight = _project_module(project, "preflight")
+    from . import preflight
 
-    report = preflight.check(batches=args.batches)
+    report = preflight.check(project, batches=args.batches)
     print(report)
     return 0 if report.ok else EXIT_PROBLEMS
 
@@ -757,20 +756,20 @@ def use_run(project: Project, args: argparse.Namespace) -> int:
     """
     import tensorflow as tf
 
+    from . import trained
     from .callbacks import format_metrics
 
-    trained = _project_module(project, "trained")
     if args.command == "evaluate":
-        print(format_metrics(trained.evaluate(args.logdir)))
+        print(format_metrics(trained.evaluate(project, args.logdir)))
         return 0
 
     if args.command == "predict":
         output = trained.output_file(args.output)
         inputs = trained.load_input(args.input)
         if classifies(project):
-            predictions = trained.predict(args.logdir, inputs, as_class_ids=args.class_ids)
+            predictions = trained.predict(project, args.logdir, inputs, as_class_ids=args.class_ids)
         else:
-            predictions = trained.predict(args.logdir, inputs)
+            predictions = trained.predict(project, args.logdir, inputs)
         try:
             trained.save_output(output, predictions)
         except OSError as error:
@@ -783,7 +782,7 @@ def use_run(project: Project, args: argparse.Namespace) -> int:
         print(f"wrote {output}: {predictions.dtype} {predictions.shape}")
         return 0
     try:
-        out = trained.export(args.logdir, args.out)
+        out = trained.export(project, args.logdir, args.out)
     except (OSError, tf.errors.OpError) as error:
         problem = write_problem(error)
         if problem is None:
@@ -798,8 +797,3 @@ def use_run(project: Project, args: argparse.Namespace) -> int:
 def _usage(prog: str, problem: str) -> int:
     print(f"{prog}: error: {problem}", file=sys.stderr)
     return EXIT_USAGE
-
-
-def _project_module(project: Project, name: str) -> Any:
-    """The project's module `name`, which is to move into the engine."""
-    return importlib.import_module(f".{name}", project.package)
