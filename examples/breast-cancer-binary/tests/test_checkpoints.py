@@ -21,12 +21,13 @@ from helpers import linear_model
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
 from breast_cancer_binary import PROJECT, data
-from breast_cancer_binary.__main__ import hold_run_dir, main
+from breast_cancer_binary.__main__ import main
 from breast_cancer_binary.config import Config, RunOptions
 from breast_cancer_binary.data import load_datasets
 from breast_cancer_binary.engine import distribution, interrupts, precision
 from breast_cancer_binary.engine import train as training
 from breast_cancer_binary.engine.checkpoints import CheckpointError, RunCheckpoint, read_run
+from breast_cancer_binary.engine.cli import hold_run_dir
 from breast_cancer_binary.engine.train import fit
 
 PROG = "python -m breast_cancer_binary"

@@ -14,14 +14,15 @@ import pytest
 import tensorflow as tf
 from helpers import QUIET, dict_features, encoder, features, linear_model, two_input_model
 
+from breast_cancer_binary import PROJECT
 from breast_cancer_binary.config import Config
-from breast_cancer_binary.preflight import check
+from breast_cancer_binary.engine.preflight import check
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def test_check_passes_on_the_default_data_and_model(config: Config) -> None:
-    report = check(config, batches=2)
+    report = check(PROJECT, config, batches=2)
     assert report.ok, str(report)
     topics = [topic for topic, _ in report.findings]
     assert topics[:2] == ["data", "data"], str(report)
@@ -40,7 +41,7 @@ def test_check_lists_each_problem_with_its_fix(config: Config) -> None:
     weights = np.ones(16)
     weights[5] = np.inf
     dataset = tf.data.Dataset.from_tensor_slices((x, labels, weights)).batch(8)
-    report = check(config, linear_model(config), dataset, options=QUIET, batches=2)
+    report = check(PROJECT, config, linear_model(config), dataset, options=QUIET, batches=2)
     text = str(report)
     assert not report.ok
     one_class = "the first 16 training examples are all of class 0: shuffle the examples"
@@ -55,7 +56,7 @@ def test_check_trains_weighted_data_as_model_fit_does(config: Config) -> None:
     labels = config.labels.encode(np.arange(16) % config.labels.class_count)
     weights = np.arange(16) % 3  # Integers, converted to float32 in the pipeline.
     dataset = tf.data.Dataset.from_tensor_slices((x, labels, weights)).batch(8)
-    report = check(config, linear_model(config), dataset, options=QUIET, batches=2)
+    report = check(PROJECT, config, linear_model(config), dataset, options=QUIET, batches=2)
     findings = dict(report.findings)
     assert findings["sample weights"] == "from 0 to 2, mean 0.9375; 6 of 16 are 0, 0 negative"
     assert "int64 batches of shape (batch,) cast to float32" in findings["data"], str(report)
@@ -67,7 +68,7 @@ def test_check_reads_dict_features_with_sample_weights(config: Config) -> None:
     x = dict_features(config, 16)
     labels = config.labels.encode(np.arange(16) % config.labels.class_count)
     dataset = tf.data.Dataset.from_tensor_slices((x, labels, np.ones(16))).batch(8)
-    report = check(config, two_input_model(config), dataset, options=QUIET, batches=2)
+    report = check(PROJECT, config, two_input_model(config), dataset, options=QUIET, batches=2)
     findings = dict(report.findings)
     assert findings["one call"].endswith("the loop traced once, the step traced once"), report
     assert not any("model.train_on_batch" in problem for problem in report.problems), report
@@ -77,7 +78,7 @@ def test_check_reports_contract_problems_before_reading_data(config: Config) -> 
     x = features(config, 8)
     labels = config.labels.encode(np.arange(8) % 2)
     bad = tf.data.Dataset.from_tensor_slices((x, labels, x, labels)).batch(4)
-    report = check(config, linear_model(config), bad, options=QUIET)
+    report = check(PROJECT, config, linear_model(config), bad, options=QUIET)
     assert report.problems == [
         "train_ds yields 4-tuples, but the steps take (features, labels) pairs or "
         "(features, labels, sample_weights) triples; make data.py yield those"
@@ -88,7 +89,7 @@ def test_check_reports_contract_problems_before_reading_data(config: Config) -> 
 def test_check_reports_a_model_that_does_not_fit_the_loss(config: Config) -> None:
     inputs, x = encoder(config)
     outputs = keras.layers.Dense(config.labels.output_units + 1)(x)
-    report = check(config, keras.Model(inputs, outputs), options=QUIET)
+    report = check(PROJECT, config, keras.Model(inputs, outputs), options=QUIET)
     assert len(report.problems) == 1, str(report)
     assert re.search(r"give the last layer \d+ units$", report.problems[0]), str(report)
 

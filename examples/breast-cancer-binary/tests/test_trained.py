@@ -18,13 +18,15 @@ import pytest
 import tensorflow as tf
 
 import breast_cancer_binary.config
-from breast_cancer_binary import trained
-from breast_cancer_binary.__main__ import HAND_WRITTEN, field_help, flag_name, main
+from breast_cancer_binary import PROJECT
+from breast_cancer_binary.__main__ import main
 from breast_cancer_binary.config import Config, RunOptions
 from breast_cancer_binary.data import load_arrays, load_datasets, split
 from breast_cancer_binary.engine import train as training
+from breast_cancer_binary.engine import trained
+from breast_cancer_binary.engine.cli import HAND_WRITTEN, field_help, flag_name
 from breast_cancer_binary.engine.project import Project
-from breast_cancer_binary.trained import RunFileError, load_run, save_output
+from breast_cancer_binary.engine.trained import RunFileError, load_run, save_output
 
 PROG = "python -m breast_cancer_binary"
 
@@ -68,7 +70,7 @@ def test_predict_writes_probabilities_or_class_ids(
     assert main(argv) == 0
 
     predicted = np.load(tmp_path / "y.npy")
-    _, model = load_run(logdir)  # Under the run's dtype policy, as predict loads it.
+    _, model = load_run(PROJECT, logdir)  # Under the run's dtype policy, as predict loads it.
     outputs = model(x)
     probabilities = config.labels.probabilities(outputs)
     if class_ids:
@@ -86,7 +88,7 @@ def test_export_writes_a_saved_model_that_serves_the_same_outputs(
     assert list(out.parent.iterdir()) == [out]  # No temporary directory is left beside it.
     served = tf.saved_model.load(str(out))
     x = tf.constant(typical_rows(config))
-    _, model = load_run(logdir)  # Under the run's dtype policy, as export loads it.
+    _, model = load_run(PROJECT, logdir)  # Under the run's dtype policy, as export loads it.
     np.testing.assert_allclose(served.serve(x), model(x), rtol=1e-5, atol=1e-6)
 
 
@@ -103,7 +105,7 @@ def test_predict_on_raw_rows_gives_what_the_pipeline_measured(
     assert main([*argv, "--output", str(tmp_path / "y.npy"), "--class-ids"]) == 0
     served = np.load(tmp_path / "y.npy")
 
-    _, model = load_run(logdir)
+    _, model = load_run(PROJECT, logdir)
     _, val_ds = load_datasets(config)
     piped = np.concatenate([config.labels.class_ids(model(x, training=False)) for x, *_ in val_ds])
     logged = json.loads((logdir / "metrics.jsonl").read_text().splitlines()[-1])
@@ -388,9 +390,12 @@ def _edited_config(
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, name, module)  # For the dataclass's types.
     spec.loader.exec_module(module)
+    edited = dataclasses.replace(PROJECT, config=module.Config)
     for name, imported in list(sys.modules.items()):  # Every module that imported Config.
         if name.startswith(package) and getattr(imported, "Config", None) is Config:
             monkeypatch.setattr(imported, "Config", module.Config)
+        if name.startswith(package) and getattr(imported, "PROJECT", None) is PROJECT:
+            monkeypatch.setattr(imported, "PROJECT", edited)
     return module.Config
 
 

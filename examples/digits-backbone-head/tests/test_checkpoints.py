@@ -21,12 +21,13 @@ from helpers import linear_model
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
 from digits_backbone_head import PROJECT, data
-from digits_backbone_head.__main__ import hold_run_dir, main
+from digits_backbone_head.__main__ import main
 from digits_backbone_head.config import Config, RunOptions
 from digits_backbone_head.data import load_datasets
 from digits_backbone_head.engine import distribution, interrupts, precision
 from digits_backbone_head.engine import train as training
 from digits_backbone_head.engine.checkpoints import CheckpointError, RunCheckpoint, read_run
+from digits_backbone_head.engine.cli import hold_run_dir
 from digits_backbone_head.engine.train import fit
 
 PROG = "python -m digits_backbone_head"

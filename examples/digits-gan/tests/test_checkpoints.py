@@ -20,12 +20,13 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
 from digits_gan import PROJECT, data
-from digits_gan.__main__ import hold_run_dir, main
+from digits_gan.__main__ import main
 from digits_gan.config import Config, RunOptions
 from digits_gan.data import load_datasets
 from digits_gan.engine import distribution, interrupts, precision
 from digits_gan.engine import train as training
 from digits_gan.engine.checkpoints import CheckpointError, RunCheckpoint, read_run
+from digits_gan.engine.cli import hold_run_dir
 from digits_gan.engine.train import fit
 from digits_gan.gan import GAN
 from digits_gan.model import build_generator

@@ -18,12 +18,14 @@ import pytest
 import tensorflow as tf
 
 import digits_gan.config
-from digits_gan import trained
-from digits_gan.__main__ import HAND_WRITTEN, field_help, flag_name, main
+from digits_gan import PROJECT
+from digits_gan.__main__ import main
 from digits_gan.config import Config, RunOptions
 from digits_gan.engine import train as training
+from digits_gan.engine import trained
+from digits_gan.engine.cli import HAND_WRITTEN, field_help, flag_name
 from digits_gan.engine.project import Project
-from digits_gan.trained import RunFileError, save_output
+from digits_gan.engine.trained import RunFileError, save_output
 
 PROG = "python -m digits_gan"
 
@@ -338,9 +340,12 @@ def _edited_config(
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, name, module)  # For the dataclass's types.
     spec.loader.exec_module(module)
+    edited = dataclasses.replace(PROJECT, config=module.Config)
     for name, imported in list(sys.modules.items()):  # Every module that imported Config.
         if name.startswith(package) and getattr(imported, "Config", None) is Config:
             monkeypatch.setattr(imported, "Config", module.Config)
+        if name.startswith(package) and getattr(imported, "PROJECT", None) is PROJECT:
+            monkeypatch.setattr(imported, "PROJECT", edited)
     return module.Config
 
 

@@ -21,12 +21,13 @@ from helpers import linear_model
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
 from digits_mirrored_bf16 import PROJECT, data
-from digits_mirrored_bf16.__main__ import hold_run_dir, main
+from digits_mirrored_bf16.__main__ import main
 from digits_mirrored_bf16.config import Config, RunOptions
 from digits_mirrored_bf16.data import load_datasets
 from digits_mirrored_bf16.engine import distribution, interrupts, precision
 from digits_mirrored_bf16.engine import train as training
 from digits_mirrored_bf16.engine.checkpoints import CheckpointError, RunCheckpoint, read_run
+from digits_mirrored_bf16.engine.cli import hold_run_dir
 from digits_mirrored_bf16.engine.train import fit
 
 PROG = "python -m digits_mirrored_bf16"

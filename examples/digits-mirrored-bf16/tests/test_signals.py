@@ -65,11 +65,12 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def assert_same_run(logdir: Path, expected: Path) -> None:
     # As the commands load it: the package's own model classes registered with Keras.
-    from digits_mirrored_bf16.trained import load_run
+    from digits_mirrored_bf16 import PROJECT
+    from digits_mirrored_bf16.engine.trained import load_run
 
     assert figures(logdir) == figures(expected)
-    ours = load_run(logdir)[1].get_weights()
-    theirs = load_run(expected)[1].get_weights()
+    ours = load_run(PROJECT, logdir)[1].get_weights()
+    theirs = load_run(PROJECT, expected)[1].get_weights()
     for a, b in zip(ours, theirs, strict=True):
         np.testing.assert_array_equal(a, b)
 

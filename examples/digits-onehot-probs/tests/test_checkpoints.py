@@ -21,12 +21,13 @@ from helpers import linear_model
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
 from digits_onehot_probs import PROJECT, data
-from digits_onehot_probs.__main__ import hold_run_dir, main
+from digits_onehot_probs.__main__ import main
 from digits_onehot_probs.config import Config, RunOptions
 from digits_onehot_probs.data import load_datasets
 from digits_onehot_probs.engine import distribution, interrupts, precision
 from digits_onehot_probs.engine import train as training
 from digits_onehot_probs.engine.checkpoints import CheckpointError, RunCheckpoint, read_run
+from digits_onehot_probs.engine.cli import hold_run_dir
 from digits_onehot_probs.engine.train import fit
 
 PROG = "python -m digits_onehot_probs"

@@ -21,12 +21,13 @@ from helpers import linear_model
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
 from digits_sparse import PROJECT, data
-from digits_sparse.__main__ import hold_run_dir, main
+from digits_sparse.__main__ import main
 from digits_sparse.config import Config, RunOptions
 from digits_sparse.data import load_datasets
 from digits_sparse.engine import distribution, interrupts, precision
 from digits_sparse.engine import train as training
 from digits_sparse.engine.checkpoints import CheckpointError, RunCheckpoint, read_run
+from digits_sparse.engine.cli import hold_run_dir
 from digits_sparse.engine.train import fit
 
 PROG = "python -m digits_sparse"

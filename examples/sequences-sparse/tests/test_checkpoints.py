@@ -21,12 +21,13 @@ from helpers import linear_model
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
 from sequences_sparse import PROJECT, data
-from sequences_sparse.__main__ import hold_run_dir, main
+from sequences_sparse.__main__ import main
 from sequences_sparse.config import Config, RunOptions
 from sequences_sparse.data import load_datasets
 from sequences_sparse.engine import distribution, interrupts, precision
 from sequences_sparse.engine import train as training
 from sequences_sparse.engine.checkpoints import CheckpointError, RunCheckpoint, read_run
+from sequences_sparse.engine.cli import hold_run_dir
 from sequences_sparse.engine.train import fit
 
 PROG = "python -m sequences_sparse"

@@ -18,12 +18,14 @@ import pytest
 import tensorflow as tf
 
 import sequences_sparse.config
-from sequences_sparse import trained
-from sequences_sparse.__main__ import HAND_WRITTEN, field_help, flag_name, main
+from sequences_sparse import PROJECT
+from sequences_sparse.__main__ import main
 from sequences_sparse.config import Config, RunOptions
 from sequences_sparse.engine import train as training
+from sequences_sparse.engine import trained
+from sequences_sparse.engine.cli import HAND_WRITTEN, field_help, flag_name
 from sequences_sparse.engine.project import Project
-from sequences_sparse.trained import RunFileError, load_run, save_output
+from sequences_sparse.engine.trained import RunFileError, load_run, save_output
 
 PROG = "python -m sequences_sparse"
 
@@ -60,7 +62,7 @@ def test_predict_writes_probabilities_or_class_ids(
     assert main(argv) == 0
 
     predicted = np.load(tmp_path / "y.npy")
-    _, model = load_run(logdir)  # Under the run's dtype policy, as predict loads it.
+    _, model = load_run(PROJECT, logdir)  # Under the run's dtype policy, as predict loads it.
     outputs = model(x)
     probabilities = config.labels.probabilities(outputs)
     if class_ids:
@@ -79,7 +81,7 @@ def test_export_writes_a_saved_model_that_serves_the_same_outputs(
     assert list(out.parent.iterdir()) == [out]  # No temporary directory is left beside it.
     served = tf.saved_model.load(str(out))
     x = config.features.probe_batch()
-    _, model = load_run(logdir)  # Under the run's dtype policy, as export loads it.
+    _, model = load_run(PROJECT, logdir)  # Under the run's dtype policy, as export loads it.
     np.testing.assert_allclose(served.serve(x), model(x), rtol=1e-5, atol=1e-6)
 
 
@@ -359,9 +361,12 @@ def _edited_config(
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, name, module)  # For the dataclass's types.
     spec.loader.exec_module(module)
+    edited = dataclasses.replace(PROJECT, config=module.Config)
     for name, imported in list(sys.modules.items()):  # Every module that imported Config.
         if name.startswith(package) and getattr(imported, "Config", None) is Config:
             monkeypatch.setattr(imported, "Config", module.Config)
+        if name.startswith(package) and getattr(imported, "PROJECT", None) is PROJECT:
+            monkeypatch.setattr(imported, "PROJECT", edited)
     return module.Config
 
 

@@ -1,39 +1,87 @@
-"""The training of digits-gan: the GAN's optimizers, metrics and step, as one task.
+"""The training of digits-gan: the GAN's optimizers, loss, metrics, and the step itself.
 
-This module is yours: `GanTask` is what `engine.train.Trainer` runs, an `engine.task.Task` like a
-classifier's. Its step is the two updates of `gan.py`, one tape each; change the step there,
-and what the task holds (optimizers, metrics, the datasets it takes) here.
+This module is yours: `GanTask.train_step` is the custom loop's step, one discriminator update
+and then one generator update, each with its own tape, loss and optimizer, and you change it
+here (say, two discriminator updates per generator update). What it calls is the engine's and
+stays exact on several replicas and under mixed precision: `self.optimizers.minimize` (loss
+scaling, None gradients named, non-finite steps skipped, clipping) and `draw_latent`.
 `copier update` three-way merges template changes into this file too, so your edits stay and
 the template's arrive; where both changed the same lines, the file keeps both, marked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Iterator, Mapping
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from .config import Config, RunOptions
 from .engine import contract, precision
+from .engine.distribution import BatchMean, global_batch_size
+from .engine.gradients import FINITE
+from .engine.optimizers import OptimizerSet
 from .engine.task import Task
-from .gan import (
-    GAN,
-    GanMetrics,
-    SampleGrid,
-    StepFn,
-    build_optimizers,
-    check_models,
-    input_signature,
-    make_discriminator_step,
-    make_generator_step,
-    make_loss,
-    make_train_step,
-)
+from .gan import GAN, SampleGrid, check_models, draw_latent, input_signature
+
+
+@dataclasses.dataclass(frozen=True)
+class GanMetrics:
+    """Running figures of one epoch: both losses and the discriminator's accuracy.
+
+    `d_acc_real` is the fraction of real images the discriminator calls real, `d_acc_fake` the
+    fraction of generated images it calls fake (a logit below 0). Iterating gives the metrics,
+    which the loop resets every epoch and logs by name.
+    """
+
+    d_loss: BatchMean
+    g_loss: BatchMean
+    d_acc_real: keras.metrics.BinaryAccuracy
+    d_acc_fake: keras.metrics.BinaryAccuracy
+
+    @classmethod
+    def create(cls) -> GanMetrics:
+        """Metrics named `d_loss`, `g_loss`, `d_acc_real` and `d_acc_fake`."""
+        return cls(
+            BatchMean(name="d_loss"),
+            BatchMean(name="g_loss"),
+            keras.metrics.BinaryAccuracy(name="d_acc_real", threshold=0.0),
+            keras.metrics.BinaryAccuracy(name="d_acc_fake", threshold=0.0),
+        )
+
+    def update(
+        self,
+        d_loss: tf.Tensor,
+        g_loss: tf.Tensor,
+        batch_size: tf.Tensor,
+        real_logits: tf.Tensor,
+        fake_logits: tf.Tensor,
+    ) -> None:
+        """Record one batch (this replica's share of it). Must be `tf.function`-compatible.
+
+        Losses are weighted by the batch size, so a smaller last batch counts for what it holds.
+
+        Args:
+            d_loss: This replica's part of the discriminator's loss.
+            g_loss: This replica's part of the generator's loss.
+            batch_size: The examples in the whole batch, from `global_batch_size`.
+            real_logits: The discriminator's logits for this replica's real images.
+            fake_logits: Its logits for as many generated images.
+        """
+        examples = tf.shape(real_logits)[0]
+        self.d_loss.add(d_loss, batch_size, examples)
+        self.g_loss.add(g_loss, batch_size, examples)
+        self.d_acc_real.update_state(tf.ones_like(real_logits), real_logits)
+        self.d_acc_fake.update_state(tf.zeros_like(fake_logits), fake_logits)
+
+    def __iter__(self) -> Iterator[keras.metrics.Metric]:
+        return iter((self.d_loss, self.g_loss, self.d_acc_real, self.d_acc_fake))
 
 
 class GanTask(Task):
-    """What `engine.train.Trainer` trains: the GAN, its two optimizers, metrics and step.
+    """The GAN, its two optimizers, loss, metrics and step; `engine.train.Trainer` runs it.
 
     A GAN has no validation split: `evaluates` is false and `val_metrics` is empty, so the loop
     refuses a `val_ds`. Nor does it accumulate gradients.
@@ -47,10 +95,13 @@ class GanTask(Task):
         model: The GAN.
         config: The run's hyperparameters.
         options: How the run executes.
-        optimizers: The generator's and the discriminator's optimizers.
+        optimizers: The generator's and the discriminator's optimizers, from
+            `build_optimizers`.
+        loss_fn: Both networks' loss, from `build_loss`.
         noise: The source of every latent vector, seeded by `config.seed`; a
             `tf.random.Generator`, so no Python randomness runs inside the step.
-        train_metrics: `d_loss`, `g_loss`, `d_acc_real` and `d_acc_fake`.
+        train_metrics: `d_loss`, `g_loss`, `d_acc_real` and `d_acc_fake`, from
+            `build_metrics`, recorded by `train_step`.
         val_metrics: None, as there is no validation.
         input_signature: The real images of one batch.
 
@@ -82,13 +133,79 @@ class GanTask(Task):
         self.model = model
         self.config = config
         self.options = options
-        self.optimizers = build_optimizers(model, config, options)
+        self.optimizers = self.build_optimizers()
+        self.loss_fn = self.build_loss()
         self.noise = tf.random.Generator.from_seed(config.seed)
-        self._metrics = GanMetrics.create()
-        self.train_metrics = self._metrics.all()
+        self.train_metrics = self.build_metrics()
         self.val_metrics: tuple[keras.metrics.Metric, ...] = ()
         self.input_signature = input_signature(config)
-        self._loss_fn = make_loss()
+
+    def build_optimizers(self) -> OptimizerSet:
+        """The generator's and the discriminator's Adam optimizers, each on its own network."""
+        generator_adam = keras.optimizers.Adam(
+            learning_rate=self.config.generator_learning_rate,
+            beta_1=self.config.beta_1,
+            name="g_adam",
+        )
+        discriminator_adam = keras.optimizers.Adam(
+            learning_rate=self.config.discriminator_learning_rate,
+            beta_1=self.config.beta_1,
+            name="d_adam",
+        )
+        parts = [
+            ("generator", self.model.generator, generator_adam),
+            ("discriminator", self.model.discriminator, discriminator_adam),
+        ]
+        return OptimizerSet(parts, self.options)
+
+    def build_loss(self) -> keras.losses.Loss:
+        """Binary cross-entropy on logits, summed over the examples; both networks use it.
+
+        The step divides the sum by the examples of the whole batch, so that under
+        `tf.distribute` the replicas' losses add up to the mean over the batch however it was
+        split (Keras's own mean divides by the number of replicas, exact only for equal shares).
+        """
+        return keras.losses.BinaryCrossentropy(from_logits=True, reduction="sum")
+
+    def build_metrics(self) -> GanMetrics:
+        """`d_loss`, `g_loss`, `d_acc_real` and `d_acc_fake`; reset every epoch and logged."""
+        return GanMetrics.create()
+
+    def train_step(self, real: tf.Tensor) -> None:
+        """One discriminator update, then one generator update, on this replica's real images.
+
+        Must be `tf.function`-compatible. The generator's update sees the discriminator as
+        just updated. A step is applied whole or not at all: when the discriminator's loss or
+        gradients are not finite, the generator is not updated either, and the loop undoes
+        the step's metrics.
+        """
+        batch_size = global_batch_size(real)
+        examples = tf.shape(real)[0]
+        latent_dim = self.config.latent_dim
+
+        # The discriminator: real images should score 1, generated ones 0. The images are
+        # generated outside the tape, so that its loss cannot reach the generator.
+        latent = draw_latent(self.noise, examples, batch_size, latent_dim)
+        fake = self.model.generator(latent, training=True)
+        with tf.GradientTape() as tape:
+            real_logits = self.model.discriminator(real, training=True)
+            fake_logits = self.model.discriminator(fake, training=True)
+            d_loss = (
+                self.loss_fn(tf.ones_like(real_logits), real_logits)
+                + self.loss_fn(tf.zeros_like(fake_logits), fake_logits)
+            ) / batch_size
+        status = self.optimizers.minimize(d_loss, tape, parts=["discriminator"])
+
+        # The generator: its images should make the discriminator say 1 (real). Only the
+        # generator's variables are differentiated and updated.
+        latent = draw_latent(self.noise, examples, batch_size, latent_dim)
+        with tf.GradientTape() as tape:
+            generated = self.model.generator(latent, training=True)
+            generated_logits = self.model.discriminator(generated, training=True)
+            g_loss = self.loss_fn(tf.ones_like(generated_logits), generated_logits) / batch_size
+        self.optimizers.minimize(g_loss, tape, parts=["generator"], only_if=status == FINITE)
+
+        self.train_metrics.update(d_loss, g_loss, batch_size, real_logits, fake_logits)
 
     def checkpoint_items(self) -> dict[str, object]:
         """What a checkpoint holds beyond the model, its optimizers and the loop's state."""
@@ -100,12 +217,26 @@ class GanTask(Task):
             return []
         return [SampleGrid(self.options.logdir, self.config, tensorboard=self.options.tensorboard)]
 
-    def make_train_step(self) -> StepFn:
-        """The training step."""
-        args = (self.model, self.optimizers, self._loss_fn, self.noise, self.config)
-        return make_train_step(
-            make_discriminator_step(*args), make_generator_step(*args), self._metrics
-        )
+    def serving_model(self) -> keras.Model:
+        """The generator: what `predict` runs and `export` writes, latent vectors to images."""
+        return self.model.generator
+
+    def prediction_input(self, inputs: np.ndarray) -> np.ndarray:
+        """`inputs`, latent vectors `(n, latent_dim)` of numbers, as float32.
+
+        Raises:
+            ValueError: One line, starting "the input ", naming what does not fit.
+        """
+        if inputs.ndim != 2 or inputs.shape[1] != self.config.latent_dim:
+            raise ValueError(
+                f"the input has shape {inputs.shape}, but the generator takes "
+                f"(n, {self.config.latent_dim}) latent vectors"
+            )
+        if len(inputs) == 0:
+            raise ValueError(f"the input has shape {inputs.shape}: no examples; give at least one")
+        if inputs.dtype.kind not in "iuf":  # Signed or unsigned integers, or floats.
+            raise ValueError(f"the input holds {inputs.dtype} values; give integers or floats")
+        return inputs.astype(np.float32)
 
     def prepare_dataset(
         self,

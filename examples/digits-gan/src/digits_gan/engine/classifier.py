@@ -12,10 +12,11 @@ Template-owned: `copier update` replaces it with the template's later versions.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
-from typing import Protocol
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from . import contract, precision
@@ -46,10 +47,19 @@ class StepMetrics:
     """The running loss and accuracy of one phase, e.g. training or validation.
 
     Iterating gives the metrics, which the loop resets every epoch and reads.
+
+    Attributes:
+        loss: The running loss.
+        accuracy: The running accuracy.
+        output: What `update` reads of the model's outputs: `ClassifierTask` sets it to its
+            `primary_output` (`reading`); all of them by default.
     """
 
     loss: BatchMean
     accuracy: keras.metrics.Metric
+    output: Callable[[Any], tf.Tensor] = dataclasses.field(
+        default=lambda outputs: outputs, compare=False, repr=False
+    )
 
     @classmethod
     def create(cls, labels: Labels, prefix: str = "") -> StepMetrics:
@@ -67,10 +77,14 @@ class StepMetrics:
         Args:
             loss: This replica's part of the batch's loss, from `ClassifierTask.compute_loss`.
             y: This replica's labels.
-            y_pred: This replica's outputs.
+            y_pred: This replica's outputs, all of them: the accuracy reads `output(y_pred)`.
         """
         self.loss.add(loss, global_batch_size(y), tf.shape(y)[0])
-        self.accuracy.update_state(y, y_pred)
+        self.accuracy.update_state(y, self.output(y_pred))
+
+    def reading(self, output: Callable[[Any], tf.Tensor]) -> StepMetrics:
+        """These metrics, with `update` reading `output(y_pred)` of the model's outputs."""
+        return dataclasses.replace(self, output=output)
 
     def __iter__(self) -> Iterator[keras.metrics.Metric]:
         return iter((self.loss, self.accuracy))
@@ -125,9 +139,9 @@ class ClassifierTask(Task):
         optimizers: Its optimizers, from `build_optimizers`, built on its trainable variables.
         loss_fn: The data loss, from `build_loss`.
         train_metrics: `loss` and `accuracy`, from `build_metrics("")`, recorded by
-            `train_step`.
+            `train_step`; `StepMetrics` read the `primary_output` of the outputs they get.
         val_metrics: `val_loss` and `val_accuracy`, from `build_metrics("val_")`, recorded
-            by `test_step`.
+            by `test_step`, likewise.
         features: What the model takes (`inputs.model_spec(model)`): one tensor, or a dict
             of them for a model built on a dict of named inputs.
         input_signature: `(features, labels)` of one batch, flat as the loop passes them (a
@@ -138,16 +152,16 @@ class ClassifierTask(Task):
     def __init__(self, model: keras.Model, config: ClassifierConfig, options: RunOptions) -> None:
         self.labels = config.labels
         self.inputs = config.features
-        outputs = self.labels.check_model_output(model, self.inputs)
-        precision.check_output(outputs, model)
-        precision.check_model(model, options.precision)
         self.model = model
         self.config = config
         self.options = options
+        outputs = self.labels.check_model_output(model, self.inputs, self.primary_output)
+        precision.check_output(outputs, model)
+        precision.check_model(model, options.precision)
         self.optimizers = self.build_optimizers()
         self.loss_fn = self.build_loss()
-        self.train_metrics = self.build_metrics("")
-        self.val_metrics = self.build_metrics("val_")
+        self.train_metrics = self._reading_primary_output(self.build_metrics(""))
+        self.val_metrics = self._reading_primary_output(self.build_metrics("val_"))
         self.features = self.inputs.model_spec(model)
         self.input_signature = tuple(tf.nest.flatten((self.features, self.labels.spec)))
 
@@ -180,9 +194,33 @@ class ClassifierTask(Task):
 
         The parts add up, over the replicas, to the data loss's mean over the whole batch plus
         the model's regularization losses, exactly as one device computes it (see
-        `total_loss`). Must be `tf.function`-compatible.
+        `total_loss`). The data loss reads `primary_output(y_pred)`: pass the model's outputs,
+        all of them. Must be `tf.function`-compatible.
         """
+        y_pred = self.primary_output(y_pred)
         return total_loss(self.model, self.loss_fn, y, y_pred, global_batch_size(y), sample_weight)
+
+    def prediction_input(self, inputs: np.ndarray) -> np.ndarray:
+        """`inputs` checked and cast as the features `config.features` describes.
+
+        Raises:
+            ValueError: One line, starting "the input ", naming what does not fit.
+        """
+        return self.inputs.check_array(inputs)
+
+    def prediction(self, outputs: np.ndarray, *, class_ids: bool = False) -> np.ndarray:
+        """Each class's probability (`labels.probabilities`), or each example's class id.
+
+        Float32 `(n, num_classes)` (`(n, 1)` for binary labels), or with `class_ids`, int32
+        `(n,)` (`labels.class_ids`).
+        """
+        if class_ids:
+            return np.asarray(self.labels.class_ids(outputs))
+        return np.asarray(self.labels.probabilities(outputs))
+
+    def _reading_primary_output(self, metrics: Any) -> Any:
+        """`metrics` reading the primary output, if they are `StepMetrics`; else as they are."""
+        return metrics.reading(self.primary_output) if isinstance(metrics, StepMetrics) else metrics
 
     def make_train_step(self) -> StepFn:
         """`train_step` as the loop runs it, for the model's trainable variables now.

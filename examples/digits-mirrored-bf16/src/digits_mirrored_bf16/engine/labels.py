@@ -12,7 +12,8 @@ Template-owned: `copier update` merges template changes into it.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import keras
 import numpy as np
@@ -176,30 +177,41 @@ class Labels:
         """The assertions on the values of `y` that `checked_values` runs first."""
         raise NotImplementedError
 
-    def check_model_output(self, model: keras.Model, features: Probe) -> tf.Tensor:
+    def check_model_output(
+        self,
+        model: keras.Model,
+        features: Probe,
+        primary_output: Callable[[Any], Any] | None = None,
+    ) -> tf.Tensor:
         """Fail fast when the model's output does not fit the loss; return it for a probe batch.
 
-        Checks the number of output units and that the last layer's activation matches
-        `from_logits`: a softmax or sigmoid in front of a `from_logits=True` loss trains on the
-        wrong quantity without any error.
+        Checks the number of output units and that the activation of the layer that outputs
+        matches `from_logits`: a softmax or sigmoid in front of a `from_logits=True` loss trains
+        on the wrong quantity without any error.
 
         Args:
             model: The model to check.
             features: What makes a probe batch the model takes (`Config.features`).
+            primary_output: Picks the output the loss reads from the model's outputs (the
+                task's `primary_output`); all of them by default.
 
         Raises:
             ValueError: Naming the mismatch and the fix.
         """
-        outputs = model(features.probe(model), training=False)
+        select = (lambda outputs: outputs) if primary_output is None else primary_output
+        outputs = select(model(features.probe(model), training=False))
+        if not isinstance(outputs, tf.Tensor):
+            raise ValueError(
+                f"the model outputs {type(outputs).__name__}, but the loss takes one tensor; "
+                "pick the output it reads in the task's primary_output"
+            )
         units = self.output_units
         if tuple(outputs.shape) != (2, units):
             raise ValueError(
                 f"the model outputs shape {tuple(outputs.shape[1:])} per example, but "
                 f"{self.encoding} labels need ({units},); give the last layer {units} units"
             )
-        last: object = model
-        while isinstance(last, keras.Model) and last.layers:
-            last = last.layers[-1]  # Descend into nested models to the layer that outputs.
+        last = _output_layer(model, select)
         activation = getattr(last, "activation", None)
         if activation is None:
             return outputs
@@ -460,3 +472,23 @@ class BinaryLabels(Labels):
                 tf.reduce_all(is_binary), True, message="binary labels must be 0.0 or 1.0"
             )
         ]
+
+
+def _output_layer(model: keras.Model, select: Callable[[Any], Any]) -> object:
+    """The layer that computes `select` of the model's outputs, inside nested models.
+
+    For a functional model with several outputs, the layer behind the selected symbolic
+    output; otherwise the last layer, as for a model with one output.
+    """
+    last: object = model
+    try:
+        symbolic = model.output
+    except (AttributeError, ValueError):  # Not built on keras.Input.
+        symbolic = None
+    if symbolic is not None and not isinstance(symbolic, keras.KerasTensor):
+        history = getattr(select(symbolic), "_keras_history", None)
+        if history is not None:
+            last = history.operation
+    while isinstance(last, keras.Model) and last.layers:
+        last = last.layers[-1]  # Descend into nested models to the layer that outputs.
+    return last

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from .contract import SpecCheck, cast_to, describe, fits
@@ -70,6 +71,26 @@ class Features:
     def checked_values(self, x: tf.Tensor) -> object:
         """Return `x`, checked inside the step; `tf.function`-compatible. No check by default."""
         return x
+
+    def check_array(self, x: np.ndarray) -> np.ndarray:
+        """`x`, a NumPy batch of features (for `predict`), cast to `spec`'s dtype.
+
+        Raises:
+            ValueError: One line, starting "the input ", naming what does not fit.
+        """
+        spec = self.spec
+        if x.ndim < 1 or not spec.shape.is_compatible_with((None, *x.shape[1:])):
+            raise ValueError(f"the input has shape {x.shape}, but the model takes {describe(spec)}")
+        if len(x) == 0:
+            raise ValueError(f"the input has shape {x.shape}: no examples; give at least one")
+        problem = self._array_dtype_problem(x.dtype)
+        if problem:
+            raise ValueError(f"the input holds {x.dtype} values{problem}")
+        return x.astype(spec.dtype.as_numpy_dtype)
+
+    def _array_dtype_problem(self, dtype: np.dtype) -> str:
+        """What is wrong with features of `dtype` for `check_array`, and the fix; "" if none."""
+        raise NotImplementedError
 
     def check(
         self, spec: object, name: str = "features", model_features: FeatureSpec | None = None
@@ -145,6 +166,10 @@ class DenseFeatures(Features):
     def _castable(self, dtype: tf.DType) -> bool:
         """Floats only."""
         return dtype.is_floating
+
+    def _array_dtype_problem(self, dtype: np.dtype) -> str:
+        """Numbers fit: signed or unsigned integers, or floats."""
+        return "" if dtype.kind in "iuf" else "; give integers or floats"
 
     def _fix(self, spec: object, expected: tf.TensorSpec) -> str:
         """How to turn features of `spec` into features of `expected`, for what `spec` is."""
@@ -227,6 +252,12 @@ class TokenSequences(Features):
     def _castable(self, dtype: tf.DType) -> bool:
         """Integers only."""
         return dtype.is_integer
+
+    def _array_dtype_problem(self, dtype: np.dtype) -> str:
+        """Integers only: token ids."""
+        if np.issubdtype(dtype, np.integer):
+            return ""
+        return ", but the model takes token ids; give an integer array"
 
     def _fix(self, spec: object, expected: tf.TensorSpec) -> str:
         """How to turn features of `spec` into token ids, for what `spec` is."""

@@ -1,17 +1,17 @@
-"""A preflight check, in seconds, of your data and model before a long run.
+"""A preflight check, in seconds, of a classifier's data and model before a long run.
 
-    python -m sequences_sparse check [--batches N]
+    python -m PACKAGE check [--batches N]
 
-It reads a few batches of `load_datasets(config)` and trains a fresh `build_model(config)` for
-a few steps, then prints what a person checks first: the datasets against the steps' contract
-(and the conversions that will apply), the labels' range and balance, the features' values,
-the sample weights' range where the data has them,
-the loss at initialisation against its expected value, one training step and one call of
-several steps with their trace counts, variables without gradients, and one step against
-`model.train_on_batch`. `check()` returns the report; the command exits with 0 when it lists
-no problem, 1 otherwise.
+It reads a few batches of the project's `load_datasets(config)` and trains a fresh
+`build_model(config)` for a few steps, then prints what a person checks first: the datasets
+against the steps' contract (and the conversions that will apply), the labels' range and
+balance, the features' values, the sample weights' range where the data has them, the loss at
+initialisation against its expected value, one training step and one call of several steps with
+their trace counts, variables without gradients, and one step against `model.train_on_batch`.
+`check()` returns the report; the command exits with 0 when it lists no problem, 1 otherwise.
+What it reads of the model's outputs is the task's primary output (`task.Task.primary_output`).
 
-Template-owned: `copier update` merges template changes into it.
+Template-owned: `copier update` replaces it with the template's later versions.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import PROJECT
-from .config import Config, RunOptions
-from .data import load_datasets
-from .engine.contract import DatasetError, check_sample_weights
-from .engine.gradients import NoneGradientError, NoneGradientWarning
-from .engine.train import Trainer
-from .model import build_model
+from .classifier import ClassifierTask
+from .contract import DatasetError, check_sample_weights
+from .features import TokenSequences
+from .gradients import NoneGradientError, NoneGradientWarning
+from .options import RunOptions
+from .project import Project
+from .train import Trainer
 
 # How far the loss at initialisation may be from log(number of classes), as a factor.
 LOSS_FACTOR = 2.0
@@ -72,7 +72,8 @@ class CheckReport:
 
 
 def check(
-    config: Config | None = None,
+    project: Project,
+    config: Any = None,
     model: keras.Model | None = None,
     train_ds: tf.data.Dataset | None = None,
     val_ds: tf.data.Dataset | None = None,
@@ -83,10 +84,11 @@ def check(
     """Check the data and the model on a few batches; train `model` for `batches + 1` steps.
 
     Args:
-        config: The run's hyperparameters; `Config()` by default.
-        model: Defaults to `build_model(config)`. It is trained by the steps run here: pass
-            a fresh one.
-        train_ds: Defaults to the training split of `load_datasets(config)`.
+        project: The project: its config, datasets, model and task come from it.
+        config: The run's hyperparameters; `project.config()` by default.
+        model: Defaults to `project.build_model(config)`. It is trained by the steps run
+            here: pass a fresh one.
+        train_ds: Defaults to the training split of `project.load_datasets(config)`.
         val_ds: When `train_ds` is defaulted too, defaults to the validation split.
         options: How the steps run; by default quietly, on one device in float32 (the
             parity check compares with `model.fit` in float32), whatever the project's
@@ -94,23 +96,31 @@ def check(
         batches: How many batches of `train_ds` to read.
 
     Returns:
-        The report; `str(report)` is what `python -m sequences_sparse check` prints.
+        The report; `str(report)` is what `python -m PACKAGE check` prints.
+
+    Raises:
+        TypeError: If the project's task is not a classifier's (`ClassifierTask`).
     """
-    config = Config() if config is None else config
+    config = project.config() if config is None else config
     if options is None:
-        options = RunOptions(verbose=0, strategy="none", precision="float32")
+        options = project.options(verbose=0, strategy="none", precision="float32")
     keras.utils.set_random_seed(config.seed)
-    model = build_model(config) if model is None else model
+    model = project.build_model(config) if model is None else model
     if train_ds is None:
-        train_ds, default_val = load_datasets(config)
+        train_ds, default_val = project.load_datasets(config)
         val_ds = default_val if val_ds is None else val_ds
     report = CheckReport()
     try:
-        trainer = Trainer(PROJECT, config, model, options)
+        trainer = Trainer(project, config, model, options)
     except ValueError as error:  # The model's output does not fit the loss, or its parts.
         report.add("model", "does not fit this project")
         report.problems.append(str(error))
         return report
+    if not isinstance(trainer.task, ClassifierTask):
+        raise TypeError(
+            f"check runs a classifier's task, but {project.package}'s task is a "
+            f"{type(trainer.task).__name__}; train it for an epoch instead"
+        )
     prepared = _check_datasets(trainer, {"train_ds": train_ds, "val_ds": val_ds}, report)
     if prepared is None:
         return report
@@ -123,7 +133,7 @@ def check(
     if not _check_values(few, config, report):
         report.add("steps", "not run: the model would train on bad values")
         return report
-    _check_initial_loss(model, few, config, report)
+    _check_initial_loss(trainer.task, few, report)
     reference = _reference(model, trainer)
     weights_before = [w.numpy() for w in model.weights]
     _check_one_step(trainer, first, options, report)
@@ -159,13 +169,14 @@ def _check_datasets(
     return None if report.problems else prepared
 
 
-def _check_values(few: tf.data.Dataset, config: Config, report: CheckReport) -> bool:
+def _check_values(few: tf.data.Dataset, config: Any, report: CheckReport) -> bool:
     """The labels' range and balance, and the features' values, on the batches read.
 
     Returns:
         Whether every label and feature value can go through the model.
     """
     labels = config.labels
+    tokens = config.features if isinstance(config.features, TokenSequences) else None
     counts = np.zeros(labels.class_count, dtype=np.int64)
     bad_features = 0
     weights = []
@@ -177,7 +188,12 @@ def _check_values(few: tf.data.Dataset, config: Config, report: CheckReport) -> 
             report.problems.append(f"{error.message.splitlines()[0]}; fix them in data.py")
             return False
         counts += np.bincount(labels.label_class_ids(y).numpy(), minlength=len(counts))
-        bad_features += int(np.count_nonzero((x < 0) | (x >= config.vocab_size)))
+        if tokens is not None:
+            bad_features += int(np.count_nonzero((x < 0) | (x >= tokens.vocab_size)))
+            continue
+        for part in tf.nest.flatten(x):  # One tensor, or a dict of them.
+            if part.dtype.is_floating:
+                bad_features += int(np.size(part) - np.count_nonzero(np.isfinite(part)))
     total = int(counts.sum())
     seen = int(np.count_nonzero(counts))
     share = counts / max(total, 1)
@@ -192,13 +208,21 @@ def _check_values(few: tf.data.Dataset, config: Config, report: CheckReport) -> 
             f"the first {total} training examples are all of class {int(share.argmax())}: "
             "shuffle the examples before batching them in data.py"
         )
-    report.add("token ids", f"{bad_features} outside [0, config.vocab_size)")
-    if bad_features:
-        report.problems.append(
-            f"{bad_features} token ids are outside [0, config.vocab_size) = "
-            f"[0, {config.vocab_size}): raise Config.vocab_size, or map the ids into that range "
-            "in data.py"
-        )
+    if tokens is None:
+        report.add("features", f"{bad_features} non-finite values")
+        if bad_features:
+            report.problems.append(
+                f"{bad_features} feature values are NaN or infinite: replace or drop them in "
+                "data.py"
+            )
+    else:
+        report.add("token ids", f"{bad_features} outside [0, config.vocab_size)")
+        if bad_features:
+            report.problems.append(
+                f"{bad_features} token ids are outside [0, config.vocab_size) = "
+                f"[0, {tokens.vocab_size}): raise Config.vocab_size, or map the ids into that "
+                "range in data.py"
+            )
     if weights:
         _report_weights(np.concatenate(weights), report)
     return not bad_features
@@ -221,18 +245,18 @@ def _report_weights(weights: np.ndarray, report: CheckReport) -> None:
         )
 
 
-def _check_initial_loss(
-    model: keras.Model, few: tf.data.Dataset, config: Config, report: CheckReport
-) -> None:
-    """The data loss before any training, against log(number of classes)."""
-    loss_fn = config.labels.make_loss()
-    values = [float(loss_fn(y, model(x, training=False))) for x, y, *_ in few]
+def _check_initial_loss(task: ClassifierTask, few: tf.data.Dataset, report: CheckReport) -> None:
+    """The data loss on the primary output before any training, against log(classes)."""
+    loss_fn = task.labels.make_loss()
+    classes = task.labels.class_count
+    values = [
+        float(loss_fn(y, task.primary_output(task.model(x, training=False)))) for x, y, *_ in few
+    ]
     loss = float(np.mean(values))
-    expected = math.log(config.labels.class_count)
+    expected = math.log(classes)
     report.add(
         "initial loss",
-        f"{loss:.4f}; a model that knows nothing scores about {expected:.4f} "
-        f"(log {config.labels.class_count})",
+        f"{loss:.4f}; a model that knows nothing scores about {expected:.4f} (log {classes})",
     )
     if not math.isfinite(loss):
         report.problems.append(
@@ -241,13 +265,13 @@ def _check_initial_loss(
     elif loss > LOSS_FACTOR * expected:
         report.problems.append(
             f"the loss at initialisation, {loss:.3f}, is over {LOSS_FACTOR:g} x log "
-            f"{config.labels.class_count}: the model starts confidently wrong; standardize the "
+            f"{classes}: the model starts confidently wrong; standardize the "
             "features (a keras.layers.Normalization first in model.py), or give the last layer "
             "smaller initial weights"
         )
     elif loss < expected / LOSS_FACTOR:
         report.problems.append(
-            f"the loss at initialisation, {loss:.3f}, is under log {config.labels.class_count} / "
+            f"the loss at initialisation, {loss:.3f}, is under log {classes} / "
             f"{LOSS_FACTOR:g}: the labels are predicted before any training; check that "
             "the features do not contain the labels"
         )
@@ -304,12 +328,23 @@ def _traces(count: int) -> str:
     return "traced once" if count == 1 else f"traced {count} times"
 
 
-def _reference(model: keras.Model, trainer: Trainer) -> keras.Model | None:
-    """A copy of `model` compiled as `model.fit` would train it, or `None` if it cannot be."""
+def _reference(model: keras.Model, trainer: Trainer) -> keras.Model | _Cut | str:
+    """A copy of `model` compiled as `model.fit` would train it, or why there is none.
+
+    `model.fit` takes one optimizer, so a task with several (a backbone's and a head's) has
+    none. For a model with several outputs, the copy is cut to its primary output, which
+    the loss reads.
+    """
+    task = trainer.task
+    assert isinstance(task, ClassifierTask)
+    count = len(task.optimizers.by_part)
+    if count != 1:
+        return f"model.fit takes one optimizer, this project has {count}"
     try:
         reference = keras.models.clone_model(model)
     except (TypeError, ValueError, NotImplementedError):
-        return None  # A subclassed model without get_config cannot be cloned.
+        # A subclassed model without get_config cannot be cloned.
+        return "the model cannot be cloned (keras.models.clone_model)"
     reference.set_weights(model.get_weights())
     # Random layers' seed states are not among the weights: copy them, so dropout masks match.
     for copy, variable in zip(
@@ -317,28 +352,42 @@ def _reference(model: keras.Model, trainer: Trainer) -> keras.Model | None:
     ):
         if copy.shape == variable.shape and copy.dtype == variable.dtype:
             copy.assign(variable)
-    (optimizer,) = trainer.task.optimizers.by_part.values()
+    trained = reference
+    if not isinstance(reference.output, keras.KerasTensor):  # Several outputs.
+        trained = keras.Model(reference.input, task.primary_output(reference.output))
+    (optimizer,) = task.optimizers.by_part.values()
     settings = optimizer.get_config()
     if trainer.options.clip_global_norm is not None:
         settings["global_clipnorm"] = trainer.options.clip_global_norm
-    reference.compile(
+    trained.compile(
         optimizer=type(optimizer).from_config(settings),
-        loss=trainer.task.labels.make_loss(),
+        loss=task.labels.make_loss(),
         jit_compile=False,
     )
-    return reference
+    return reference if trained is reference else _Cut(reference, trained)
+
+
+class _Cut:
+    """A copy of a model with several outputs, trained through its cut to the primary output.
+
+    `model.fit` trains the cut, which shares the copy's weights.
+    """
+
+    def __init__(self, whole: keras.Model, cut: keras.Model) -> None:
+        self.weights = whole.weights
+        self.train_on_batch = cut.train_on_batch
 
 
 def _check_parity(
-    reference: keras.Model | None,
+    reference: keras.Model | _Cut | str,
     model: keras.Model,
     weights_before: list[np.ndarray],
     batch: tuple[tf.Tensor, ...],
     report: CheckReport,
 ) -> None:
     """The first step's weights against `model.train_on_batch` of the same batch."""
-    if reference is None:
-        report.add("model.fit", "skipped: the model cannot be cloned (keras.models.clone_model)")
+    if isinstance(reference, str):
+        report.add("model.fit", f"skipped: {reference}")
         return
     reference.train_on_batch(*batch)
     moved = [

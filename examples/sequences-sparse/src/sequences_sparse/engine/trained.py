@@ -1,12 +1,16 @@
 """Use a finished run: evaluate its model, predict with it, export it.
 
-Each function takes the run's directory, which holds `model.keras` (written when the run
-ended) and `run.json` (its config). The command line calls them:
-    python -m breast_cancer_binary evaluate DIR
-    python -m breast_cancer_binary predict DIR --input X.npy --output Y.npy [--class-ids]
-    python -m breast_cancer_binary export DIR OUT
+Each function takes the project (`project.Project`, the package's `PROJECT`) and the run's
+directory, which holds `model.keras` (written when the run ended) and `run.json` (its config).
+What the model's outputs mean is the task's business: `predict` and `export` ask the run's
+task (`task.Task.prediction_input`, `serving_model`, `prediction`). The command line calls
+them:
 
-Template-owned: `copier update` merges template changes into it.
+    python -m PACKAGE evaluate DIR
+    python -m PACKAGE predict DIR --input X.npy --output Y.npy [--class-ids]
+    python -m PACKAGE export DIR OUT
+
+Template-owned: `copier update` replaces it with the template's later versions.
 """
 
 from __future__ import annotations
@@ -17,19 +21,18 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from . import PROJECT
-from .config import Config, RunOptions
-from .data import load_datasets
-from .engine import distribution, precision
-from .engine.checkpoints import MODEL_FILE, CheckpointError, read_run
-from .engine.contract import describe
-from .engine.loop import EpochLogs
-from .engine.train import Trainer
+from . import distribution, precision
+from .checkpoints import MODEL_FILE, CheckpointError, read_run
+from .loop import EpochLogs
+from .project import Project
+from .task import Task
+from .train import Trainer
 
 NPY_MAGIC = b"\x93NUMPY"  # How every .npy file starts.
 ZIP_MAGIC = b"PK\x03\x04"  # How a .npz file, a zip archive, starts.
@@ -40,24 +43,42 @@ class RunFileError(CheckpointError):
 
 
 def load_run(
-    logdir: str | Path, strategy: tf.distribute.Strategy | None = None
-) -> tuple[Config, keras.Model]:
+    project: Project, logdir: str | Path, strategy: tf.distribute.Strategy | None = None
+) -> tuple[Any, keras.Model]:
     """The config and the trained model of the run in `logdir`.
 
-    The model is loaded under the dtype policy the run trained with (its `precision`), so
-    that its layers compute as they did in training, and in the scope of `strategy` if given.
+    The project's task module is imported first, so that the model classes it registers
+    with Keras (a GAN's) load. The model is loaded under the dtype policy the run trained
+    with (its `precision`), so that its layers compute as they did in training, and in the
+    scope of `strategy` if given.
 
     Raises:
         RunFileError: If `logdir` holds no finished run.
     """
-    path = finished_model(logdir)
-    config, options = read_run(logdir, Config, RunOptions)
+    path = finished_model(project, logdir)
+    config, options = read_run(logdir, project.config, project.options)
+    _ = project.build_task  # Imports the task's module, and the classes it registers.
     scope = contextlib.nullcontext() if strategy is None else strategy.scope()
     with precision.dtype_policy(options.precision), scope:
         return config, keras.saving.load_model(path)
 
 
-def finished_model(logdir: str | Path) -> Path:
+def load_task(project: Project, logdir: str | Path) -> Task:
+    """The task of the run in `logdir`, on its trained model, as `predict` and `export` ask it.
+
+    Built by `project.build_task` with the run's config and options, quietly and without a
+    logdir, so that it writes nothing.
+
+    Raises:
+        RunFileError: If `logdir` holds no finished run.
+    """
+    config, model = load_run(project, logdir)
+    _, options = read_run(logdir, project.config, project.options)
+    options = dataclasses.replace(options, verbose=0, logdir=None, resume=False)
+    return project.build_task(model, config, options)
+
+
+def finished_model(project: Project, logdir: str | Path) -> Path:
     """The path of the model a finished run in `logdir` saved.
 
     Raises:
@@ -67,84 +88,78 @@ def finished_model(logdir: str | Path) -> Path:
     if not logdir.is_dir():
         raise RunFileError(f"{logdir} is not a directory; give a run's directory, e.g. runs/…")
     path = logdir / MODEL_FILE
+    resume = f"`python -m {project.package} train --logdir {logdir} --resume`"
     if not path.is_file():
         raise RunFileError(
-            f"{path} does not exist: the run has not finished; resume it with "
-            f"`python -m {__package__} train --logdir {logdir} --resume`"
+            f"{path} does not exist: the run has not finished; resume it with {resume}"
         )
     if not zipfile.is_zipfile(path):
         raise RunFileError(
             f"{path} is truncated or unreadable; write it again from the run's last checkpoint "
-            f"with `python -m {__package__} train --logdir {logdir} --resume`"
+            f"with {resume}"
         )
     return path
 
 
-def evaluate(logdir: str | Path) -> EpochLogs:
+def evaluate(project: Project, logdir: str | Path) -> EpochLogs:
     """The run's model on the validation split of `load_datasets`: `val_loss`, `val_accuracy`.
 
     The same evaluation step as during training, with the run's options (its strategy and
-    precision included), so for the model of the last epoch these are that epoch's
-    `val_loss` and `val_accuracy` in `metrics.jsonl`, to the last digit.
+    precision included), so for the model of the last epoch these are that epoch's figures in
+    `metrics.jsonl`, to the last digit. The saved model has every layer trainable, so
+    `val_loss` counts the regularization of every layer: after a last epoch with some layers
+    frozen (a backbone), it differs from the logged one, which, as in `model.fit`, counts the
+    trainable weights' regularization only.
 
     Raises:
         RunFileError: If `logdir` holds no finished run.
         contract.DatasetError: If the validation split does not fit the steps.
         distribution.DistributionError: If the run's strategy cannot be built here.
+        ValueError: If the run's task has no evaluation step (a GAN's).
     """
-    finished_model(logdir)
-    _, options = read_run(logdir, Config, RunOptions)
+    finished_model(project, logdir)
+    _, options = read_run(logdir, project.config, project.options)
     options = dataclasses.replace(options, verbose=0, logdir=None, resume=False)
     strategy = distribution.make_strategy(options.strategy, options.cpu_devices)
-    config, model = load_run(logdir, strategy)
-    _, val_ds = load_datasets(config)
-    trainer = Trainer(PROJECT, config, model, options, strategy)
+    config, model = load_run(project, logdir, strategy)
+    _, val_ds = project.load_datasets(config)
+    trainer = Trainer(project, config, model, options, strategy)
     return trainer.evaluate(trainer.task.prepare_dataset(val_ds, "val_ds"))
 
 
-def predict(logdir: str | Path, features: np.ndarray, *, as_class_ids: bool = False) -> np.ndarray:
-    """Predict for `features`, an array of examples of the model's input shape.
+def predict(
+    project: Project, logdir: str | Path, inputs: np.ndarray, *, as_class_ids: bool = False
+) -> np.ndarray:
+    """What the run's task predicts for `inputs`, an array of examples.
 
-    Args:
-        logdir: The run's directory.
-        features: `(n, *config.input_shape)`, as `data.load_datasets` yields its features
-            (the model standardizes them itself).
-        as_class_ids: Return class ids `(n,)` instead of probabilities.
-
-    Returns:
-        The probability of class 1, float32 `(n, 1)`, or class ids 0/1, int32 `(n,)`.
+    The task checks the inputs (`Task.prediction_input`), its serving model (the one `export`
+    writes) computes its outputs in batches of `config.batch_size`, and the task turns them
+    into predictions (`Task.prediction`). For a classifier: features as `data.load_datasets`
+    yields them, `(n, *config.input_shape)` (or token ids padded with 0 to one length), in;
+    each class's probability, float32 `(n, num_classes)` (`(n, 1)`, class 1's, for binary
+    labels), or with `as_class_ids` class ids, int32 `(n,)`, out. For a GAN: latent vectors
+    in, images out.
 
     Raises:
-        RunFileError: If the run has no model, or `features` does not fit it.
+        RunFileError: If the run has no model, or `inputs` does not fit it.
     """
-    config, model = load_run(logdir)
-    features = check_features(features, config)
-    outputs = model.predict(features, batch_size=config.batch_size, verbose=0)
-    labels = config.labels
-    result = labels.class_ids(outputs) if as_class_ids else labels.probabilities(outputs)
-    return np.asarray(result)
+    task = load_task(project, logdir)
+    try:
+        inputs = task.prediction_input(inputs)
+    except ValueError as error:
+        raise RunFileError(str(error)) from None
+    served = task.serving_model()
+    outputs = served.predict(inputs, batch_size=task.config.batch_size, verbose=0)
+    return np.asarray(task.prediction(outputs, class_ids=as_class_ids))
 
 
-def check_features(features: np.ndarray, config: Config) -> np.ndarray:
-    """`features` in the model's input dtype, or a one-line error naming what does not fit."""
-    spec = config.features.spec
-    if features.ndim < 1 or not spec.shape.is_compatible_with((None, *features.shape[1:])):
-        raise RunFileError(
-            f"the input has shape {features.shape}, but the model takes {describe(spec)}"
-        )
-    if len(features) == 0:
-        raise RunFileError(f"the input has shape {features.shape}: no examples; give at least one")
-    if features.dtype.kind not in "iuf":  # Signed or unsigned integers, or floats.
-        raise RunFileError(f"the input holds {features.dtype} values; give integers or floats")
-    return features.astype(spec.dtype.as_numpy_dtype)
+def export(project: Project, logdir: str | Path, out: str | Path) -> Path:
+    """Write the run's serving model (`Task.serving_model`) as a SavedModel, with `model.export`.
 
-
-def export(logdir: str | Path, out: str | Path) -> Path:
-    """Write the run's model as a SavedModel for serving, with `model.export`.
-
-    Load it with `tf.saved_model.load(out)` and call its `serve` endpoint:
-    features in, the model's raw outputs (logits) out; apply `Config.labels.probabilities` for
-    probabilities.
+    Load it with `tf.saved_model.load(out)` and call its `serve` endpoint: for a classifier,
+    features in and the model's primary output (`Task.primary_output`) out, logits or
+    probabilities as the model gives them (`Config.labels.probabilities` turns logits into
+    probabilities); for a GAN, latent vectors in, images out.
 
     Missing directories above `out` are made. The SavedModel is written in a temporary
     directory beside `out` and renamed to `out` once whole, so an export that fails or is
@@ -163,7 +178,7 @@ def export(logdir: str | Path, out: str | Path) -> Path:
             f"{blocker} is not a directory, so {out} cannot be made in it; "
             "give a new path for the SavedModel in a directory"
         )
-    _, model = load_run(logdir)
+    model = load_task(project, logdir).serving_model()
     made = [parent for parent in out.parents if not parent.exists()]
     staging = None
     try:
