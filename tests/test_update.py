@@ -695,3 +695,34 @@ def test_a_project_made_before_task_py_updates_keeping_the_users_files(
         env=env,
     )
     assert tests.returncode == 0, tests.stdout[-6000:] + tests.stderr[-3000:]
+
+
+def test_an_engine_fix_merges_into_a_project_whose_step_follows_the_recipes(
+    tmp_path: Path, template: Path
+) -> None:
+    # A user changes the step as the README's recipes do; the template then fixes the engine.
+    project = new(tmp_path / "demo", template)
+    readme = (project / "README.md").read_text()
+    patches = re.findall(r"^#### Recipe \d+: .+?\n.*?```diff\n(.*?)```", readme, flags=re.M | re.S)
+    assert patches, "the README prints no recipe"
+    applied = 0
+    for number, patch in enumerate(patches, 1):
+        path = tmp_path / f"recipe-{number}.diff"
+        path.write_text(patch)
+        check = subprocess.run(["git", "apply", "--check", str(path)], cwd=project, check=False)
+        if check.returncode == 0:  # A recipe for other answers, or on lines one before changed.
+            git(project, "apply", str(path))
+            commit_all(project, f"my step: recipe {number}")
+            applied += 1
+    assert applied, "no recipe applies to a fresh project"
+    mine = {name: data for name, data in files(project).items() if not name.startswith("src/")}
+    task = (project / f"src/{PACKAGE}/task.py").read_bytes()
+
+    result = invoke("update", project)
+    assert result.exit_code == 0, result.output  # 1, listing them, for any conflict.
+    assert (project / TRAIN).read_text().endswith(TEMPLATE_FIX)
+    assert (project / f"src/{PACKAGE}/task.py").read_bytes() == task
+    after = files(project)
+    assert {name: after[name] for name in mine if name != ".copier-answers.yml"} == {
+        name: data for name, data in mine.items() if name != ".copier-answers.yml"
+    }
