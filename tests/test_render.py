@@ -283,19 +283,17 @@ def test_ruff_clean(project: Path) -> None:
         assert result.returncode == 0, result.stdout + result.stderr
 
 
-# Every project runs its fast tests; these few run the slow ones too (subprocesses).
-# Chosen combinations also run their slow tests; the signal tests (processes stopped and
-# resumed), the preempted multi-worker run and the resume under load are the same code for
-# every kind of project, so the default project runs them. Backbone-head trains two workers
-# too: its frozen first epoch changes which variables every worker updates.
+# Every render runs its fast tests (those of ANSWERS_ONLY, below, a share of them); these run
+# slow ones too (subprocesses). The signal tests (processes stopped and resumed), the preempted
+# multi-worker run and the resume under load are the same code for every kind of project, so
+# the default project runs them. The other backbone-head project trains two workers (its
+# frozen first epoch changes which variables every worker updates).
 WITH_SLOW_TESTS = {
     "sparse-logits-default": [],
     "backbone-head-one-hot-probs-image": [
         "--deselect",
-        "tests/test_multi_worker.py::test_a_preempted_multi_worker_run_resumes",
-        "--deselect",
-        "tests/test_checkpoints.py::"
-        "test_runs_stopped_in_the_last_steps_of_an_epoch_resume_bit_for_bit_under_load",
+        "tests/test_contract.py::"
+        "test_labels_with_impossible_values_fail_in_one_line_on_the_command_line",
     ],
 }
 
@@ -324,9 +322,9 @@ ENGINE_WIDE: dict[str, tuple[str, ...]] = {
     # callbacks.py has no Jinja; the tests branch on `optimizers` alone (the task's callbacks)
     # and train on one device in float32 whatever the project's defaults.
     "tests/test_callbacks.py": (DEFAULT, BACKBONE_HEAD, GAN),
-    # cluster.py has no Jinja; the tests branch on `optimizers` alone. This backbone-head
-    # project runs the slow tests: two workers train it (WITH_SLOW_TESTS).
-    "tests/test_multi_worker.py": (DEFAULT, "backbone-head-one-hot-probs-image", GAN),
+    # cluster.py has no Jinja; the tests branch on `optimizers` alone. Two workers train the
+    # other backbone-head project too (ANSWERS_ONLY).
+    "tests/test_multi_worker.py": (DEFAULT, BACKBONE_HEAD, GAN),
     # loop.py has no Jinja; the tests branch on `optimizers` and `shapes`, and the command-line
     # runs train with the project's defaults. Each label encoding's metrics are held to
     # model.fit's, epoch by epoch, by test_parity.py in every render.
@@ -382,10 +380,43 @@ ENGINE_WIDE: dict[str, tuple[str, ...]] = {
 }
 
 
+# What the answers decide, for the renders below, which differ from the covering renders above
+# only in the label encoding, logits or the input's shape: the encodings and the features are
+# engine objects (engine/labels.py, engine/features.py), held to Keras once in scaffold's own
+# tests, so these renders run only the tests of their own config, data, model and task: parity
+# with model.fit, that the model learns its data, the step on replicas, the label contract and
+# the model's outputs. The other backbone-head render adds its own file and two workers
+# training it (its frozen first epoch changes which variables every worker updates).
+ANSWER_TESTS = (
+    "tests/test_parity.py::test_custom_loop_matches_model_fit",
+    "tests/test_learns.py",
+    "tests/test_task.py",
+    "tests/test_contract.py",
+    "tests/test_outputs.py",
+)
+ANSWERS_ONLY = {
+    "sparse-probs-default": ANSWER_TESTS,
+    "one-hot-logits-default": ANSWER_TESTS,
+    "binary-logits-default": ANSWER_TESTS,
+    "one-hot-probs-image": ANSWER_TESTS,
+    "binary-logits-image": ANSWER_TESTS,
+    "one-hot-probs-variable": ANSWER_TESTS,
+    "binary-logits-variable": ANSWER_TESTS,
+    "backbone-head-binary-logits-variable": (*ANSWER_TESTS, "tests/test_backbone_head.py"),
+    "backbone-head-one-hot-probs-image": (
+        *ANSWER_TESTS,
+        "tests/test_backbone_head.py",
+        "tests/test_multi_worker.py::test_two_workers_train_exactly_as_one_process",
+    ),
+}
+
+
 def _generated_test_args(name: str) -> list[str]:
     """The pytest command that runs render `name`'s share of its generated tests."""
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     args += WITH_SLOW_TESTS.get(name, ["-m", "not slow"])
+    if name in ANSWERS_ONLY:
+        return [*args, *ANSWERS_ONLY[name]]
     for test, names in ENGINE_WIDE.items():
         if name not in names:
             args += ["--deselect" if "::" in test else "--ignore", test]
@@ -465,6 +496,7 @@ def test_every_generated_test_file_runs_in_some_render() -> None:
             name
             for name in _renders_with(path) & set(GENERATED_TEST_ARGS)
             if path not in _option_values(GENERATED_TEST_ARGS[name], "--ignore")
+            and (name not in ANSWERS_ONLY or path in ANSWERS_ONLY[name])
             # A file whose every test is slow runs only where slow tests run.
             and (name in WITH_SLOW_TESTS or "pytestmark = pytest.mark.slow" not in text)
         }
@@ -477,8 +509,16 @@ def test_the_selection_names_renders_files_and_tests_that_exist() -> None:
     # A renamed render, file or test would otherwise drop out of the selection unnoticed.
     files = _generated_test_files()
     names = {name for name, _ in MATRIX}
-    assert set(WITH_SLOW_TESTS) | RENDERED_ONLY <= names
-    assert not RENDERED_ONLY & {r for renders in ENGINE_WIDE.values() for r in renders}
+    assert set(WITH_SLOW_TESTS) | RENDERED_ONLY | set(ANSWERS_ONLY) <= names
+    assert not RENDERED_ONLY & set(ANSWERS_ONLY)
+    # An engine-wide test runs in full renders, never in one that runs only its answers' tests.
+    partial = RENDERED_ONLY | set(ANSWERS_ONLY)
+    assert not partial & {r for renders in ENGINE_WIDE.values() for r in renders}
+    for name, tests in ANSWERS_ONLY.items():
+        for test in tests:
+            path, _, function = test.partition("::")
+            assert name in _renders_with(path), (name, test)
+            assert not function or re.search(rf"^def {function}\(", files[path], flags=re.M), test
     for test, renders in ENGINE_WIDE.items():
         path, _, function = test.partition("::")
         assert path in files, test
