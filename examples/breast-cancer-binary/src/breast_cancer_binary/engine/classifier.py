@@ -25,7 +25,7 @@ from .features import Features, with_packed_features
 from .labels import Labels
 from .optimizers import OptimizerSet
 from .options import RunOptions
-from .task import StepFn, Task
+from .task import StepFn, Task, check_step_result
 
 
 class ClassifierConfig(Protocol):
@@ -227,14 +227,14 @@ class ClassifierTask(Task):
 
         The labels (and token ids) are checked first; around the step, the optimizers
         learn the batch size and reset their `status`, which the returned function returns
-        for the loop's guard. Whatever `train_step` returns is not used.
+        for the loop's guard. `train_step` returns nothing (`task.check_step_result`).
         """
 
         def step(x: tf.Tensor, y: tf.Tensor, sample_weight: tf.Tensor | None = None) -> tf.Tensor:
             x = self.inputs.checked_values(x)
             y = self.labels.checked_values(y)
             self.optimizers.begin_step(global_batch_size(y))
-            self.train_step(x, y, sample_weight)
+            check_step_result(self.train_step(x, y, sample_weight))
             return self.optimizers.end_step()
 
         return with_packed_features(step, self.features)

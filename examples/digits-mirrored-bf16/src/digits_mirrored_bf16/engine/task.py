@@ -23,6 +23,25 @@ from .distribution import global_batch_size
 
 StepFn = Callable[..., tf.Tensor | None]
 
+RETURNED = (
+    "train_step returned {what}, which the loop would drop: the figures it logs are the task's "
+    "metrics, reset every epoch; return nothing, and record the figure in a metric, e.g. a "
+    "keras.metrics.Mean(name=...) from build_metrics that the step updates"
+)
+
+
+def check_step_result(result: object) -> None:
+    """Fail, while the step is traced, if `train_step` returned something: it would be lost.
+
+    Raises:
+        TypeError: Naming what was returned and where such a figure goes instead.
+    """
+    if result is not None:
+        what = f"a {type(result).__name__}"
+        if isinstance(result, Mapping):
+            what += f" of {', '.join(map(str, result))}"
+        raise TypeError(RETURNED.format(what=what))
+
 
 class Optimizers(Protocol):
     """What the loop uses of a task's optimizers (the project's `optimizers.OptimizerSet`).
@@ -103,7 +122,7 @@ class Task:
 
         def step(*batch: tf.Tensor) -> tf.Tensor:
             self.optimizers.begin_step(global_batch_size(batch[0]))
-            self.train_step(*batch)
+            check_step_result(self.train_step(*batch))
             return self.optimizers.end_step()
 
         return step
