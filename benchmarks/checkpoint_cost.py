@@ -1,6 +1,6 @@
 """What checkpointing at every epoch's end costs the default run (the batch-32 MLP on digits).
 
-Renders the default project, then runs its default training (`fit(Config())`: 10 epochs,
+Renders the default project, then runs its default training (`fit(PROJECT, Config())`: 10 epochs,
 TensorBoard and metrics.jsonl on) into a fresh run directory, ROUNDS times in one process.
 For each run it times `fit` as a whole and, inside it, every `RunCheckpoint.save` (the first
 of a run includes tracing the write). It also times the default command,

@@ -4,7 +4,7 @@ Renders the default project (an MLP on digits) and the CNN variant on 8x8x1 digi
 working tree, takes the training split as NumPy arrays, and times training epochs of the
 generated `Trainer` (K steps per call, no validation) on each way a user may bring them:
 
-- `shuffled_batches, float32`: the project's array helper (`batches.shuffled_batches`) on
+- `shuffled_batches, float32`: the engine's array helper (`engine.batches.shuffled_batches`) on
   float32 features and int32 class ids, what the steps take: nothing to convert;
 - `shuffled_batches, float64 + int64`: the same helper on NumPy's default dtypes, which the
   dataset's boundary (`task.prepare_dataset`, as `fit` calls it) casts with one `map`;
