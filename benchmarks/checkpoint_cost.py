@@ -1,6 +1,6 @@
 """What checkpointing at every epoch's end costs the default run (the batch-32 MLP on digits).
 
-Renders the default project, then runs its default training (`fit(Config())`: 10 epochs,
+Renders the default project, then runs its default training (`fit(PROJECT, Config())`: 10 epochs,
 TensorBoard and metrics.jsonl on) into a fresh run directory, ROUNDS times in one process.
 For each run it times `fit` as a whole and, inside it, every `RunCheckpoint.save` (the first
 of a run includes tracing the write). It also times the default command,
@@ -39,10 +39,9 @@ def main() -> None:
     root = Path(tempfile.mkdtemp())
     render_project(root / "bench", {"project_name": "bench"}, quiet=True)
     sys.path.insert(0, str(root / "bench" / "src"))
-    checkpoints = importlib.import_module("bench.checkpoints")
-    train = importlib.import_module("bench.train")
-    Config = importlib.import_module("bench.config").Config
-    RunOptions = importlib.import_module("bench.options").RunOptions
+    package = importlib.import_module("bench")
+    checkpoints = importlib.import_module("bench.engine.checkpoints")
+    train = importlib.import_module("bench.engine.train")
 
     saves: list[float] = []
     original = checkpoints.RunCheckpoint.save
@@ -58,9 +57,9 @@ def main() -> None:
     rows = []
     for round_ in range(args.rounds):
         saves.clear()
-        options = RunOptions(verbose=0, logdir=root / f"run{round_}")
+        options = package.RunOptions(verbose=0, logdir=root / f"run{round_}")
         start = time.perf_counter()
-        train.fit(Config(), options=options)
+        train.fit(package.PROJECT, package.Config(), options=options)
         total = time.perf_counter() - start
         rows.append((total, sum(saves), len(saves), statistics.median(saves)))
     commands = []

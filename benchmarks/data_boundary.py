@@ -4,7 +4,7 @@ Renders the default project (an MLP on digits) and the CNN variant on 8x8x1 digi
 working tree, takes the training split as NumPy arrays, and times training epochs of the
 generated `Trainer` (K steps per call, no validation) on each way a user may bring them:
 
-- `shuffled_batches, float32`: the project's array helper (`batches.shuffled_batches`) on
+- `shuffled_batches, float32`: the engine's array helper (`engine.batches.shuffled_batches`) on
   float32 features and int32 class ids, what the steps take: nothing to convert;
 - `shuffled_batches, float64 + int64`: the same helper on NumPy's default dtypes, which the
   dataset's boundary (`task.prepare_dataset`, as `fit` calls it) casts with one `map`;
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import os
 import platform
 import statistics
@@ -37,7 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import tensorflow as tf
-from loop_vs_fit import interleaved, load_project, tables, time_epochs
+from loop_vs_fit import engine_module, interleaved, load_project, tables, time_epochs
 
 CASES = {
     "mlp-b32": {"input_shape": "64"},
@@ -47,9 +46,9 @@ HELPER, CLASSIC = "shuffled_batches", "from_tensor_slices"
 NATIVE, DEFAULTS = "float32", "float64 + int64"
 
 
-def contenders(project, package: str, config, epochs: int) -> dict[str, Callable[[], float]]:
-    batches = importlib.import_module(f"{package}.batches")
-    train_ds, _ = project["data"].load_datasets(config)
+def contenders(project, config, epochs: int) -> dict[str, Callable[[], float]]:
+    batches, train = engine_module(project, "batches"), engine_module(project, "train")
+    train_ds, _ = project.PROJECT.load_datasets(config)
     pairs = list(train_ds.as_numpy_iterator())
     features = np.concatenate([x for x, _ in pairs]).astype(np.float32)
     labels = np.concatenate([y for _, y in pairs])
@@ -68,9 +67,8 @@ def contenders(project, package: str, config, epochs: int) -> dict[str, Callable
         )
 
     def trainer():
-        run_options = project["options"].RunOptions()
-        model = project["model"].build_model(config)
-        return project["train"].Trainer(config, model, run_options)
+        model = project.PROJECT.build_model(config)
+        return train.Trainer(project.PROJECT, config, model, project.RunOptions())
 
     def train_only(make: Callable[[], tf.data.Dataset]) -> Callable[[], float]:
         def measure() -> float:
@@ -131,8 +129,8 @@ def main() -> None:
         for case, answers in CASES.items():
             name = f"arrays-{case}"
             project = load_project(Path(tmp), name, answers)
-            config = dataclasses.replace(project["config"].Config(), batch_size=32)
-            measures = contenders(project, name.replace("-", "_"), config, args.epochs)
+            config = dataclasses.replace(project.Config(), batch_size=32)
+            measures = contenders(project, config, args.epochs)
             samples = interleaved(case, measures, args.rounds)
             medians = {contender: statistics.median(s) for contender, s in samples.items()}
             results[case] = {"steps_per_second": medians, "ratios": ratios(medians)}

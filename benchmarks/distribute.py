@@ -56,8 +56,11 @@ def main() -> None:
         render_project(root / name, {"project_name": package, **answers}, quiet=True)
         sys.path.insert(0, str(root / name / "src"))
         modules[name] = {
-            part: importlib.import_module(f"{package}.{part}")
-            for part in ("config", "data", "distribution", "model", "options", "precision", "train")
+            "package": importlib.import_module(package),
+            **{
+                part: importlib.import_module(f"{package}.engine.{part}")
+                for part in ("distribution", "precision", "train")
+            },
         }
     next(iter(modules.values()))["distribution"].use_cpu_devices(2)
     results: dict[tuple[str, str], list[float]] = {}
@@ -72,7 +75,8 @@ def main() -> None:
 
 def run(module: dict, replicas: int | None, policy: str, epochs: int) -> float:
     """One run's steps per second: the median of its epochs after the first."""
-    config = dataclasses.replace(module["config"].Config(), epochs=epochs)
+    package = module["package"]
+    config = dataclasses.replace(package.Config(), epochs=epochs)
     keras.utils.set_random_seed(config.seed)
     strategy = None
     if replicas is not None:
@@ -82,11 +86,11 @@ def run(module: dict, replicas: int | None, policy: str, epochs: int) -> float:
         )
     scope = contextlib.nullcontext() if strategy is None else strategy.scope()
     with module["precision"].dtype_policy(policy), scope:
-        model = module["model"].build_model(config)
-    train_ds, val_ds = module["data"].load_datasets(config)
-    options = module["options"].RunOptions(verbose=0, tensorboard=False, precision=policy)
+        model = package.PROJECT.build_model(config)
+    train_ds, val_ds = package.PROJECT.load_datasets(config)
+    options = package.RunOptions(verbose=0, tensorboard=False, precision=policy)
     history = module["train"].fit(
-        config, model, train_ds, val_ds, options=options, strategy=strategy
+        package.PROJECT, config, model, train_ds, val_ds, options=options, strategy=strategy
     )
     return statistics.median(history.history["steps_per_second"][1:])
 

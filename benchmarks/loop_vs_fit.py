@@ -64,6 +64,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -85,13 +86,20 @@ CASES = {
 }
 
 
-def load_project(root: Path, name: str, answers: dict[str, object]):
-    """Render a project and import its package under a unique name."""
+def load_project(root: Path, name: str, answers: dict[str, object]) -> ModuleType:
+    """Render a project and import its package under a unique name.
+
+    The package holds `Config`, `RunOptions` and `PROJECT` (its `engine.project.Project`);
+    its engine's modules are `engine_module(package, name)`.
+    """
     render_project(root / name, {"project_name": name, **answers}, quiet=True)
     sys.path.insert(0, str(root / name / "src"))
-    package = name.replace("-", "_")
-    modules = ("config", "data", "model", "losses", "options", "train")
-    return {m: importlib.import_module(f"{package}.{m}") for m in modules}
+    return importlib.import_module(name.replace("-", "_"))
+
+
+def engine_module(package: ModuleType, name: str) -> ModuleType:
+    """The module `name` of the package's engine, e.g. `train` for `PKG.engine.train`."""
+    return importlib.import_module(f"{package.__name__}.engine.{name}")
 
 
 def time_epochs(run_epoch: Callable[[], int], epochs: int) -> float:
@@ -167,16 +175,16 @@ def classic_pipeline(train_ds: tf.data.Dataset, config) -> tf.data.Dataset:
 
 
 def contenders(project, config, epochs: int) -> dict[str, Callable[[], float]]:
-    train_ds, val_ds = project["data"].load_datasets(config)
+    train_ds, val_ds = project.PROJECT.load_datasets(config)
     classic = classic_pipeline(train_ds, config)
     pipelines = {"": train_ds, f" ({CLASSIC})": classic}
     num_steps = sum(1 for _ in train_ds)
-    losses, build = project["losses"], project["model"].build_model
-    run_options = project["options"].RunOptions
+    labels, build = config.labels, project.PROJECT.build_model
+    run_options, engine_train = project.RunOptions, engine_module(project, "train")
     k = run_options().steps_per_execution
 
     def trainer(**options: object):
-        return project["train"].Trainer(config, build(config), run_options(**options))
+        return engine_train.Trainer(project.PROJECT, config, build(config), run_options(**options))
 
     def loop(steps_per_execution: int, train: tf.data.Dataset) -> Callable[[], float]:
         def measure() -> float:
@@ -226,8 +234,8 @@ def contenders(project, config, epochs: int) -> dict[str, Callable[[], float]]:
         model = build(config)
         model.compile(
             optimizer=keras.optimizers.Adam(config.learning_rate),
-            loss=losses.make_loss(),
-            metrics=[losses.make_accuracy("acc")],
+            loss=labels.make_loss(),
+            metrics=[labels.make_accuracy("acc")],
             **compile_args,
         )
         return model
@@ -272,9 +280,9 @@ def contenders(project, config, epochs: int) -> dict[str, Callable[[], float]]:
         def measure() -> float:
             model = build(config)
             optimizer = keras.optimizers.Adam(config.learning_rate)
-            loss_fn = losses.make_loss()
+            loss_fn = labels.make_loss()
             train_loss, val_loss = keras.metrics.Mean(), keras.metrics.Mean()
-            train_acc, val_acc = losses.make_accuracy("a"), losses.make_accuracy("b")
+            train_acc, val_acc = labels.make_accuracy("a"), labels.make_accuracy("b")
 
             @tf.function
             def train_step(x, y):
@@ -429,14 +437,14 @@ def main() -> None:
         for case in args.cases:
             answers, batch_size = CASES[case]
             project = load_project(Path(tmp), f"bench-{case}", answers)
-            config = dataclasses.replace(project["config"].Config(), batch_size=batch_size)
+            config = dataclasses.replace(project.Config(), batch_size=batch_size)
             measures = contenders(project, config, args.epochs)
             samples = interleaved(case, measures, args.rounds)
             medians = {name: statistics.median(s) for name, s in samples.items()}
             results[case] = {
                 "steps_per_second": medians,
                 "samples": samples,
-                "ratios": ratios(medians, project["options"].RunOptions().steps_per_execution),
+                "ratios": ratios(medians, project.RunOptions().steps_per_execution),
             }
     meta = {
         "tensorflow": tf.__version__,
