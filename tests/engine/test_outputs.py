@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from engine.classifier import StepMetrics
+from engine.classifier import ClassifierTask, StepMetrics
 from engine.features import DenseFeatures, TokenSequences
 from engine.labels import SparseLabels
 from engine.task import Task
@@ -138,3 +138,11 @@ def test_step_metrics_read_the_output_they_are_told() -> None:
     logits = tf.constant([[5.0, 0, 0, 0], [5.0, 0, 0, 0]])
     metrics.update(tf.constant(1.0), y, {"logits": logits, "hidden": tf.zeros((2, 5))})
     assert float(metrics.accuracy.result()) == 0.5
+
+
+def test_batch_mean_is_the_mean_over_the_batch_in_float32() -> None:
+    task = ClassifierTask.__new__(ClassifierTask)  # batch_mean reads nothing of the task.
+    values = tf.constant([1.0, 2.0, 6.0], dtype=tf.float16)
+    mean = task.batch_mean(values)
+    assert mean.dtype == tf.float32
+    assert float(mean) == 3.0

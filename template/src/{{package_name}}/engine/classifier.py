@@ -200,6 +200,18 @@ class ClassifierTask(Task):
         y_pred = self.primary_output(y_pred)
         return total_loss(self.model, self.loss_fn, y, y_pred, global_batch_size(y), sample_weight)
 
+    def batch_mean(self, values: tf.Tensor) -> tf.Tensor:
+        """This replica's part of the mean of `values` over the whole batch: a loss term's.
+
+        `values` holds one value per example of this replica's share (e.g. a penalty on an
+        intermediate tensor, summed over its other axes); their sum is divided by the examples
+        of the whole batch, so that the replicas' parts add up to one device's mean however the
+        batch is split (`tf.reduce_mean` would average each share on its own). Float32 under any
+        dtype policy. Must be `tf.function`-compatible.
+        """
+        values = tf.cast(values, tf.float32)
+        return tf.reduce_sum(values) / global_batch_size(values)
+
     def prediction_input(self, inputs: np.ndarray) -> np.ndarray:
         """`inputs` checked and cast as the features `config.features` describes.
 
