@@ -15,8 +15,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -192,30 +190,13 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
     }
 
 
-@pytest.fixture(scope="session")
-def generated_test_runs(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[dict[str, Future[subprocess.CompletedProcess[str]]]]:
-    """Each combination's own tests, started at once in a copy of its render, two at a time.
-
-    A project's suite spends most of its minute on one core (tracing, Python), so two suites
-    run side by side on CI's two cores take about half the time of one after the other. The
-    longest start first, so that none starts last and runs on alone.
-    """
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        runs = {}
-        for name, answers in sorted(MATRIX, key=_expected_cost, reverse=True):
-            if name in RENDERED_ONLY:
-                continue
-            dest = tmp_path_factory.mktemp("run") / str(answers["project_name"])
-            render_project(dest, answers, quiet=True)
-            runs[name] = pool.submit(_run, GENERATED_TEST_ARGS[name], dest)
-        yield runs
-        for run in runs.values():
-            run.cancel()
-
-
-@pytest.fixture(scope="module", params=MATRIX, ids=[name for name, _ in MATRIX])
+# Under pytest-xdist (`-n 2 --dist loadgroup`, the suite's default), a render's tests stay on one
+# worker, which renders it once.
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(case, marks=pytest.mark.xdist_group(case[0])) for case in MATRIX],
+    ids=[name for name, _ in MATRIX],
+)
 def project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     _, answers = request.param
     dest = tmp_path_factory.mktemp("render") / str(answers["project_name"])
@@ -435,21 +416,23 @@ GENERATED_TEST_ARGS = {
 }
 
 
-def _expected_cost(case: tuple[str, dict[str, object]]) -> tuple[bool, bool, int]:
-    """Slow tests take longest, then the CNN of an image shape or the GAN's two models (each
-    twice a dense classifier's time or more), then more engine-wide tests."""
-    name, answers = case
+def _expected_cost(name: str) -> tuple[bool, bool, bool]:
+    """Slow tests take longest, then a full render's suite, then the CNN of an image shape or
+    the GAN's two models (each twice a dense classifier's time or more)."""
+    answers = dict(MATRIX)[name]
     heavy = (
         str(answers.get("input_shape", "")).count(",") == 2 or answers.get("optimizers") == "gan"
     )
-    return name in WITH_SLOW_TESTS, heavy, sum(name in names for names in ENGINE_WIDE.values())
+    return name in WITH_SLOW_TESTS, name not in ANSWERS_ONLY, heavy
 
 
-@pytest.mark.parametrize("name", list(GENERATED_TEST_ARGS))
-def test_generated_tests_pass(
-    name: str, generated_test_runs: dict[str, Future[subprocess.CompletedProcess[str]]]
-) -> None:
-    result = generated_test_runs[name].result()
+# The longest first, so that none starts last and runs on alone: pytest-xdist's two workers
+# (the suite's default) take them in this order, two projects' suites side by side.
+@pytest.mark.parametrize("name", sorted(GENERATED_TEST_ARGS, key=_expected_cost, reverse=True))
+def test_generated_tests_pass(name: str, tmp_path: Path) -> None:
+    dest = tmp_path / str(dict(MATRIX)[name]["project_name"])
+    render_project(dest, dict(MATRIX)[name], quiet=True)
+    result = _run(GENERATED_TEST_ARGS[name], dest)
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]
     assert re.search(r"\b\d+ passed\b", result.stdout), result.stdout
     assert "skipped" not in result.stdout, result.stdout
