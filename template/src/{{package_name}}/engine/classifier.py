@@ -12,7 +12,7 @@ Template-owned: `copier update` replaces it with the template's later versions.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Protocol
 
 import keras
@@ -43,26 +43,51 @@ class ClassifierConfig(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class StepMetrics:
-    """The running loss and accuracy of one phase, e.g. training or validation.
+    """The running loss and accuracy of one phase, e.g. training or validation, and any more.
 
-    Iterating gives the metrics, which the loop resets every epoch and reads.
+    Iterating gives the metrics, which the loop resets every epoch and reads, and which go to
+    the progress line, `metrics.jsonl`, TensorBoard and the `History` by their names.
     """
 
     loss: BatchMean
     accuracy: keras.metrics.Metric
+    extra: tuple[keras.metrics.Metric, ...] = ()
 
     @classmethod
-    def create(cls, labels: Labels, prefix: str = "") -> StepMetrics:
-        """Metrics named `{prefix}loss` and `{prefix}accuracy` (for `labels`), as `model.fit`."""
-        return cls(BatchMean(name=f"{prefix}loss"), labels.make_accuracy(f"{prefix}accuracy"))
+    def create(
+        cls, labels: Labels, prefix: str = "", extra: Iterable[keras.metrics.Metric] = ()
+    ) -> StepMetrics:
+        """Metrics named `{prefix}loss` and `{prefix}accuracy` (for `labels`), as `model.fit`.
+
+        Args:
+            labels: The labels' encoding, which picks the accuracy.
+            prefix: The start of every name: `""` for training, `"val_"` for validation.
+            extra: More Keras metrics, each updated with `update_state(y, y_pred)` by
+                `update`; name them with `prefix` too (e.g. `f"{prefix}top3"`).
+
+        Raises:
+            ValueError: If two metrics have the same name.
+        """
+        metrics = cls(
+            BatchMean(name=f"{prefix}loss"), labels.make_accuracy(f"{prefix}accuracy"), tuple(extra)
+        )
+        names = [metric.name for metric in metrics]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(
+                f"metric name(s) {', '.join(repeated)} appear more than once in "
+                "build_metrics; give each metric its own name, starting with the prefix"
+            )
+        return metrics
 
     def update(self, loss: tf.Tensor, y: tf.Tensor, y_pred: tf.Tensor) -> None:
         """Record one batch (this replica's share of it). Must be `tf.function`-compatible.
 
         The loss is weighted by the batch size, as `model.fit` does, so a smaller last batch
-        counts for what it holds. Sample weights are in the loss already; the accuracy counts
-        every example once, as `model.fit` counts its `metrics` (Keras weights only its
-        `weighted_metrics`).
+        counts for what it holds. Sample weights are in the loss already; the accuracy and
+        the extra metrics count every example once, as `model.fit` counts its `metrics`
+        (Keras weights only its `weighted_metrics`). A Keras metric's variables sync on read,
+        summed over the replicas, so one of totals and counts is exact on several.
 
         Args:
             loss: This replica's part of the batch's loss, from `ClassifierTask.compute_loss`.
@@ -70,10 +95,11 @@ class StepMetrics:
             y_pred: This replica's outputs.
         """
         self.loss.add(loss, global_batch_size(y), tf.shape(y)[0])
-        self.accuracy.update_state(y, y_pred)
+        for metric in (self.accuracy, *self.extra):
+            metric.update_state(y, y_pred)
 
     def __iter__(self) -> Iterator[keras.metrics.Metric]:
-        return iter((self.loss, self.accuracy))
+        return iter((self.loss, self.accuracy, *self.extra))
 
 
 def total_loss(
@@ -104,6 +130,23 @@ def total_loss(
     return loss
 
 
+class BatchMeanLoss(keras.losses.Loss):
+    """A task's summed loss (`build_loss`'s) as `model.compile` takes one: its batch mean.
+
+    The same per-example losses as `loss`, reduced as `compile` reduces them (summed, each
+    times its sample weight if given, and divided by the examples), so that a `model.fit`
+    reference (`check`'s, the parity tests') trains on exactly the task's loss.
+    """
+
+    def __init__(self, loss: keras.losses.Loss) -> None:
+        super().__init__(name=loss.name, reduction="sum_over_batch_size")
+        self.summed = loss
+
+    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        """Each example's loss, as `loss` computes it."""
+        return self.summed.call(y_true, y_pred)
+
+
 class ClassifierTask(Task):
     """A classifier's `engine.task.Task`: the model, its optimizers, loss, metrics and steps.
 
@@ -124,10 +167,10 @@ class ClassifierTask(Task):
         inputs: What a batch of features is, `config.features`: its spec and its checks.
         optimizers: Its optimizers, from `build_optimizers`, built on its trainable variables.
         loss_fn: The data loss, from `build_loss`.
-        train_metrics: `loss` and `accuracy`, from `build_metrics("")`, recorded by
-            `train_step`.
-        val_metrics: `val_loss` and `val_accuracy`, from `build_metrics("val_")`, recorded
-            by `test_step`.
+        train_metrics: `loss`, `accuracy` and any extra ones, from `build_metrics("")`,
+            recorded by `train_step`.
+        val_metrics: `val_loss`, `val_accuracy` and any extra ones, from
+            `build_metrics("val_")`, recorded by `test_step`.
         features: What the model takes (`inputs.model_spec(model)`): one tensor, or a dict
             of them for a model built on a dict of named inputs.
         input_signature: `(features, labels)` of one batch, flat as the loop passes them (a
