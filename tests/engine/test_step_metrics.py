@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -49,3 +51,23 @@ def test_a_summed_loss_as_compile_takes_it_is_the_mean_over_the_batch(weighted: 
     assert float(mean) == pytest.approx(float(summed(y, y_pred, sample_weight=weights)) / 4)
     reference = SparseLabels(3).make_loss()(y, y_pred, sample_weight=weights)
     assert float(mean) == pytest.approx(float(reference))
+
+
+def test_the_figures_a_step_returns_go_to_their_means() -> None:
+    means = (keras.metrics.Mean(name="grad_norm"), keras.metrics.Mean(name="margin"))
+    metrics = dataclasses.replace(StepMetrics.create(SparseLabels(3)), figures=means)
+
+    for norm in (1.0, 2.0, 6.0):
+        metrics.record({"grad_norm": tf.constant(norm), "margin": tf.constant(-norm)})
+
+    results = {metric.name: float(metric.result()) for metric in metrics}
+    assert results == {"loss": 0.0, "accuracy": 0.0, "grad_norm": 3.0, "margin": -3.0}
+
+
+@pytest.mark.parametrize("returned", [{}, {"grad_norm": 1.0, "margin": 0.5}])
+def test_figures_that_task_figures_does_not_name_are_refused(returned: dict) -> None:
+    means = (keras.metrics.Mean(name="grad_norm"),)
+    metrics = dataclasses.replace(StepMetrics.create(SparseLabels(3)), figures=means)
+
+    with pytest.raises(ValueError, match=r"^train_step returned the figures \[.*Task\.figures"):
+        metrics.record({name: tf.constant(value) for name, value in returned.items()})

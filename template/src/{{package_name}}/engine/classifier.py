@@ -52,6 +52,7 @@ class StepMetrics:
     loss: BatchMean
     accuracy: keras.metrics.Metric
     extra: tuple[keras.metrics.Metric, ...] = ()
+    figures: tuple[keras.metrics.Mean, ...] = ()
 
     @classmethod
     def create(
@@ -98,8 +99,28 @@ class StepMetrics:
         for metric in (self.accuracy, *self.extra):
             metric.update_state(y, y_pred)
 
+    def record(self, figures: Mapping[str, tf.Tensor]) -> None:
+        """Add each figure a step returned to its mean. Must be `tf.function`-compatible.
+
+        Each replica adds its own value, so a figure's epoch mean is over its batches and
+        its replicas: return a figure that is the whole batch's (the same on every replica),
+        or one whose mean over the replicas is what you want.
+
+        Raises:
+            ValueError: If `figures` and the means (`ClassifierTask.figures`) differ in names.
+        """
+        means = {metric.name: metric for metric in self.figures}
+        if set(figures) != set(means):
+            raise ValueError(
+                f"train_step returned the figures {sorted(figures)}, but Task.figures names "
+                f"{sorted(means)}; name each figure the step returns in Task.figures, e.g. "
+                'figures = ("grad_norm",)'
+            )
+        for name, value in figures.items():
+            means[name].update_state(value)
+
     def __iter__(self) -> Iterator[keras.metrics.Metric]:
-        return iter((self.loss, self.accuracy, *self.extra))
+        return iter((self.loss, self.accuracy, *self.extra, *self.figures))
 
 
 def total_loss(
@@ -152,7 +173,11 @@ class ClassifierTask(Task):
 
     Subclass it (as `task.py` does) and give it `build_optimizers`, `build_loss`,
     `build_metrics`, `train_step` and `test_step` (and `callbacks`, for its own callbacks);
-    the loop runs the steps through `make_train_step` and `make_eval_step`.
+    the loop runs the steps through `make_train_step` and `make_eval_step`. A `train_step`
+    that returns a dict of scalars, e.g. `{"grad_norm": norm}`, names them in `figures`,
+    the class attribute: each gets a `keras.metrics.Mean` among `train_metrics`, so its
+    epoch mean is logged as a metric is, reset every epoch, checkpointed and undone with a
+    skipped step. The means are made before the loop is traced, hence the names up front.
 
     Args:
         model: A built or unbuilt Keras model whose output fits the loss.
@@ -167,8 +192,10 @@ class ClassifierTask(Task):
         inputs: What a batch of features is, `config.features`: its spec and its checks.
         optimizers: Its optimizers, from `build_optimizers`, built on its trainable variables.
         loss_fn: The data loss, from `build_loss`.
+        figures: The names of the figures `train_step` returns, if it returns a dict; none
+            by default.
         train_metrics: `loss`, `accuracy` and any extra ones, from `build_metrics("")`,
-            recorded by `train_step`.
+            recorded by `train_step`; and the means of its `figures`.
         val_metrics: `val_loss`, `val_accuracy` and any extra ones, from
             `build_metrics("val_")`, recorded by `test_step`.
         features: What the model takes (`inputs.model_spec(model)`): one tensor, or a dict
@@ -177,6 +204,8 @@ class ClassifierTask(Task):
             dict's values in sorted key order): `features` and `labels.spec`; `signature`
             adds the sample weights' spec where a dataset has them.
     """
+
+    figures: tuple[str, ...] = ()
 
     def __init__(self, model: keras.Model, config: ClassifierConfig, options: RunOptions) -> None:
         self.labels = config.labels
@@ -190,6 +219,15 @@ class ClassifierTask(Task):
         self.optimizers = self.build_optimizers()
         self.loss_fn = self.build_loss()
         self.train_metrics = self.build_metrics("")
+        if self.figures:
+            means = tuple(keras.metrics.Mean(name=name) for name in self.figures)
+            self.train_metrics = dataclasses.replace(self.train_metrics, figures=means)
+            names = [metric.name for metric in self.train_metrics]
+            if len(set(names)) < len(names):
+                raise ValueError(
+                    f"Task.figures {list(self.figures)} repeat a name among the metrics "
+                    f"{names}; give each figure a name of its own"
+                )
         self.val_metrics = self.build_metrics("val_")
         self.features = self.inputs.model_spec(model)
         self.input_signature = tuple(tf.nest.flatten((self.features, self.labels.spec)))
@@ -232,14 +270,16 @@ class ClassifierTask(Task):
 
         The labels (and token ids) are checked first; around the step, the optimizers
         learn the batch size and reset their `status`, which the returned function returns
-        for the loop's guard. Whatever `train_step` returns is not used.
+        for the loop's guard. A dict of figures `train_step` returns goes to their means
+        (`StepMetrics.record`), which the loop logs with the metrics.
         """
 
         def step(x: tf.Tensor, y: tf.Tensor, sample_weight: tf.Tensor | None = None) -> tf.Tensor:
             x = self.inputs.checked_values(x)
             y = self.labels.checked_values(y)
             self.optimizers.begin_step(global_batch_size(y))
-            self.train_step(x, y, sample_weight)
+            figures = self.train_step(x, y, sample_weight)
+            self.train_metrics.record({} if figures is None else figures)
             return self.optimizers.end_step()
 
         return with_packed_features(step, self.features)
