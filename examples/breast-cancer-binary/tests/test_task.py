@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -87,6 +89,36 @@ class Unscaled(Task):
         self.optimizers.apply(gradients, self.model.trainable_variables)
 
 
+class ReturnsGradientNorm(Task):
+    """The guide's step, returning the global norm of the gradient as a figure to log."""
+
+    figures = ("grad_norm",)
+
+    def train_step(
+        self, x: tf.Tensor, y: tf.Tensor, sample_weight: tf.Tensor | None = None
+    ) -> dict[str, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            y_pred = self.model(x, training=True)
+            loss = self.compute_loss(y, y_pred, sample_weight)
+            scaled = self.optimizers.scale_loss(loss)
+        gradients = tape.gradient(scaled, self.model.trainable_variables)
+        self.optimizers.apply(gradients, self.model.trainable_variables)
+        self.train_metrics.update(loss, y, y_pred)
+        return {"grad_norm": tf.linalg.global_norm(gradients)}
+
+
+class ReturnsAnUndeclaredFigure(ReturnsGradientNorm):
+    """The same step, without naming its figure in `figures`."""
+
+    figures = ()
+
+
+class NamesAFigureAsAMetric(ReturnsGradientNorm):
+    """A figure named as a metric is: the logs would hold one of the two."""
+
+    figures = ("loss",)
+
+
 def _iterations(trainer: Trainer) -> int:
     return max(int(o.iterations.numpy()) for o in trainer.task.optimizers.by_part.values())
 
@@ -130,6 +162,38 @@ def test_the_step_returns_nothing_and_trains(config: Config) -> None:
     assert _iterations(trainer) == 3
     after = [v.numpy() for v in model.trainable_variables]
     assert all(not np.array_equal(b, a) for b, a in zip(before, after, strict=True))
+
+
+def test_a_figure_the_step_returns_is_logged_as_its_epoch_mean(
+    config: Config, tmp_path: Path
+) -> None:
+    """One batch per epoch: each epoch's `grad_norm` is the norm of that epoch's gradient."""
+    x = features(config, 16)
+    y = _labels(np.arange(16), config)
+    keras.utils.set_random_seed(config.seed)
+    model = linear_model(config)
+    reference = linear_model(config)
+    reference.set_weights(model.get_weights())
+    options = dataclasses.replace(QUIET, logdir=tmp_path)
+    trainer = Trainer(PROJECT, config, model, options, task=ReturnsGradientNorm)
+
+    history = trainer.fit(dataset(x, y, 16), epochs=1)
+
+    task = Task(reference, config, QUIET)
+    with tf.GradientTape() as tape:
+        loss = task.compute_loss(tf.constant(y), reference(x, training=True))
+    norm = float(tf.linalg.global_norm(tape.gradient(loss, reference.trainable_variables)))
+    assert history.history["grad_norm"] == [pytest.approx(norm, rel=1e-5)]
+    (line,) = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(line)["grad_norm"] == history.history["grad_norm"][0]
+
+    undeclared = Trainer(
+        PROJECT, config, linear_model(config), QUIET, task=ReturnsAnUndeclaredFigure
+    )
+    with pytest.raises(ValueError, match=r"name each figure the step returns in Task\.figures"):
+        undeclared.fit(dataset(x, y, 16), epochs=1)
+    with pytest.raises(ValueError, match=r"Task\.figures \['loss'\] repeat a name"):
+        Trainer(PROJECT, config, linear_model(config), QUIET, task=NamesAFigureAsAMetric)
 
 
 def _mirrored(replicas: int) -> tf.distribute.MirroredStrategy:

@@ -12,6 +12,7 @@ from helpers import (
     QUIET,
     dict_features,
     features,
+    figure_names,
     linear_model,
     traced_once_per_phase,
     two_input_model,
@@ -20,6 +21,7 @@ from helpers import (
 from digits_mirrored_bf16 import PROJECT
 from digits_mirrored_bf16.config import Config
 from digits_mirrored_bf16.data import load_datasets
+from digits_mirrored_bf16.engine.classifier import BatchMeanLoss
 from digits_mirrored_bf16.engine.contract import DatasetError
 from digits_mirrored_bf16.engine.train import Trainer, fit
 from digits_mirrored_bf16.model import build_model
@@ -31,6 +33,20 @@ def _frozen(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return tf.data.Dataset.from_generator(
         lambda: iter(batches), output_signature=dataset.element_spec
     ).apply(tf.data.experimental.assert_cardinality(len(batches)))
+
+
+def _task_loss_and_metrics(config: Config) -> dict[str, object]:
+    """`compile`'s `loss` and `metrics` for `model.fit`, as the task of `task.py` has them.
+
+    The task's loss, reduced to the mean over the batch as `compile` wants it (the task sums,
+    and `compute_loss` divides), and fresh copies of its training metrics but the loss, so
+    that a loss or a metric of your own is the reference too (a metric needs `get_config`,
+    as Keras's own have).
+    """
+    task = PROJECT.build_task(build_model(config), config, QUIET)
+    metrics = [m for m in task.train_metrics if m is not task.train_metrics.loss]
+    copies = [type(metric).from_config(metric.get_config()) for metric in metrics]
+    return {"loss": BatchMeanLoss(task.loss_fn), "metrics": copies}
 
 
 def test_custom_loop_matches_model_fit(config: Config) -> None:
@@ -48,8 +64,7 @@ def test_custom_loop_matches_model_fit(config: Config) -> None:
 
     reference.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-        loss=config.labels.make_loss(),
-        metrics=[config.labels.make_accuracy("accuracy")],
+        **_task_loss_and_metrics(config),
         jit_compile=False,  # The custom loop runs without XLA.
     )
     expected = reference.fit(
@@ -57,7 +72,7 @@ def test_custom_loop_matches_model_fit(config: Config) -> None:
     ).history
 
     # The same keys as model.fit's History, and the same figures.
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+    for key in figure_names(config).metrics:
         assert history.history[key] == pytest.approx(expected[key], rel=1e-5), key
     for ours, theirs in zip(model.get_weights(), reference.get_weights(), strict=True):
         np.testing.assert_allclose(ours, theirs, atol=1e-5)
@@ -101,8 +116,7 @@ def test_weighted_training_matches_model_fit(config: Config, weighting: str) -> 
 
     reference.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-        loss=config.labels.make_loss(),
-        metrics=[config.labels.make_accuracy("accuracy")],
+        **_task_loss_and_metrics(config),
         jit_compile=False,
     )
     expected = reference.fit(
@@ -113,7 +127,7 @@ def test_weighted_training_matches_model_fit(config: Config, weighting: str) -> 
         shuffle=False,
         verbose=0,
     ).history
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+    for key in figure_names(config).metrics:
         assert history.history[key] == pytest.approx(expected[key], rel=1e-5), key
     for ours, theirs in zip(model.get_weights(), reference.get_weights(), strict=True):
         np.testing.assert_allclose(ours, theirs, atol=1e-5)
@@ -141,14 +155,13 @@ def test_dict_features_train_as_model_fit(config: Config) -> None:
 
     reference.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-        loss=config.labels.make_loss(),
-        metrics=[config.labels.make_accuracy("accuracy")],
+        **_task_loss_and_metrics(config),
         jit_compile=False,
     )
     expected = reference.fit(
         train_ds, validation_data=val_ds, epochs=config.epochs, shuffle=False, verbose=0
     ).history
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+    for key in figure_names(config).metrics:
         assert history.history[key] == pytest.approx(expected[key], rel=1e-5), key
     for ours, theirs in zip(model.get_weights(), reference.get_weights(), strict=True):
         np.testing.assert_allclose(ours, theirs, atol=1e-5)
@@ -176,8 +189,7 @@ def test_datasets_that_repeat_forever_train_as_model_fit_with_steps_per_epoch(
 
     reference.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-        loss=config.labels.make_loss(),
-        metrics=[config.labels.make_accuracy("accuracy")],
+        **_task_loss_and_metrics(config),
         jit_compile=False,
     )
     expected = reference.fit(
@@ -189,7 +201,7 @@ def test_datasets_that_repeat_forever_train_as_model_fit_with_steps_per_epoch(
         shuffle=False,
         verbose=0,
     ).history
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+    for key in figure_names(config).metrics:
         assert history.history[key] == pytest.approx(expected[key], rel=1e-5), key
     for ours, theirs in zip(model.get_weights(), reference.get_weights(), strict=True):
         np.testing.assert_allclose(ours, theirs, atol=1e-5)

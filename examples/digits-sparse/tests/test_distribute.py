@@ -181,8 +181,9 @@ def test_sample_weights_train_exactly_alike_on_replicas_and_in_micro_batches() -
     for run in (weights, accumulated):
         for ours, theirs in zip(run, one_device_weights, strict=True):
             np.testing.assert_allclose(ours, theirs, atol=1e-5)
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-        np.testing.assert_allclose(history[key], one_history[key], rtol=1e-5, err_msg=key)
+    for key, values in one_history.items():
+        if key != "steps_per_second":
+            np.testing.assert_allclose(history[key], values, rtol=1e-5, err_msg=key)
 
 
 @pytest.mark.slow  # Two runs, about 1 s: the projects that run slow tests run it.

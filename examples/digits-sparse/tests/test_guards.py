@@ -139,8 +139,9 @@ def test_a_bad_batch_leaves_the_run_as_one_that_skipped_it(
     clean_history = clean.fit(dataset(x[keep], y[keep], 16))
 
     assert history.history["skipped_steps"] == [1.0, 1.0]
-    for key in ("loss", "accuracy"):
-        assert history.history[key] == clean_history.history[key], key
+    for key, values in clean_history.history.items():
+        if key not in ("skipped_steps", "steps_per_second"):
+            assert history.history[key] == values, key
     for ours, theirs in zip(_state(skipping.model), _state(clean.model), strict=True):
         np.testing.assert_array_equal(ours, theirs)
     for ours, theirs in zip(_optimizer_state(skipping), _optimizer_state(clean), strict=True):

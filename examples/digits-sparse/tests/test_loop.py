@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +14,15 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import QUIET, dataset, features, labels_for, linear_model, traced_once_per_phase
+from helpers import (
+    QUIET,
+    dataset,
+    features,
+    figure_names,
+    labels_for,
+    linear_model,
+    traced_once_per_phase,
+)
 
 from digits_sparse import PROJECT, data
 from digits_sparse.__main__ import main
@@ -24,13 +31,6 @@ from digits_sparse.data import load_datasets
 from digits_sparse.engine.train import Trainer, fit
 from digits_sparse.model import build_model
 
-LINE = re.compile(
-    r"epoch (\d+)/(\d+) \| loss \d+\.\d{4} \| accuracy \d\.\d{4} "
-    r"\| val_loss \d+\.\d{4} \| val_accuracy \d\.\d{4} \| "
-    r"learning_rate [\d.e-]+ \| \d+ steps/s"
-)
-RATES = {"learning_rate"}
-KEYS = {"loss", "accuracy", "val_loss", "val_accuracy", "skipped_steps", "steps_per_second"} | RATES
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
@@ -65,8 +65,8 @@ def test_every_batch_runs_exactly_once_per_epoch(config: Config, steps_per_execu
     data = dataset(x, labels_for(model, x, config, agree=True), 16)  # 7 batches, the last of 4
     options = dataclasses.replace(QUIET, steps_per_execution=steps_per_execution)
     trainer = Trainer(PROJECT, config, model, options)
-    loss, _ = trainer.task.train_metrics
-    val_loss, _ = trainer.task.val_metrics
+    loss = trainer.task.train_metrics.loss
+    val_loss = trainer.task.val_metrics.loss
 
     for epoch in range(2):
         _, steps = trainer.train_epoch(data)
@@ -120,13 +120,16 @@ def test_fit_returns_a_history_like_model_fit_and_writes_the_run(
     assert isinstance(history, keras.callbacks.History)
     assert history.model is model
     assert history.epoch == [0, 1]
-    assert set(history.history) == KEYS
+    figures = figure_names(config)
+    assert set(history.history) == figures.keys
     assert all(len(values) == 2 for values in history.history.values())
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [line.pop("epoch") for line in lines] == [1, 2]
-    assert {k: [line[k] for line in lines] for k in KEYS} == history.history
+    assert {k: [line[k] for line in lines] for k in figures.keys} == history.history
     printed = capsys.readouterr().out.splitlines()
-    assert [LINE.fullmatch(line).groups() for line in printed] == [("1", "2"), ("2", "2")]
+    matches = [figures.progress_line().fullmatch(line) for line in printed]
+    assert all(matches), printed
+    assert [match.groups() for match in matches] == [("1", "2"), ("2", "2")]
 
 
 def test_fit_repeats_exactly_with_the_same_seed(config: Config) -> None:
@@ -167,10 +170,11 @@ def test_command_line_trains_into_a_new_run_directory(
     assert "train" not in {p.name for p in runs[1].iterdir()}
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"run directory: {Path('runs') / runs[0].name}")
-    assert LINE.fullmatch(out[1])
+    figures = figure_names(Config())
+    assert figures.progress_line().fullmatch(out[1]), out[1]
     for run in runs:
         (line,) = (run / "metrics.jsonl").read_text().splitlines()
-        assert set(json.loads(line)) == KEYS | {"epoch"}
+        assert set(json.loads(line)) == figures.keys | {"epoch"}
 
 
 def test_command_line_refuses_a_directory_that_holds_a_run(
@@ -285,7 +289,8 @@ def test_command_line_prints_no_tensorflow_noise(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
-    assert LINE.fullmatch(result.stdout.splitlines()[1])
+    line = result.stdout.splitlines()[1]
+    assert figure_names(Config()).progress_line().fullmatch(line), line
 
 
 @pytest.mark.parametrize(

@@ -65,12 +65,12 @@ def test_steps_add_regularization_losses(config: Config) -> None:
     x = features(config, 16)
     y = labels_for(model, x, config, agree=True)
 
-    data_loss = float(config.labels.make_loss()(y, model(x, training=False)))
+    data_loss = float(trainer.task.loss_fn(y, model(x, training=False))) / len(x)
     regularization = float(tf.add_n(model.losses))
     assert regularization > 0.01
     expected = data_loss + regularization
-    train_loss, _ = trainer.task.train_metrics
-    val_loss, _ = trainer.task.val_metrics
+    train_loss = trainer.task.train_metrics.loss
+    val_loss = trainer.task.val_metrics.loss
     trainer.eval_step(tf.constant(x), tf.constant(y))
     assert float(val_loss.result()) == pytest.approx(expected)
     trainer.train_step(tf.constant(x), tf.constant(y))

@@ -2,16 +2,74 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from collections.abc import Iterable
+
 import keras
 import numpy as np
 import tensorflow as tf
 
+from sequences_sparse import PROJECT
 from sequences_sparse.config import Config, RunOptions
 from sequences_sparse.engine.train import Trainer
+from sequences_sparse.model import build_model
 
 # Tests print no progress, and train on one device in float32 whatever the project's defaults:
 # test_distribute.py covers strategies and mixed precision.
 QUIET = RunOptions(verbose=0, strategy="none", precision="float32")
+
+
+@dataclasses.dataclass(frozen=True)
+class Figures:
+    """The names of the figures a run logs every epoch, as the project's task names them.
+
+    Each in the order of the progress line: by name, those of a loss first.
+
+    Attributes:
+        train: The task's training metrics.
+        val: Its validation metrics.
+        rates: Each optimizer's learning rate, which the loop adds.
+    """
+
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    rates: tuple[str, ...]
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The task's metrics, training's then validation's."""
+        return self.train + self.val
+
+    @property
+    def keys(self) -> set[str]:
+        """The keys of an epoch's logs, of the `History` and of a `metrics.jsonl` line."""
+        return {*self.metrics, *self.rates, "skipped_steps", "steps_per_second"}
+
+    def progress_line(self) -> re.Pattern[str]:
+        """An epoch's line of progress, `epoch 1/2 | loss 0.1234 | ... | 812 steps/s`."""
+        metrics = [re.escape(name) + r" -?\d+\.\d{4}" for name in self.metrics]
+        rates = [re.escape(name) + r" [\d.e-]+" for name in self.rates]
+        return re.compile(r" \| ".join([r"epoch (\d+)/(\d+)", *metrics, *rates, r"\d+ steps/s"]))
+
+
+def figure_names(config: Config) -> Figures:
+    """The figures a run of `config` logs, named by the task of `task.py` as it is now.
+
+    A metric added to `build_metrics` is one more name here, so tests that read the names
+    from this keep passing when the task changes on purpose.
+    """
+    task = PROJECT.build_task(build_model(config), config, QUIET)
+
+    def in_order(names: Iterable[str]) -> tuple[str, ...]:
+        # As the progress line shows them: by name, those of a loss first.
+        return tuple(sorted(sorted(names), key=lambda name: "loss" not in name))
+
+    return Figures(
+        in_order(metric.name for metric in task.train_metrics),
+        in_order(metric.name for metric in task.val_metrics),
+        in_order(task.optimizers.learning_rates()),
+    )
 
 
 def features(config: Config, num_examples: int, seed: int = 0) -> np.ndarray:

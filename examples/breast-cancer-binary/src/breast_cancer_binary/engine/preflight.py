@@ -26,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .classifier import ClassifierTask
+from .classifier import BatchMeanLoss, ClassifierTask
 from .contract import DatasetError, check_sample_weights
 from .features import TokenSequences
 from .gradients import NoneGradientError, NoneGradientWarning
@@ -361,7 +361,7 @@ def _reference(model: keras.Model, trainer: Trainer) -> keras.Model | _Cut | str
         settings["global_clipnorm"] = trainer.options.clip_global_norm
     trained.compile(
         optimizer=type(optimizer).from_config(settings),
-        loss=task.labels.make_loss(),
+        loss=BatchMeanLoss(task.loss_fn),
         jit_compile=False,
     )
     return reference if trained is reference else _Cut(reference, trained)

@@ -12,7 +12,7 @@ Template-owned: `copier update` replaces it with the template's later versions.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 import keras
@@ -25,7 +25,7 @@ from .features import Features, with_packed_features
 from .labels import Labels
 from .optimizers import OptimizerSet
 from .options import RunOptions
-from .task import StepFn, Task, check_step_result
+from .task import StepFn, Task
 
 
 class ClassifierConfig(Protocol):
@@ -44,35 +44,63 @@ class ClassifierConfig(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class StepMetrics:
-    """The running loss and accuracy of one phase, e.g. training or validation.
+    """The running loss and accuracy of one phase, e.g. training or validation, and any more.
 
-    Iterating gives the metrics, which the loop resets every epoch and reads.
+    Iterating gives the metrics, which the loop resets every epoch and reads, and which go to
+    the progress line, `metrics.jsonl`, TensorBoard and the `History` by their names.
 
     Attributes:
         loss: The running loss.
         accuracy: The running accuracy.
+        extra: Metrics of yours, each updated with `(y, y_pred)` as `accuracy` is.
+        figures: The means of the figures `train_step` returns (`ClassifierTask.figures`).
         output: What `update` reads of the model's outputs: `ClassifierTask` sets it to its
             `primary_output` (`reading`); all of them by default.
     """
 
     loss: BatchMean
     accuracy: keras.metrics.Metric
+    extra: tuple[keras.metrics.Metric, ...] = ()
+    figures: tuple[keras.metrics.Mean, ...] = ()
     output: Callable[[Any], tf.Tensor] = dataclasses.field(
         default=lambda outputs: outputs, compare=False, repr=False
     )
 
     @classmethod
-    def create(cls, labels: Labels, prefix: str = "") -> StepMetrics:
-        """Metrics named `{prefix}loss` and `{prefix}accuracy` (for `labels`), as `model.fit`."""
-        return cls(BatchMean(name=f"{prefix}loss"), labels.make_accuracy(f"{prefix}accuracy"))
+    def create(
+        cls, labels: Labels, prefix: str = "", extra: Iterable[keras.metrics.Metric] = ()
+    ) -> StepMetrics:
+        """Metrics named `{prefix}loss` and `{prefix}accuracy` (for `labels`), as `model.fit`.
+
+        Args:
+            labels: The labels' encoding, which picks the accuracy.
+            prefix: The start of every name: `""` for training, `"val_"` for validation.
+            extra: More Keras metrics, each updated with `update_state(y, y_pred)` by
+                `update`; name them with `prefix` too (e.g. `f"{prefix}top3"`).
+
+        Raises:
+            ValueError: If two metrics have the same name.
+        """
+        metrics = cls(
+            BatchMean(name=f"{prefix}loss"), labels.make_accuracy(f"{prefix}accuracy"), tuple(extra)
+        )
+        names = [metric.name for metric in metrics]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(
+                f"metric name(s) {', '.join(repeated)} appear more than once in "
+                "build_metrics; give each metric its own name, starting with the prefix"
+            )
+        return metrics
 
     def update(self, loss: tf.Tensor, y: tf.Tensor, y_pred: tf.Tensor) -> None:
         """Record one batch (this replica's share of it). Must be `tf.function`-compatible.
 
         The loss is weighted by the batch size, as `model.fit` does, so a smaller last batch
-        counts for what it holds. Sample weights are in the loss already; the accuracy counts
-        every example once, as `model.fit` counts its `metrics` (Keras weights only its
-        `weighted_metrics`).
+        counts for what it holds. Sample weights are in the loss already; the accuracy and
+        the extra metrics count every example once, as `model.fit` counts its `metrics`
+        (Keras weights only its `weighted_metrics`). A Keras metric's variables sync on read,
+        summed over the replicas, so one of totals and counts is exact on several.
 
         Args:
             loss: This replica's part of the batch's loss, from `ClassifierTask.compute_loss`.
@@ -80,14 +108,35 @@ class StepMetrics:
             y_pred: This replica's outputs, all of them: the accuracy reads `output(y_pred)`.
         """
         self.loss.add(loss, global_batch_size(y), tf.shape(y)[0])
-        self.accuracy.update_state(y, self.output(y_pred))
+        for metric in (self.accuracy, *self.extra):
+            metric.update_state(y, self.output(y_pred))
 
     def reading(self, output: Callable[[Any], tf.Tensor]) -> StepMetrics:
         """These metrics, with `update` reading `output(y_pred)` of the model's outputs."""
         return dataclasses.replace(self, output=output)
 
+    def record(self, figures: Mapping[str, tf.Tensor]) -> None:
+        """Add each figure a step returned to its mean. Must be `tf.function`-compatible.
+
+        Each replica adds its own value, so a figure's epoch mean is over its batches and
+        its replicas: return a figure that is the whole batch's (the same on every replica),
+        or one whose mean over the replicas is what you want.
+
+        Raises:
+            ValueError: If `figures` and the means (`ClassifierTask.figures`) differ in names.
+        """
+        means = {metric.name: metric for metric in self.figures}
+        if set(figures) != set(means):
+            raise ValueError(
+                f"train_step returned the figures {sorted(figures)}, but Task.figures names "
+                f"{sorted(means)}; name each figure the step returns in Task.figures, e.g. "
+                'figures = ("grad_norm",)'
+            )
+        for name, value in figures.items():
+            means[name].update_state(value)
+
     def __iter__(self) -> Iterator[keras.metrics.Metric]:
-        return iter((self.loss, self.accuracy))
+        return iter((self.loss, self.accuracy, *self.extra, *self.figures))
 
 
 def total_loss(
@@ -118,12 +167,33 @@ def total_loss(
     return loss
 
 
+class BatchMeanLoss(keras.losses.Loss):
+    """A task's summed loss (`build_loss`'s) as `model.compile` takes one: its batch mean.
+
+    The same per-example losses as `loss`, reduced as `compile` reduces them (summed, each
+    times its sample weight if given, and divided by the examples), so that a `model.fit`
+    reference (`check`'s, the parity tests') trains on exactly the task's loss.
+    """
+
+    def __init__(self, loss: keras.losses.Loss) -> None:
+        super().__init__(name=loss.name, reduction="sum_over_batch_size")
+        self.summed = loss
+
+    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        """Each example's loss, as `loss` computes it."""
+        return self.summed.call(y_true, y_pred)
+
+
 class ClassifierTask(Task):
     """A classifier's `engine.task.Task`: the model, its optimizers, loss, metrics and steps.
 
     Subclass it (as `task.py` does) and give it `build_optimizers`, `build_loss`,
     `build_metrics`, `train_step` and `test_step` (and `callbacks`, for its own callbacks);
-    the loop runs the steps through `make_train_step` and `make_eval_step`.
+    the loop runs the steps through `make_train_step` and `make_eval_step`. A `train_step`
+    that returns a dict of scalars, e.g. `{"grad_norm": norm}`, names them in `figures`,
+    the class attribute: each gets a `keras.metrics.Mean` among `train_metrics`, so its
+    epoch mean is logged as a metric is, reset every epoch, checkpointed and undone with a
+    skipped step. The means are made before the loop is traced, hence the names up front.
 
     Args:
         model: A built or unbuilt Keras model whose output fits the loss.
@@ -138,16 +208,21 @@ class ClassifierTask(Task):
         inputs: What a batch of features is, `config.features`: its spec and its checks.
         optimizers: Its optimizers, from `build_optimizers`, built on its trainable variables.
         loss_fn: The data loss, from `build_loss`.
-        train_metrics: `loss` and `accuracy`, from `build_metrics("")`, recorded by
-            `train_step`; `StepMetrics` read the `primary_output` of the outputs they get.
-        val_metrics: `val_loss` and `val_accuracy`, from `build_metrics("val_")`, recorded
-            by `test_step`, likewise.
+        figures: The names of the figures `train_step` returns, if it returns a dict; none
+            by default.
+        train_metrics: `loss`, `accuracy` and any extra ones, from `build_metrics("")`,
+            recorded by `train_step`, and the means of its `figures`; `StepMetrics` read the
+            `primary_output` of the outputs they get.
+        val_metrics: `val_loss`, `val_accuracy` and any extra ones, from
+            `build_metrics("val_")`, recorded by `test_step`, likewise.
         features: What the model takes (`inputs.model_spec(model)`): one tensor, or a dict
             of them for a model built on a dict of named inputs.
         input_signature: `(features, labels)` of one batch, flat as the loop passes them (a
             dict's values in sorted key order): `features` and `labels.spec`; `signature`
             adds the sample weights' spec where a dataset has them.
     """
+
+    figures: tuple[str, ...] = ()
 
     def __init__(self, model: keras.Model, config: ClassifierConfig, options: RunOptions) -> None:
         self.labels = config.labels
@@ -161,6 +236,15 @@ class ClassifierTask(Task):
         self.optimizers = self.build_optimizers()
         self.loss_fn = self.build_loss()
         self.train_metrics = self._reading_primary_output(self.build_metrics(""))
+        if self.figures:
+            means = tuple(keras.metrics.Mean(name=name) for name in self.figures)
+            self.train_metrics = dataclasses.replace(self.train_metrics, figures=means)
+            names = [metric.name for metric in self.train_metrics]
+            if len(set(names)) < len(names):
+                raise ValueError(
+                    f"Task.figures {list(self.figures)} repeat a name among the metrics "
+                    f"{names}; give each figure a name of its own"
+                )
         self.val_metrics = self._reading_primary_output(self.build_metrics("val_"))
         self.features = self.inputs.model_spec(model)
         self.input_signature = tuple(tf.nest.flatten((self.features, self.labels.spec)))
@@ -200,6 +284,18 @@ class ClassifierTask(Task):
         y_pred = self.primary_output(y_pred)
         return total_loss(self.model, self.loss_fn, y, y_pred, global_batch_size(y), sample_weight)
 
+    def batch_mean(self, values: tf.Tensor) -> tf.Tensor:
+        """This replica's part of the mean of `values` over the whole batch: a loss term's.
+
+        `values` holds one value per example of this replica's share (e.g. a penalty on an
+        intermediate tensor, summed over its other axes); their sum is divided by the examples
+        of the whole batch, so that the replicas' parts add up to one device's mean however the
+        batch is split (`tf.reduce_mean` would average each share on its own). Float32 under any
+        dtype policy. Must be `tf.function`-compatible.
+        """
+        values = tf.cast(values, tf.float32)
+        return tf.reduce_sum(values) / global_batch_size(values)
+
     def prediction_input(self, inputs: np.ndarray) -> np.ndarray:
         """`inputs` checked and cast as the features `config.features` describes.
 
@@ -227,14 +323,16 @@ class ClassifierTask(Task):
 
         The labels (and token ids) are checked first; around the step, the optimizers
         learn the batch size and reset their `status`, which the returned function returns
-        for the loop's guard. `train_step` returns nothing (`task.check_step_result`).
+        for the loop's guard. A dict of figures `train_step` returns goes to their means
+        (`StepMetrics.record`), which the loop logs with the metrics.
         """
 
         def step(x: tf.Tensor, y: tf.Tensor, sample_weight: tf.Tensor | None = None) -> tf.Tensor:
             x = self.inputs.checked_values(x)
             y = self.labels.checked_values(y)
             self.optimizers.begin_step(global_batch_size(y))
-            check_step_result(self.train_step(x, y, sample_weight))
+            figures = self.train_step(x, y, sample_weight)
+            self.train_metrics.record({} if figures is None else figures)
             return self.optimizers.end_step()
 
         return with_packed_features(step, self.features)
