@@ -53,10 +53,33 @@ RECIPES = {
     "2": tuple(VARIANTS),
     "3": tuple(VARIANTS),
     "4": ("backbone-head", "backbone-head-variable"),
+    "5": ("single", "backbone-head", "one-hot", "binary"),
 }
 TESTED = ("single", "backbone-head")
 # What a recipe must do besides keeping the tests above passing: Python run in the project.
 CHECKS = {
+    # The term is in the loss: the generated loss plus 1e-5 times the batch mean of the hidden
+    # activations' squares (on one device, the batch's mean).
+    "5": """
+import numpy as np
+import tensorflow as tf
+from demo import PROJECT
+from demo.config import Config, RunOptions
+from demo.data import load_datasets
+from demo.model import build_model
+
+config = Config()
+model = build_model(config)
+task = PROJECT.build_task(model, config, RunOptions(verbose=0, strategy="none"))
+x, y = next(iter(load_datasets(config)[0]))[:2]
+outputs = model(x, training=False)
+assert set(outputs) == {"output", "hidden"}, set(outputs)
+generated = float(super(type(task), task).compute_loss(y, outputs))
+squares = tf.reduce_sum(tf.square(outputs["hidden"]), axis=-1)
+penalty = 1e-5 * float(tf.reduce_mean(squares))
+assert penalty > 1e-6, penalty
+np.testing.assert_allclose(float(task.compute_loss(y, outputs)), generated + penalty, rtol=1e-5)
+""",
     # A norm this small leaves the backbone's Adam steps under 1e-4 of its learning rate, so it
     # barely moves; unclipped, it moves by about the learning rate a step.
     "4": """
