@@ -26,7 +26,7 @@ from digits_mirrored_bf16.engine import train as training
 from digits_mirrored_bf16.engine import trained
 from digits_mirrored_bf16.engine.cli import HAND_WRITTEN, field_help, flag_name
 from digits_mirrored_bf16.engine.project import Project
-from digits_mirrored_bf16.engine.trained import RunFileError, load_run, save_output
+from digits_mirrored_bf16.engine.trained import RunFileError, load_task, save_output
 
 PROG = "python -m digits_mirrored_bf16"
 
@@ -72,8 +72,8 @@ def test_predict_writes_probabilities_or_class_ids(
     assert main(argv) == 0
 
     predicted = np.load(tmp_path / "y.npy")
-    _, model = load_run(PROJECT, logdir)  # Under the run's dtype policy, as predict loads it.
-    outputs = model(x)
+    task = load_task(PROJECT, logdir)  # Under the run's dtype policy, as predict loads it.
+    outputs = task.primary_output(task.model(x))
     probabilities = config.labels.probabilities(outputs)
     if class_ids:
         assert predicted.dtype == np.int32 and predicted.shape == (len(x),)
@@ -92,10 +92,11 @@ def test_export_writes_a_saved_model_that_serves_the_same_outputs(
     assert list(out.parent.iterdir()) == [out]  # No temporary directory is left beside it.
     served = tf.saved_model.load(str(out))
     x = tf.constant(typical_rows(config))
-    _, model = load_run(PROJECT, logdir)  # Under the run's dtype policy, as export loads it.
+    task = load_task(PROJECT, logdir)  # Under the run's dtype policy, as export loads it.
+    outputs = task.primary_output(task.model(x))
     # In bfloat16, the served graph and the eager model round differently (by up to
     # 2e-3 in bfloat16 on digits, about one unit in the last place of a logit).
-    np.testing.assert_allclose(served.serve(x), model(x), rtol=2e-2, atol=5e-3)
+    np.testing.assert_allclose(served.serve(x), outputs, rtol=2e-2, atol=5e-3)
 
 
 def test_predict_on_raw_rows_gives_what_the_pipeline_measured(
@@ -111,9 +112,10 @@ def test_predict_on_raw_rows_gives_what_the_pipeline_measured(
     assert main([*argv, "--output", str(tmp_path / "y.npy"), "--class-ids"]) == 0
     served = np.load(tmp_path / "y.npy")
 
-    _, model = load_run(PROJECT, logdir)
+    task = load_task(PROJECT, logdir)
     _, val_ds = load_datasets(config)
-    piped = np.concatenate([config.labels.class_ids(model(x, training=False)) for x, *_ in val_ds])
+    outputs = [task.primary_output(task.model(x, training=False)) for x, *_ in val_ds]
+    piped = np.concatenate([config.labels.class_ids(batch) for batch in outputs])
     logged = json.loads((logdir / "metrics.jsonl").read_text().splitlines()[-1])
     accuracy = float(np.mean(served == labels[rows]))
     # In bfloat16, `model.predict`'s graph and the eager model round differently, which

@@ -26,7 +26,7 @@ from digits_onehot_probs.engine import train as training
 from digits_onehot_probs.engine import trained
 from digits_onehot_probs.engine.cli import HAND_WRITTEN, field_help, flag_name
 from digits_onehot_probs.engine.project import Project
-from digits_onehot_probs.engine.trained import RunFileError, load_run, save_output
+from digits_onehot_probs.engine.trained import RunFileError, load_task, save_output
 
 PROG = "python -m digits_onehot_probs"
 
@@ -72,8 +72,8 @@ def test_predict_writes_probabilities_or_class_ids(
     assert main(argv) == 0
 
     predicted = np.load(tmp_path / "y.npy")
-    _, model = load_run(PROJECT, logdir)  # Under the run's dtype policy, as predict loads it.
-    outputs = model(x)
+    task = load_task(PROJECT, logdir)  # Under the run's dtype policy, as predict loads it.
+    outputs = task.primary_output(task.model(x))
     probabilities = config.labels.probabilities(outputs)
     if class_ids:
         assert predicted.dtype == np.int32 and predicted.shape == (len(x),)
@@ -91,8 +91,9 @@ def test_export_writes_a_saved_model_that_serves_the_same_outputs(
     assert list(out.parent.iterdir()) == [out]  # No temporary directory is left beside it.
     served = tf.saved_model.load(str(out))
     x = tf.constant(typical_rows(config))
-    _, model = load_run(PROJECT, logdir)  # Under the run's dtype policy, as export loads it.
-    np.testing.assert_allclose(served.serve(x), model(x), rtol=1e-5, atol=1e-6)
+    task = load_task(PROJECT, logdir)  # Under the run's dtype policy, as export loads it.
+    outputs = task.primary_output(task.model(x))
+    np.testing.assert_allclose(served.serve(x), outputs, rtol=1e-5, atol=1e-6)
 
 
 def test_predict_on_raw_rows_gives_what_the_pipeline_measured(
@@ -108,9 +109,10 @@ def test_predict_on_raw_rows_gives_what_the_pipeline_measured(
     assert main([*argv, "--output", str(tmp_path / "y.npy"), "--class-ids"]) == 0
     served = np.load(tmp_path / "y.npy")
 
-    _, model = load_run(PROJECT, logdir)
+    task = load_task(PROJECT, logdir)
     _, val_ds = load_datasets(config)
-    piped = np.concatenate([config.labels.class_ids(model(x, training=False)) for x, *_ in val_ds])
+    outputs = [task.primary_output(task.model(x, training=False)) for x, *_ in val_ds]
+    piped = np.concatenate([config.labels.class_ids(batch) for batch in outputs])
     logged = json.loads((logdir / "metrics.jsonl").read_text().splitlines()[-1])
     accuracy = float(np.mean(served == labels[rows]))
     np.testing.assert_array_equal(served, piped)

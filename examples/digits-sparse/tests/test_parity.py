@@ -21,7 +21,7 @@ from helpers import (
 from digits_sparse import PROJECT
 from digits_sparse.config import Config
 from digits_sparse.data import load_datasets
-from digits_sparse.engine.classifier import BatchMeanLoss
+from digits_sparse.engine.classifier import KerasReference
 from digits_sparse.engine.contract import DatasetError
 from digits_sparse.engine.train import Trainer, fit
 from digits_sparse.model import build_model
@@ -35,18 +35,25 @@ def _frozen(dataset: tf.data.Dataset) -> tf.data.Dataset:
     ).apply(tf.data.experimental.assert_cardinality(len(batches)))
 
 
-def _task_loss_and_metrics(config: Config) -> dict[str, object]:
-    """`compile`'s `loss` and `metrics` for `model.fit`, as the task of `task.py` has them.
+def _model_fit(config: Config, reference: keras.Model) -> keras.Model:
+    """`reference` as `model.fit` trains it on the task of `task.py`: its loss, its metrics.
 
-    The task's loss, reduced to the mean over the batch as `compile` wants it (the task sums,
-    and `compute_loss` divides), and fresh copies of its training metrics but the loss, so
-    that a loss or a metric of your own is the reference too (a metric needs `get_config`,
-    as Keras's own have).
+    Keras's own steps with the task's `compute_loss` (`KerasReference`), and fresh copies of
+    the task's training metrics but the loss and the figures, so that a loss or a metric of
+    your own is the reference's too (a metric needs `get_config`, as Keras's own have). One
+    Adam at the config's learning rate, without XLA, as the custom loop runs.
     """
-    task = PROJECT.build_task(build_model(config), config, QUIET)
-    metrics = [m for m in task.train_metrics if m is not task.train_metrics.loss]
+    task = PROJECT.build_task(reference, config, QUIET)
+    own = {id(task.train_metrics.loss), *map(id, task.train_metrics.figures)}
+    metrics = [m for m in task.train_metrics if id(m) not in own]
     copies = [type(metric).from_config(metric.get_config()) for metric in metrics]
-    return {"loss": BatchMeanLoss(task.loss_fn), "metrics": copies}
+    model_fit = KerasReference(task)
+    model_fit.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
+        metrics=copies,
+        jit_compile=False,
+    )
+    return model_fit
 
 
 def test_custom_loop_matches_model_fit(config: Config) -> None:
@@ -62,12 +69,8 @@ def test_custom_loop_matches_model_fit(config: Config) -> None:
 
     history = fit(PROJECT, config, model=model, train_ds=train_ds, val_ds=val_ds, options=QUIET)
 
-    reference.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-        **_task_loss_and_metrics(config),
-        jit_compile=False,  # The custom loop runs without XLA.
-    )
-    expected = reference.fit(
+    model_fit = _model_fit(config, reference)
+    expected = model_fit.fit(
         train_ds, validation_data=val_ds, epochs=config.epochs, shuffle=False, verbose=0
     ).history
 
@@ -114,12 +117,8 @@ def test_weighted_training_matches_model_fit(config: Config, weighting: str) -> 
         class_weight=class_weight,
     )
 
-    reference.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-        **_task_loss_and_metrics(config),
-        jit_compile=False,
-    )
-    expected = reference.fit(
+    model_fit = _model_fit(config, reference)
+    expected = model_fit.fit(
         train_ds,
         validation_data=val_ds,
         epochs=config.epochs,
@@ -153,12 +152,8 @@ def test_dict_features_train_as_model_fit(config: Config) -> None:
     trainer = Trainer(PROJECT, config, model, QUIET)
     history = trainer.fit(train_ds, val_ds)
 
-    reference.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-        **_task_loss_and_metrics(config),
-        jit_compile=False,
-    )
-    expected = reference.fit(
+    model_fit = _model_fit(config, reference)
+    expected = model_fit.fit(
         train_ds, validation_data=val_ds, epochs=config.epochs, shuffle=False, verbose=0
     ).history
     for key in figure_names(config).metrics:
@@ -187,12 +182,8 @@ def test_datasets_that_repeat_forever_train_as_model_fit_with_steps_per_epoch(
     options = dataclasses.replace(options, validation_steps=validation_steps)
     history = fit(PROJECT, config, model=model, train_ds=train_ds, val_ds=val_ds, options=options)
 
-    reference.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-        **_task_loss_and_metrics(config),
-        jit_compile=False,
-    )
-    expected = reference.fit(
+    model_fit = _model_fit(config, reference)
+    expected = model_fit.fit(
         train_ds,
         validation_data=val_ds,
         epochs=config.epochs,

@@ -25,7 +25,7 @@ from sequences_sparse.engine import train as training
 from sequences_sparse.engine import trained
 from sequences_sparse.engine.cli import HAND_WRITTEN, field_help, flag_name
 from sequences_sparse.engine.project import Project
-from sequences_sparse.engine.trained import RunFileError, load_run, save_output
+from sequences_sparse.engine.trained import RunFileError, load_task, save_output
 
 PROG = "python -m sequences_sparse"
 
@@ -64,8 +64,8 @@ def test_predict_writes_probabilities_or_class_ids(
     assert main(argv) == 0
 
     predicted = np.load(tmp_path / "y.npy")
-    _, model = load_run(PROJECT, logdir)  # Under the run's dtype policy, as predict loads it.
-    outputs = model(x)
+    task = load_task(PROJECT, logdir)  # Under the run's dtype policy, as predict loads it.
+    outputs = task.primary_output(task.model(x))
     probabilities = config.labels.probabilities(outputs)
     if class_ids:
         assert predicted.dtype == np.int32 and predicted.shape == (len(x),)
@@ -83,8 +83,9 @@ def test_export_writes_a_saved_model_that_serves_the_same_outputs(
     assert list(out.parent.iterdir()) == [out]  # No temporary directory is left beside it.
     served = tf.saved_model.load(str(out))
     x = config.features.probe_batch()
-    _, model = load_run(PROJECT, logdir)  # Under the run's dtype policy, as export loads it.
-    np.testing.assert_allclose(served.serve(x), model(x), rtol=1e-5, atol=1e-6)
+    task = load_task(PROJECT, logdir)  # Under the run's dtype policy, as export loads it.
+    outputs = task.primary_output(task.model(x))
+    np.testing.assert_allclose(served.serve(x), outputs, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("wrong", ["shape", "dtype", "complex", "no-rows"])

@@ -422,3 +422,43 @@ class ClassifierTask(Task):
             return x, y, tf.gather(table, ids)
 
         return conformed.map(with_class_weights).prefetch(2)
+
+
+class KerasReference(keras.Model):
+    """A task's model as `model.fit` trains it, on the task's own loss: the loop's reference.
+
+    Keras's `train_step` and `test_step` (the tape, `optimizer.apply`, the loss tracker, the
+    compiled metrics) with the task's `compute_loss`, and the metrics reading its
+    `primary_output`. So a loss of yours, a term on an intermediate tensor included, is the
+    reference's too, and what a comparison with it finds is the loop's doing. Compile it with
+    an optimizer and the metrics, and no loss. Its weights are the model's.
+
+    Args:
+        task: A task built on the model to train (`compute_loss` reads its regularization
+            losses).
+    """
+
+    def __init__(self, task: ClassifierTask) -> None:
+        super().__init__(name=f"{task.model.name}_reference")
+        self.inner = task.model
+        self.task = task
+
+    def call(self, inputs: Any, training: bool = False) -> Any:
+        """The model's outputs, all of them."""
+        return self.inner(inputs, training=training)
+
+    def compute_loss(
+        self,
+        x: Any = None,
+        y: Any = None,
+        y_pred: Any = None,
+        sample_weight: Any = None,
+        training: bool = True,
+    ) -> tf.Tensor:
+        """The task's loss for the batch (one device: the whole batch's)."""
+        del x, training
+        return self.task.compute_loss(y, y_pred, sample_weight)
+
+    def compute_metrics(self, x: Any, y: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        """The compiled metrics, on the primary output."""
+        return super().compute_metrics(x, y, self.task.primary_output(y_pred), sample_weight)

@@ -26,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .classifier import BatchMeanLoss, ClassifierTask
+from .classifier import ClassifierTask, KerasReference
 from .contract import DatasetError, check_sample_weights
 from .features import TokenSequences
 from .gradients import NoneGradientError, NoneGradientWarning
@@ -328,12 +328,12 @@ def _traces(count: int) -> str:
     return "traced once" if count == 1 else f"traced {count} times"
 
 
-def _reference(model: keras.Model, trainer: Trainer) -> keras.Model | _Cut | str:
+def _reference(model: keras.Model, trainer: Trainer) -> keras.Model | str:
     """A copy of `model` compiled as `model.fit` would train it, or why there is none.
 
     `model.fit` takes one optimizer, so a task with several (a backbone's and a head's) has
-    none. For a model with several outputs, the copy is cut to its primary output, which
-    the loss reads.
+    none. Keras's own step trains the copy on the task's loss (`KerasReference`), the
+    primary output of a model with several included.
     """
     task = trainer.task
     assert isinstance(task, ClassifierTask)
@@ -352,34 +352,17 @@ def _reference(model: keras.Model, trainer: Trainer) -> keras.Model | _Cut | str
     ):
         if copy.shape == variable.shape and copy.dtype == variable.dtype:
             copy.assign(variable)
-    trained = reference
-    if not isinstance(reference.output, keras.KerasTensor):  # Several outputs.
-        trained = keras.Model(reference.input, task.primary_output(reference.output))
+    trained = KerasReference(trainer.project.build_task(reference, trainer.config, trainer.options))
     (optimizer,) = task.optimizers.by_part.values()
     settings = optimizer.get_config()
     if trainer.options.clip_global_norm is not None:
         settings["global_clipnorm"] = trainer.options.clip_global_norm
-    trained.compile(
-        optimizer=type(optimizer).from_config(settings),
-        loss=BatchMeanLoss(task.loss_fn),
-        jit_compile=False,
-    )
-    return reference if trained is reference else _Cut(reference, trained)
-
-
-class _Cut:
-    """A copy of a model with several outputs, trained through its cut to the primary output.
-
-    `model.fit` trains the cut, which shares the copy's weights.
-    """
-
-    def __init__(self, whole: keras.Model, cut: keras.Model) -> None:
-        self.weights = whole.weights
-        self.train_on_batch = cut.train_on_batch
+    trained.compile(optimizer=type(optimizer).from_config(settings), jit_compile=False)
+    return trained
 
 
 def _check_parity(
-    reference: keras.Model | _Cut | str,
+    reference: keras.Model | str,
     model: keras.Model,
     weights_before: list[np.ndarray],
     batch: tuple[tf.Tensor, ...],
