@@ -293,10 +293,8 @@ VARIABLE = "sparse-logits-variable"  # token-id sequences: sequences.py instead 
 BACKBONE_HEAD = "backbone-head-sparse-logits-default"  # two optimizers, a frozen first epoch
 MIRRORED_BF16 = "sparse-logits-image-mirrored-bf16"  # a run's defaults: 3 replicas, bfloat16
 GAN = "gan"  # its own loop body, models, checkpoints and optimizers
-# Every kind of classifier: each label encoding, logits and probabilities, fixed and variable
-# shapes, one and two optimizers. Tests that train with the project's default strategy and
-# precision run in MIRRORED_BF16 too; the others choose their own.
-CLASSIFIERS = (DEFAULT, ONE_HOT_PROBS, BINARY, VARIABLE, BACKBONE_HEAD)
+# Tests that train with the project's default strategy and precision run in MIRRORED_BF16 too;
+# the others choose their own.
 ENGINE_WIDE: dict[str, tuple[str, ...]] = {
     # Processes stopped and resumed (all slow): the same interrupts.py in every project.
     "tests/test_signals.py": (DEFAULT,),
@@ -310,9 +308,9 @@ ENGINE_WIDE: dict[str, tuple[str, ...]] = {
     # runs train with the project's defaults. Each label encoding's metrics are held to
     # model.fit's, epoch by epoch, by test_parity.py in every render.
     "tests/test_loop.py": (DEFAULT, VARIABLE, BACKBONE_HEAD, MIRRORED_BF16),
-    # The non-finite guards of steps.py (branches on `shapes`) and gradients.py (no Jinja);
-    # the tests branch on `optimizers` and `shapes`.
-    "tests/test_guards.py": CLASSIFIERS,
+    # The non-finite guards of engine/classifier.py and gradients.py (no Jinja); the tests
+    # branch on `optimizers` and `shapes`, not on the label encoding (an engine object).
+    "tests/test_guards.py": (DEFAULT, VARIABLE, BACKBONE_HEAD),
     # checkpoints.py has no Jinja; what it saves differs by optimizers and by the input
     # pipeline (sequences), not by the labels; the runs train with the project's defaults (the
     # tests branch on a mirrored strategy). A stopped run resuming bit for bit runs in every
@@ -336,7 +334,7 @@ ENGINE_WIDE: dict[str, tuple[str, ...]] = {
     # Jinja), on the tests' own two-input model. The project's own model and loss are held
     # to model.fit in every render.
     **{
-        f"tests/test_parity.py::{test}": CLASSIFIERS
+        f"tests/test_parity.py::{test}": (DEFAULT, VARIABLE, BACKBONE_HEAD)
         for test in (
             "test_dict_features_train_as_model_fit",
             "test_datasets_that_repeat_forever_train_as_model_fit_with_steps_per_epoch",
@@ -344,10 +342,11 @@ ENGINE_WIDE: dict[str, tuple[str, ...]] = {
     },
     # accumulation.py, distribution.py, gradients.py (clipping) and precision.py have no Jinja:
     # micro-batches on replicas, in float16 with clipping, resumed inside a group, mixed
-    # precision, and the checks of a model's scope and output dtype. The replicas' and one
-    # device's micro-batches' exactness in float32 runs in every render.
+    # precision, and the checks of a model's scope and output dtype; the tests branch on
+    # `optimizers` and `shapes`. The replicas' and one device's micro-batches' exactness in
+    # float32 runs in every render.
     **{
-        f"tests/test_distribute.py::{test}": (*CLASSIFIERS, GAN)
+        f"tests/test_distribute.py::{test}": (DEFAULT, VARIABLE, BACKBONE_HEAD, GAN)
         for test in (
             "test_accumulated_micro_batches_update_as_one_step_on_their_concatenation[2-",
             "test_accumulated_micro_batches_update_as_one_step_on_their_concatenation[None-mixed",
@@ -365,11 +364,14 @@ ENGINE_WIDE: dict[str, tuple[str, ...]] = {
 # only in the label encoding, logits or the input's shape: the encodings and the features are
 # engine objects (engine/labels.py, engine/features.py), held to Keras once in scaffold's own
 # tests, so these renders run only the tests of their own config, data, model and task: parity
-# with model.fit, that the model learns its data, the step on replicas, the label contract and
-# the model's outputs. The other backbone-head render adds its own file and two workers
-# training it (its frozen first epoch changes which variables every worker updates).
+# with model.fit, that the model learns its data, its step on replicas and on resume, the
+# label contract and the model's outputs. The other backbone-head render adds its own file
+# and two workers training it (its frozen first epoch changes which variables every worker
+# updates).
 ANSWER_TESTS = (
     "tests/test_parity.py::test_custom_loop_matches_model_fit",
+    "tests/test_distribute.py::test_replicas_train_exactly_as_one_device",
+    "tests/test_checkpoints.py::test_a_stopped_run_resumes_bit_for_bit",
     "tests/test_learns.py",
     "tests/test_task.py",
     "tests/test_contract.py",
