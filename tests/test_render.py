@@ -425,7 +425,8 @@ def _expected_cost(name: str) -> tuple[bool, bool, bool]:
     heavy = (
         str(answers.get("input_shape", "")).count(",") == 2 or answers.get("optimizers") == "gan"
     )
-    return name in WITH_SLOW_TESTS, name not in ANSWERS_ONLY, heavy
+    full = name not in ANSWERS_ONLY
+    return full and name in WITH_SLOW_TESTS, full, heavy
 
 
 # The longest first, so that none starts last and runs on alone: pytest-xdist's two workers
