@@ -360,8 +360,9 @@ ENGINE_WIDE: dict[str, tuple[str, ...]] = {
 }
 
 
-# What the answers decide, for the renders below, which differ from the covering renders above
-# only in the label encoding, logits or the input's shape: the encodings and the features are
+# What the answers decide, for the renders below, which differ from the full renders (DEFAULT,
+# VARIABLE, BACKBONE_HEAD, MIRRORED_BF16, GAN) only in the label encoding, logits or the
+# input's shape: the encodings and the features are
 # engine objects (engine/labels.py, engine/features.py), held to Keras once in scaffold's own
 # tests, so these renders run only the tests of their own config, data, model and task: parity
 # with model.fit, that the model learns its data, its step on replicas and on resume, the
@@ -377,7 +378,12 @@ ANSWER_TESTS = (
     "tests/test_contract.py",
     "tests/test_outputs.py",
 )
+# What else a label encoding decides in a project's tests: the outputs `predict` writes, the loss
+# `check` expects at initialisation, the loss against Keras's for the encoding.
+ENCODING_TESTS = ("tests/test_trained.py", "tests/test_preflight.py", "tests/test_steps.py")
 ANSWERS_ONLY = {
+    ONE_HOT_PROBS: (*ANSWER_TESTS, *ENCODING_TESTS),
+    BINARY: (*ANSWER_TESTS, *ENCODING_TESTS),
     "sparse-probs-default": ANSWER_TESTS,
     "one-hot-logits-default": ANSWER_TESTS,
     "binary-logits-default": ANSWER_TESTS,
