@@ -2,7 +2,8 @@
 
 `pytest` runs on two pytest-xdist workers (`pyproject.toml`). Each generated project's suite
 (`test_render.py::test_generated_tests_pass`) takes from half a minute to five; started
-first, they run side by side while the many short tests fill the gaps, instead of running
+early (pytest-xdist hands out the renders' groups of static checks first, then tests in this
+order), they run side by side while the many short tests fill the gaps, instead of running
 last and alone.
 """
 
