@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from engine.classifier import BatchMeanLoss, StepMetrics
+from engine.classifier import StepMetrics
 from engine.labels import SparseLabels
 
 
@@ -37,20 +37,6 @@ def test_without_extra_metrics_there_are_the_loss_and_the_accuracy() -> None:
     metrics.update(tf.constant(1.5), tf.constant([0, 2]), tf.constant(np.eye(3)[[0, 1]]))
 
     assert [(m.name, float(m.result())) for m in metrics] == [("loss", 1.5), ("accuracy", 0.5)]
-
-
-@pytest.mark.parametrize("weighted", [False, True])
-def test_a_summed_loss_as_compile_takes_it_is_the_mean_over_the_batch(weighted: bool) -> None:
-    summed = SparseLabels(3).make_loss("sum")
-    y, y_pred = tf.constant([0, 2, 1, 1]), tf.constant(np.arange(12.0).reshape(4, 3) % 5)
-    weights = tf.constant([1.0, 0.0, 2.0, 0.5]) if weighted else None
-
-    mean = BatchMeanLoss(summed)(y, y_pred, sample_weight=weights)
-
-    assert mean.dtype == tf.float32
-    assert float(mean) == pytest.approx(float(summed(y, y_pred, sample_weight=weights)) / 4)
-    reference = SparseLabels(3).make_loss()(y, y_pred, sample_weight=weights)
-    assert float(mean) == pytest.approx(float(reference))
 
 
 def test_the_figures_a_step_returns_go_to_their_means() -> None:
