@@ -167,23 +167,6 @@ def total_loss(
     return loss
 
 
-class BatchMeanLoss(keras.losses.Loss):
-    """A task's summed loss (`build_loss`'s) as `model.compile` takes one: its batch mean.
-
-    The same per-example losses as `loss`, reduced as `compile` reduces them (summed, each
-    times its sample weight if given, and divided by the examples), so that a `model.fit`
-    reference (`check`'s, the parity tests') trains on exactly the task's loss.
-    """
-
-    def __init__(self, loss: keras.losses.Loss) -> None:
-        super().__init__(name=loss.name, reduction="sum_over_batch_size")
-        self.summed = loss
-
-    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-        """Each example's loss, as `loss` computes it."""
-        return self.summed.call(y_true, y_pred)
-
-
 class ClassifierTask(Task):
     """A classifier's `engine.task.Task`: the model, its optimizers, loss, metrics and steps.
 
