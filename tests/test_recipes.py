@@ -18,20 +18,25 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from engine_tests import add_engine_tests
 
 from scaffold.render import render_project
 
 RECIPE = re.compile(r"^#### Recipe (\d+): (.+?)\n.*?```diff\n(.*?)```", flags=re.M | re.S)
 
-# What a step must keep, in the project's own tests: run after each recipe. The figures' tests
-# show a recipe's metric in the progress line, metrics.jsonl, TensorBoard and the History.
+# What a step must keep, in the project's own tests and two of the engine's (added to the project
+# as test_render.py adds them): run after each recipe. The engine's show a recipe's metric in
+# the progress line, metrics.jsonl, TensorBoard and the History.
+ENGINE_KEPT = [
+    "tests/test_loop.py::test_fit_returns_a_history_like_model_fit_and_writes_the_run",
+    "tests/test_callbacks.py::test_tensorboard_events_hold_every_epoch_figure",
+]
 KEPT = [
     "tests/test_task.py",
     "tests/test_parity.py::test_custom_loop_matches_model_fit",
     "tests/test_distribute.py::test_replicas_train_exactly_as_one_device",
     "tests/test_checkpoints.py::test_a_stopped_run_resumes_bit_for_bit",
-    "tests/test_loop.py::test_fit_returns_a_history_like_model_fit_and_writes_the_run",
-    "tests/test_callbacks.py::test_tensorboard_events_hold_every_epoch_figure",
+    *ENGINE_KEPT,
     "tests/test_preflight.py::test_check_passes_on_the_default_data_and_model",
     "tests/test_trained.py::test_evaluate_prints_the_figures_the_run_logged",
     "tests/test_trained.py::test_predict_writes_probabilities_or_class_ids",
@@ -187,6 +192,7 @@ def test_after_a_recipe_the_project_keeps_its_guarantees(
     render: Callable[[str], Path], variant: str, number: str, tmp_path: Path
 ) -> None:
     project = _applied(render(variant), number, tmp_path)
+    add_engine_tests(project, [test.partition("::")[0] for test in ENGINE_KEPT])
     pytest_args = ["-q", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'pytest'}", *KEPT]
     tests = _run([sys.executable, "-m", "pytest", *pytest_args], project)
     assert tests.returncode == 0, tests.stdout[-6000:] + tests.stderr[-2000:]

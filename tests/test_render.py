@@ -13,11 +13,13 @@ import compileall
 import itertools
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from engine_tests import add_engine_tests, engine_test_files
 
 from scaffold.questions import load_questions
 from scaffold.render import render_project
@@ -73,6 +75,8 @@ def _matrix() -> list[tuple[str, dict[str, object]]]:
 
 
 MATRIX = _matrix()
+# A render's name by its project's name.
+RENDER_OF = {str(answers["project_name"]): name for name, answers in MATRIX}
 
 
 # The engine's modules: the same files, byte for byte, in every project.
@@ -132,12 +136,9 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                 f"tests/{module}.py"
                 for module in (
                     "conftest",
-                    "test_callbacks",
                     "test_checkpoints",
                     "test_distribute",
                     "test_gan",
-                    "test_multi_worker",
-                    "test_signals",
                     "test_trained",
                 )
             ),
@@ -170,18 +171,13 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
             for module in (
                 "conftest",
                 "helpers",
-                "test_callbacks",
                 "test_checkpoints",
                 "test_distribute",
                 "test_contract",
-                "test_guards",
                 "test_learns",
-                "test_loop",
-                "test_multi_worker",
                 "test_outputs",
                 "test_parity",
                 "test_preflight",
-                "test_signals",
                 "test_steps",
                 "test_task",
                 "test_trained",
@@ -264,11 +260,11 @@ def test_ruff_clean(project: Path) -> None:
         assert result.returncode == 0, result.stdout + result.stderr
 
 
-# Every render runs its fast tests (those of ANSWERS_ONLY, below, a share of them); these run
-# slow ones too (subprocesses). The signal tests (processes stopped and resumed), the preempted
-# multi-worker run and the resume under load are the same code for every kind of project, so
-# the default project runs them. The other backbone-head project trains two workers (its
-# frozen first epoch changes which variables every worker updates).
+# Every render runs its own tests' fast ones (those of ANSWERS_ONLY, below, a share of them);
+# these run the slow ones too (subprocesses). The slow engine tests (processes stopped and
+# resumed, a preempted multi-worker run, a resume under load) are the same code for every kind of
+# project, so the default project runs them. The other backbone-head project trains two workers
+# (its frozen first epoch changes which variables every worker updates).
 WITH_SLOW_TESTS = {
     "sparse-logits-default": [],
     "backbone-head-one-hot-probs-image": [
@@ -278,97 +274,63 @@ WITH_SLOW_TESTS = {
     ],
 }
 
-# Where the generated tests run. What a project's answers decide runs in every render that has
-# its tests: parity with model.fit, learning, the steps and their one trace per run, the label
-# contract and its guard, preflight, the trained model's outputs, its step's exactness on
-# replicas and on resume, sequences, backbone-head, the GAN. A test of the engine (modules whose
-# code is the same whatever the answers, or branches only on the answers named below) runs only
-# in the renders ENGINE_WIDE lists for it, a file (--ignore elsewhere) or a test (--deselect
-# elsewhere): between them they take every Jinja branch of the tests and of the modules they
-# test. The covering renders:
+# A project's own tests (template/tests/) test what its answers decide, and run in every render
+# that has them: parity with model.fit, learning, its step's one trace, the label contract and
+# its guard, check and the trained model's outputs on its model, its step's exactness on replicas
+# and on resume, sequences, backbone-head, the GAN. The engine's tests that need a whole project
+# (tests/engine/in_projects/, rendered into a project by engine_tests.add_engine_tests) test code
+# that is the same whatever the answers: each runs in the renders ENGINE_WIDE lists for it, which
+# between them take every branch of the test on the answers and every kind of task, pipeline,
+# label encoding and run defaults that the engine treats apart. The covering renders:
 DEFAULT = "sparse-logits-default"  # sparse labels, logits, the offline dataset's shape
 ONE_HOT_PROBS = "one-hot-probs-default"  # the other encoding, probabilities
 BINARY = "binary-probs-default"  # one sigmoid unit: its own losses, metrics and outputs
 VARIABLE = "sparse-logits-variable"  # token-id sequences: sequences.py instead of batches.py
 BACKBONE_HEAD = "backbone-head-sparse-logits-default"  # two optimizers, a frozen first epoch
 MIRRORED_BF16 = "sparse-logits-image-mirrored-bf16"  # a run's defaults: 3 replicas, bfloat16
-GAN = "gan"  # its own loop body, models, checkpoints and optimizers
-# Tests that train with the project's default strategy and precision run in MIRRORED_BF16 too;
-# the others choose their own.
+GAN = "gan"  # its own task, models, checkpoints and optimizers
 ENGINE_WIDE: dict[str, tuple[str, ...]] = {
     # Processes stopped and resumed (all slow): the same interrupts.py in every project.
     "tests/test_signals.py": (DEFAULT,),
-    # callbacks.py has no Jinja; the tests branch on `optimizers` alone (the task's callbacks)
-    # and train on one device in float32 whatever the project's defaults.
+    # The tests branch on `optimizers` alone (the task's callbacks) and train on one device in
+    # float32 whatever the project's defaults.
     "tests/test_callbacks.py": (DEFAULT, BACKBONE_HEAD, GAN),
-    # cluster.py has no Jinja; the tests branch on `optimizers` alone. Two workers train the
-    # other backbone-head project too (ANSWERS_ONLY).
+    # Two workers: the tests branch on `optimizers` alone. Two workers train the other
+    # backbone-head project too (ANSWERS_ONLY).
     "tests/test_multi_worker.py": (DEFAULT, BACKBONE_HEAD, GAN),
-    # loop.py has no Jinja; the tests branch on `optimizers` and `shapes`, and the command-line
-    # runs train with the project's defaults. Each label encoding's metrics are held to
-    # model.fit's, epoch by epoch, by test_parity.py in every render.
+    # The loop: the tests branch on `optimizers` and `shapes`, and the command-line runs train
+    # with the project's defaults.
     "tests/test_loop.py": (DEFAULT, VARIABLE, BACKBONE_HEAD, MIRRORED_BF16),
-    # The non-finite guards of engine/classifier.py and gradients.py (no Jinja); the tests
-    # branch on `optimizers` and `shapes`, not on the label encoding (an engine object).
+    # The non-finite guards: the tests branch on `optimizers` and `shapes`.
     "tests/test_guards.py": (DEFAULT, VARIABLE, BACKBONE_HEAD),
-    # checkpoints.py has no Jinja; what it saves differs by optimizers and by the input
-    # pipeline (sequences), not by the labels; the runs train with the project's defaults (the
-    # tests branch on a mirrored strategy). A stopped run resuming bit for bit runs in every
-    # render.
-    **{
-        f"tests/test_checkpoints.py::{test}": (DEFAULT, VARIABLE, BACKBONE_HEAD, MIRRORED_BF16, GAN)
-        for test in (
-            "test_step_checkpoints_land_on_their_steps",
-            "test_a_resumed_run_repeats_no_epoch_in_its_logs",
-            "test_resuming_without_a_checkpoint_fails_in_one_line",
-            "test_a_truncated_checkpoint_fails_in_one_line",
-            "test_a_checkpoint_of_another_model_is_refused",
-            "test_resuming_with_another_config_is_refused",
-            "test_a_run_directory_in_use_is_refused_in_one_line",
-            "test_a_logdir_that_cannot_be_written_is_refused_in_one_line",
-            "test_a_run_of_another_project_is_refused_in_one_line",
-        )
-    },
-    # Parity with model.fit on the loop's other inputs: datasets that repeat forever read by
-    # steps_per_epoch (loop.py, no Jinja) and a dict of named inputs (engine/features.py, no
-    # Jinja), on the tests' own two-input model. The project's own model and loss are held
-    # to model.fit in every render.
-    **{
-        f"tests/test_parity.py::{test}": (DEFAULT, VARIABLE, BACKBONE_HEAD)
-        for test in (
-            "test_dict_features_train_as_model_fit",
-            "test_datasets_that_repeat_forever_train_as_model_fit_with_steps_per_epoch",
-        )
-    },
-    # accumulation.py, distribution.py, gradients.py (clipping) and precision.py have no Jinja:
-    # micro-batches on replicas, in float16 with clipping, resumed inside a group, mixed
-    # precision, and the checks of a model's scope and output dtype; the tests branch on
-    # `optimizers` and `shapes`. The replicas' and one device's micro-batches' exactness in
-    # float32 runs in every render.
-    **{
-        f"tests/test_distribute.py::{test}": (DEFAULT, VARIABLE, BACKBONE_HEAD, GAN)
-        for test in (
-            "test_accumulated_micro_batches_update_as_one_step_on_their_concatenation[2-",
-            "test_accumulated_micro_batches_update_as_one_step_on_their_concatenation[None-mixed",
-            "test_a_run_stopped_in_the_middle_of_a_group_resumes_bit_for_bit",
-            "test_a_model_built_outside_the_scope_is_refused_until_built_inside",
-            "test_mixed_precision_moves_the_weights_as_float32_does",
-            "test_loss_scaling_keeps_small_float16_gradients_from_vanishing",
-            "test_an_output_that_is_not_float32_is_named_until_made_float32",
-        )
-    },
+    # What a checkpoint saves differs by task and by input pipeline (sequences); the runs train
+    # with the project's defaults (the tests branch on a mirrored strategy).
+    "tests/test_resume.py": (DEFAULT, VARIABLE, BACKBONE_HEAD, MIRRORED_BF16, GAN),
+    # Datasets that repeat forever, read by steps_per_epoch, and a dict of named inputs, on the
+    # tests' own two-input model; the tests branch on `optimizers` and `shapes`.
+    "tests/test_parity_inputs.py": (DEFAULT, VARIABLE, BACKBONE_HEAD),
+    # Micro-batches on replicas, in float16 with clipping, resumed inside a group; mixed
+    # precision and the checks of a model's scope and output dtype.
+    "tests/test_replicas.py": (DEFAULT, VARIABLE, BACKBONE_HEAD, GAN),
+    # The data contract's conversions and refusals: each label encoding (the other two in
+    # ANSWERS_ONLY) and token-id sequences.
+    "tests/test_data_forms.py": (DEFAULT, VARIABLE),
+    # `check` on bad, weighted and dict datasets: each label encoding (ANSWERS_ONLY too).
+    "tests/test_check.py": (DEFAULT, VARIABLE, BACKBONE_HEAD),
+    # None gradients, named or refused (engine/gradients.py).
+    "tests/test_gradients.py": (DEFAULT, VARIABLE, BACKBONE_HEAD),
+    # The command line's refusals around a finished run: its flags branch on the task and the
+    # input's shape.
+    "tests/test_commands.py": (DEFAULT, VARIABLE, GAN),
 }
 
 
 # What the answers decide, for the renders below, which differ from the full renders (DEFAULT,
 # VARIABLE, BACKBONE_HEAD, MIRRORED_BF16, GAN) only in the label encoding, logits or the
-# input's shape: the encodings and the features are
-# engine objects (engine/labels.py, engine/features.py), held to Keras once in scaffold's own
-# tests, so these renders run only the tests of their own config, data, model and task: parity
-# with model.fit, that the model learns its data, its step on replicas and on resume, the
-# label contract and the model's outputs. The other backbone-head render adds its own file
-# and two workers training it (its frozen first epoch changes which variables every worker
-# updates).
+# input's shape: these renders run the tests of their own config, data, model and task: parity
+# with model.fit, that the model learns its data, its step on replicas and on resume, the label
+# contract and the model's outputs. The other backbone-head render adds its own file and two
+# workers training it (its frozen first epoch changes which variables every worker updates).
 ANSWER_TESTS = (
     "tests/test_parity.py::test_custom_loop_matches_model_fit",
     "tests/test_distribute.py::test_replicas_train_exactly_as_one_device",
@@ -378,9 +340,16 @@ ANSWER_TESTS = (
     "tests/test_contract.py",
     "tests/test_outputs.py",
 )
-# What else a label encoding decides in a project's tests: the outputs `predict` writes, the loss
-# `check` expects at initialisation, the loss against Keras's for the encoding.
-ENCODING_TESTS = ("tests/test_trained.py", "tests/test_preflight.py", "tests/test_steps.py")
+# What else a label encoding decides: the outputs `predict` writes, the loss `check` expects at
+# initialisation, the loss against Keras's for the encoding; and the engine's conversions of
+# labels in that encoding, and `check` on them.
+ENCODING_TESTS = (
+    "tests/test_trained.py",
+    "tests/test_preflight.py",
+    "tests/test_steps.py",
+    "tests/test_data_forms.py",
+    "tests/test_check.py",
+)
 ANSWERS_ONLY = {
     ONE_HOT_PROBS: (*ANSWER_TESTS, *ENCODING_TESTS),
     BINARY: (*ANSWER_TESTS, *ENCODING_TESTS),
@@ -398,17 +367,22 @@ ANSWERS_ONLY = {
         "tests/test_multi_worker.py::test_two_workers_train_exactly_as_one_process",
     ),
 }
+ENGINE_TESTS = engine_test_files()
+
+
+def _engine_tests_in(name: str) -> set[str]:
+    """The engine's test files that render `name` runs, added to it before its tests run."""
+    listed = [test for test, renders in ENGINE_WIDE.items() if name in renders]
+    listed += ANSWERS_ONLY.get(name, ())
+    return {test.partition("::")[0] for test in listed} & set(ENGINE_TESTS)
 
 
 def _generated_test_args(name: str) -> list[str]:
-    """The pytest command that runs render `name`'s share of its generated tests."""
+    """The pytest command that runs render `name`'s share of its tests and the engine's."""
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     args += WITH_SLOW_TESTS.get(name, ["-m", "not slow"])
     if name in ANSWERS_ONLY:
         return [*args, *ANSWERS_ONLY[name]]
-    for test, names in ENGINE_WIDE.items():
-        if name not in names:
-            args += ["--deselect" if "::" in test else "--ignore", test]
     return args
 
 
@@ -441,6 +415,7 @@ def _expected_cost(name: str) -> tuple[bool, bool, bool]:
 def test_generated_tests_pass(name: str, tmp_path: Path) -> None:
     dest = tmp_path / str(dict(MATRIX)[name]["project_name"])
     render_project(dest, dict(MATRIX)[name], quiet=True)
+    add_engine_tests(dest, _engine_tests_in(name))
     result = _run(GENERATED_TEST_ARGS[name], dest)
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]
     assert re.search(r"\b\d+ passed\b", result.stdout), result.stdout
@@ -481,14 +456,13 @@ def _option_values(args: list[str], option: str) -> set[str]:
 
 def test_every_generated_test_file_runs_in_some_render() -> None:
     files = _generated_test_files()
-    assert "tests/test_loop.py" in files and "tests/test_gan.py" in files, sorted(files)
+    assert "tests/test_parity.py" in files and "tests/test_gan.py" in files, sorted(files)
     unrun = []
     for path, text in files.items():
         runs_in = {
             name
             for name in _renders_with(path) & set(GENERATED_TEST_ARGS)
-            if path not in _option_values(GENERATED_TEST_ARGS[name], "--ignore")
-            and (name not in ANSWERS_ONLY or path in ANSWERS_ONLY[name])
+            if (name not in ANSWERS_ONLY or path in ANSWERS_ONLY[name])
             # A file whose every test is slow runs only where slow tests run.
             and (name in WITH_SLOW_TESTS or "pytestmark = pytest.mark.slow" not in text)
         }
@@ -497,9 +471,26 @@ def test_every_generated_test_file_runs_in_some_render() -> None:
     assert unrun == []
 
 
+def test_every_engine_test_file_runs_in_some_render() -> None:
+    assert "tests/test_loop.py" in ENGINE_TESTS and "tests/test_signals.py" in ENGINE_TESTS
+    unrun = []
+    for path, text in ENGINE_TESTS.items():
+        runs_in = {
+            name
+            for name in GENERATED_TEST_ARGS
+            if path in _engine_tests_in(name)
+            and (name in WITH_SLOW_TESTS or "pytestmark = pytest.mark.slow" not in text)
+        }
+        if not runs_in:
+            unrun.append(path)
+    assert unrun == []
+    # Moved out of the projects: no project renders a file of the same name.
+    assert not set(ENGINE_TESTS) & set(_generated_test_files())
+
+
 def test_the_selection_names_renders_files_and_tests_that_exist() -> None:
     # A renamed render, file or test would otherwise drop out of the selection unnoticed.
-    files = _generated_test_files()
+    files = {**_generated_test_files(), **ENGINE_TESTS}
     names = {name for name, _ in MATRIX}
     assert set(WITH_SLOW_TESTS) | RENDERED_ONLY | set(ANSWERS_ONLY) <= names
     assert not RENDERED_ONLY & set(ANSWERS_ONLY)
@@ -509,19 +500,35 @@ def test_the_selection_names_renders_files_and_tests_that_exist() -> None:
     for name, tests in ANSWERS_ONLY.items():
         for test in tests:
             path, _, function = test.partition("::")
-            assert name in _renders_with(path), (name, test)
+            assert path in ENGINE_TESTS or name in _renders_with(path), (name, test)
             assert not function or re.search(rf"^def {function}\(", files[path], flags=re.M), test
-    for test, renders in ENGINE_WIDE.items():
-        path, _, function = test.partition("::")
-        assert path in files, test
-        assert set(renders) <= _renders_with(path), (test, set(renders) - _renders_with(path))
-        if function:
-            function = function.partition("[")[0]
-            assert re.search(rf"^def {function}\(", files[path], flags=re.M), test
+    # ENGINE_WIDE names whole files of the engine's tests.
+    assert set(ENGINE_WIDE) <= set(ENGINE_TESTS), set(ENGINE_WIDE) - set(ENGINE_TESTS)
     for args in WITH_SLOW_TESTS.values():
         for test in _option_values(args, "--deselect"):
             path, _, function = test.partition("::")
             assert re.search(rf"^def {function}\(", files.get(path, ""), flags=re.M), test
+
+
+def test_the_engine_s_tests_render_clean_where_they_run(project: Path, tmp_path: Path) -> None:
+    # Rendered into a copy of the project as test_generated_tests_pass renders them: no Jinja
+    # left, ruff-clean with the project's settings.
+    name = RENDER_OF[project.name]
+    if not _engine_tests_in(name):
+        return
+    copy = tmp_path / project.name
+    shutil.copytree(project, copy)
+    added = add_engine_tests(copy, _engine_tests_in(name))
+    leftovers = [
+        f"{path.name}: {line.strip()}"
+        for path in added
+        for line in path.read_text().splitlines()
+        if re.search(r"\{\{|\{%|%\}|\}\}", line)
+    ]
+    assert leftovers == []
+    for args in (["check", "--no-cache"], ["format", "--check", "--no-cache"]):
+        result = _run([sys.executable, "-m", "ruff", *args, *map(str, added)], copy)
+        assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_readme_cites_only_tests_that_exist(project: Path) -> None:
@@ -556,7 +563,7 @@ def test_readme_offers_the_fast_tests(project: Path) -> None:
     marker = re.search(r'^markers = \["slow: ', (project / "pyproject.toml").read_text(), re.M)
     assert marker, "the slow marker must be declared"
     tests = (project / "tests").glob("test_*.py")
-    assert any("@pytest.mark.slow" in path.read_text() for path in tests), "no test is slow"
+    assert any("pytest.mark.slow" in path.read_text() for path in tests), "no test is slow"
 
 
 def test_readme_lists_every_source_file(project: Path) -> None:

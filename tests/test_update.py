@@ -672,6 +672,15 @@ def test_a_project_made_before_task_py_updates_keeping_the_users_files(
         moved = "classifier" if module == "steps" else module
         assert (project / f"src/{PACKAGE}/engine/{moved}.py").exists(), module
         assert not (project / f"src/{PACKAGE}/{module}.py").exists(), module
+    # The engine's tests left with it: scaffold's suite runs them.
+    for moved in (
+        "test_loop",
+        "test_callbacks",
+        "test_guards",
+        "test_signals",
+        "test_multi_worker",
+    ):
+        assert not (project / f"tests/{moved}.py").exists(), moved
     assert "class RunOptions(options.RunOptions):" in config.read_text()
     assert CONFIG_EDIT[1] in config.read_text()
     assert (project / f"src/{PACKAGE}/data.py").read_text().endswith(DATA_EDIT)
