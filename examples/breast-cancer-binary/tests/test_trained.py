@@ -1,16 +1,12 @@
-"""A finished run's model: saved, evaluated, predicted with, exported; bad input in one line."""
+"""A finished run's model: saved, evaluated, predicted with, exported; config flags."""
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import importlib.util
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
-from typing import BinaryIO
 
 import keras
 import numpy as np
@@ -23,10 +19,9 @@ from breast_cancer_binary.__main__ import main
 from breast_cancer_binary.config import Config, RunOptions
 from breast_cancer_binary.data import load_arrays, load_datasets, split
 from breast_cancer_binary.engine import train as training
-from breast_cancer_binary.engine import trained
 from breast_cancer_binary.engine.cli import HAND_WRITTEN, field_help, flag_name
 from breast_cancer_binary.engine.project import Project
-from breast_cancer_binary.engine.trained import RunFileError, load_task, save_output
+from breast_cancer_binary.engine.trained import load_task
 
 PROG = "python -m breast_cancer_binary"
 
@@ -137,244 +132,6 @@ def test_predict_refuses_input_that_does_not_fit_in_one_line(
     assert not (tmp_path / "y.npy").exists()
 
 
-@pytest.mark.parametrize("command", ["predict", "export"])
-def test_a_directory_without_a_finished_run_is_refused_in_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
-) -> None:
-    np.save(tmp_path / "x.npy", np.zeros((1, 1), np.float32))
-    extra = {"predict": ["--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y")]}
-    argv = [command, str(tmp_path), *extra.get(command, [str(tmp_path / "out")])]
-    assert main(argv) == 2
-    assert capsys.readouterr().err == (
-        f"{PROG} {command}: error: {tmp_path / 'model.keras'} does not exist: the run has not "
-        f"finished; resume it with `{PROG} train --logdir {tmp_path} --resume`\n"
-    )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
-
-
-NPY = "give a .npy file of one array of numbers, written with numpy.save"
-
-
-@pytest.mark.parametrize("kind", ["missing", "directory", "empty", "npz", "text", "truncated"])
-def test_predict_refuses_an_input_that_is_not_a_npy_array_in_one_line(
-    logdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
-) -> None:
-    path = tmp_path / ("x.npz" if kind == "npz" else "x.npy")
-    if kind == "directory":
-        path.mkdir()
-    elif kind == "empty":
-        path.touch()
-    elif kind == "npz":
-        np.savez(path, x=np.zeros((2, 3), np.float32))
-    elif kind == "text":
-        path.write_text("0.5,1.5\n2.5,3.5\n")
-    elif kind == "truncated":
-        np.save(path, np.zeros((2, 3), np.float32))
-        path.write_bytes(path.read_bytes()[:-4])
-    problem = {
-        "missing": f"does not exist; {NPY}",
-        "directory": f"is a directory; {NPY}",
-        "empty": f"is empty (0 bytes); {NPY}",
-        "npz": "is a .npz archive of arrays; save the one to use alone with numpy.save",
-        "text": f"is not a .npy file (it lacks NumPy's header); {NPY}",
-        "truncated": "cannot be read as an array: Failed to read all data for array. ",
-    }[kind]
-    output = tmp_path / "y.npy"
-    assert main(["predict", str(logdir), "--input", str(path), "--output", str(output)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"{PROG} predict: error: {path} {problem}")
-    assert len(err.splitlines()) == 1
-    assert not output.exists()
-
-
-@pytest.mark.parametrize(
-    ("output", "problem"),
-    [
-        ("y", "{d}/y.npy exists already (numpy.save adds .npy to {d}/y); give a new file to write"),
-        ("y.npy", "{d}/y.npy exists already; give a new file to write"),
-        ("new/y", "{d}/new does not exist; make it, or give a new file in a directory that exists"),
-        ("y.npy/z.npy", "{d}/y.npy is not a directory; give a new file in a directory"),
-        ("in", "{d}/in is a directory; give a new .npy file to write"),
-    ],
-    ids=["adds-npy", "exists", "missing-directory", "under-a-file", "directory"],
-)
-def test_predict_refuses_an_output_it_cannot_write_before_predicting(
-    logdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], output: str, problem: str
-) -> None:
-    """The file is checked before the model loads: nothing is overwritten, nothing is written."""
-    (tmp_path / "in").mkdir()
-    np.save(tmp_path / "in" / "x.npy", np.zeros((2, 3), np.float32))
-    np.save(tmp_path / "y.npy", np.arange(3))
-    argv = ["predict", str(logdir), "--input", str(tmp_path / "in" / "x.npy")]
-    assert main([*argv, "--output", str(tmp_path / output)]) == 2
-    assert capsys.readouterr().err == f"{PROG} predict: error: {problem.format(d=tmp_path)}\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "y.npy"]
-    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), np.arange(3))
-
-
-def test_a_prediction_is_written_to_a_new_file_or_not_at_all(tmp_path: Path) -> None:
-    """A file that appeared since the check is kept; a failed write leaves no partial file."""
-    (tmp_path / "y.npy").write_bytes(b"earlier")
-    with pytest.raises(RunFileError) as error:
-        save_output(tmp_path / "y.npy", np.zeros(2, np.float32))
-    assert str(error.value) == f"{tmp_path / 'y.npy'} exists already; give a new file to write"
-    assert (tmp_path / "y.npy").read_bytes() == b"earlier"
-
-    with pytest.raises(ValueError, match="Object arrays cannot be saved"):
-        save_output(tmp_path / "z.npy", np.array([object()]))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["y.npy"]
-
-
-@pytest.mark.parametrize("where", ["exists", "under-a-file"])
-def test_export_refuses_a_path_it_cannot_make_in_one_line(
-    logdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
-) -> None:
-    (tmp_path / "served").mkdir()
-    (tmp_path / "served" / "saved_model.pb").write_bytes(b"earlier")
-    (tmp_path / "notes").write_text("a file")
-    out = tmp_path / ("served" if where == "exists" else "notes/served")
-    problem = {
-        "exists": f"{out} exists already; give a new path for the SavedModel",
-        "under-a-file": (
-            f"{tmp_path / 'notes'} is not a directory, so {out} cannot be made in it; "
-            "give a new path for the SavedModel in a directory"
-        ),
-    }[where]
-    assert main(["export", str(logdir), str(out)]) == 2
-    assert capsys.readouterr().err == f"{PROG} export: error: {problem}\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "served"]
-    assert [p.name for p in (tmp_path / "served").iterdir()] == ["saved_model.pb"]
-    assert (tmp_path / "served" / "saved_model.pb").read_bytes() == b"earlier"
-
-
-@pytest.mark.parametrize("failure", ["full-disk", "ctrl-c"])
-def test_an_export_that_fails_midway_leaves_nothing(
-    logdir: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    failure: str,
-) -> None:
-    """What a full disk or a Ctrl-C during the write leaves: no SavedModel, whole or partial."""
-
-    def fail_midway(self: keras.Model, filepath: str, *args: object, **kwargs: object) -> None:
-        Path(filepath, "variables").mkdir(parents=True)
-        Path(filepath, "saved_model.pb").write_bytes(b"part of a SavedModel")
-        if failure == "ctrl-c":
-            raise KeyboardInterrupt
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(keras.Model, "export", fail_midway)
-    out = tmp_path / "exports" / "served"  # Its directory is made, and removed again.
-    code, line = {
-        "full-disk": (
-            2,
-            f"error: cannot write {out}: no space left on the device; free some, then export "
-            "again; nothing was written",
-        ),
-        "ctrl-c": (130, "interrupted; nothing was written"),
-    }[failure]
-    assert main(["export", str(logdir), str(out)]) == code
-    assert capsys.readouterr().err == f"{PROG} export: {line}\n"
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_a_prediction_the_disk_cannot_hold_is_one_line_and_leaves_no_file(
-    logdir: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    np.save(tmp_path / "x.npy", np.zeros((2, 3), np.float32))
-    monkeypatch.setattr(trained, "predict", lambda *args, **kwargs: np.zeros((2, 4), np.float32))
-
-    def fill_the_disk(file: BinaryIO, array: np.ndarray, allow_pickle: bool) -> None:
-        file.write(b"\x93NUMPY")  # Part of a header, then the disk is full.
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(np, "save", fill_the_disk)
-    out = tmp_path / "y.npy"
-    argv = ["predict", str(logdir), "--input", str(tmp_path / "x.npy"), "--output", str(out)]
-    assert main(argv) == 2
-    assert capsys.readouterr().err == (
-        f"{PROG} predict: error: cannot write {out}: no space left on the device; free some, "
-        "then predict again; nothing was written\n"
-    )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
-
-
-@pytest.mark.parametrize(
-    ("argv", "problem"),
-    [
-        pytest.param([], "the following arguments are required: command", id="no-command"),
-        pytest.param(["trian"], "argument command: invalid choice: 'trian'", id="trian"),
-        pytest.param(
-            ["train", "--epochs", "0"],
-            "--epochs 0 is invalid; use 1 or more",
-            id="train-bad-number",
-        ),
-        pytest.param(
-            ["train", "--epochs", "2", "--foo"], "unrecognized arguments: --foo", id="train-foo"
-        ),
-        pytest.param(
-            ["launch", "--", "train"],
-            "the following arguments are required: --workers",
-            id="launch-no-workers",
-        ),
-        pytest.param(
-            ["check", "--batches", "x"],
-            "argument --batches: expected a positive integer, got 'x'",
-            id="check-bad-number",
-        ),
-        pytest.param(
-            ["evaluate"], "the following arguments are required: logdir", id="evaluate-no-dir"
-        ),
-        pytest.param(
-            ["predict", "runs/x", "--input", "x.npy"],
-            "the following arguments are required: --output",
-            id="predict-no-output",
-        ),
-        pytest.param(
-            ["export", "runs/x", "out", "more"], "unrecognized arguments: more", id="export-extra"
-        ),
-    ],
-)
-def test_a_usage_error_is_one_line_that_names_the_commands_help(
-    argv: list[str], problem: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    command = PROG if argv[:1] in ([], ["trian"]) else f"{PROG} {argv[0]}"
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"{command}: error: {problem}")
-    assert err.endswith(f"; see '{command} --help'\n") and len(err.splitlines()) == 1
-
-    with pytest.raises(SystemExit) as exit_info:  # Following the hint.
-        main([*command.split()[3:], "--help"])
-    assert exit_info.value.code == 0
-    assert capsys.readouterr().out.startswith(f"usage: {command} ")
-
-
-@pytest.mark.slow
-def test_a_truncated_model_is_refused_and_resuming_writes_it_again(
-    finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    logdir = tmp_path / "run"
-    shutil.copytree(finished_run, logdir)
-    model = logdir / "model.keras"
-    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])  # As a kill leaves it.
-    assert main(["export", str(logdir), str(tmp_path / "out")]) == 2
-    assert capsys.readouterr().err == (
-        f"{PROG} export: error: {model} is truncated or unreadable; write it again from the "
-        f"run's last checkpoint with `{PROG} train --logdir {logdir} --resume`\n"
-    )
-    assert not (tmp_path / "out").exists()
-
-    assert main(["train", "--logdir", str(logdir), "--resume", "--quiet"]) == 0
-    keras.saving.load_model(model)
-
-
 def _edited_config(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, field: str = "dropout_rate"
 ) -> type:
@@ -469,31 +226,8 @@ def test_help_lists_every_field_with_its_help(capsys: pytest.CaptureFixture[str]
 
 
 @pytest.mark.parametrize(
-    ("argv", "problem"),
-    [
-        (["--batch-size", "0"], "--batch-size 0 is invalid; use 1 or more"),
-        (["--batch-size", "x"], "argument --batch-size: expected an integer, got 'x'"),
-        (["--max-bad-steps", "0"], "--max-bad-steps 0 is invalid; use an integer >= 1"),
-        (
-            ["--clip-global-norm", "-1"],
-            "--clip-global-norm -1.0 is invalid; use a positive number, or None for no clipping",
-        ),
-        (["--steps-per-epoch", "none", "--epochs", "-1"], "--epochs -1 is invalid; use 1 or more"),
-        (
-            ["--jit-compile", "--strategy", "mirrored"],
-            "--jit-compile cannot run with --strategy mirrored:",
-        ),
-        (["--input-shape", "8,0"], "--input-shape 8,0 is invalid; use positive sizes"),
-    ],
+    ("field", "value"), [("epochs", 0), ("batch_size", -1), ("learning_rate", 0.0)]
 )
-def test_a_bad_flag_value_is_one_line_that_names_the_flag(
-    argv: list[str], problem: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    logdir = tmp_path / "run"
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--logdir", str(logdir), *argv])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"{PROG} train: error: {problem}")
-    assert err.endswith(f"; see '{PROG} train --help'\n") and len(err.splitlines()) == 1
-    assert not logdir.exists()
+def test_config_names_the_bad_field(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"Config.{field}={value} is invalid"):
+        Config(**{field: value})

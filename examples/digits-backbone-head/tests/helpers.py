@@ -172,27 +172,3 @@ def linear_model(
     )(x)
     head = keras.Model(embedding, outputs, name="head")
     return keras.Model(inputs, head(backbone(inputs)))
-
-
-def two_input_model(config: Config) -> keras.Model:
-    """A deterministic model on a dict of two named inputs, `pixels` and `extra`.
-
-    `pixels` are features of `config.input_shape`, `extra` 3 numbers per example; the model
-    ends in the project's `config.labels.output_layer()`.
-    """
-    inputs = {
-        "pixels": keras.Input(config.input_shape, name="pixels"),
-        "extra": keras.Input((3,), name="extra"),
-    }
-    x = keras.layers.Concatenate()([keras.layers.Flatten()(inputs["pixels"]), inputs["extra"]])
-    backbone = keras.Model(inputs, x, name="backbone")
-    embedding = keras.Input(shape=backbone.output.shape[1:])
-    head = keras.Model(embedding, config.labels.output_layer()(embedding), name="head")
-    return keras.Model(inputs, head(backbone(inputs)))
-
-
-def dict_features(config: Config, num_examples: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random float32 features for `two_input_model`."""
-    rng = np.random.default_rng(seed + 1)
-    extra = rng.normal(size=(num_examples, 3)).astype(np.float32)
-    return {"pixels": features(config, num_examples, seed), "extra": extra}

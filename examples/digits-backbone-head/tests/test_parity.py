@@ -8,22 +8,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import (
-    QUIET,
-    dict_features,
-    features,
-    figure_names,
-    linear_model,
-    traced_once_per_phase,
-    two_input_model,
-)
+from helpers import QUIET, features, figure_names, linear_model
 
 from digits_backbone_head import PROJECT
 from digits_backbone_head.config import Config
 from digits_backbone_head.data import load_datasets
 from digits_backbone_head.engine.classifier import KerasReference
-from digits_backbone_head.engine.contract import DatasetError
-from digits_backbone_head.engine.train import Trainer, fit
+from digits_backbone_head.engine.train import fit
 from digits_backbone_head.model import build_model
 
 
@@ -130,77 +121,6 @@ def test_weighted_training_matches_model_fit(config: Config, weighting: str) -> 
         validation_data=val_ds,
         epochs=config.epochs,
         class_weight=class_weight,
-        shuffle=False,
-        verbose=0,
-    ).history
-    for key in figure_names(config).metrics:
-        assert history.history[key] == pytest.approx(expected[key], rel=1e-5), key
-    for ours, theirs in zip(model.get_weights(), reference.get_weights(), strict=True):
-        np.testing.assert_allclose(ours, theirs, atol=1e-5)
-
-
-def test_dict_features_train_as_model_fit(config: Config) -> None:
-    """A model on a dict of named inputs, fed `({"pixels": ..., "extra": ...}, labels)`."""
-    config = dataclasses.replace(
-        config,
-        batch_size=16,
-        backbone_learning_rate=config.learning_rate,
-        freeze_backbone_epochs=0,
-    )
-    x = dict_features(config, 40)
-    x["pixels"] = x["pixels"].astype(np.float64)  # Cast to float32 in the pipeline.
-    y = config.labels.encode(np.arange(40) % config.labels.class_count)
-    train_ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
-    val_ds = tf.data.Dataset.from_tensor_slices(({k: v[:24] for k, v in x.items()}, y[:24]))
-    val_ds = val_ds.batch(16)
-    keras.utils.set_random_seed(config.seed)
-    model = two_input_model(config)
-    reference = two_input_model(config)
-    reference.set_weights(model.get_weights())
-
-    trainer = Trainer(PROJECT, config, model, QUIET)
-    history = trainer.fit(train_ds, val_ds)
-
-    model_fit = _model_fit(config, reference)
-    expected = model_fit.fit(
-        train_ds, validation_data=val_ds, epochs=config.epochs, shuffle=False, verbose=0
-    ).history
-    for key in figure_names(config).metrics:
-        assert history.history[key] == pytest.approx(expected[key], rel=1e-5), key
-    for ours, theirs in zip(model.get_weights(), reference.get_weights(), strict=True):
-        np.testing.assert_allclose(ours, theirs, atol=1e-5)
-    assert traced_once_per_phase(trainer)
-
-
-def test_datasets_that_repeat_forever_train_as_model_fit_with_steps_per_epoch(
-    config: Config,
-) -> None:
-    config = dataclasses.replace(
-        config, backbone_learning_rate=config.learning_rate, freeze_backbone_epochs=0
-    )
-    keras.utils.set_random_seed(config.seed)
-    model = build_model(config)
-    reference = build_model(config)
-    reference.set_weights(model.get_weights())
-    train_ds, val_ds = (_frozen(ds).repeat() for ds in load_datasets(config))
-    # Epochs that straddle passes over the data; each evaluation reads the first batches.
-    steps, validation_steps = int(_frozen(load_datasets(config)[0]).cardinality()) + 3, 2
-
-    with pytest.raises(DatasetError, match=r"set RunOptions\.steps_per_epoch \(--steps-per"):
-        fit(PROJECT, config, model=model, train_ds=train_ds, val_ds=val_ds, options=QUIET)
-    options = dataclasses.replace(QUIET, steps_per_epoch=steps)
-    with pytest.raises(DatasetError, match=r"set RunOptions\.validation_steps"):
-        fit(PROJECT, config, model=model, train_ds=train_ds, val_ds=val_ds, options=options)
-    options = dataclasses.replace(options, validation_steps=validation_steps)
-    history = fit(PROJECT, config, model=model, train_ds=train_ds, val_ds=val_ds, options=options)
-
-    model_fit = _model_fit(config, reference)
-    expected = model_fit.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=config.epochs,
-        steps_per_epoch=steps,
-        validation_steps=validation_steps,
         shuffle=False,
         verbose=0,
     ).history

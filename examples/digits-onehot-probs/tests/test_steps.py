@@ -1,9 +1,8 @@
-"""The step functions: training flags, the loss they optimize, tracing and gradients."""
+"""The step functions: training flags, the loss they optimize, and one trace per run."""
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -12,13 +11,10 @@ import tensorflow as tf
 from helpers import QUIET, dataset, features, labels_for, linear_model, traced_once_per_phase
 
 from digits_onehot_probs import PROJECT
-from digits_onehot_probs import model as model_module
-from digits_onehot_probs.__main__ import main
 from digits_onehot_probs.config import Config
 from digits_onehot_probs.data import load_datasets
 from digits_onehot_probs.engine import precision
 from digits_onehot_probs.engine.classifier import total_loss
-from digits_onehot_probs.engine.gradients import NoneGradientError, NoneGradientWarning
 from digits_onehot_probs.engine.train import Trainer
 from digits_onehot_probs.model import build_model
 
@@ -31,16 +27,6 @@ class TrainingProbe(keras.layers.Layer):
 
     def call(self, inputs: tf.Tensor, training: bool = False) -> tf.Tensor:
         self.training.assign(1.0 if training else 0.0)
-        return inputs
-
-
-class Orphan(keras.layers.Layer):
-    """Owns a trainable variable that never reaches the output."""
-
-    def build(self, input_shape: tuple[int, ...]) -> None:
-        self.orphan = self.add_weight(name="orphan", shape=(1,), initializer="ones")
-
-    def call(self, inputs: tf.Tensor) -> tf.Tensor:
         return inputs
 
 
@@ -110,51 +96,6 @@ def test_a_whole_run_traces_each_step_once(config: Config) -> None:
 
     assert traced_once_per_phase(trainer)
     assert trainer.eval_runner is not None and trainer.eval_steps
-
-
-def _model_with_orphan(config: Config) -> keras.Model:
-    return linear_model(config, front=Orphan())
-
-
-def test_none_gradients_are_named_and_the_rest_still_trains(config: Config) -> None:
-    model = _model_with_orphan(config)
-    trainer = Trainer(PROJECT, config, model, QUIET)
-    x = features(config, 8)
-    y = labels_for(model, x, config, agree=False)
-    before = [v.numpy() for v in model.trainable_variables]
-
-    with pytest.warns(NoneGradientWarning, match=r"1 trainable variable\(s\).*orphan"):
-        trainer.train_step(tf.constant(x), tf.constant(y))
-
-    after = [v.numpy() for v in model.trainable_variables]
-    changed = {
-        v.path: not np.array_equal(b, a)
-        for v, b, a in zip(model.trainable_variables, before, after, strict=True)
-    }
-    assert changed == {name: "orphan" not in name for name in changed}
-
-
-def test_strict_gradients_turns_none_gradients_into_an_error(config: Config) -> None:
-    options = dataclasses.replace(QUIET, strict_gradients=True)
-    trainer = Trainer(PROJECT, config, _model_with_orphan(config), options)
-    labels = labels_for(linear_model(config), features(config, 8), config, agree=True)
-    with pytest.raises(NoneGradientError, match="orphan") as error:
-        trainer.train_step(tf.constant(features(config, 8)), tf.constant(labels))
-    assert "\n" not in str(error.value)  # One line, though raised inside the traced step.
-
-
-def test_strict_gradients_on_the_command_line_fail_in_one_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setattr(model_module, "build_model", _model_with_orphan)
-    argv = ["train", "--quiet", "--strict-gradients", "--logdir", str(tmp_path / "run")]
-    argv += ["--strategy", "none", "--precision", "float32"]  # Whatever the project's defaults.
-    # Two epochs: a backbone-head project freezes its backbone, orphan included, for the first.
-    assert main([*argv, "--epochs", "2", "--steps-per-epoch", "1"]) == 2
-    error = capsys.readouterr().err
-    prog = "python -m digits_onehot_probs"
-    assert error.startswith(f"{prog} train: error: ") and "orphan" in error
-    assert error.count("\n") == 1, error
 
 
 def test_eager_steps_give_the_same_result(config: Config) -> None:

@@ -169,24 +169,3 @@ def linear_model(
         name="last",
     )(x)
     return keras.Model(inputs, outputs)
-
-
-def two_input_model(config: Config) -> keras.Model:
-    """A deterministic model on a dict of two named inputs, `pixels` and `extra`.
-
-    `pixels` are features of `config.input_shape`, `extra` 3 numbers per example; the model
-    ends in the project's `config.labels.output_layer()`.
-    """
-    inputs = {
-        "pixels": keras.Input(config.input_shape, name="pixels"),
-        "extra": keras.Input((3,), name="extra"),
-    }
-    x = keras.layers.Concatenate()([keras.layers.Flatten()(inputs["pixels"]), inputs["extra"]])
-    return keras.Model(inputs, config.labels.output_layer()(x))
-
-
-def dict_features(config: Config, num_examples: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random float32 features for `two_input_model`."""
-    rng = np.random.default_rng(seed + 1)
-    extra = rng.normal(size=(num_examples, 3)).astype(np.float32)
-    return {"pixels": features(config, num_examples, seed), "extra": extra}

@@ -14,7 +14,6 @@ from sequences_sparse import PROJECT
 from sequences_sparse.config import Config
 from sequences_sparse.data import load_datasets
 from sequences_sparse.engine.classifier import KerasReference
-from sequences_sparse.engine.contract import DatasetError
 from sequences_sparse.engine.train import fit
 from sequences_sparse.model import build_model
 
@@ -115,41 +114,6 @@ def test_weighted_training_matches_model_fit(config: Config, weighting: str) -> 
         validation_data=val_ds,
         epochs=config.epochs,
         class_weight=class_weight,
-        shuffle=False,
-        verbose=0,
-    ).history
-    for key in figure_names(config).metrics:
-        assert history.history[key] == pytest.approx(expected[key], rel=1e-5), key
-    for ours, theirs in zip(model.get_weights(), reference.get_weights(), strict=True):
-        np.testing.assert_allclose(ours, theirs, atol=1e-5)
-
-
-def test_datasets_that_repeat_forever_train_as_model_fit_with_steps_per_epoch(
-    config: Config,
-) -> None:
-    keras.utils.set_random_seed(config.seed)
-    model = build_model(config)
-    reference = build_model(config)
-    reference.set_weights(model.get_weights())
-    train_ds, val_ds = (_frozen(ds).repeat() for ds in load_datasets(config))
-    # Epochs that straddle passes over the data; each evaluation reads the first batches.
-    steps, validation_steps = int(_frozen(load_datasets(config)[0]).cardinality()) + 3, 2
-
-    with pytest.raises(DatasetError, match=r"set RunOptions\.steps_per_epoch \(--steps-per"):
-        fit(PROJECT, config, model=model, train_ds=train_ds, val_ds=val_ds, options=QUIET)
-    options = dataclasses.replace(QUIET, steps_per_epoch=steps)
-    with pytest.raises(DatasetError, match=r"set RunOptions\.validation_steps"):
-        fit(PROJECT, config, model=model, train_ds=train_ds, val_ds=val_ds, options=options)
-    options = dataclasses.replace(options, validation_steps=validation_steps)
-    history = fit(PROJECT, config, model=model, train_ds=train_ds, val_ds=val_ds, options=options)
-
-    model_fit = _model_fit(config, reference)
-    expected = model_fit.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=config.epochs,
-        steps_per_epoch=steps,
-        validation_steps=validation_steps,
         shuffle=False,
         verbose=0,
     ).history
