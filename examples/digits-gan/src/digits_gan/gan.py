@@ -23,7 +23,7 @@ from .engine import precision
 SAMPLE_SCALE = 4  # Each pixel of a sample becomes a 4x4 block, so the grid is easy to see.
 
 
-@keras.saving.register_keras_serializable(package="digits_gan")
+@keras.saving.register_keras_serializable(package=__package__)
 class GAN(keras.Model):
     """A generator and a discriminator, held as one model for the loop and its callbacks.
 

@@ -246,7 +246,11 @@ def _report_weights(weights: np.ndarray, report: CheckReport) -> None:
 
 
 def _check_initial_loss(task: ClassifierTask, few: tf.data.Dataset, report: CheckReport) -> None:
-    """The data loss on the primary output before any training, against log(classes)."""
+    """The labels' cross-entropy on the primary output before any training, against log(classes).
+
+    The cross-entropy, not the task's loss (which your step may change): the question is whether
+    the model starts near chance, whatever it is then trained on.
+    """
     loss_fn = task.labels.make_loss()
     classes = task.labels.class_count
     values = [
