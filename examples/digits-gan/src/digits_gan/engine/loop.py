@@ -328,6 +328,33 @@ class StepRunner:
             self._num_batches = num_batches
             self._iterator = iter(repeated(dataset))
 
+    def between_passes(self, step: int) -> bool:
+        """Whether position `step` of an epoch leaves the iterator between two passes.
+
+        True at an epoch's start and, when the number of batches is known, at its end; never
+        with `steps_per_epoch`, whose epochs need not match passes. An iterator saved there,
+        after the first pass, restores with another order for the passes after it (TensorFlow
+        2.21, measured here: over `flat_map`, `interleave` and `repeat` alike, with
+        `Dataset.random` or `shuffle` drawing each pass's order), so a checkpoint there holds
+        no iterator and a resume reads the passes before it anew (`skip_passes`).
+        """
+        if self.steps_per_epoch is not None:
+            return False
+        return step == 0 or (self._num_batches is not None and step >= self._num_batches)
+
+    def skip_passes(self, passes: int) -> None:
+        """Read `passes` whole passes over the data without running the step on them.
+
+        A new iterator draws the same orders as the run's did, pass after pass, so an epoch
+        resumed after them reads exactly the batches it would have.
+        """
+        if self._num_batches is not None:
+            self.skip(passes * self._num_batches)
+            return
+        while passes:
+            if bool(is_end_marker(tf.nest.flatten(next(self._iterator)))):
+                passes -= 1
+
     def skip(self, steps: int) -> None:
         """Read `steps` batches from the iterator without running the step on them.
 

@@ -307,7 +307,7 @@ class RunCheckpoint:
         self.checkpoint = tf.train.Checkpoint(
             position=self.position, callbacks=self.callbacks, **items
         )
-        self._traced: tuple[tf.data.Iterator | None, Any] | None = None
+        self._writes: dict[int | None, tuple[tf.data.Iterator | None, Any]] = {}
         self._restored = ""
         self.saves_data = True
         self.restored_data = True
@@ -375,12 +375,16 @@ class RunCheckpoint:
             self._write(data)(tf.constant(str(path)))
 
     def _write(self, data: tf.data.Iterator | None) -> Any:
-        """The traced write, for this data iterator (traced again when the iterator is new)."""
-        if self._traced is None or self._traced[0] is not data:
+        """The traced write, with this data iterator or with none; each traced once.
+
+        A run between two passes writes without it (see `loop.StepRunner.between_passes`).
+        """
+        key = None if data is None else id(data)
+        if key not in self._writes or self._writes[key][0] is not data:
             self.checkpoint.data = data if data is not None else tf.Module()
             checkpoint = self.checkpoint
-            self._traced = (data, tf.function(lambda prefix: checkpoint.write(prefix)))
-        return self._traced[1]
+            self._writes[key] = (data, tf.function(lambda prefix: checkpoint.write(prefix)))
+        return self._writes[key][1]
 
     def restore(self, data: tf.data.Iterator | None) -> tuple[int, int]:
         """Restore the latest checkpoint; return the epoch and step the run goes on at.
@@ -406,7 +410,7 @@ class RunCheckpoint:
             saved = {name.split("/", 1)[0] for name, _ in tf.train.list_variables(path)}
             self.restored_data = data is not None and "data" in saved
             self.checkpoint.data = data if self.restored_data else tf.Module()
-            self._traced = None
+            self._writes = {}
             self.checkpoint.read(path).assert_consumed()
         except (tf.errors.OpError, IndexError, OSError) as error:  # IndexError: truncated.
             raise CheckpointError(

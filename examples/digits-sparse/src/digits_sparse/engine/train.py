@@ -404,7 +404,7 @@ class Trainer:
             def save(epoch: int, step: int) -> Path | None:
                 if checkpoint is None:
                     return None
-                return checkpoint.save(epoch, step, self.train_runner.iterator)
+                return checkpoint.save(epoch, step, self._saved_data(step))
 
             cluster_stop = distribution.ClusterStop(self.strategy, save, self._stopped)
 
@@ -416,7 +416,7 @@ class Trainer:
         def after_call(batch: int, logs: EpochLogs) -> None:
             callback_list.on_train_batch_end(batch, logs)
             if checkpoint is not None and every and int(self.global_step) % every == 0:
-                checkpoint.save(epoch, batch + 1, self.train_runner.iterator)
+                checkpoint.save(epoch, batch + 1, self._saved_data(batch + 1))
 
         hooks = CallHooks(
             before_call,
@@ -431,7 +431,10 @@ class Trainer:
             self.train_runner.start(train_ds)
             if checkpoint is not None and self.options.resume:
                 initial_epoch, first_step = checkpoint.restore(self.train_runner.iterator)
-                if not checkpoint.restored_data:
+                if not checkpoint.restored_data and self.train_runner.between_passes(first_step):
+                    # Saved between two passes (see `StepRunner.between_passes`): exact.
+                    self.train_runner.skip_passes(initial_epoch + (1 if first_step else 0))
+                elif not checkpoint.restored_data:
                     self.train_runner.skip(first_step)
                     if self.chief:
                         print(NOT_EXACT.format(step=first_step), file=sys.stderr, flush=True)
@@ -456,7 +459,7 @@ class Trainer:
                 callback_list.on_epoch_end(epoch, logs)
                 saved = None
                 if checkpoint is not None:
-                    saved = checkpoint.save(epoch + 1, 0, self.train_runner.iterator)
+                    saved = checkpoint.save(epoch + 1, 0, self._saved_data(0))
                 if self.stop_requested() is not None:
                     raise self._interrupted(checkpoint, epoch + 1, 0, saved=saved)
                 if self.model.stop_training:
@@ -473,6 +476,12 @@ class Trainer:
         if logdir is not None and self.chief:
             save_model(self.model, logdir)
         return history
+
+    def _saved_data(self, step: int) -> tf.data.Iterator | None:
+        """The data iterator a checkpoint at `step` of an epoch holds: none between passes."""
+        if self.train_runner.between_passes(step):
+            return None
+        return self.train_runner.iterator
 
     def stop_requested(self) -> int | None:
         """The signal this process was asked to stop with, or `None`, as the loop sees it.
@@ -494,7 +503,7 @@ class Trainer:
         saved: Path | None = None,
     ) -> interrupts.Interrupted:
         if checkpoint is not None and saved is None:
-            saved = checkpoint.save(epoch, step, self.train_runner.iterator)
+            saved = checkpoint.save(epoch, step, self._saved_data(step))
         signum = interrupts.requested() or signal.SIGINT
         return interrupts.Interrupted(signum, epoch, step, saved)
 
