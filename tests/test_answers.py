@@ -121,7 +121,7 @@ def _check_project(project: Path) -> None:
 
 
 @settings(
-    max_examples=150,
+    max_examples=100,  # Hypothesis's default
     deadline=None,
     derandomize=True,  # the same examples on every run: CI must not flake
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
