@@ -308,6 +308,7 @@ class RunCheckpoint:
             position=self.position, callbacks=self.callbacks, **items
         )
         self._writes: dict[int | None, tuple[tf.data.Iterator | None, Any]] = {}
+        self._kept: list[str] | None = None  # The checkpoints kept, as `paths()` gives them.
         self._restored = ""
         self.saves_data = True
         self.restored_data = True
@@ -319,40 +320,47 @@ class RunCheckpoint:
 
     def save(self, epoch: int, step: int, data: tf.data.Iterator | None) -> Path:
         """Write a checkpoint: the run goes on at `step` of `epoch`, reading from `data`."""
-        self.position.assign([epoch, step])
-        self.callbacks.assign(self.callback_state.serialize())
-        kept = self.paths()
-        number = 1 + max((int(path.rsplit("-", 1)[1]) for path in kept), default=0)
+        if self._kept is None:
+            self._kept = self.paths()
+        number = 1 + max((int(path.rsplit("-", 1)[1]) for path in self._kept), default=0)
         path = self.directory / f"ckpt-{number}"
+        state = (
+            tf.constant([epoch, step], dtype=tf.int64),
+            tf.constant(self.callback_state.serialize()),
+        )
         if not self.chief:
             scratch = Path(tempfile.mkdtemp(prefix="checkpoint-"))
             try:
-                self._write_with_data(data, scratch / path.name)
+                self._write_with_data(data, scratch / path.name, state)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
+            self._kept = [*self._kept, str(path)][-self.max_to_keep :]
             return path
         self.directory.mkdir(parents=True, exist_ok=True)
         try:
-            self._write_with_data(data, path)
+            self._write_with_data(data, path, state)
         except BaseException:  # A full disk, or Ctrl-C: no half-written files are left.
             _remove_partial(path)
             raise
-        kept = [*kept, str(path)]
+        self._kept = kept = [*self._kept, str(path)]
         # The state file of `tf.train.CheckpointManager`, names relative to the directory,
         # replaced whole so that a kill leaves the old one or the new one.
         names = [Path(old).name for old in kept[-self.max_to_keep :]]
-        state = f'model_checkpoint_path: "{path.name}"\n' + "".join(
+        text = f'model_checkpoint_path: "{path.name}"\n' + "".join(
             f'all_model_checkpoint_paths: "{name}"\n' for name in names
         )
         partial = self.directory / "checkpoint.partial"
-        partial.write_text(state)
+        partial.write_text(text)
         partial.replace(self.directory / "checkpoint")
         for old in kept[: -self.max_to_keep]:
-            for file in tf.io.gfile.glob(f"{old}.*"):
-                tf.io.gfile.remove(file)
+            for file in self.directory.glob(f"{Path(old).name}.*"):
+                file.unlink(missing_ok=True)
+        self._kept = kept[-self.max_to_keep :]
         return path
 
-    def _write_with_data(self, data: tf.data.Iterator | None, path: Path) -> None:
+    def _write_with_data(
+        self, data: tf.data.Iterator | None, path: Path, state: tuple[tf.Tensor, tf.Tensor]
+    ) -> None:
         """Write with the iterator `data`, or without it if it cannot be saved (`saves_data`).
 
         An iterator over `from_generator` or `py_function` cannot be saved: its position
@@ -360,30 +368,39 @@ class RunCheckpoint:
         """
         if data is not None and self.saves_data:
             try:
-                self._write_quietly(data, path)
+                self._write_quietly(data, path, state)
                 return
             except (tf.errors.FailedPreconditionError, tf.errors.UnimplementedError):
                 _remove_partial(path)
                 self.saves_data = False
-        self._write_quietly(None, path)
+        self._write_quietly(None, path, state)
 
-    def _write_quietly(self, data: tf.data.Iterator | None, path: Path) -> None:
+    def _write_quietly(
+        self, data: tf.data.Iterator | None, path: Path, state: tuple[tf.Tensor, tf.Tensor]
+    ) -> None:
         with warnings.catch_warnings():
             # Saving an iterator from a traced function reads its dataset's options in graph
             # mode, which tf.data warns about; the options are not used there.
             warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data")
-            self._write(data)(tf.constant(str(path)))
+            self._write(data)(tf.constant(str(path)), *state)
 
     def _write(self, data: tf.data.Iterator | None) -> Any:
         """The traced write, with this data iterator or with none; each traced once.
 
-        A run between two passes writes without it (see `loop.StepRunner.between_passes`).
+        It sets `position` and the callbacks' state, then writes, in one call. A run between
+        two passes writes without the iterator (see `loop.StepRunner.between_passes`).
         """
         key = None if data is None else id(data)
         if key not in self._writes or self._writes[key][0] is not data:
             self.checkpoint.data = data if data is not None else tf.Module()
-            checkpoint = self.checkpoint
-            self._writes[key] = (data, tf.function(lambda prefix: checkpoint.write(prefix)))
+            checkpoint, position, callbacks = self.checkpoint, self.position, self.callbacks
+
+            def write(prefix: tf.Tensor, at: tf.Tensor, callback_state: tf.Tensor) -> None:
+                position.assign(at)
+                callbacks.assign(callback_state)
+                checkpoint.write(prefix)
+
+            self._writes[key] = (data, tf.function(write))
         return self._writes[key][1]
 
     def restore(self, data: tf.data.Iterator | None) -> tuple[int, int]:
@@ -411,6 +428,7 @@ class RunCheckpoint:
             self.restored_data = data is not None and "data" in saved
             self.checkpoint.data = data if self.restored_data else tf.Module()
             self._writes = {}
+            self._kept = None
             self.checkpoint.read(path).assert_consumed()
         except (tf.errors.OpError, IndexError, OSError) as error:  # IndexError: truncated.
             raise CheckpointError(

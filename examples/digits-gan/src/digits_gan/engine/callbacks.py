@@ -265,7 +265,7 @@ class TensorBoard(keras.callbacks.Callback):
                 mark_restart(self.logdir / run, step=epoch + 1)
 
     def _write(self, tags: tuple[tuple[str, str], ...]) -> Callable[..., None]:
-        """A `tf.function` that writes one value per `(run, tag)` at a step.
+        """A `tf.function` that writes one value per `(run, tag)` at a step, and flushes.
 
         One call per epoch instead of one eager `tf.summary.scalar` per figure: for seven
         figures, 0.5 ms instead of 1.8 ms (measured on 2 CPUs). The writers are captured when
@@ -283,6 +283,8 @@ class TensorBoard(keras.callbacks.Callback):
                 for index, (run, tag) in enumerate(tags):
                     with writers[run].as_default():
                         tf.summary.scalar(tag, values[index], step=step)
+                for run in dict(tags):
+                    tf.summary.flush(writers[run])
 
             self._writes[tags] = write
         return self._writes[tags]
@@ -296,8 +298,6 @@ class TensorBoard(keras.callbacks.Callback):
         )
         values = tf.constant(list(logs.values()), dtype=tf.float32)
         self._write(tags)(values, tf.constant(epoch + 1, dtype=tf.int64))
-        for writer in self._writers.values():
-            writer.flush()
 
     def on_train_end(self, logs: dict | None = None) -> None:
         """Close the event files."""
