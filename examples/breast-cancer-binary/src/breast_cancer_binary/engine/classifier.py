@@ -93,6 +93,7 @@ class StepMetrics:
             )
         return metrics
 
+    @tf.autograph.experimental.do_not_convert
     def update(self, loss: tf.Tensor, y: tf.Tensor, y_pred: tf.Tensor) -> None:
         """Record one batch (this replica's share of it). Must be `tf.function`-compatible.
 
@@ -115,6 +116,7 @@ class StepMetrics:
         """These metrics, with `update` reading `output(y_pred)` of the model's outputs."""
         return dataclasses.replace(self, output=output)
 
+    @tf.autograph.experimental.do_not_convert
     def record(self, figures: Mapping[str, tf.Tensor]) -> None:
         """Add each figure a step returned to its mean. Must be `tf.function`-compatible.
 
@@ -139,6 +141,7 @@ class StepMetrics:
         return iter((self.loss, self.accuracy, *self.extra, *self.figures))
 
 
+@tf.autograph.experimental.do_not_convert
 def total_loss(
     model: keras.Model,
     loss_fn: keras.losses.Loss,

@@ -68,6 +68,7 @@ class Features:
             for key, part in spec.items()
         }
 
+    @tf.autograph.experimental.do_not_convert
     def checked_values(self, x: tf.Tensor) -> object:
         """Return `x`, checked inside the step; `tf.function`-compatible. No check by default."""
         return x
@@ -228,6 +229,7 @@ class TokenSequences(Features):
         """Two sequences of id 1, of at most 8 tokens."""
         return tf.ones((2, min(8, self.max_length)), dtype=tf.int32)
 
+    @tf.autograph.experimental.do_not_convert
     def checked_values(self, x: tf.Tensor) -> object:
         """Return `x`, checked inside the step, where only graph-compatible checks can run.
 

@@ -135,9 +135,8 @@ def repeated(dataset: tf.data.Dataset) -> tf.data.Dataset:
     It carries `dataset.options()` (the options of a dataset inside `flat_map` are not used),
     and no injected prefetch (see `without_read_ahead`).
     """
-    return without_read_ahead(
-        tf.data.Dataset.counter().flat_map(lambda _: dataset), dataset.options()
-    )
+    passes = tf.autograph.experimental.do_not_convert(lambda _: dataset)
+    return without_read_ahead(tf.data.Dataset.counter().flat_map(passes), dataset.options())
 
 
 def without_read_ahead(dataset: tf.data.Dataset, options: tf.data.Options) -> tf.data.Dataset:

@@ -148,6 +148,7 @@ class OptimizerSet:
         # The variables each traced step updates, by the trainable variables it was traced for.
         self._groups: dict[tuple[int, ...], list[list[tf.Variable]]] = {}
 
+    @tf.autograph.experimental.do_not_convert
     def begin_step(self, batch_size: tf.Tensor) -> None:
         """Start a training step of `batch_size` examples (the whole batch's, as float32).
 
@@ -159,12 +160,14 @@ class OptimizerSet:
         self._step.loss = None
         self._step.scaled = False
 
+    @tf.autograph.experimental.do_not_convert
     def end_step(self) -> tf.Tensor:
         """End the step that `begin_step` started; return its `status` on this replica."""
         self._step.batch_size = self._step.loss = None
         self._step.scaled = False
         return self.status.read_value()
 
+    @tf.autograph.experimental.do_not_convert
     def scale_loss(self, loss: tf.Tensor) -> tf.Tensor:
         """`loss` as its gradients must be taken: times the loss scale under `mixed_float16`.
 
@@ -175,6 +178,7 @@ class OptimizerSet:
         """
         return self._scale_loss(loss, self.names[0])
 
+    @tf.autograph.experimental.do_not_convert
     def apply(
         self,
         gradients: Sequence[tf.Tensor | None],
@@ -213,6 +217,7 @@ class OptimizerSet:
         """
         self._update(gradients, variables, self.names, only_if)
 
+    @tf.autograph.experimental.do_not_convert
     def apply_gradients(
         self,
         grads_and_vars: Iterable[tuple[tf.Tensor | None, tf.Variable]],
@@ -223,6 +228,7 @@ class OptimizerSet:
         pairs = list(grads_and_vars)
         self.apply([g for g, _ in pairs], [v for _, v in pairs], only_if=only_if)
 
+    @tf.autograph.experimental.do_not_convert
     def minimize(
         self,
         loss: tf.Tensor,
@@ -324,6 +330,7 @@ class OptimizerSet:
         self._apply_group(kept_per_part, self.accumulator.full())
         return status
 
+    @tf.autograph.experimental.do_not_convert
     def flush(self) -> None:
         """Apply the micro-batches accumulated so far, if any: an epoch's last group.
 

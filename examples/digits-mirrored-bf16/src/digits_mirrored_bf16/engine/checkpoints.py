@@ -400,7 +400,7 @@ class RunCheckpoint:
                 callbacks.assign(callback_state)
                 checkpoint.write(prefix)
 
-            self._writes[key] = (data, tf.function(write))
+            self._writes[key] = (data, tf.function(write, autograph=False))
         return self._writes[key][1]
 
     def restore(self, data: tf.data.Iterator | None) -> tuple[int, int]:

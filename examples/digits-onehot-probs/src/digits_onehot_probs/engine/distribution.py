@@ -264,6 +264,7 @@ def local_variables(
     return [part for value in values for part in strategy.experimental_local_results(value)]
 
 
+@tf.autograph.experimental.do_not_convert
 def global_batch_size(labels: tf.Tensor) -> tf.Tensor:
     """The number of examples in the whole batch, as float32, on every replica.
 
@@ -285,6 +286,7 @@ class BatchMean(keras.metrics.Mean):
     and its own number of examples, so the sum over replicas is exact.
     """
 
+    @tf.autograph.experimental.do_not_convert
     def add(self, part: tf.Tensor, batch_size: tf.Tensor, examples: tf.Tensor) -> None:
         """Record this replica's `part` of a batch's figure. `tf.function`-compatible.
 

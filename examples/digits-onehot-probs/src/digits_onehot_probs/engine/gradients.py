@@ -39,6 +39,7 @@ class NonFiniteError(RuntimeError):
     """Too many steps in a row had a loss or gradients that were not finite (or too large)."""
 
 
+@tf.autograph.experimental.do_not_convert
 def drop_none_gradients(
     gradients: Sequence[tf.Tensor | None],
     variables: Sequence[tf.Variable],
@@ -77,6 +78,7 @@ def drop_none_gradients(
     return [g for g, _ in kept], [v for _, v in kept]
 
 
+@tf.autograph.experimental.do_not_convert
 def update_status(
     loss: tf.Tensor, gradients: Sequence[tf.Tensor], indices: Sequence[int]
 ) -> tf.Tensor:
@@ -120,6 +122,7 @@ def scale_gradient(gradient: tf.Tensor | tf.IndexedSlices, factor: tf.Tensor) ->
     return gradient * factor
 
 
+@tf.autograph.experimental.do_not_convert
 def clip_by_global_norm(
     gradients: list[tf.Tensor], clip_norm: float | tf.Tensor | None
 ) -> list[tf.Tensor]:
@@ -145,6 +148,7 @@ def clip_by_global_norm(
     return clipped
 
 
+@tf.autograph.experimental.do_not_convert
 def run_if(condition: tf.Tensor, fn: Callable[..., object], *args: object) -> None:
     """Run `fn(*args)` only where `condition` holds, also when `fn` applies gradients.
 
@@ -225,10 +229,12 @@ class NonFiniteGuard:
         """Its counters, for checkpoints (`skipped` is a metric, read and reset by the loop)."""
         return [self.bad_in_a_row, self.first_bad_step, self.first_bad_status]
 
+    @tf.autograph.experimental.do_not_convert
     def save_state(self) -> list[tf.Tensor]:
         """The layer state and the metrics before a step. `tf.function`-compatible."""
         return [tf.identity(variable) for variable in self.state]
 
+    @tf.autograph.experimental.do_not_convert
     def record(self, status: tf.Tensor, step: tf.Tensor, saved: Sequence[tf.Tensor]) -> None:
         """Count the step numbered `step`; undo its state and metrics if it was skipped.
 
@@ -244,6 +250,7 @@ class NonFiniteGuard:
         self.first_bad_status.assign(tf.where(starts, status, self.first_bad_status))
         self.bad_in_a_row.assign(tf.where(bad, self.bad_in_a_row + 1, 0))
 
+    @tf.autograph.experimental.do_not_convert
     def tripped(self) -> tf.Tensor:
         """Whether the run must stop. `tf.function`-compatible."""
         return self.bad_in_a_row >= self.max_bad_steps

@@ -169,6 +169,7 @@ class Task:
         del chief
         return []
 
+    @tf.autograph.experimental.do_not_convert
     def primary_output(self, outputs: Any) -> Any:
         """The output that the loss, the metrics, `check` and `predict` read, of `outputs`.
 

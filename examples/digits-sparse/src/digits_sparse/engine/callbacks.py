@@ -278,7 +278,7 @@ class TensorBoard(keras.callbacks.Callback):
             writers = self._writers
             signature = [tf.TensorSpec([len(tags)], tf.float32), tf.TensorSpec([], tf.int64)]
 
-            @tf.function(input_signature=signature)
+            @tf.function(input_signature=signature, autograph=False)
             def write(values: tf.Tensor, step: tf.Tensor) -> None:
                 for index, (run, tag) in enumerate(tags):
                     with writers[run].as_default():

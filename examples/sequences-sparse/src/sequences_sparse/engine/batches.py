@@ -44,6 +44,7 @@ def shuffled_batches(
     else:
         num_batches = math.ceil(num_examples / batch_size)
 
+    @tf.autograph.experimental.do_not_convert
     def permute(whole: Tensors, epoch_seed: tf.Tensor) -> Tensors:
         noise = tf.random.stateless_uniform([num_examples], seed=tf.stack([epoch_seed, 0]))
         order = tf.argsort(noise)

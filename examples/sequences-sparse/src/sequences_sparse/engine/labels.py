@@ -163,6 +163,7 @@ class Labels:
         """How to turn labels of `spec`, which `_accepted` refused, into this encoding."""
         raise NotImplementedError
 
+    @tf.autograph.experimental.do_not_convert
     def checked_values(self, y: tf.Tensor) -> tf.Tensor:
         """Return `y`, checked inside the step, where only graph-compatible checks can run.
 
