@@ -226,7 +226,9 @@ class Trainer:
         if self.options.run_eagerly:
             return step
         # AutoGraph converts your step, so that a Python `if` on a tensor works there. The
-        # engine's errors raised while tracing carry `ag_pass_through`, so they reach the
+        # engine's functions that a step calls are graph code marked `do_not_convert`:
+        # converting them cost each new process more than a second (benchmarks/startup.md).
+        # The engine's errors raised while tracing carry `ag_pass_through`, so they reach the
         # caller as they are.
         return tf.function(step, input_signature=signature, jit_compile=self.options.jit_compile)
 
