@@ -21,10 +21,10 @@ def shuffled_batches(
 
     The same as `from_tensor_slices(arrays).shuffle(n, seed).batch(batch_size)`, without its
     per-example work: each epoch draws one permutation from its own seed, gathers the whole
-    split in that order and cuts it into batches with `rebatch`. On small models that is about
-    10 % more training steps per second (measured on digits at batch 32, 2 CPUs). Each epoch
-    holds one permuted copy of the arrays, so use it for data that fits in memory twice;
-    otherwise `shuffle` with a bounded buffer is the tool.
+    split in that order and cuts it into batches with `rebatch`. Each epoch holds one permuted
+    copy of the arrays, so use it for small splits, which fit in memory twice; for large ones,
+    `from_tensor_slices` with a bounded `shuffle` buffer, or files, are the tools (scaffold's
+    benchmarks/large_data.md compares them).
 
     Args:
         arrays: One array, or a tuple of arrays with the same first dimension, e.g.
