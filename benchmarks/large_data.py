@@ -51,7 +51,6 @@ import importlib
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -65,7 +64,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import tensorflow as tf
-from loop_vs_fit import engine_module, load_project, time_run
+from loop_vs_fit import engine_module, load_project, machine, time_run
 
 NAME, ANSWERS = "bench-large", {"input_shape": "784"}
 FEATURES, CLASSES, BATCH_SIZE = 784, 10, 256
@@ -324,10 +323,7 @@ def main() -> None:
     sps, peak, baseline = medians("steps_per_second"), medians("peak_mib"), medians("baseline_mib")
     data_mib = args.rows * (FEATURES * 4 + 4) / MIB
     meta = {
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
+        **machine(),
         "rows": args.rows,
         "features": FEATURES,
         "data_mib": data_mib,

@@ -97,6 +97,16 @@ def load_project(root: Path, name: str, answers: dict[str, object]) -> ModuleTyp
     return importlib.import_module(name.replace("-", "_"))
 
 
+def machine() -> dict[str, object]:
+    """The versions and the CPU count a benchmark ran with, for its report."""
+    return {
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
+
+
 def engine_module(package: ModuleType, name: str) -> ModuleType:
     """The module `name` of the package's engine, e.g. `train` for `PKG.engine.train`."""
     return importlib.import_module(f"{package.__name__}.engine.{name}")
@@ -446,14 +456,7 @@ def main() -> None:
                 "samples": samples,
                 "ratios": ratios(medians, project.RunOptions().steps_per_execution),
             }
-    meta = {
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "rounds": args.rounds,
-        "timed_epochs": args.epochs,
-    }
+    meta = {**machine(), "rounds": args.rounds, "timed_epochs": args.epochs}
     report = {"meta": meta, "results": results}
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [

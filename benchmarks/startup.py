@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -45,12 +43,10 @@ from types import ModuleType
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
-import tensorflow as tf
-
-from scaffold.render import render_project
+from loop_vs_fit import engine_module, load_project, machine
 
 FIT_SCRIPT = """
-import sys, time
+import sys
 
 import keras
 
@@ -91,7 +87,7 @@ class FirstStep(keras.callbacks.Callback):
 
 def in_process(package: ModuleType) -> dict[str, Callable[[], tuple[float, float]]]:
     """The in-process contenders: each returns (seconds to first step, seconds in all)."""
-    train = importlib.import_module(f"{package.__name__}.engine.train")
+    train = engine_module(package, "train")
     config = package.Config()
 
     def loop() -> tuple[float, float]:
@@ -170,9 +166,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        render_project(root / "bench", {"project_name": "bench"}, quiet=True)
-        sys.path.insert(0, str(root / "bench" / "src"))
-        package = importlib.import_module("bench")
+        package = load_project(root, "bench", {})
         runs, shells = in_process(package), commands(root)
         first: dict[str, list[float]] = {name: [] for name in runs}
         whole: dict[str, list[float]] = {name: [] for name in runs}
@@ -203,13 +197,7 @@ def main() -> None:
         "to first step: loop / fit": rows["loop"]["to first step"] / rows["fit"]["to first step"],
         "command less import: loop / fit": command["python -m bench train"] / command["fit script"],
     }
-    meta = {
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "rounds": args.rounds,
-    }
+    meta = {**machine(), "rounds": args.rounds}
     report = {
         "meta": meta,
         "in_process": rows,

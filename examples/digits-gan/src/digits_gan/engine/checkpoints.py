@@ -342,7 +342,7 @@ class RunCheckpoint:
         except BaseException:  # A full disk, or Ctrl-C: no half-written files are left.
             _remove_partial(path)
             raise
-        self._kept = kept = [*self._kept, str(path)]
+        kept = [*self._kept, str(path)]
         # The state file of `tf.train.CheckpointManager`, names relative to the directory,
         # replaced whole so that a kill leaves the old one or the new one.
         names = [Path(old).name for old in kept[-self.max_to_keep :]]

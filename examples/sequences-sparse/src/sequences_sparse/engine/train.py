@@ -227,7 +227,7 @@ class Trainer:
             return step
         # AutoGraph converts your step, so that a Python `if` on a tensor works there. The
         # engine's functions that a step calls are graph code marked `do_not_convert`:
-        # converting them cost each new process more than a second (benchmarks/startup.md).
+        # converting them cost each new process about 1.5 s (scaffold's benchmarks/startup.py).
         # The engine's errors raised while tracing carry `ag_pass_through`, so they reach the
         # caller as they are.
         return tf.function(step, input_signature=signature, jit_compile=self.options.jit_compile)
