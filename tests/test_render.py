@@ -105,6 +105,7 @@ ENGINE_MODULES = (
     "preflight",
     "project",
     "sequences",
+    "sweep",
     "task",
     "train",
     "trained",
@@ -178,6 +179,7 @@ def expected_files(package: str, optimizers: str = "single", shapes: str = "fixe
                 "test_outputs",
                 "test_parity",
                 "test_preflight",
+                "test_search_space",
                 "test_steps",
                 "test_task",
                 "test_trained",
@@ -322,6 +324,8 @@ ENGINE_WIDE: dict[str, tuple[str, ...]] = {
     # The command line's refusals around a finished run: the tests branch on the task (the
     # input's shape only leaves out a flag).
     "tests/test_commands.py": (DEFAULT, GAN),
+    # Sweeps: the same engine/sweep.py for every project with a search space (the GAN has none).
+    "tests/test_sweep.py": (DEFAULT,),
 }
 
 

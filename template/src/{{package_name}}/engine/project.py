@@ -28,6 +28,9 @@ class Project:
         datasets: `"module:name"` of `load_datasets(config) -> (train_ds, val_ds)`.
         model: `"module:name"` of `build_model(config) -> keras.Model`.
         task: `"module:name"` of `build_task(model, config, options) -> engine.task.Task`.
+        space: `"module:name"` of `search_space(trial) -> dict`, the `Config` fields a sweep
+            searches (see `sweep.py`); `None` for a project without sweeps (a GAN's, which
+            has no validation figure to compare its trials by).
     """
 
     package: str
@@ -36,10 +39,13 @@ class Project:
     datasets: str = "data:load_datasets"
     model: str = "model:build_model"
     task: str = "task:build_task"
+    space: str | None = "config:search_space"
 
     def __post_init__(self) -> None:
-        for field in ("datasets", "model", "task"):
+        for field in ("datasets", "model", "task", "space"):
             reference = getattr(self, field)
+            if reference is None and field == "space":
+                continue
             module, _, name = reference.partition(":")
             if not (module and name):
                 raise ValueError(
@@ -66,3 +72,14 @@ class Project:
     def build_task(self) -> Callable[..., Any]:
         """The project's `build_task(model, config, options)`."""
         return self.load(self.task)
+
+    @property
+    def search_space(self) -> Callable[..., Any]:
+        """The project's `search_space(trial)`.
+
+        Raises:
+            ValueError: If the project declares none (`space` is `None`).
+        """
+        if self.space is None:
+            raise ValueError(f"{self.package} declares no search space (Project.space is None)")
+        return self.load(self.space)
