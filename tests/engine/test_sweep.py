@@ -125,10 +125,11 @@ def _finished_sweep(tmp_path: Path, values: list[float | None]) -> Path:
     study = optuna.load_study(study_name=sweep.STUDY_NAME, storage=sweep.storage(tmp_path))
     for number, value in enumerate(values):
         trial = study.ask()
-        trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True)
+        rate = trial.suggest_float("lr", 1e-4, 1e-2, log=True)  # Named apart from its field.
+        trial.set_user_attr("config", {"learning_rate": rate})
         run_dir = sweep.trial_dir(tmp_path, number)
         run_dir.mkdir(parents=True)
-        config = {"epochs": 2, "learning_rate": trial.params["learning_rate"]}
+        config = {"epochs": 2, "learning_rate": rate}
         (run_dir / "run.json").write_text(json.dumps({"config": config}))
         (run_dir / "metrics.jsonl").write_text(
             "".join(json.dumps({"epoch": e, "val_loss": value}) + "\n" for e in (1, 2))
@@ -143,12 +144,12 @@ def _finished_sweep(tmp_path: Path, values: list[float | None]) -> Path:
 def test_the_summary_names_the_best_trial_and_how_to_train_it_again(tmp_path: Path) -> None:
     sweep_dir = _finished_sweep(tmp_path, [0.5, 0.25, None, 0.75])
     line = sweep.summarize(sweep_dir, "digits")
-    assert line.startswith("best: trial 1, val_loss 0.2500 | learning_rate "), line
+    assert line.startswith("best: trial 1, val_loss 0.2500 | lr "), line
     summary = json.loads((sweep_dir / "summary.json").read_text())
     assert summary["best"]["number"] == 1
     assert [row["state"] for row in summary["trials"]] == ["complete"] * 2 + ["fail", "complete"]
     text = (sweep_dir / "summary.md").read_text()
-    rate = summary["best"]["params"]["learning_rate"]
+    rate = summary["best"]["params"]["lr"]
     assert f"python -m digits train --epochs 2 --learning-rate {rate}" in text
     assert "| 2 | fail |  | " in text
     assert (sweep_dir / "history.png").stat().st_size > 0

@@ -315,7 +315,6 @@ class _Next:
     trial: Any
     run_dir: Path
     lock_fd: int
-    resumed: bool
 
 
 def _next_trial(study: Any, sweep_dir: Path, settings: SweepSettings) -> _Next | None:
@@ -336,7 +335,7 @@ def _next_trial(study: Any, sweep_dir: Path, settings: SweepSettings) -> _Next |
             fd = _try_lock_dir(run_dir)
             if fd is not None:  # Its process died: take it over.
                 trial = optuna.trial.Trial(study, frozen._trial_id)
-                return _Next(trial, run_dir, fd, resumed=True)
+                return _Next(trial, run_dir, fd)
         taken = [t for t in trials if t.state != states.WAITING]
         if len(taken) >= settings.trials:
             return None
@@ -344,7 +343,7 @@ def _next_trial(study: Any, sweep_dir: Path, settings: SweepSettings) -> _Next |
         run_dir = trial_dir(sweep_dir, trial.number)
         fd = _try_lock_dir(run_dir)
         assert fd is not None, run_dir  # A new trial's directory: nobody else knows it.
-        return _Next(trial, run_dir, fd, resumed=False)
+        return _Next(trial, run_dir, fd)
 
 
 def trial_dir(sweep_dir: Path, number: int) -> Path:
@@ -408,7 +407,9 @@ def _run_trial(project: Any, study: Any, chosen: _Next, settings: SweepSettings)
     optuna = import_optuna()
     trial, run_dir = chosen.trial, chosen.run_dir
     config = dataclasses.replace(project.config(), **_decoded(project.config, settings.config))
-    config = dataclasses.replace(config, **project.search_space(trial))
+    searched = dict(project.search_space(trial))
+    config = dataclasses.replace(config, **searched)
+    trial.set_user_attr("config", {name: _jsonable(value) for name, value in searched.items()})
     resume = resume_position(run_dir) is not None
     if not resume:  # A new trial, or one whose process died before its first checkpoint.
         for entry in run_dir.iterdir():
@@ -464,6 +465,10 @@ def _flags(values: Mapping[str, Any]) -> list[str]:
         shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
         flags.append(f"--{name.replace('_', '-')} {'none' if shown is None else shown}")
     return flags
+
+
+def _jsonable(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value
 
 
 def _show(value: Any) -> str:
@@ -609,7 +614,8 @@ def summarize(sweep_dir: Path, package: str) -> str:
         "Train it again (or copy its values into config.py):",
         "",
         "```",
-        f"python -m {package} train " + " ".join(_flags({**settings.config, **best.params})),
+        f"python -m {package} train "
+        + " ".join(_flags({**settings.config, **best.user_attrs.get("config", best.params)})),
         "```",
         "",
         "Its whole config, from its `run.json`:",
