@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -28,6 +28,8 @@ class Project:
         datasets: `"module:name"` of `load_datasets(config) -> (train_ds, val_ds)`.
         model: `"module:name"` of `build_model(config) -> keras.Model`.
         task: `"module:name"` of `build_task(model, config, options) -> engine.task.Task`.
+        tags: What tells this project apart, by name (the answers it was generated with):
+            the MLflow tags of its tracked runs (see `tracking.py`).
     """
 
     package: str
@@ -36,6 +38,7 @@ class Project:
     datasets: str = "data:load_datasets"
     model: str = "model:build_model"
     task: str = "task:build_task"
+    tags: Mapping[str, str] = dataclasses.field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         for field in ("datasets", "model", "task"):
