@@ -106,6 +106,7 @@ ENGINE_MODULES = (
     "project",
     "sequences",
     "task",
+    "tracking",
     "train",
     "trained",
 )
@@ -322,6 +323,9 @@ ENGINE_WIDE: dict[str, tuple[str, ...]] = {
     # The command line's refusals around a finished run: the tests branch on the task (the
     # input's shape only leaves out a flag).
     "tests/test_commands.py": (DEFAULT, GAN),
+    # MLflow tracking, resumed and nested: the tests branch on the task (a GAN's figures and
+    # answers differ).
+    "tests/test_tracking.py": (DEFAULT, GAN),
 }
 
 
