@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sys
 import time
 from collections.abc import Mapping
@@ -65,6 +66,8 @@ def client(tracking_uri: str) -> MlflowClient:
         raise TrackingError(problem)
     from mlflow.tracking import MlflowClient
 
+    # Its notes on creating a new store's tables, which `--quiet` would print otherwise.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     return MlflowClient(tracking_uri=resolve_uri(tracking_uri))
 
 
