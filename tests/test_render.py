@@ -107,6 +107,7 @@ ENGINE_MODULES = (
     "sequences",
     "sweep",
     "task",
+    "tracking",
     "train",
     "trained",
 )
@@ -326,6 +327,9 @@ ENGINE_WIDE: dict[str, tuple[str, ...]] = {
     "tests/test_commands.py": (DEFAULT, GAN),
     # Sweeps: the same engine/sweep.py for every project with a search space (the GAN has none).
     "tests/test_sweep.py": (DEFAULT,),
+    # MLflow tracking, resumed and nested: the tests branch on the task (a GAN's figures and
+    # answers differ).
+    "tests/test_tracking.py": (DEFAULT, GAN),
 }
 
 

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn, Union, get_args, get_origin, get_type_hints
 
 from .cluster import EXIT_TIMEOUT, ClusterError, read_tf_config, run_workers
+from .options import tracking_problem
 from .project import Project
 
 RUNS = Path("runs")
@@ -682,6 +683,9 @@ def train(project: Project, args: argparse.Namespace, prog: str) -> int:
             options = with_flags(project.options(), option_flags)
         except ValueError as error:
             usage_error(prog, str(error))
+        problem = tracking_problem(options)
+        if problem:
+            return _usage(prog, problem)
     chief = True
     if option_flags.get("strategy") == "multi-worker":
         try:
@@ -704,6 +708,7 @@ def train(project: Project, args: argparse.Namespace, prog: str) -> int:
     from .gradients import NoneGradientError, NonFiniteError
     from .optimizers import StepError
     from .precision import PrecisionError
+    from .tracking import TrackingError  # Which imports no MLflow.
     from .train import fit
 
     try:
@@ -716,6 +721,9 @@ def train(project: Project, args: argparse.Namespace, prog: str) -> int:
         )
     except (CheckpointError, ValueError) as error:
         return _usage(prog, str(error))
+    problem = tracking_problem(options)
+    if problem:  # A resumed run tracked by its run.json, or by --track now.
+        return _usage(prog, problem)
     if options.strategy == "multi-worker" and "strategy" not in option_flags:
         try:  # Resuming a multi-worker run.
             chief = read_tf_config().is_chief
@@ -759,6 +767,7 @@ def train(project: Project, args: argparse.Namespace, prog: str) -> int:
         NoneGradientError,
         PrecisionError,
         StepError,
+        TrackingError,
     ) as error:
         return _usage(prog, str(error))
     except interrupts.Interrupted as stop:

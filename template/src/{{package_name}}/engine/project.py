@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -31,6 +31,8 @@ class Project:
         space: `"module:name"` of `search_space(trial) -> dict`, the `Config` fields a sweep
             searches (see `sweep.py`); `None` for a project without sweeps (a GAN's, which
             has no validation figure to compare its trials by).
+        tags: What tells this project apart, by name (the answers it was generated with):
+            the MLflow tags of its tracked runs (see `tracking.py`).
     """
 
     package: str
@@ -40,6 +42,7 @@ class Project:
     model: str = "model:build_model"
     task: str = "task:build_task"
     space: str | None = "config:search_space"
+    tags: Mapping[str, str] = dataclasses.field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         for field in ("datasets", "model", "task", "space"):
