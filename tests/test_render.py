@@ -103,6 +103,7 @@ ENGINE_MODULES = (
     "options",
     "precision",
     "preflight",
+    "profiling",
     "project",
     "sequences",
     "task",
@@ -322,6 +323,9 @@ ENGINE_WIDE: dict[str, tuple[str, ...]] = {
     # The command line's refusals around a finished run: the tests branch on the task (the
     # input's shape only leaves out a flag).
     "tests/test_commands.py": (DEFAULT, GAN),
+    # `profile` and its verdicts: the engine's loop on the project's own data, model and task
+    # (the tests do not branch; a GAN's task and single-tensor batches too).
+    "tests/test_profile.py": (DEFAULT, GAN),
 }
 
 
