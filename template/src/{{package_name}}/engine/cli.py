@@ -13,10 +13,11 @@ The project's `__main__.py` runs `main(PROJECT)`, and PKG is its package. `train
 run directory, or with `--resume` goes on from its latest checkpoint; its flags are the fields
 of the project's `Config` and `RunOptions` (see `add_field_flags`); `launch` runs `train` as N
 workers of a multi-worker run on this machine; `profile` times a few calls of steps of a fresh
-model, writes a profiler trace and prints where the time goes (see `profiling.py`); `check` tries the data and the model on a few
-batches and lists any problem with its fix; the others use the model a finished run saved:
-its validation figures, predictions (a GAN's: generated images), a SavedModel. `check`,
-`evaluate` and `--class-ids` are a classifier's: a project whose `Config` declares `labels`.
+model, writes a profiler trace and prints where the time goes (see `profiling.py`); `check`
+tries the data and the model on a few batches and lists any problem with its fix; the others
+use the model a finished run saved: its validation figures, predictions (a GAN's: generated
+images), a SavedModel. `check`, `evaluate` and `--class-ids` are a classifier's: a project
+whose `Config` declares `labels`.
 `--help` imports no TensorFlow, so it answers at once; TensorFlow's start-up messages are
 silenced unless `TF_CPP_MIN_LOG_LEVEL` is set.
 

@@ -372,10 +372,12 @@ class _LoopTimer:
 
         return end
 
-
     def _causes(self, now: dict[str, int]) -> dict[str, str]:
-        """Why each function that traced in the last call did: the step is traced once per key
-        of `Trainer.train_steps` (the batches' signature and the trainable variables' ids)."""
+        """Why each function that traced in the last call did, by name.
+
+        The step is traced once per key of `Trainer.train_steps`: the batches' signature and
+        the trainable variables' ids.
+        """
         causes = {}
         new_keys = [key for key in self.trainer.train_steps if key not in self._keys]
         if now["train_step"] > self._before["train_step"]:
