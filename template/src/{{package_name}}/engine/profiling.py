@@ -49,6 +49,10 @@ from .train import Trainer, check_length, reading
 # timings of a fast step does not read as waiting).
 INPUT_BOUND_SHARE = 0.3
 WARM_UP_CALLS = 1
+# Retracing is a verdict when functions traced in at least this many calls after the warm-up:
+# once is what a new set of trainable variables costs (a callback that unfreezes a backbone),
+# a one-off noted in the verdict; traces that come back call after call are the problem.
+RETRACING_CALLS = 2
 REPORT = "report.txt"  # What `python -m PACKAGE profile` writes in its directory, with the trace.
 
 
@@ -57,9 +61,13 @@ class ProfileReport:
     """What `profile` measured; `str(report)` is what `python -m PACKAGE profile` prints.
 
     Attributes:
-        steps_per_call: Steps per call of the loop (`RunOptions.steps_per_execution`).
+        steps_per_call: Steps per timed call of the loop: `RunOptions.steps_per_execution`, or
+            fewer where an epoch ends first (the input and the compute alone are timed in
+            calls of as many steps, so that each call's own cost weighs the same).
         calls: Calls of the loop timed (those that traced are left out, see `traced_out`).
         traced_out: Calls of the loop left out of the timing because a function traced in them.
+        retracing_calls: Calls of the loop after the warm-up in which a function traced, the
+            profiled ones included.
         step_seconds: The loop's time per step, input and compute together: the fastest timed
             call's, as are the two below, so that other processes' load counts least.
         input_seconds: The time to read one batch of the pipeline alone.
@@ -83,6 +91,7 @@ class ProfileReport:
     steps_per_call: int
     calls: int
     traced_out: int
+    retracing_calls: int
     step_seconds: float
     input_seconds: float
     compute_seconds: float
@@ -121,31 +130,42 @@ class ProfileReport:
             and self.input_seconds >= INPUT_BOUND_SHARE * step
         )
 
+    def _named_retraces(self) -> str:
+        return ", ".join(
+            f"{name} traced {more} more time{'s' if more > 1 else ''} after warm-up "
+            f"({self.retrace_causes.get(name, 'see the trace counts')})"
+            for name, more in self.retraced.items()
+        )
+
     @property
     def verdict(self) -> str:
-        """One line: `retracing: ...` first, else `input-bound: ...`, else `compute-bound: ...`."""
-        if self.retraced:
-            named = ", ".join(
-                f"{name} traced {more} more time{'s' if more > 1 else ''} after warm-up "
-                f"({self.retrace_causes.get(name, 'see the trace counts')})"
-                for name, more in self.retraced.items()
-            )
+        """One line: `retracing: ...` first, else `input-bound: ...`, else `compute-bound: ...`.
+
+        Retracing when functions traced in `RETRACING_CALLS` calls or more after the warm-up;
+        a trace in one call only is noted at the end of the other verdicts.
+        """
+        if self.retracing_calls >= RETRACING_CALLS:
             return (
-                f"retracing: {named}; each trace stops training while it runs: keep the "
-                "trainable variables and the batches' dtypes the same from call to call"
+                f"retracing: {self._named_retraces()}, in {self.retracing_calls} calls; each "
+                "trace stops training while it runs: keep the trainable variables and the "
+                "batches' dtypes the same from call to call"
             )
         if self.input_bound:
             share = self.wait_seconds / self.step_seconds
-            return (
+            verdict = (
                 f"input-bound: steps wait on the data {100 * share:.0f} % of their time; add "
                 "prefetch/cache/parallel map in data.py (.map(f, num_parallel_calls="
                 "tf.data.AUTOTUNE), .cache() before random augmentation, .prefetch(tf.data."
                 "AUTOTUNE) last)"
             )
-        return (
-            "compute-bound: the step itself takes the time; a larger batch, "
-            "--steps-per-execution, --jit-compile or a mixed --precision on a GPU can speed it"
-        )
+        else:
+            verdict = (
+                "compute-bound: the step itself takes the time; a larger batch, more "
+                "--steps-per-execution, --jit-compile or a mixed --precision on a GPU can speed it"
+            )
+        if self.retracing_calls:
+            verdict += f"; one call traced again, a one-off: {self._named_retraces()}"
+        return verdict
 
     def __str__(self) -> str:
         step, wait = self.step_seconds, self.wait_seconds
@@ -245,15 +265,17 @@ def profile(
         model.optimizer = optimizer
         trainer.train_runner.close()
     peak_bytes, memory_note = _peak_memory(device)
+    steps = loop.call_steps or k  # As many per call as the loop's calls ran, for the same overhead.
     with reading("train_ds"):
-        input_seconds = _time_input(prepared, k, calls)
-        compute_seconds = _time_compute(trainer, prepared, k, calls)
+        input_seconds = _time_input(prepared, steps, calls)
+        compute_seconds = _time_compute(trainer, prepared, steps, calls)
     flops, flops_note = _step_flops(trainer, prepared)
     trainable = sum(int(tf.size(v)) for v in model.trainable_variables)
     return ProfileReport(
-        steps_per_call=k,
+        steps_per_call=steps,
         calls=len(loop.per_step),
         traced_out=loop.traced_out,
+        retracing_calls=loop.retracing_calls,
         step_seconds=min(loop.per_step, default=0.0),
         input_seconds=input_seconds,
         compute_seconds=compute_seconds,
@@ -288,7 +310,8 @@ class _LoopTimer:
         self.logdir = None if logdir is None else Path(logdir)
         self.done = 0  # Calls run so far.
         self.per_step: list[float] = []  # Seconds per step of each timed call.
-        self.traced_out = 0
+        self.call_steps = 0  # The most steps a timed call ran.
+        self.traced_out = self.retracing_calls = 0
         self.warm_traces: dict[str, int] = {}
         self.final_traces: dict[str, int] = {}
         self.causes: dict[str, str] = {}
@@ -352,6 +375,7 @@ class _LoopTimer:
             now = self.traces()
             traced = now != self._before
             if self.done > self.warm_up and traced:
+                self.retracing_calls += 1
                 for name, cause in self._causes(now).items():
                     self.causes.setdefault(name, cause)
             self._keys = list(self.trainer.train_steps)
@@ -361,7 +385,9 @@ class _LoopTimer:
                 if traced:
                     self.traced_out += 1
                 else:
-                    self.per_step.append(seconds / (step - self._first_step + 1))
+                    ran = step - self._first_step + 1
+                    self.per_step.append(seconds / ran)
+                    self.call_steps = max(self.call_steps, ran)
             if self._profiling and self.done == self.warm_up + self.calls + self.traced_calls:
                 tf.profiler.experimental.stop()
                 self._profiling = False
