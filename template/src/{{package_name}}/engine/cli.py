@@ -350,7 +350,9 @@ def _add_profile(commands: Any, project: Project) -> None:
             f"(default: a new {RUNS}/profile-<date>-<time>)"
         ),
     )
-    add_field_flags(profile, project.config(), "config", "hyperparameters (Config, in config.py)")
+    # A Config field named `calls` keeps train's flag only.
+    config_title = "hyperparameters (Config, in config.py)"
+    add_field_flags(profile, project.config(), "config", config_title, skip=frozenset({"calls"}))
     title = "run options (RunOptions, in config.py)"
     add_field_flags(profile, project.options(), "options", title, skip=PROFILE_SKIPS)
 
