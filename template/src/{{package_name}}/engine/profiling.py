@@ -81,9 +81,9 @@ class ProfileReport:
             gradients and the update), as `tf.compat.v1.profiler` counts them on the step's
             graph; `None` when they could not be counted (see `flops_note`).
         flops_note: How `flops` was counted, or why it was not.
-        peak_bytes: The peak memory of the run's tensors on `memory_device` over the timed
-            calls (TensorFlow's allocator), or the process's peak resident memory when the
-            device does not report it.
+        peak_bytes: The peak memory of the run's tensors on the first GPU, or the CPU, over the
+            calls after the warm-up (TensorFlow's allocator), or the process's peak resident
+            memory when the device does not report it.
         memory_note: Which of the two `peak_bytes` is.
         trace_dir: The directory the profiler wrote its trace in (`*.xplane.pb`), if any.
     """
@@ -229,10 +229,13 @@ def profile(
         The report.
 
     Raises:
-        ValueError: If `options.run_eagerly`: there is no compiled step to profile.
+        ValueError: If `calls` is under 1 or `traced_calls` under 0; or if
+            `options.run_eagerly`: there is no compiled step to profile.
         contract.DatasetError: If `train_ds` does not fit the steps, as for `fit`.
         gradients.NonFiniteError: If `options.max_bad_steps` steps in a row were skipped.
     """
+    if calls < 1 or traced_calls < 0:
+        raise ValueError(f"profile times 1 call or more, got calls={calls}, {traced_calls=}")
     config = project.config() if config is None else config
     options = project.options() if options is None else options
     if options.run_eagerly:
@@ -499,7 +502,7 @@ def _peak_memory(device: str) -> tuple[int, str]:
     """The peak memory of the timed calls and what it is (see `ProfileReport.peak_bytes`)."""
     try:
         peak = int(tf.config.experimental.get_memory_info(device)["peak"])
-        return peak, f"tensors on {device}, TensorFlow's allocator, timed calls"
+        return peak, f"tensors on {device}, TensorFlow's allocator, after warm-up"
     except (ValueError, tf.errors.OpError):
         kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux.
         return kib * 1024, "the process's peak resident memory, TensorFlow included"
