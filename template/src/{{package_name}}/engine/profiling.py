@@ -12,13 +12,12 @@ included. One warm-up call traces the step; then it times:
 - the compute alone: the step on one batch read once and repeated (`take(1).cache().repeat()`),
   in `calls` calls.
 
-Each is the fastest call's time per step (or batch), so that other processes count least.
-
-The time a step waits on its input is the loop's time per step minus the compute's. Then
+Each is the fastest call's time per step (or batch), so that other processes count least. The
+time a step waits on its input is the loop's time per step minus the compute's. Then
 `traced_calls` more calls run under the TensorFlow profiler, which writes a trace under
 `logdir/plugins/profile/<time>/`: `tensorboard --logdir DIR` shows it in its Profile tab (the
 `profile` extra installs the plugin, `xprof`). The report adds how many times each of the
-engine's `tf.function`s traced (any trace after the warm-up is retracing, named), the number
+engine's `tf.function`s traced (a trace after the warm-up is named, with its cause), the number
 of parameters, the FLOPs of one step (counted on the step's graph), the peak memory, and a
 one-line verdict (see `ProfileReport.verdict`).
 
