@@ -103,6 +103,7 @@ ENGINE_MODULES = (
     "options",
     "precision",
     "preflight",
+    "profiling",
     "project",
     "sequences",
     "sweep",
@@ -330,6 +331,9 @@ ENGINE_WIDE: dict[str, tuple[str, ...]] = {
     # MLflow tracking, resumed and nested: the tests branch on the task (a GAN's figures and
     # answers differ).
     "tests/test_tracking.py": (DEFAULT, GAN),
+    # `profile` and its verdicts: the engine's loop on the project's own data, model and task
+    # (the tests do not branch; a GAN's task and single-tensor batches too).
+    "tests/test_profile.py": (DEFAULT, GAN),
 }
 
 

@@ -1,8 +1,9 @@
-"""The command line of a project: `python -m PKG train|launch|check|evaluate|predict|export`.
+"""The command line of a project: `python -m PKG train|launch|profile|check|evaluate|...`.
 
     python -m PKG train [--epochs N] [--logdir DIR] ...
     python -m PKG train --logdir DIR --resume [--epochs N]
     python -m PKG launch --workers N -- train [...]
+    python -m PKG profile [--calls N] [--logdir DIR] ...
     python -m PKG check [--batches N]                      (a classifier's)
     python -m PKG evaluate DIR                             (a classifier's)
     python -m PKG predict DIR --input X.npy --output Y.npy [--class-ids]
@@ -12,11 +13,13 @@
 The project's `__main__.py` runs `main(PROJECT)`, and PKG is its package. `train` trains into a
 run directory, or with `--resume` goes on from its latest checkpoint; its flags are the fields
 of the project's `Config` and `RunOptions` (see `add_field_flags`); `launch` runs `train` as N
-workers of a multi-worker run on this machine; `check` tries the data and the model on a few
-batches and lists any problem with its fix; the others use the model a finished run saved:
-its validation figures, predictions (a GAN's: generated images), a SavedModel; `sweep` runs
-trials of the project's `search_space` with Optuna (see `sweep.py`). `check`,
-`evaluate` and `--class-ids` are a classifier's: a project whose `Config` declares `labels`.
+workers of a multi-worker run on this machine; `profile` times a few calls of steps of a fresh
+model, writes a profiler trace and prints where the time goes (see `profiling.py`); `check`
+tries the data and the model on a few batches and lists any problem with its fix; the others
+use the model a finished run saved: its validation figures, predictions (a GAN's: generated
+images), a SavedModel; `sweep` runs trials of the project's `search_space` with
+Optuna (see `sweep.py`). `check`, `evaluate` and `--class-ids` are a classifier's: a project
+whose `Config` declares `labels`.
 `--help` imports no TensorFlow, so it answers at once; TensorFlow's start-up messages are
 silenced unless `TF_CPP_MIN_LOG_LEVEL` is set.
 
@@ -99,6 +102,14 @@ HAND_WRITTEN = frozenset({"logdir", "resume", "verbose"})  # --logdir, --resume,
 FLAG_NAMES = {"run_eagerly": "--eager"}
 RESUME_CAN_CHANGE = frozenset({"epochs"})  # The run's other Config fields stay.
 RESUME_CANNOT_CHANGE = frozenset({"precision"})  # The run's other options can change.
+# `profile` writes no run and runs compiled steps in one process: these options do nothing there.
+PROFILE_SKIPS = HAND_WRITTEN | {
+    "run_eagerly",
+    "checkpoint_every_steps",
+    "max_checkpoints",
+    "tensorboard",
+    "validation_steps",
+}
 
 
 def flag_name(name: str) -> str:
@@ -307,6 +318,7 @@ def build_parser(project: Project) -> Parser:
     title = "run options (RunOptions, in config.py)"
     add_field_flags(train, project.options(), "options", title, skip=HAND_WRITTEN)
     train.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_profile(commands, project)
     if classifies(project):
         _add_classifier_commands(commands)
     _add_run_commands(commands, classifies(project))
@@ -393,6 +405,41 @@ def _add_sweep(commands: Any, project: Project) -> None:
     add_field_flags(sweep, project.options(), "options", title, skip=HAND_WRITTEN)
     sweep.add_argument("--job", type=int, default=0, help=argparse.SUPPRESS)
     sweep.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+
+
+def _add_profile(commands: Any, project: Project) -> None:
+    """`profile`: a few timed and profiled calls of steps, with `train`'s field flags."""
+    profile = commands.add_parser(
+        "profile",
+        help="time a few calls of training steps under the profiler, and say what limits them",
+        description=(
+            "Train a fresh model for a few calls of --steps-per-execution steps, as train "
+            "runs them: time the steps, the input alone and the compute alone, count the "
+            "traces, the parameters, the FLOPs per step and the peak memory, and print a "
+            "one-line verdict (input-bound, compute-bound or retracing). The last calls run "
+            "under the TensorFlow profiler, whose trace TensorBoard's Profile tab opens (pip "
+            "install the project's 'profile' extra). Writes no run: no checkpoint, no model."
+        ),
+    )
+    profile.add_argument(
+        "--calls",
+        type=_positive_int,
+        default=5,
+        help="calls of steps to time, after one warm-up call (default: 5)",
+    )
+    profile.add_argument(
+        "--logdir",
+        type=Path,
+        help=(
+            "where the profiler's trace and report.txt go "
+            f"(default: a new {RUNS}/profile-<date>-<time>)"
+        ),
+    )
+    # A Config field named `calls` keeps train's flag only.
+    config_title = "hyperparameters (Config, in config.py)"
+    add_field_flags(profile, project.config(), "config", config_title, skip=frozenset({"calls"}))
+    title = "run options (RunOptions, in config.py)"
+    add_field_flags(profile, project.options(), "options", title, skip=PROFILE_SKIPS)
 
 
 def _add_classifier_commands(commands: Any) -> None:
@@ -647,6 +694,8 @@ def main(project: Project, argv: Sequence[str] | None = None) -> int:
             return check(project, args)
         if args.command == "sweep":
             return sweep(project, args, prog)
+        if args.command == "profile":
+            return profile(project, args, prog)
         import_tensorflow_quietly()
         from .checkpoints import CheckpointError
         from .contract import DatasetError
@@ -846,6 +895,69 @@ def check(project: Project, args: argparse.Namespace) -> int:
     report = preflight.check(project, batches=args.batches)
     print(report)
     return 0 if report.ok else EXIT_PROBLEMS
+
+
+def profile(project: Project, args: argparse.Namespace, prog: str) -> int:
+    """`profile`: the report of `profiling.profile`, printed and written; the exit code."""
+    try:
+        config = with_flags(project.config(), flag_values(args, "config"))
+        options = with_flags(project.options(), flag_values(args, "options"))
+    except ValueError as error:
+        usage_error(prog, str(error))
+    if options.strategy == "multi-worker":
+        return _usage(
+            prog, "profile runs in one process; drop --strategy multi-worker (try mirrored)"
+        )
+    if args.logdir is None:
+        logdir = new_run_dir()
+        logdir = logdir.with_name(f"profile-{logdir.name}")
+    else:
+        logdir = args.logdir
+        problem = None
+        if logdir.is_file():
+            problem = f"--logdir {logdir} is a file; give a directory"
+        for parent in logdir.parents:
+            if parent.is_file():
+                problem = f"--logdir {logdir} is under {parent}, which is a file; give a directory"
+        if problem:
+            return _usage(prog, problem)
+    import_tensorflow_quietly()
+    import tensorflow as tf
+
+    from . import profiling
+    from .contract import DatasetError
+    from .distribution import DistributionError
+    from .gradients import NoneGradientError, NonFiniteError
+    from .optimizers import StepError
+    from .precision import PrecisionError
+
+    try:
+        report = profiling.profile(
+            project, config, logdir=logdir, options=options, calls=args.calls
+        )
+        text = str(report)
+        logdir.mkdir(parents=True, exist_ok=True)
+        (logdir / profiling.REPORT).write_text(text + "\n")
+    except (OSError, tf.errors.OpError) as error:
+        problem = write_problem(error)
+        if problem is None:
+            raise
+        return _usage(prog, f"cannot write to {logdir}: {problem}, then profile again")
+    except NonFiniteError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return EXIT_NONFINITE
+    except (
+        DatasetError,
+        DistributionError,
+        NoneGradientError,
+        PrecisionError,
+        StepError,
+    ) as error:
+        return _usage(prog, str(error))
+    print(text)
+    print(f"wrote {logdir / profiling.REPORT} and the trace in {report.trace_dir}")
+    print(f"look at it: tensorboard --logdir {logdir}, then its Profile tab (needs xprof)")
+    return 0
 
 
 def use_run(project: Project, args: argparse.Namespace) -> int:
