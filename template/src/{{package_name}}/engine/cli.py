@@ -897,6 +897,28 @@ def check(project: Project, args: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_PROBLEMS
 
 
+@contextlib.contextmanager
+def _removed_unless_done(path: Path) -> Iterator[None]:
+    """Remove what the block wrote under `path` if it raises (an error, Ctrl-C).
+
+    `path` itself goes too if it did not exist: a command that did not finish leaves nothing.
+    """
+    existed = set(path.rglob("*")) if path.is_dir() else None
+    try:
+        yield
+    except BaseException:
+        if existed is None:
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.is_dir():
+            for new in sorted(set(path.rglob("*")) - existed, reverse=True):  # Files first.
+                with contextlib.suppress(OSError):
+                    if new.is_dir() and not new.is_symlink():
+                        new.rmdir()
+                    else:
+                        new.unlink()
+        raise
+
+
 def profile(project: Project, args: argparse.Namespace, prog: str) -> int:
     """`profile`: the report of `profiling.profile`, printed and written; the exit code."""
     try:
@@ -932,12 +954,13 @@ def profile(project: Project, args: argparse.Namespace, prog: str) -> int:
     from .precision import PrecisionError
 
     try:
-        report = profiling.profile(
-            project, config, logdir=logdir, options=options, calls=args.calls
-        )
-        text = str(report)
-        logdir.mkdir(parents=True, exist_ok=True)
-        (logdir / profiling.REPORT).write_text(text + "\n")
+        with _removed_unless_done(logdir):
+            report = profiling.profile(
+                project, config, logdir=logdir, options=options, calls=args.calls
+            )
+            text = str(report)
+            logdir.mkdir(parents=True, exist_ok=True)
+            (logdir / profiling.REPORT).write_text(text + "\n")
     except (OSError, tf.errors.OpError) as error:
         problem = write_problem(error)
         if problem is None:
@@ -1039,6 +1062,9 @@ def sweep(project: Project, args: argparse.Namespace, prog: str) -> int:
             settings = sweeps.SweepSettings.read(args.dir)
         except sweeps.SweepError as error:
             return _usage(prog, str(error))
+        problem = tracking_problem(sweeps.trial_options(project, settings))
+        if problem:
+            return _usage(prog, problem)
         sweep_dir = args.dir
         if args.trials is not None and args.trials != settings.trials:
             settings = dataclasses.replace(settings, trials=args.trials)
@@ -1055,6 +1081,9 @@ def sweep(project: Project, args: argparse.Namespace, prog: str) -> int:
                 "a sweep's trials cannot train with --strategy multi-worker; use none or "
                 "mirrored (or --jobs N for trials side by side)",
             )
+        problem = tracking_problem(options)
+        if problem:
+            return _usage(prog, problem)
         sweep_dir = new_run_dir(SWEEPS) if args.dir is None else args.dir
         problem = check_run_dir(sweep_dir, "--dir", "a sweep", SWEEPS)
         if problem:
@@ -1106,6 +1135,12 @@ def sweep(project: Project, args: argparse.Namespace, prog: str) -> int:
         print(sweeps.summarize(sweep_dir, project.package))
     except sweeps.SweepError as error:
         return _usage(prog, str(error))
+    if sweeps.trial_options(project, sweeps.SweepSettings.read(sweep_dir)).track:
+        import_tensorflow_quietly()  # MLflow's client comes with the tracker, a Keras callback.
+    try:
+        sweeps.end_parent_run(project, sweep_dir, "FINISHED")
+    except sweeps.SweepError as error:
+        return _usage(prog, str(error))
     print(f"summary: {sweep_dir / 'summary.md'}")
     return 0
 
@@ -1122,13 +1157,14 @@ def _sweep_job(
     from . import interrupts
     from . import sweep as sweeps
     from .contract import DatasetError
+    from .tracking import TrackingError
 
     sweep_dir = args.dir if sweep_dir is None else sweep_dir
     try:
         sweeps.work(project, sweep_dir, seed=project.config().seed + 1000 * args.job)
     except interrupts.Interrupted as stop:
         return stop.exit_code
-    except (sweeps.SweepError, DatasetError) as error:
+    except (sweeps.SweepError, DatasetError, TrackingError) as error:
         return _usage(prog, str(error))
     return 0
 

@@ -418,12 +418,14 @@ def _run_trial(project: Any, study: Any, chosen: _Next, settings: SweepSettings)
             else:
                 entry.unlink()
     options = dataclasses.replace(
-        project.options(),
-        **_decoded(project.options, settings.options),
-        logdir=run_dir,
-        resume=resume,
-        verbose=0,
+        trial_options(project, settings), logdir=run_dir, resume=resume, verbose=0
     )
+    if options.track:  # Each trial's MLflow run nested under the sweep's.
+        options = dataclasses.replace(
+            options,
+            tracking_experiment=options.tracking_experiment or project.package,
+            tracking_parent=parent_run(project, sweep_dir_of(run_dir), options),
+        )
     trial.set_user_attr("run_dir", str(run_dir))
     keras.backend.clear_session()
     report = _pruning_callback(trial, settings.metric, settings.pruning)
@@ -453,6 +455,62 @@ def _run_trial(project: Any, study: Any, chosen: _Next, settings: SweepSettings)
         return f"trial {trial.number} failed: {settings.metric} is {value} | {params}"
     study.tell(trial, value)
     return f"trial {trial.number} {settings.metric} {value:.4f} ({done}) | {params} | {run_dir}"
+
+
+def trial_options(project: Any, settings: SweepSettings) -> Any:
+    """The `RunOptions` every trial of the sweep trains with, but for its run directory."""
+    return dataclasses.replace(project.options(), **_decoded(project.options, settings.options))
+
+
+def sweep_dir_of(run_dir: Path) -> Path:
+    """The sweep's directory of the trial's run directory `run_dir`."""
+    return run_dir.parent.parent
+
+
+def parent_run(project: Any, sweep_dir: Path, options: Any) -> str:
+    """The id of the sweep's MLflow run, which nests its trials' (created on first use).
+
+    Its id is kept in `sweep_dir/mlflow.json`; each process of the sweep reopens it there,
+    under the sweep's lock, so the sweep has one parent run however many processes it has.
+    """
+    from . import tracking
+
+    with _locked(sweep_dir / LOCK_FILE):
+        return tracking.open_run(
+            options.tracking_uri,
+            options.tracking_experiment or project.package,
+            sweep_dir / tracking.TRACKING_FILE,
+            name=f"sweep {sweep_dir.name}",
+            tags={**project.tags, "project": project.package, "sweep": str(sweep_dir)},
+        )
+
+
+def end_parent_run(project: Any, sweep_dir: Path, status: str) -> None:
+    """Mark the sweep's MLflow run `status`; a `FINISHED` one gets the best trial's figure.
+
+    Does nothing for a sweep whose trials are not tracked.
+
+    Raises:
+        SweepError: If MLflow's store cannot be reached, or does not hold the run.
+    """
+    settings = SweepSettings.read(sweep_dir)
+    options = trial_options(project, settings)
+    if not options.track:
+        return
+    from . import tracking
+
+    try:
+        run_id = parent_run(project, sweep_dir, options)
+        mlflow = tracking.client(options.tracking_uri)
+        complete = [t for t in _all_trials(sweep_dir) if t.state.name == "COMPLETE"]
+        if status == "FINISHED" and complete:
+            best = load_study(sweep_dir, settings).best_trial
+            mlflow.log_metric(run_id, f"best_{settings.metric}", best.value)
+            mlflow.set_tag(run_id, "best_trial", str(best.number))
+            mlflow.set_tag(run_id, "best_run_dir", str(trial_dir(sweep_dir, best.number)))
+        tracking.end_run(options.tracking_uri, run_id, status)
+    except tracking.TrackingError as error:
+        raise SweepError(str(error)) from None
 
 
 def _flags(values: Mapping[str, Any]) -> list[str]:
@@ -508,7 +566,7 @@ def work(project: Any, sweep_dir: Path, *, seed: int = 0, out: Any = None) -> No
 
     tf.get_logger().addFilter(_not_about_retracing)
 
-    with interrupts.catch_signals():
+    with interrupts.catch_signals(), _ended_as_killed(project, sweep_dir):
         while interrupts.requested() is None:
             study = load_study(
                 sweep_dir,
@@ -529,6 +587,18 @@ def work(project: Any, sweep_dir: Path, *, seed: int = 0, out: Any = None) -> No
                 os.close(chosen.lock_fd)
             print(line, file=out, flush=True)
         raise interrupts.Interrupted(interrupts.requested(), 0, 0, None)
+
+
+@contextlib.contextmanager
+def _ended_as_killed(project: Any, sweep_dir: Path) -> Iterator[None]:
+    """Mark the sweep's MLflow run `KILLED` when the block is interrupted (resumed: `RUNNING`)."""
+    from . import interrupts
+
+    try:
+        yield
+    except interrupts.Interrupted:
+        end_parent_run(project, sweep_dir, "KILLED")
+        raise
 
 
 def _not_about_retracing(record: Any) -> bool:
