@@ -25,7 +25,20 @@ if TYPE_CHECKING:
 __all__ = ["PROJECT", "Config", "RunOptions", "build_model", "fit", "load_datasets"]
 _LAZY = {"build_model": "model", "load_datasets": "data"}
 
-PROJECT = Project(__name__, Config, RunOptions)
+# The answers this project was generated with (.copier-answers.yml): the tags of its runs
+# tracked in MLflow (`train --track`), beside the config and options logged as params.
+ANSWERS = {
+    "optimizers": "single",
+    "labels": "binary",
+    "logits": "true",
+    "shapes": "fixed",
+    "input_shape": "30",
+    "dataset": "breast_cancer",
+    "strategy": "none",
+    "precision": "float32",
+}
+
+PROJECT = Project(__name__, Config, RunOptions, tags=ANSWERS)
 
 
 def __getattr__(name: str) -> Any:

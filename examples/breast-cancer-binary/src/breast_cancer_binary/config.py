@@ -5,8 +5,9 @@ This module is yours: change the defaults, add fields. Each field is a flag of `
 field you add with a default can be set from the command line, and the run's `run.json` records
 it (flags take int, float, str, bool, `Path`, tuples of these, `Literal` and `| None`; a field
 of another type gets none).
-How a run executes (steps per call, XLA, gradient clipping, logging) is `RunOptions`, at the
-end: the engine's options with this project's defaults.
+How a run executes (steps per call, XLA, gradient clipping, logging) is `RunOptions`: the
+engine's options with this project's defaults. `search_space`, at the end, is what
+`python -m breast_cancer_binary sweep` searches.
 `copier update` three-way merges template changes into this file too, so your edits stay and
 the template's arrive; where both changed the same lines, the file keeps both, marked.
 """
@@ -18,7 +19,9 @@ from typing import TYPE_CHECKING
 
 from .engine import options
 
-if TYPE_CHECKING:  # They import TensorFlow, which `--help` must not wait for.
+if TYPE_CHECKING:  # They import TensorFlow (or Optuna), which `--help` must not wait for.
+    import optuna
+
     from .engine.features import DenseFeatures
     from .engine.labels import BinaryLabels
 
@@ -91,3 +94,17 @@ class RunOptions(options.RunOptions):
     jit_compile: bool = False
     strategy: options.Strategy = "none"
     precision: options.Precision = "float32"
+
+
+def search_space(trial: optuna.Trial) -> dict[str, object]:
+    """The `Config` fields a sweep searches, each suggested by the Optuna `trial`.
+
+    Returns a value per field, by name; the other fields keep their defaults, or the flags
+    given to `sweep`. Any of Optuna's `trial.suggest_*` works here, and so do branches (a field
+    searched for some values of another only). `sweep` checks every end of each range and
+    every choice against `Config` before its first trial.
+    """
+    return {
+        "learning_rate": trial.suggest_float("learning_rate", 0.0001, 0.01, log=True),
+        "batch_size": trial.suggest_categorical("batch_size", [16, 32, 64]),
+    }

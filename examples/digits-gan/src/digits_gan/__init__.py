@@ -25,7 +25,15 @@ if TYPE_CHECKING:
 __all__ = ["PROJECT", "Config", "RunOptions", "build_model", "fit", "load_datasets"]
 _LAZY = {"build_model": "model", "load_datasets": "data"}
 
-PROJECT = Project(__name__, Config, RunOptions)
+# The answers this project was generated with (.copier-answers.yml): the tags of its runs
+# tracked in MLflow (`train --track`), beside the config and options logged as params.
+ANSWERS = {
+    "optimizers": "gan",
+    "dataset": "digits",
+}
+
+# No search space: a GAN has no validation figure to compare a sweep's trials by.
+PROJECT = Project(__name__, Config, RunOptions, space=None, tags=ANSWERS)
 
 
 def __getattr__(name: str) -> Any:

@@ -25,7 +25,21 @@ if TYPE_CHECKING:
 __all__ = ["PROJECT", "Config", "RunOptions", "build_model", "fit", "load_datasets"]
 _LAZY = {"build_model": "model", "load_datasets": "data"}
 
-PROJECT = Project(__name__, Config, RunOptions)
+# The answers this project was generated with (.copier-answers.yml): the tags of its runs
+# tracked in MLflow (`train --track`), beside the config and options logged as params.
+ANSWERS = {
+    "optimizers": "single",
+    "labels": "one-hot",
+    "num_classes": "10",
+    "logits": "false",
+    "shapes": "fixed",
+    "input_shape": "8,8,1",
+    "dataset": "digits",
+    "strategy": "none",
+    "precision": "float32",
+}
+
+PROJECT = Project(__name__, Config, RunOptions, tags=ANSWERS)
 
 
 def __getattr__(name: str) -> Any:

@@ -25,7 +25,22 @@ if TYPE_CHECKING:
 __all__ = ["PROJECT", "Config", "RunOptions", "build_model", "fit", "load_datasets"]
 _LAZY = {"build_model": "model", "load_datasets": "data"}
 
-PROJECT = Project(__name__, Config, RunOptions)
+# The answers this project was generated with (.copier-answers.yml): the tags of its runs
+# tracked in MLflow (`train --track`), beside the config and options logged as params.
+ANSWERS = {
+    "optimizers": "single",
+    "labels": "sparse",
+    "num_classes": "10",
+    "logits": "true",
+    "shapes": "variable",
+    "vocab_size": "1000",
+    "max_length": "128",
+    "dataset": "sequences",
+    "strategy": "none",
+    "precision": "float32",
+}
+
+PROJECT = Project(__name__, Config, RunOptions, tags=ANSWERS)
 
 
 def __getattr__(name: str) -> Any:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -28,6 +28,11 @@ class Project:
         datasets: `"module:name"` of `load_datasets(config) -> (train_ds, val_ds)`.
         model: `"module:name"` of `build_model(config) -> keras.Model`.
         task: `"module:name"` of `build_task(model, config, options) -> engine.task.Task`.
+        space: `"module:name"` of `search_space(trial) -> dict`, the `Config` fields a sweep
+            searches (see `sweep.py`); `None` for a project without sweeps (a GAN's, which
+            has no validation figure to compare its trials by).
+        tags: What tells this project apart, by name (the answers it was generated with):
+            the MLflow tags of its tracked runs (see `tracking.py`).
     """
 
     package: str
@@ -36,10 +41,14 @@ class Project:
     datasets: str = "data:load_datasets"
     model: str = "model:build_model"
     task: str = "task:build_task"
+    space: str | None = "config:search_space"
+    tags: Mapping[str, str] = dataclasses.field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
-        for field in ("datasets", "model", "task"):
+        for field in ("datasets", "model", "task", "space"):
             reference = getattr(self, field)
+            if reference is None and field == "space":
+                continue
             module, _, name = reference.partition(":")
             if not (module and name):
                 raise ValueError(
@@ -66,3 +75,14 @@ class Project:
     def build_task(self) -> Callable[..., Any]:
         """The project's `build_task(model, config, options)`."""
         return self.load(self.task)
+
+    @property
+    def search_space(self) -> Callable[..., Any]:
+        """The project's `search_space(trial)`.
+
+        Raises:
+            ValueError: If the project declares none (`space` is `None`).
+        """
+        if self.space is None:
+            raise ValueError(f"{self.package} declares no search space (Project.space is None)")
+        return self.load(self.space)

@@ -33,6 +33,7 @@ from .checkpoints import (
     RunCheckpoint,
     check_same_config,
     check_same_data,
+    resume_position,
     save_model,
     write_run_file,
 )
@@ -325,8 +326,9 @@ class Trainer:
 
         With `options.logdir`, the run writes `run.json`, a checkpoint at the end of every
         epoch (and every `options.checkpoint_every_steps` steps) and, when it ends,
-        `model.keras`. With `options.resume`, it first restores the latest checkpoint and goes
-        on from its epoch and step, in place of `initial_epoch`. Under several workers, the
+        `model.keras`; with `options.track` too, it is tracked in MLflow (see `tracking.py`).
+        With `options.resume`, it first restores the latest checkpoint and goes on from its
+        epoch and step, in place of `initial_epoch`. Under several workers, the
         chief alone writes these files and prints progress (your callbacks run everywhere).
 
         Args:
@@ -363,6 +365,9 @@ class Trainer:
             checkpoints.CheckpointError: If `options.resume` finds nothing to resume, a
                 checkpoint that cannot be read or that another model wrote, or training data
                 of another number of batches than the run's.
+
+            tracking.TrackingError: If `options.track` is set and MLflow is not installed, its
+                store cannot be reached, or a resumed run's MLflow run is not in it.
         """
         epochs = self.config.epochs if epochs is None else epochs
         if val_ds is not None and self.eval_runner is None:
@@ -381,8 +386,9 @@ class Trainer:
         task_callbacks = self.task.callbacks(chief=self.chief)
         # Under several workers only the chief prints progress and writes figures.
         defaults = default_callbacks(self.options, self.chief)
+        tracker = self._tracker(logdir)
         callback_list = keras.callbacks.CallbackList(
-            [*callbacks, *task_callbacks, *defaults, history],
+            [*callbacks, *task_callbacks, *defaults, *([tracker] if tracker else []), history],
             model=self.model,
             epochs=epochs,
             steps=num_batches if num_batches >= 0 else None,
@@ -467,6 +473,10 @@ class Trainer:
                 if self.model.stop_training:
                     break
             callback_list.on_train_end(logs)
+        except BaseException as error:
+            if tracker is not None:
+                tracker.stopped(error, resumable=resume_position(logdir) is not None)
+            raise
         finally:
             self.model.optimizer = optimizer
             # The iterators hold read-ahead batches and shuffle buffers: free them with the run.
@@ -476,8 +486,34 @@ class Trainer:
             if cluster_stop is not None:
                 cluster_stop.close()
         if logdir is not None and self.chief:
-            save_model(self.model, logdir)
+            try:
+                path = save_model(self.model, logdir)
+            except BaseException as error:
+                if tracker is not None:
+                    tracker.stopped(error, resumable=True)
+                raise
+            if tracker is not None:
+                tracker.finished(path)
         return history
+
+    def _tracker(self, logdir: Path | None) -> keras.callbacks.Callback | None:
+        """The run's `tracking.Tracker` with `options.track`, on the chief; `None` otherwise.
+
+        Raises:
+            ValueError: If `options.track` is set without `options.logdir`.
+        """
+        if not self.options.track:
+            return None  # Nothing of MLflow is imported.
+        if logdir is None:
+            raise ValueError(
+                "RunOptions.track=True needs the run's directory, where the MLflow run's id is "
+                "kept; set RunOptions.logdir"
+            )
+        if not self.chief:
+            return None
+        from .tracking import Tracker
+
+        return Tracker(logdir, self.config, self.options, tags=self.project.tags)
 
     def _saved_data(self, step: int) -> tf.data.Iterator | None:
         """The data iterator a checkpoint at `step` of an epoch holds: none between passes."""

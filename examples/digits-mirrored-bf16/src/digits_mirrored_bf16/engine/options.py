@@ -13,7 +13,9 @@ This module imports no TensorFlow, so that `python -m <package> --help` starts f
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
+import re
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -21,6 +23,8 @@ Strategy = Literal["none", "mirrored", "multi-worker"]
 Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+# A tracking URI: a scheme and the rest, without spaces (`sqlite:///mlflow.db`), or `databricks`.
+URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+|databricks(-uc)?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +80,15 @@ class RunOptions:
             the validation dataset each time, as with `model.fit(validation_steps=...)`;
             needed for a validation dataset that repeats forever.
         tensorboard: Write TensorBoard events when `logdir` is set.
+        track: Track the run in MLflow (needs the `tracking` extra and a `logdir`): its
+            config and options as params, every epoch's figures as metrics, `model.keras` as
+            an artifact, the project's answers as tags (see `tracking.py`).
+        tracking_uri: Where MLflow keeps tracked runs: any tracking URI, e.g.
+            `http://host:5000`; by default a SQLite file in the working directory, with the
+            artifacts in `./mlruns`.
+        tracking_experiment: The MLflow experiment of tracked runs; the package's name when
+            `None`.
+        tracking_parent: The id of an MLflow run to nest this run under (a sweep's), or `None`.
         verbose: 0 prints nothing; 1 shows a progress bar per epoch on a terminal and one line
             per epoch otherwise; 2 prints one line per epoch.
     """
@@ -98,6 +111,10 @@ class RunOptions:
     steps_per_epoch: int | None = None
     validation_steps: int | None = None
     tensorboard: bool = True
+    track: bool = False
+    tracking_uri: str = "sqlite:///mlflow.db"
+    tracking_experiment: str | None = None
+    tracking_parent: str | None = None
     verbose: int = 1
 
     def __post_init__(self) -> None:
@@ -162,5 +179,58 @@ class RunOptions:
                 f"RunOptions.clip_global_norm={self.clip_global_norm!r} is invalid; "
                 "use a positive number, or None for no clipping"
             )
+        if not (isinstance(self.tracking_uri, str) and URI.fullmatch(self.tracking_uri)):
+            raise ValueError(
+                f"RunOptions.tracking_uri={self.tracking_uri!r} is invalid; use a URI such as "
+                "sqlite:///mlflow.db or http://localhost:5000"
+            )
+        for name in ("tracking_experiment", "tracking_parent"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value.strip()):
+                raise ValueError(
+                    f"RunOptions.{name}={value!r} is invalid; use a non-empty name, or None"
+                )
         if self.verbose not in (0, 1, 2):
             raise ValueError(f"RunOptions.verbose={self.verbose!r} is invalid; use 0, 1 or 2")
+
+
+# Stores that MLflow reaches through SQLAlchemy (and creates with Alembic).
+DATABASES = ("sqlite", "postgresql", "mysql", "mssql")
+TRACKING_EXTRA = "pip install -e '.[tracking]'"
+
+
+def missing_modules(tracking_uri: str) -> list[str]:
+    """The modules that tracking at `tracking_uri` needs and this environment lacks.
+
+    Found without importing them, so that the answer is quick.
+    """
+    needed = ["mlflow"]
+    if tracking_uri.partition(":")[0].partition("+")[0] in DATABASES:
+        needed += ["sqlalchemy", "alembic"]
+    missing = []
+    for module in needed:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # `sys.modules[module]` is None: blocked.
+            found = False
+        if not found:
+            missing.append(module)
+    return missing
+
+
+def tracking_problem(options: RunOptions) -> str | None:
+    """Why `options.track` cannot be honoured here, in one line; `None` if it can, or is off.
+
+    Tracking needs MLflow, and SQLAlchemy and Alembic for a database store: the project's
+    `tracking` extra installs them. Imports none of them.
+    """
+    if not options.track:
+        return None
+    missing = missing_modules(options.tracking_uri)
+    if not missing:
+        return None
+    verb = "is" if len(missing) == 1 else "are"
+    return (
+        f"--track needs {' and '.join(missing)}, which {verb} not installed; install the "
+        f"tracking extra: {TRACKING_EXTRA}"
+    )

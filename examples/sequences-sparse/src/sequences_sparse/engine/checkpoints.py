@@ -14,6 +14,7 @@ Layout of a run directory (`RunOptions.logdir`):
     train/, validation/   TensorBoard events
     checkpoints/      ckpt-N.index, ckpt-N.data-*, and `checkpoint`, which names the latest
     model.keras       the trained model, once the run has ended
+    mlflow.json       the MLflow run's id and store, when tracked (see `tracking.py`)
 
 Template-owned: `copier update` merges template changes into it.
 """

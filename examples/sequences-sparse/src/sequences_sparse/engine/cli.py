@@ -1,20 +1,25 @@
-"""The command line of a project: `python -m PKG train|launch|check|evaluate|predict|export`.
+"""The command line of a project: `python -m PKG train|launch|profile|check|evaluate|...`.
 
     python -m PKG train [--epochs N] [--logdir DIR] ...
     python -m PKG train --logdir DIR --resume [--epochs N]
     python -m PKG launch --workers N -- train [...]
+    python -m PKG profile [--calls N] [--logdir DIR] ...
     python -m PKG check [--batches N]                      (a classifier's)
     python -m PKG evaluate DIR                             (a classifier's)
     python -m PKG predict DIR --input X.npy --output Y.npy [--class-ids]
     python -m PKG export DIR OUT
+    python -m PKG sweep [--trials N] [--jobs N] [--dir DIR] [--resume] ...  (with Optuna)
 
 The project's `__main__.py` runs `main(PROJECT)`, and PKG is its package. `train` trains into a
 run directory, or with `--resume` goes on from its latest checkpoint; its flags are the fields
 of the project's `Config` and `RunOptions` (see `add_field_flags`); `launch` runs `train` as N
-workers of a multi-worker run on this machine; `check` tries the data and the model on a few
-batches and lists any problem with its fix; the others use the model a finished run saved:
-its validation figures, predictions (a GAN's: generated images), a SavedModel. `check`,
-`evaluate` and `--class-ids` are a classifier's: a project whose `Config` declares `labels`.
+workers of a multi-worker run on this machine; `profile` times a few calls of steps of a fresh
+model, writes a profiler trace and prints where the time goes (see `profiling.py`); `check`
+tries the data and the model on a few batches and lists any problem with its fix; the others
+use the model a finished run saved: its validation figures, predictions (a GAN's: generated
+images), a SavedModel; `sweep` runs trials of the project's `search_space` with
+Optuna (see `sweep.py`). `check`, `evaluate` and `--class-ids` are a classifier's: a project
+whose `Config` declares `labels`.
 `--help` imports no TensorFlow, so it answers at once; TensorFlow's start-up messages are
 silenced unless `TF_CPP_MIN_LOG_LEVEL` is set.
 
@@ -47,9 +52,11 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn, Union, get_args, get_origin, get_type_hints
 
 from .cluster import EXIT_TIMEOUT, ClusterError, read_tf_config, run_workers
+from .options import tracking_problem
 from .project import Project
 
 RUNS = Path("runs")
+SWEEPS = Path("sweeps")
 EXIT_NONFINITE = 1
 EXIT_PROBLEMS = 1  # What `check` returns when it found a problem.
 EXIT_USAGE = 2
@@ -95,6 +102,14 @@ HAND_WRITTEN = frozenset({"logdir", "resume", "verbose"})  # --logdir, --resume,
 FLAG_NAMES = {"run_eagerly": "--eager"}
 RESUME_CAN_CHANGE = frozenset({"epochs"})  # The run's other Config fields stay.
 RESUME_CANNOT_CHANGE = frozenset({"precision"})  # The run's other options can change.
+# `profile` writes no run and runs compiled steps in one process: these options do nothing there.
+PROFILE_SKIPS = HAND_WRITTEN | {
+    "run_eagerly",
+    "checkpoint_every_steps",
+    "max_checkpoints",
+    "tensorboard",
+    "validation_steps",
+}
 
 
 def flag_name(name: str) -> str:
@@ -303,11 +318,128 @@ def build_parser(project: Project) -> Parser:
     title = "run options (RunOptions, in config.py)"
     add_field_flags(train, project.options(), "options", title, skip=HAND_WRITTEN)
     train.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_profile(commands, project)
     if classifies(project):
         _add_classifier_commands(commands)
     _add_run_commands(commands, classifies(project))
     _add_launch(commands)
+    if project.space is not None:
+        _add_sweep(commands, project)
     return parser
+
+
+def _add_sweep(commands: Any, project: Project) -> None:
+    """`sweep`: trials of the project's search space, with Optuna."""
+    sweep = commands.add_parser(
+        "sweep",
+        help="search hyperparameters with Optuna: a run per trial, then the best",
+        description=(
+            "Run trials of search_space (config.py), each a run of its own under the sweep's "
+            "directory, judged by --metric at its last epoch; print the best and write "
+            "summary.md, summary.json, history.png and importances.png there. Needs the sweep "
+            "extra: pip install -e '.[sweep]'. Ctrl-C stops it after a checkpoint; --resume "
+            "goes on where it stopped."
+        ),
+    )
+    sweep.add_argument(
+        "--dir",
+        type=Path,
+        help=(
+            "the sweep's directory; it must not hold one already, unless --resume "
+            f"(default: a new {SWEEPS}/<date>-<time>)"
+        ),
+    )
+    sweep.add_argument(
+        "--resume",
+        action="store_true",
+        help=(
+            "go on with the sweep in --dir, with its settings (sweep.json): trials that a "
+            "stopped or killed sweep left unfinished resume from their checkpoints; only "
+            "--trials and --jobs can be given"
+        ),
+    )
+    sweep.add_argument(
+        "--trials",
+        type=_positive_int,
+        help="trials in all, finished, pruned or failed (default: 20; with --resume, the sweep's)",
+    )
+    sweep.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        help="trials at once, each in a process of its own on this machine (default: 1)",
+    )
+    sweep.add_argument(
+        "--metric",
+        help=(
+            "the per-epoch figure a trial is judged by, as metrics.jsonl names it "
+            "(default: val_loss)"
+        ),
+    )
+    sweep.add_argument(
+        "--direction",
+        choices=("minimize", "maximize"),
+        help="minimize or maximize --metric (default: minimize)",
+    )
+    sweep.add_argument(
+        "--storage",
+        metavar="URL",
+        help=(
+            "keep the study in this database (an SQLAlchemy URL, e.g. postgresql://host/db) "
+            "for processes on several machines, with --dir on a filesystem they share "
+            "(default: the journal file study.log in --dir)"
+        ),
+    )
+    sweep.add_argument(
+        "--no-pruning",
+        action="store_true",
+        help="run every trial to its last epoch (default: the median pruner stops poor ones)",
+    )
+    add_field_flags(
+        sweep,
+        project.config(),
+        "config",
+        "hyperparameters every trial takes (Config, in config.py); not those search_space sets",
+    )
+    title = "run options of every trial (RunOptions, in config.py)"
+    add_field_flags(sweep, project.options(), "options", title, skip=HAND_WRITTEN)
+    sweep.add_argument("--job", type=int, default=0, help=argparse.SUPPRESS)
+    sweep.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+
+
+def _add_profile(commands: Any, project: Project) -> None:
+    """`profile`: a few timed and profiled calls of steps, with `train`'s field flags."""
+    profile = commands.add_parser(
+        "profile",
+        help="time a few calls of training steps under the profiler, and say what limits them",
+        description=(
+            "Train a fresh model for a few calls of --steps-per-execution steps, as train "
+            "runs them: time the steps, the input alone and the compute alone, count the "
+            "traces, the parameters, the FLOPs per step and the peak memory, and print a "
+            "one-line verdict (input-bound, compute-bound or retracing). The last calls run "
+            "under the TensorFlow profiler, whose trace TensorBoard's Profile tab opens (pip "
+            "install the project's 'profile' extra). Writes no run: no checkpoint, no model."
+        ),
+    )
+    profile.add_argument(
+        "--calls",
+        type=_positive_int,
+        default=5,
+        help="calls of steps to time, after one warm-up call (default: 5)",
+    )
+    profile.add_argument(
+        "--logdir",
+        type=Path,
+        help=(
+            "where the profiler's trace and report.txt go "
+            f"(default: a new {RUNS}/profile-<date>-<time>)"
+        ),
+    )
+    # A Config field named `calls` keeps train's flag only.
+    config_title = "hyperparameters (Config, in config.py)"
+    add_field_flags(profile, project.config(), "config", config_title, skip=frozenset({"calls"}))
+    title = "run options (RunOptions, in config.py)"
+    add_field_flags(profile, project.options(), "options", title, skip=PROFILE_SKIPS)
 
 
 def _add_classifier_commands(commands: Any) -> None:
@@ -422,17 +554,22 @@ def new_run_dir(runs: Path = RUNS) -> Path:
     return path
 
 
-def check_run_dir(path: Path) -> str | None:
-    """Why `path` cannot take a new run, or `None` when it can."""
+def check_run_dir(
+    path: Path, flag: str = "--logdir", what: str = "a run", parent: Path = RUNS
+) -> str | None:
+    """Why `path` (given as `flag`) cannot take `what` (new), or `None` when it can.
+
+    A new one goes under `parent` when the flag is left out.
+    """
     if path.is_file():
-        return f"--logdir {path} is a file; give a directory"
-    for parent in path.parents:
-        if parent.is_file():
-            return f"--logdir {path} is under {parent}, which is a file; give a directory"
+        return f"{flag} {path} is a file; give a directory"
+    for above in path.parents:
+        if above.is_file():
+            return f"{flag} {path} is under {above}, which is a file; give a directory"
     if path.is_dir() and any(path.iterdir()):
         return (
-            f"--logdir {path} already holds a run; choose a new directory, "
-            f"or leave out --logdir for a new one under {RUNS}/"
+            f"{flag} {path} already holds {what}; choose a new directory, "
+            f"or leave out {flag} for a new one under {parent}/"
         )
     return None
 
@@ -555,6 +692,10 @@ def main(project: Project, argv: Sequence[str] | None = None) -> int:
             return launch(project, args, prog)
         if args.command == "check":
             return check(project, args)
+        if args.command == "sweep":
+            return sweep(project, args, prog)
+        if args.command == "profile":
+            return profile(project, args, prog)
         import_tensorflow_quietly()
         from .checkpoints import CheckpointError
         from .contract import DatasetError
@@ -591,6 +732,9 @@ def train(project: Project, args: argparse.Namespace, prog: str) -> int:
             options = with_flags(project.options(), option_flags)
         except ValueError as error:
             usage_error(prog, str(error))
+        problem = tracking_problem(options)
+        if problem:
+            return _usage(prog, problem)
     chief = True
     if option_flags.get("strategy") == "multi-worker":
         try:
@@ -613,6 +757,7 @@ def train(project: Project, args: argparse.Namespace, prog: str) -> int:
     from .gradients import NoneGradientError, NonFiniteError
     from .optimizers import StepError
     from .precision import PrecisionError
+    from .tracking import TrackingError  # Which imports no MLflow.
     from .train import fit
 
     try:
@@ -625,6 +770,9 @@ def train(project: Project, args: argparse.Namespace, prog: str) -> int:
         )
     except (CheckpointError, ValueError) as error:
         return _usage(prog, str(error))
+    problem = tracking_problem(options)
+    if problem:  # A resumed run tracked by its run.json, or by --track now.
+        return _usage(prog, problem)
     if options.strategy == "multi-worker" and "strategy" not in option_flags:
         try:  # Resuming a multi-worker run.
             chief = read_tf_config().is_chief
@@ -668,6 +816,7 @@ def train(project: Project, args: argparse.Namespace, prog: str) -> int:
         NoneGradientError,
         PrecisionError,
         StepError,
+        TrackingError,
     ) as error:
         return _usage(prog, str(error))
     except interrupts.Interrupted as stop:
@@ -748,6 +897,92 @@ def check(project: Project, args: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_PROBLEMS
 
 
+@contextlib.contextmanager
+def _removed_unless_done(path: Path) -> Iterator[None]:
+    """Remove what the block wrote under `path` if it raises (an error, Ctrl-C).
+
+    `path` itself goes too if it did not exist: a command that did not finish leaves nothing.
+    """
+    existed = set(path.rglob("*")) if path.is_dir() else None
+    try:
+        yield
+    except BaseException:
+        if existed is None:
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.is_dir():
+            for new in sorted(set(path.rglob("*")) - existed, reverse=True):  # Files first.
+                with contextlib.suppress(OSError):
+                    if new.is_dir() and not new.is_symlink():
+                        new.rmdir()
+                    else:
+                        new.unlink()
+        raise
+
+
+def profile(project: Project, args: argparse.Namespace, prog: str) -> int:
+    """`profile`: the report of `profiling.profile`, printed and written; the exit code."""
+    try:
+        config = with_flags(project.config(), flag_values(args, "config"))
+        options = with_flags(project.options(), flag_values(args, "options"))
+    except ValueError as error:
+        usage_error(prog, str(error))
+    if options.strategy == "multi-worker":
+        return _usage(
+            prog, "profile runs in one process; drop --strategy multi-worker (try mirrored)"
+        )
+    if args.logdir is None:
+        logdir = new_run_dir()
+        logdir = logdir.with_name(f"profile-{logdir.name}")
+    else:
+        logdir = args.logdir
+        problem = None
+        if logdir.is_file():
+            problem = f"--logdir {logdir} is a file; give a directory"
+        for parent in logdir.parents:
+            if parent.is_file():
+                problem = f"--logdir {logdir} is under {parent}, which is a file; give a directory"
+        if problem:
+            return _usage(prog, problem)
+    import_tensorflow_quietly()
+    import tensorflow as tf
+
+    from . import profiling
+    from .contract import DatasetError
+    from .distribution import DistributionError
+    from .gradients import NoneGradientError, NonFiniteError
+    from .optimizers import StepError
+    from .precision import PrecisionError
+
+    try:
+        with _removed_unless_done(logdir):
+            report = profiling.profile(
+                project, config, logdir=logdir, options=options, calls=args.calls
+            )
+            text = str(report)
+            logdir.mkdir(parents=True, exist_ok=True)
+            (logdir / profiling.REPORT).write_text(text + "\n")
+    except (OSError, tf.errors.OpError) as error:
+        problem = write_problem(error)
+        if problem is None:
+            raise
+        return _usage(prog, f"cannot write to {logdir}: {problem}, then profile again")
+    except NonFiniteError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return EXIT_NONFINITE
+    except (
+        DatasetError,
+        DistributionError,
+        NoneGradientError,
+        PrecisionError,
+        StepError,
+    ) as error:
+        return _usage(prog, str(error))
+    print(text)
+    print(f"wrote {logdir / profiling.REPORT} and the trace in {report.trace_dir}")
+    print(f"look at it: tensorboard --logdir {logdir}, then its Profile tab (needs xprof)")
+    return 0
+
+
 def use_run(project: Project, args: argparse.Namespace) -> int:
     """`evaluate`, `predict` or `export` of a finished run; the exit code.
 
@@ -797,3 +1032,187 @@ def use_run(project: Project, args: argparse.Namespace) -> int:
 def _usage(prog: str, problem: str) -> int:
     print(f"{prog}: error: {problem}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def sweep(project: Project, args: argparse.Namespace, prog: str) -> int:
+    """`sweep`: a new sweep, `--resume` of one, or (`--worker`) one of its jobs; the exit code."""
+    from . import sweep as sweeps
+
+    config_flags, option_flags = flag_values(args, "config"), flag_values(args, "options")
+    if args.worker:
+        return _sweep_job(project, args, prog)
+    try:
+        sweeps.import_optuna()
+    except sweeps.SweepError as error:
+        return _usage(prog, str(error))
+    created = False
+    if args.resume:
+        if args.dir is None:
+            return _usage(prog, "--resume needs --dir DIR, the directory of the sweep to resume")
+        given = [flag_name(name) for name in (*config_flags, *option_flags)]
+        given += [f"--{name}" for name in ("metric", "direction", "storage") if getattr(args, name)]
+        given += ["--no-pruning"] if args.no_pruning else []
+        if given:
+            return _usage(
+                prog,
+                f"{given[0]} cannot change when resuming; the sweep's is in "
+                f"{args.dir}/{sweeps.SWEEP_FILE}",
+            )
+        try:
+            settings = sweeps.SweepSettings.read(args.dir)
+        except sweeps.SweepError as error:
+            return _usage(prog, str(error))
+        problem = tracking_problem(sweeps.trial_options(project, settings))
+        if problem:
+            return _usage(prog, problem)
+        sweep_dir = args.dir
+        if args.trials is not None and args.trials != settings.trials:
+            settings = dataclasses.replace(settings, trials=args.trials)
+            settings.write(sweep_dir)
+    else:
+        try:
+            config = with_flags(project.config(), config_flags)
+            options = with_flags(project.options(), option_flags)
+        except ValueError as error:
+            usage_error(prog, str(error))
+        if options.strategy == "multi-worker":
+            return _usage(
+                prog,
+                "a sweep's trials cannot train with --strategy multi-worker; use none or "
+                "mirrored (or --jobs N for trials side by side)",
+            )
+        problem = tracking_problem(options)
+        if problem:
+            return _usage(prog, problem)
+        sweep_dir = new_run_dir(SWEEPS) if args.dir is None else args.dir
+        problem = check_run_dir(sweep_dir, "--dir", "a sweep", SWEEPS)
+        if problem:
+            return _usage(prog, problem)
+        try:
+            sweeps.check_space(project.search_space, config, config_flags)
+        except sweeps.SweepError as error:
+            return _usage(prog, str(error))
+        settings = sweeps.SweepSettings(
+            trials=args.trials or 20,
+            metric=args.metric or "val_loss",
+            direction=args.direction or "minimize",
+            pruning=not args.no_pruning,
+            config={name: _jsonable(value) for name, value in config_flags.items()},
+            options={name: _jsonable(value) for name, value in option_flags.items()},
+            storage=args.storage,
+            study=sweeps.STUDY_NAME if args.storage is None else sweep_dir.name,
+        )
+        created = not sweep_dir.exists()
+        try:
+            sweeps.create(sweep_dir, settings)
+        except sweeps.SweepError as error:
+            if created:
+                shutil.rmtree(sweep_dir, ignore_errors=True)
+            return _usage(prog, str(error))
+    print(f"sweep directory: {sweep_dir}  (watch the trials: tensorboard --logdir {sweep_dir})")
+    resume = f"python -m {project.package} sweep --dir {sweep_dir} --resume"
+    if args.jobs == 1:
+        code = _sweep_job(project, args, prog, sweep_dir)
+    else:
+        code = _sweep_jobs(project, sweep_dir, args.jobs)
+    if code in (130, 143):
+        print(f"{prog}: stopped; resume with: {resume}", file=sys.stderr)
+        return code
+    if (
+        code == EXIT_USAGE
+        and created
+        and not any((sweep_dir / sweeps.TRIALS).glob("*/checkpoints/checkpoint"))
+    ):
+        shutil.rmtree(sweep_dir, ignore_errors=True)  # Nothing worth resuming: as if not run.
+    if code != 0:
+        return code
+    left = sweeps.unfinished(sweep_dir)
+    if left:  # Another process of the sweep still runs trials.
+        running = f"{left} trial is" if left == 1 else f"{left} trials are"
+        print(f"{running} still running in other processes; {resume} summarizes the sweep")
+        return 0
+    try:
+        print(sweeps.summarize(sweep_dir, project.package))
+    except sweeps.SweepError as error:
+        return _usage(prog, str(error))
+    if sweeps.trial_options(project, sweeps.SweepSettings.read(sweep_dir)).track:
+        import_tensorflow_quietly()  # MLflow's client comes with the tracker, a Keras callback.
+    try:
+        sweeps.end_parent_run(project, sweep_dir, "FINISHED")
+    except sweeps.SweepError as error:
+        return _usage(prog, str(error))
+    print(f"summary: {sweep_dir / 'summary.md'}")
+    return 0
+
+
+def _jsonable(value: object) -> object:
+    return str(value) if isinstance(value, Path) else value
+
+
+def _sweep_job(
+    project: Project, args: argparse.Namespace, prog: str, sweep_dir: Path | None = None
+) -> int:
+    """Run the sweep's trials in this process until none is left; the exit code."""
+    import_tensorflow_quietly()
+    from . import interrupts
+    from . import sweep as sweeps
+    from .contract import DatasetError
+    from .tracking import TrackingError
+
+    sweep_dir = args.dir if sweep_dir is None else sweep_dir
+    try:
+        sweeps.work(project, sweep_dir, seed=project.config().seed + 1000 * args.job)
+    except interrupts.Interrupted as stop:
+        return stop.exit_code
+    except (sweeps.SweepError, DatasetError, TrackingError) as error:
+        return _usage(prog, str(error))
+    return 0
+
+
+def _stop_with_parent() -> None:
+    """In a job's process: get SIGTERM (a stop after a checkpoint) when its parent dies."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):  # Linux only: elsewhere, nothing.
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _sweep_jobs(project: Project, sweep_dir: Path, jobs: int) -> int:
+    """Run `jobs` processes of the sweep's trials side by side; the first non-zero exit code.
+
+    Each runs in a process group of its own, so that Ctrl-C at a terminal reaches them only
+    through this process, which passes each signal on once: the first stops every job after
+    a checkpoint, a second at once, as for one process. If this process is killed, the jobs
+    get SIGTERM from the kernel (on Linux), and stop after a checkpoint.
+    """
+    import signal
+    import subprocess
+
+    command = [sys.executable, "-m", project.package, "sweep", "--dir", str(sweep_dir)]
+    processes = [
+        subprocess.Popen(
+            [*command, "--worker", "--job", str(job)],
+            start_new_session=True,
+            preexec_fn=_stop_with_parent,
+        )
+        for job in range(jobs)
+    ]
+    stopped: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        stopped.append(signum)
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signum)
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, forward) for signum in signals}
+    try:
+        codes = [process.wait() for process in processes]
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if stopped:
+        return 128 + stopped[0]
+    return next((code for code in codes if code != 0), 0)
