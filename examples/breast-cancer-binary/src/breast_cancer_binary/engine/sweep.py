@@ -446,7 +446,8 @@ def _run_trial(project: Any, study: Any, chosen: _Next, settings: SweepSettings)
     value = figures.get(settings.metric)
     params = ", ".join(f"{name} {_show(value)}" for name, value in trial.params.items())
     how = "resumed, " if resume else ""
-    done = f"{figures.get('epoch', 0)} epochs, {how}{seconds:.1f} s"
+    epochs = figures.get("epoch", 0)
+    done = f"{epochs} epoch{'' if epochs == 1 else 's'}, {how}{seconds:.1f} s"
     if report.pruned:
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         return f"trial {trial.number} pruned after {done} | {params} | {run_dir}"
