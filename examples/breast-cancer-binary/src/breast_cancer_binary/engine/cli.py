@@ -402,7 +402,9 @@ def _add_sweep(commands: Any, project: Project) -> None:
         "hyperparameters every trial takes (Config, in config.py); not those search_space sets",
     )
     title = "run options of every trial (RunOptions, in config.py)"
-    add_field_flags(sweep, project.options(), "options", title, skip=HAND_WRITTEN)
+    # A tracked sweep nests its trials under its own MLflow run.
+    skip = HAND_WRITTEN | {"tracking_parent"}
+    add_field_flags(sweep, project.options(), "options", title, skip=skip)
     sweep.add_argument("--job", type=int, default=0, help=argparse.SUPPRESS)
     sweep.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
