@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.options import RunOptions, missing_modules, tracking_problem
-from engine.tracking import param_value, resolve_uri, run_params
+from engine.options import RunOptions, missing_modules, show, tracking_problem
+from engine.tracking import resolve_uri, run_params
 
 
 @pytest.mark.parametrize(
@@ -71,4 +71,4 @@ def test_params_are_the_config_fields_and_the_options_as_flags_write_them() -> N
     assert params["options.clip_global_norm"] == "1.5"
     assert params["options.tracking_uri"] == "sqlite:///mlflow.db"
     assert not {"options.logdir", "options.resume", "options.verbose"} & set(params)
-    assert param_value(True) == "True"
+    assert show(True) == "True"

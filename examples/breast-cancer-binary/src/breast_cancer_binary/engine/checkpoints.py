@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import PACKAGE
-from .options import RunOptions
+from .options import RunOptions, from_json
 
 Config = TypeVar("Config")
 Options = TypeVar("Options", bound=RunOptions)
@@ -105,12 +105,8 @@ def read_run(
                 f"{logdir} holds a run of the project {project}, not of {PACKAGE}; "
                 f"use it with python -m {project}"
             )
-        values = run["config"]
-        fields = {field.name: field for field in dataclasses.fields(config_type)}
-        for name, value in values.items():
-            if isinstance(value, list) and isinstance(fields[name].default, tuple):
-                values[name] = tuple(value)
-        return config_type(**values), options_type(**run["options"])
+        config = config_type(**from_json(config_type, run["config"]))
+        return config, options_type(**from_json(options_type, run["options"]))
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise CheckpointError(
             f"{path} does not fit this project's Config and RunOptions: {error}"

@@ -194,6 +194,35 @@ class RunOptions:
             raise ValueError(f"RunOptions.verbose={self.verbose!r} is invalid; use 0, 1 or 2")
 
 
+def show(value: object) -> str:
+    """`value` as the command line writes it: `8,8,1` for a tuple or list, `none` for `None`.
+
+    MLflow's params of a tracked run are written the same way.
+    """
+    if isinstance(value, tuple | list):
+        return ",".join(str(item) for item in value)
+    return "none" if value is None else str(value)
+
+
+def to_json(value: object) -> object:
+    """A field's value as `run.json` and `sweep.json` hold it: a `Path` as its text."""
+    return str(value) if isinstance(value, Path) else value
+
+
+def from_json(cls: type, values: dict[str, object]) -> dict[str, object]:
+    """`values` of fields of the dataclass `cls`, read back from JSON, with their tuples again.
+
+    JSON writes a tuple as a list: a list becomes a tuple where the field's default is one.
+    """
+    defaults = {field.name: field.default for field in dataclasses.fields(cls)}
+    return {
+        name: tuple(value)
+        if isinstance(value, list) and isinstance(defaults.get(name), tuple)
+        else value
+        for name, value in values.items()
+    }
+
+
 # Stores that MLflow reaches through SQLAlchemy (and creates with Alembic).
 DATABASES = ("sqlite", "postgresql", "mysql", "mssql")
 TRACKING_EXTRA = "pip install -e '.[tracking]'"

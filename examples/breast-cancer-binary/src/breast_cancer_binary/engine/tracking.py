@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import keras
 
 from . import PACKAGE, interrupts
-from .options import RunOptions, tracking_problem
+from .options import RunOptions, show, tracking_problem
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -154,22 +154,15 @@ def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
     client(tracking_uri).set_terminated(run_id, status=status)
 
 
-def param_value(value: Any) -> str:
-    """A param as MLflow shows it: `8,8,1` for a tuple, `none` for `None` (as flags take them)."""
-    if isinstance(value, tuple | list):
-        return ",".join(str(item) for item in value)
-    return "none" if value is None else str(value)
-
-
 def run_params(config: Any, options: RunOptions) -> dict[str, str]:
     """The params of a run: each `Config` field by name, each run option as `options.<name>`.
 
     The options that say only where the run is (`logdir`) or how it prints are left out.
     """
-    params = {name: param_value(value) for name, value in dataclasses.asdict(config).items()}
+    params = {name: show(value) for name, value in dataclasses.asdict(config).items()}
     for name, value in dataclasses.asdict(options).items():
         if name not in NOT_PARAMS:
-            params[f"options.{name}"] = param_value(value)
+            params[f"options.{name}"] = show(value)
     return params
 
 

@@ -51,8 +51,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, NoReturn, Union, get_args, get_origin, get_type_hints
 
-from .cluster import EXIT_TIMEOUT, ClusterError, read_tf_config, run_workers
-from .options import tracking_problem
+from .cluster import EXIT_TIMEOUT, ClusterError, read_tf_config, run_processes, run_workers
+from .options import show, to_json, tracking_problem
 from .project import Project
 
 RUNS = Path("runs")
@@ -115,13 +115,6 @@ PROFILE_SKIPS = HAND_WRITTEN | {
 def flag_name(name: str) -> str:
     """The `train` flag of the field `name`: `batch_size` is `--batch-size`."""
     return FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
-
-
-def show(value: object) -> str:
-    """`value` as the command line writes it: `8,8,1` for a tuple, `none` for `None`."""
-    if isinstance(value, tuple):
-        return ",".join(str(item) for item in value)
-    return "none" if value is None else str(value)
 
 
 def field_help(cls: type) -> dict[str, str]:
@@ -547,9 +540,9 @@ def _add_launch(commands: Any) -> None:
     )
 
 
-def new_run_dir(runs: Path = RUNS) -> Path:
-    """A directory under `runs` named for the time now that no run has taken."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+def new_run_dir(runs: Path = RUNS, prefix: str = "") -> Path:
+    """A directory under `runs` named for the time now (after `prefix`) that none has taken."""
+    stamp = prefix + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     path, suffix = runs / stamp, 1
     while path.exists():
         path, suffix = runs / f"{stamp}-{suffix}", suffix + 1
@@ -563,16 +556,27 @@ def check_run_dir(
 
     A new one goes under `parent` when the flag is left out.
     """
-    if path.is_file():
-        return f"{flag} {path} is a file; give a directory"
-    for above in path.parents:
-        if above.is_file():
-            return f"{flag} {path} is under {above}, which is a file; give a directory"
+    problem = not_a_directory(path, flag)
+    if problem:
+        return problem
     if path.is_dir() and any(path.iterdir()):
         return (
             f"{flag} {path} already holds {what}; choose a new directory, "
             f"or leave out {flag} for a new one under {parent}/"
         )
+    return None
+
+
+def not_a_directory(path: Path, flag: str) -> str | None:
+    """Why `path` (given as `flag`) cannot be a directory, or `None` when it can.
+
+    It cannot when it, or a path above it, is a file.
+    """
+    if path.is_file():
+        return f"{flag} {path} is a file; give a directory"
+    for above in path.parents:
+        if above.is_file():
+            return f"{flag} {path} is under {above}, which is a file; give a directory"
     return None
 
 
@@ -932,19 +936,10 @@ def profile(project: Project, args: argparse.Namespace, prog: str) -> int:
         return _usage(
             prog, "profile runs in one process; drop --strategy multi-worker (try mirrored)"
         )
-    if args.logdir is None:
-        logdir = new_run_dir()
-        logdir = logdir.with_name(f"profile-{logdir.name}")
-    else:
-        logdir = args.logdir
-        problem = None
-        if logdir.is_file():
-            problem = f"--logdir {logdir} is a file; give a directory"
-        for parent in logdir.parents:
-            if parent.is_file():
-                problem = f"--logdir {logdir} is under {parent}, which is a file; give a directory"
-        if problem:
-            return _usage(prog, problem)
+    logdir = new_run_dir(prefix="profile-") if args.logdir is None else args.logdir
+    problem = not_a_directory(logdir, "--logdir")
+    if problem:
+        return _usage(prog, problem)
     import_tensorflow_quietly()
     import tensorflow as tf
 
@@ -1099,8 +1094,8 @@ def sweep(project: Project, args: argparse.Namespace, prog: str) -> int:
             metric=args.metric or "val_loss",
             direction=args.direction or "minimize",
             pruning=not args.no_pruning,
-            config={name: _jsonable(value) for name, value in config_flags.items()},
-            options={name: _jsonable(value) for name, value in option_flags.items()},
+            config={name: to_json(value) for name, value in config_flags.items()},
+            options={name: to_json(value) for name, value in option_flags.items()},
             storage=args.storage,
             study=sweeps.STUDY_NAME if args.storage is None else sweep_dir.name,
         )
@@ -1137,7 +1132,7 @@ def sweep(project: Project, args: argparse.Namespace, prog: str) -> int:
         print(sweeps.summarize(sweep_dir, project.package))
     except sweeps.SweepError as error:
         return _usage(prog, str(error))
-    if sweeps.trial_options(project, sweeps.SweepSettings.read(sweep_dir)).track:
+    if sweeps.trial_options(project, settings).track:
         import_tensorflow_quietly()  # MLflow's client comes with the tracker, a Keras callback.
     try:
         sweeps.end_parent_run(project, sweep_dir, "FINISHED")
@@ -1145,10 +1140,6 @@ def sweep(project: Project, args: argparse.Namespace, prog: str) -> int:
         return _usage(prog, str(error))
     print(f"summary: {sweep_dir / 'summary.md'}")
     return 0
-
-
-def _jsonable(value: object) -> object:
-    return str(value) if isinstance(value, Path) else value
 
 
 def _sweep_job(
@@ -1171,50 +1162,14 @@ def _sweep_job(
     return 0
 
 
-def _stop_with_parent() -> None:
-    """In a job's process: get SIGTERM (a stop after a checkpoint) when its parent dies."""
-    import ctypes
-    import signal
-
-    with contextlib.suppress(OSError, AttributeError):  # Linux only: elsewhere, nothing.
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def _sweep_jobs(project: Project, sweep_dir: Path, jobs: int) -> int:
     """Run `jobs` processes of the sweep's trials side by side; the first non-zero exit code.
 
-    Each runs in a process group of its own, so that Ctrl-C at a terminal reaches them only
-    through this process, which passes each signal on once: the first stops every job after
-    a checkpoint, a second at once, as for one process. If this process is killed, the jobs
+    As `launch` runs its workers (`cluster.run_processes`): their lines prefixed with
+    `[job i]`, each signal passed on once (the first stops every job after a checkpoint, a
+    second at once), the others stopped when one fails. If this process is killed, the jobs
     get SIGTERM from the kernel (on Linux), and stop after a checkpoint.
     """
-    import signal
-    import subprocess
-
     command = [sys.executable, "-m", project.package, "sweep", "--dir", str(sweep_dir)]
-    processes = [
-        subprocess.Popen(
-            [*command, "--worker", "--job", str(job)],
-            start_new_session=True,
-            preexec_fn=_stop_with_parent,
-        )
-        for job in range(jobs)
-    ]
-    stopped: list[int] = []
-
-    def forward(signum: int, frame: object) -> None:
-        stopped.append(signum)
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signum)
-
-    signals = (signal.SIGINT, signal.SIGTERM)
-    previous = {signum: signal.signal(signum, forward) for signum in signals}
-    try:
-        codes = [process.wait() for process in processes]
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    if stopped:
-        return 128 + stopped[0]
-    return next((code for code in codes if code != 0), 0)
+    commands = [[*command, "--worker", "--job", str(job)] for job in range(jobs)]
+    return run_processes(commands, "job", stop_with_parent=True)

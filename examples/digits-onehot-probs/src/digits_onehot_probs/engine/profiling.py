@@ -37,11 +37,10 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from . import distribution, precision
 from .loop import CallHooks, make_counted_loop, repeated
 from .options import RunOptions
 from .project import Project
-from .train import Trainer, check_length, reading
+from .train import Trainer, check_length, reading, start_run
 
 # A step is input-bound when it waits on its input for at least this share of its time, and
 # reading the input alone takes at least this share of a step too (so that noise in the
@@ -240,13 +239,7 @@ def profile(
     if options.run_eagerly:
         raise ValueError("profile measures the compiled steps; drop run_eagerly (--eager)")
     options = dataclasses.replace(options, logdir=None, resume=False, verbose=0)
-    keras.utils.set_random_seed(config.seed)
-    if options.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    strategy = distribution.make_strategy(options.strategy, options.cpu_devices)
-    scope = contextlib.nullcontext() if strategy is None else strategy.scope()
-    with precision.dtype_policy(options.precision), scope:
-        model = project.build_model(config)
+    strategy, model = start_run(project, config, options)
     if train_ds is None:
         train_ds, _ = project.load_datasets(config)
     trainer = Trainer(project, config, model, options, strategy)

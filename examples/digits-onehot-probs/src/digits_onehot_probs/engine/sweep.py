@@ -48,6 +48,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .cli import flag_name
+from .options import from_json, show, to_json
+
 SWEEP_FILE = "sweep.json"
 STUDY_FILE = "study.log"
 LOCK_FILE = "sweep.lock"
@@ -208,7 +211,7 @@ def check_space(
                     + ", ".join(sorted(fields))
                 )
             if name in fixed:
-                flag = "--" + name.replace("_", "-")
+                flag = flag_name(name)
                 raise SweepError(
                     f"{flag} is given, but search_space searches {name}; drop {flag}, or take "
                     f"{name} out of search_space"
@@ -406,10 +409,10 @@ def _run_trial(project: Any, study: Any, chosen: _Next, settings: SweepSettings)
 
     optuna = import_optuna()
     trial, run_dir = chosen.trial, chosen.run_dir
-    config = dataclasses.replace(project.config(), **_decoded(project.config, settings.config))
+    config = dataclasses.replace(project.config(), **from_json(project.config, settings.config))
     searched = dict(project.search_space(trial))
     config = dataclasses.replace(config, **searched)
-    trial.set_user_attr("config", {name: _jsonable(value) for name, value in searched.items()})
+    trial.set_user_attr("config", {name: to_json(value) for name, value in searched.items()})
     resume = resume_position(run_dir) is not None
     if not resume:  # A new trial, or one whose process died before its first checkpoint.
         for entry in run_dir.iterdir():
@@ -460,7 +463,7 @@ def _run_trial(project: Any, study: Any, chosen: _Next, settings: SweepSettings)
 
 def trial_options(project: Any, settings: SweepSettings) -> Any:
     """The `RunOptions` every trial of the sweep trains with, but for its run directory."""
-    return dataclasses.replace(project.options(), **_decoded(project.options, settings.options))
+    return dataclasses.replace(project.options(), **from_json(project.options, settings.options))
 
 
 def sweep_dir_of(run_dir: Path) -> Path:
@@ -503,9 +506,9 @@ def end_parent_run(project: Any, sweep_dir: Path, status: str) -> None:
     try:
         run_id = parent_run(project, sweep_dir, options)
         mlflow = tracking.client(options.tracking_uri)
-        complete = [t for t in _all_trials(sweep_dir) if t.state.name == "COMPLETE"]
-        if status == "FINISHED" and complete:
-            best = load_study(sweep_dir, settings).best_trial
+        study = load_study(sweep_dir, settings)
+        if status == "FINISHED" and any(t.state.name == "COMPLETE" for t in study.trials):
+            best = study.best_trial
             mlflow.log_metric(run_id, f"best_{settings.metric}", best.value)
             mlflow.set_tag(run_id, "best_trial", str(best.number))
             mlflow.set_tag(run_id, "best_run_dir", str(trial_dir(sweep_dir, best.number)))
@@ -518,31 +521,16 @@ def _flags(values: Mapping[str, Any]) -> list[str]:
     """`values` (`Config` fields) as `train`'s flags: `--batch-size 32`, `--input-shape 8,8`."""
     flags = []
     for name, value in values.items():
-        if isinstance(value, bool):
-            flags.append(f"--{'' if value else 'no-'}{name.replace('_', '-')}")
-            continue
-        shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
-        flags.append(f"--{name.replace('_', '-')} {'none' if shown is None else shown}")
+        flag = flag_name(name)
+        if isinstance(value, bool):  # --flag or --no-flag.
+            flags.append(flag if value else flag.replace("--", "--no-", 1))
+        else:
+            flags.append(f"{flag} {show(value)}")
     return flags
-
-
-def _jsonable(value: Any) -> Any:
-    return str(value) if isinstance(value, Path) else value
 
 
 def _show(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _decoded(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
-    """`values` read back from JSON for the dataclass `cls`: lists become tuples again."""
-    defaults = {field.name: field.default for field in dataclasses.fields(cls)}
-    return {
-        name: tuple(value)
-        if isinstance(value, list) and isinstance(defaults.get(name), tuple)
-        else value
-        for name, value in values.items()
-    }
 
 
 def work(project: Any, sweep_dir: Path, *, seed: int = 0, out: Any = None) -> None:
@@ -567,18 +555,12 @@ def work(project: Any, sweep_dir: Path, *, seed: int = 0, out: Any = None) -> No
 
     tf.get_logger().addFilter(_not_about_retracing)
 
+    pruner = optuna.pruners.MedianPruner() if settings.pruning else optuna.pruners.NopPruner()
+    study = load_study(sweep_dir, settings, pruner=pruner)
     with interrupts.catch_signals(), _ended_as_killed(project, sweep_dir):
         while interrupts.requested() is None:
-            study = load_study(
-                sweep_dir,
-                settings,
-                sampler=optuna.samplers.TPESampler(seed=seed + len(_all_trials(sweep_dir))),
-                pruner=(
-                    optuna.pruners.MedianPruner()
-                    if settings.pruning
-                    else optuna.pruners.NopPruner()
-                ),
-            )
+            trials_so_far = len(study.get_trials(deepcopy=False))
+            study.sampler = optuna.samplers.TPESampler(seed=seed + trials_so_far)
             chosen = _next_trial(study, sweep_dir, settings)
             if chosen is None:
                 return
@@ -611,18 +593,13 @@ def _not_about_retracing(record: Any) -> bool:
     return "triggered tf.function retracing" not in record.getMessage()
 
 
-def _all_trials(sweep_dir: Path) -> list[Any]:
-    return load_study(sweep_dir, SweepSettings.read(sweep_dir)).get_trials(deepcopy=False)
-
-
 def unfinished(sweep_dir: Path) -> int:
     """Trials of the sweep in `sweep_dir` still to run or to finish."""
     settings = SweepSettings.read(sweep_dir)
-    optuna = import_optuna()
-    states = optuna.trial.TrialState
-    done = [t for t in _all_trials(sweep_dir) if t.state.is_finished()]
-    running = [t for t in _all_trials(sweep_dir) if t.state == states.RUNNING]
-    return max(settings.trials - len(done), len(running))
+    trials = load_study(sweep_dir, settings).get_trials(deepcopy=False)
+    done = sum(t.state.is_finished() for t in trials)
+    running = sum(t.state.name == "RUNNING" for t in trials)
+    return max(settings.trials - done, running)
 
 
 def summarize(sweep_dir: Path, package: str) -> str:

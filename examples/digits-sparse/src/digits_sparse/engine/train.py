@@ -365,7 +365,6 @@ class Trainer:
             checkpoints.CheckpointError: If `options.resume` finds nothing to resume, a
                 checkpoint that cannot be read or that another model wrote, or training data
                 of another number of batches than the run's.
-
             tracking.TrackingError: If `options.track` is set and MLflow is not installed, its
                 store cannot be reached, or a resumed run's MLflow run is not in it.
         """
@@ -656,6 +655,28 @@ def fit(
             not output float32.
     """
     options = project.options() if options is None else options
+    strategy, model = start_run(project, config, options, strategy, model)
+    if train_ds is None:
+        train_ds, default_val = project.load_datasets(config)
+        val_ds = default_val if val_ds is None else val_ds
+    trainer = Trainer(project, config, model, options, strategy, task=task)
+    return trainer.fit(train_ds, val_ds, callbacks=callbacks, class_weight=class_weight)
+
+
+def start_run(
+    project: Project,
+    config: Any,
+    options: RunOptions,
+    strategy: tf.distribute.Strategy | None = None,
+    model: keras.Model | None = None,
+) -> tuple[tf.distribute.Strategy | None, keras.Model]:
+    """What every run does first: seeds, determinism, its strategy and its model.
+
+    Seeds Keras, TensorFlow, NumPy and Python from `config.seed`; with `options.deterministic`,
+    makes every op deterministic. Returns `strategy`, or the one `options.strategy` names, and
+    `model`, or `project.build_model(config)` built under the dtype policy `options.precision`
+    in the strategy's scope.
+    """
     keras.utils.set_random_seed(config.seed)
     if options.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -665,8 +686,4 @@ def fit(
         scope = contextlib.nullcontext() if strategy is None else strategy.scope()
         with precision.dtype_policy(options.precision), scope:
             model = project.build_model(config)
-    if train_ds is None:
-        train_ds, default_val = project.load_datasets(config)
-        val_ds = default_val if val_ds is None else val_ds
-    trainer = Trainer(project, config, model, options, strategy, task=task)
-    return trainer.fit(train_ds, val_ds, callbacks=callbacks, class_weight=class_weight)
+    return strategy, model

@@ -22,6 +22,8 @@ Template-owned: `copier update` merges template changes into it.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import json
 import os
@@ -148,13 +150,7 @@ def run_workers(
 ) -> int:
     """Run `command` as `workers` local workers, each with its `TF_CONFIG`; the exit code.
 
-    Each line a worker prints goes to `output` (standard output by default) prefixed with
-    `[worker i]`. Ctrl-C and SIGTERM are passed on to every worker once per signal received,
-    so that a first one stops the run after a checkpoint and a second one at once, as for
-    one process; the workers run in their own process group, so that Ctrl-C at a terminal
-    reaches them only this way. When a worker fails, the others are stopped (SIGTERM, then
-    SIGKILL after `STOP_SECONDS`): they could wait for it forever. So are all of them when
-    `timeout` seconds have passed.
+    The workers run as `run_processes` runs them, their lines prefixed with `[worker i]`.
 
     Args:
         command: The program and its arguments, the same for every worker.
@@ -167,22 +163,69 @@ def run_workers(
         The first non-zero exit code of a worker, in the order they ended, or 0;
         `EXIT_TIMEOUT` when the time limit stopped them.
     """
+    return run_processes(
+        [command] * workers,
+        "worker",
+        envs=[{TF_CONFIG: tf_config} for tf_config in local_tf_configs(workers)],
+        output=output,
+        on_start=on_start,
+        timeout=timeout,
+    )
+
+
+def run_processes(
+    commands: Sequence[Sequence[str]],
+    label: str,
+    *,
+    envs: Sequence[Mapping[str, str]] | None = None,
+    output: IO[str] | None = None,
+    on_start: Callable[[list[subprocess.Popen[str]]], None] | None = None,
+    timeout: float | None = None,
+    stop_with_parent: bool = False,
+) -> int:
+    """Run each of `commands` in a process of its own, side by side; the exit code.
+
+    Each line process `i` prints goes to `output` (standard output by default) prefixed with
+    `[<label> i]`. Ctrl-C and SIGTERM are passed on to every process once per signal
+    received, so that a first one stops a run after a checkpoint and a second one at once,
+    as for one process; the processes run in their own process group, so that Ctrl-C at a
+    terminal reaches them only this way. When one fails, the others are stopped (SIGTERM,
+    then SIGKILL after `STOP_SECONDS`): they could wait for it forever. So are all of them
+    when `timeout` seconds have passed.
+
+    Args:
+        commands: The program and its arguments of each process.
+        label: What a process is, in the prefix of its lines.
+        envs: Variables to add to each process's environment.
+        output: Where the prefixed lines go.
+        on_start: Called with the processes once they all started.
+        timeout: If set, stop every process after this many seconds.
+        stop_with_parent: Have the kernel send each process SIGTERM if this one dies (on
+            Linux; elsewhere, nothing), so that they stop after a checkpoint too.
+
+    Returns:
+        The first non-zero exit code of a process, in the order they ended, or 0;
+        `EXIT_TIMEOUT` when the time limit stopped them.
+    """
     output = sys.stdout if output is None else output
     lock = threading.Lock()
     processes: list[subprocess.Popen[str]] = []
-    for tf_config in local_tf_configs(workers):
+    for index, command in enumerate(commands):
         processes.append(
             subprocess.Popen(
                 list(command),
-                env={**os.environ, TF_CONFIG: tf_config},
+                env={**os.environ, **(envs[index] if envs is not None else {})},
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
                 start_new_session=True,
+                preexec_fn=_stop_with_parent if stop_with_parent else None,
             )
         )
     readers = [
-        threading.Thread(target=_copy_lines, args=(process, index, output, lock), daemon=True)
+        threading.Thread(
+            target=_copy_lines, args=(process, f"[{label} {index}] ", output, lock), daemon=True
+        )
         for index, process in enumerate(processes)
     ]
     for reader in readers:
@@ -207,6 +250,12 @@ def run_workers(
         for reader in readers:
             reader.join()
     return code
+
+
+def _stop_with_parent() -> None:
+    """In a child process: get SIGTERM when the parent dies (`PR_SET_PDEATHSIG`, Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM)
@@ -244,10 +293,10 @@ def _stop(processes: list[subprocess.Popen[str]]) -> None:
 
 
 def _copy_lines(
-    process: subprocess.Popen[str], index: int, output: IO[str], lock: threading.Lock
+    process: subprocess.Popen[str], prefix: str, output: IO[str], lock: threading.Lock
 ) -> None:
     assert process.stdout is not None
     for line in process.stdout:
         with lock:
-            output.write(f"[worker {index}] {line}")
+            output.write(prefix + line)
             output.flush()
