@@ -190,8 +190,9 @@ def run_processes(
     received, so that a first one stops a run after a checkpoint and a second one at once,
     as for one process; the processes run in their own process group, so that Ctrl-C at a
     terminal reaches them only this way. When one fails, the others are stopped (SIGTERM,
-    then SIGKILL after `STOP_SECONDS`): they could wait for it forever. So are all of them
-    when `timeout` seconds have passed.
+    then SIGKILL after `STOP_SECONDS`): they could wait for it forever; after a signal passed
+    on, they first get `STOP_SECONDS` to end on their own, with their checkpoints. So are all
+    of them stopped when `timeout` seconds have passed.
 
     Args:
         commands: The program and its arguments of each process.
@@ -231,7 +232,10 @@ def run_processes(
     for reader in readers:
         reader.start()
 
+    forwarded: list[int] = []
+
     def forward(signum: int, frame: object) -> None:
+        forwarded.append(signum)
         for process in processes:
             if process.poll() is None:
                 process.send_signal(signum)
@@ -243,7 +247,8 @@ def run_processes(
     try:
         if on_start is not None:
             on_start(processes)
-        code = _wait(processes, None if timeout is None else time.monotonic() + timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        code = _wait(processes, deadline, stopping=lambda: bool(forwarded))
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -261,8 +266,15 @@ def _stop_with_parent() -> None:
 _FORWARDED = (signal.SIGINT, signal.SIGTERM)
 
 
-def _wait(processes: list[subprocess.Popen[str]], deadline: float | None) -> int:
-    """Wait for every worker; stop the others when one fails; the first non-zero code."""
+def _wait(
+    processes: list[subprocess.Popen[str]], deadline: float | None, stopping: Callable[[], bool]
+) -> int:
+    """Wait for every process; stop the others when one fails; the first non-zero code.
+
+    Once a signal was passed on (`stopping()`), the others are already stopping after a
+    checkpoint: they get `STOP_SECONDS` to end on their own before they are stopped, so that
+    the first to end does not cut the others' checkpoints short.
+    """
     code = 0
     running = list(processes)
     while running:
@@ -277,11 +289,16 @@ def _wait(processes: list[subprocess.Popen[str]], deadline: float | None) -> int
             running.remove(process)
             if returncode != 0 and code == 0:
                 code = returncode
-                _stop(running)
+                _stop(running, grace=STOP_SECONDS if stopping() else 0.0)
     return code
 
 
-def _stop(processes: list[subprocess.Popen[str]]) -> None:
+def _stop(processes: list[subprocess.Popen[str]], grace: float = 0.0) -> None:
+    """SIGTERM each process still running after `grace` seconds, then SIGKILL if it lingers."""
+    end = time.monotonic() + grace
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(0.0, end - time.monotonic()))
     for process in processes:
         if process.poll() is None:
             process.terminate()
