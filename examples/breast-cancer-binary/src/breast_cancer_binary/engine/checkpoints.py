@@ -22,19 +22,23 @@ Template-owned: `copier update` merges template changes into it.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
+import contextlib
 import dataclasses
+import functools
 import io
 import json
 import shutil
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.checkpoint import saveable_compat
 
 from . import PACKAGE
 from .options import RunOptions, from_json
@@ -256,12 +260,21 @@ class RunCheckpoint:
     """Writes and restores checkpoints of a run: `tf.train.Checkpoint` files, numbered.
 
     The files and the `checkpoint` state file are those of `tf.train.CheckpointManager`
-    (`tf.train.latest_checkpoint` finds the latest), but each write runs as one traced
-    `tf.function`: on the default project the write took 2.9 ms traced against 11.7 ms
-    eagerly, where walking the Keras objects at every write cost more than writing (measured
-    here); the first write of a run pays for the trace. A write
-    goes to temporary files renamed when complete, and the state file is updated after it,
-    so a process killed while writing leaves the previous checkpoint as the latest.
+    (`tf.train.latest_checkpoint` finds the latest). A write goes to temporary files renamed
+    when complete, and the state file is updated after it, so a process killed while writing
+    leaves the previous checkpoint as the latest. Each write runs as one traced `tf.function`:
+    walking the Keras objects eagerly at every write cost more than writing (see
+    `benchmarks/checkpoints.md` in scaffold); the first write of a run pays for the trace.
+
+    With `background`, `save` first copies the run's state into a snapshot in one traced call
+    (every saved variable into a copy of it in host memory, and the data iterator's position),
+    then returns while a thread writes the snapshot's files: the run goes on at once, and
+    what is written is what the run held at the save. The snapshot doubles the host memory
+    that the saved variables take. `wait` returns once the write is complete, and raises its
+    error; `save`, `restore` and `close` wait first, so one write runs at a time. Without
+    `background`, or when the run holds state that cannot be copied so (an object other than
+    variables and `tf.data` iterators that saves something, or a strategy's scope around the
+    first save), `save` writes before it returns.
 
     Under `MultiWorkerMirroredStrategy` every worker writes each checkpoint, as TensorFlow
     requires, but only the chief's go to `directory`: the others write theirs to a temporary
@@ -276,6 +289,7 @@ class RunCheckpoint:
         max_to_keep: How many of the latest checkpoints to keep.
         chief: Whether this process writes to `directory`; a worker other than the chief of
             a multi-worker run writes elsewhere, and deletes what it wrote.
+        background: Write on a thread, from a snapshot (see above); a chief only.
 
     Attributes:
         position: An int64 variable `[epoch, step]`: the epoch to run next (from 0) and the
@@ -294,6 +308,7 @@ class RunCheckpoint:
         max_to_keep: int,
         *,
         chief: bool = True,
+        background: bool = False,
     ) -> None:
         self.directory = Path(directory)
         self.max_to_keep = max_to_keep
@@ -309,6 +324,11 @@ class RunCheckpoint:
         self._restored = ""
         self.saves_data = True
         self.restored_data = True
+        self._snapshot: _Snapshot | None = None
+        self._thread: concurrent.futures.ThreadPoolExecutor | None = None
+        if background and chief:
+            self._thread = concurrent.futures.ThreadPoolExecutor(1, "checkpoint")
+        self._pending: concurrent.futures.Future[None] | None = None
 
     def paths(self) -> list[str]:
         """The checkpoints kept, oldest first."""
@@ -316,7 +336,11 @@ class RunCheckpoint:
         return list(state.all_model_checkpoint_paths) if state is not None else []
 
     def save(self, epoch: int, step: int, data: tf.data.Iterator | None) -> Path:
-        """Write a checkpoint: the run goes on at `step` of `epoch`, reading from `data`."""
+        """Write a checkpoint: the run goes on at `step` of `epoch`, reading from `data`.
+
+        In the background, the checkpoint is complete once `wait` returns (see the class).
+        """
+        self.wait()
         if self._kept is None:
             self._kept = self.paths()
         number = 1 + max((int(path.rsplit("-", 1)[1]) for path in self._kept), default=0)
@@ -328,14 +352,43 @@ class RunCheckpoint:
         if not self.chief:
             scratch = Path(tempfile.mkdtemp(prefix="checkpoint-"))
             try:
-                self._write_with_data(data, scratch / path.name, state)
+                self._write_files(scratch / path.name, self._writer(data, state))
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
             self._kept = [*self._kept, str(path)][-self.max_to_keep :]
             return path
         self.directory.mkdir(parents=True, exist_ok=True)
+        write = self._writer(data, state)
+        if self._thread is None:
+            self._commit(path, write)
+        else:
+            self._pending = self._thread.submit(self._commit, path, write)
+        return path
+
+    def wait(self) -> None:
+        """Return once the checkpoint being written in the background is complete.
+
+        Raises:
+            Whatever its write raised (a full disk, say), after removing its files.
+        """
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Wait for the write in the background (see `wait`), and end its thread."""
         try:
-            self._write_with_data(data, path, state)
+            self.wait()
+        finally:
+            if self._thread is not None:
+                self._thread.shutdown()
+                self._thread = None
+
+    def _commit(self, path: Path, write: Callable[[Path], None]) -> None:
+        """Write the checkpoint's files, then name it the latest and drop the oldest."""
+        assert self._kept is not None
+        try:
+            self._write_files(path, write)
         except BaseException:  # A full disk, or Ctrl-C: no half-written files are left.
             _remove_partial(path)
             raise
@@ -353,7 +406,28 @@ class RunCheckpoint:
             for file in self.directory.glob(f"{Path(old).name}.*"):
                 file.unlink(missing_ok=True)
         self._kept = kept[-self.max_to_keep :]
-        return path
+
+    def _write_files(self, path: Path, write: Callable[[Path], None]) -> None:
+        """Write the files of the checkpoint `path` (on the thread, in the background)."""
+        write(path)
+
+    def _writer(
+        self, data: tf.data.Iterator | None, state: tuple[tf.Tensor, tf.Tensor]
+    ) -> Callable[[Path], None]:
+        """What writes this checkpoint: from a snapshot taken now, or from the run itself."""
+        if self._thread is not None and self._snapshot is None:
+            self._snapshot = _Snapshot.of(self.checkpoint)
+            if self._snapshot is None:  # State that cannot be copied: write as the run goes.
+                self._thread.shutdown()
+                self._thread = None
+        if self._thread is None or self._snapshot is None:
+            return functools.partial(self._write_with_data, data, state=state)
+        if data is not None and self.saves_data:
+            try:
+                return self._snapshot.take(self.checkpoint, data, state)
+            except (tf.errors.FailedPreconditionError, tf.errors.UnimplementedError):
+                self.saves_data = False  # See `_write_with_data`.
+        return self._snapshot.take(self.checkpoint, None, state)
 
     def _write_with_data(
         self, data: tf.data.Iterator | None, path: Path, state: tuple[tf.Tensor, tf.Tensor]
@@ -375,10 +449,7 @@ class RunCheckpoint:
     def _write_quietly(
         self, data: tf.data.Iterator | None, path: Path, state: tuple[tf.Tensor, tf.Tensor]
     ) -> None:
-        with warnings.catch_warnings():
-            # Saving an iterator from a traced function reads its dataset's options in graph
-            # mode, which tf.data warns about; the options are not used there.
-            warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data")
+        with _quiet_data_options():
             self._write(data)(tf.constant(str(path)), *state)
 
     def _write(self, data: tf.data.Iterator | None) -> Any:
@@ -413,6 +484,7 @@ class RunCheckpoint:
             CheckpointError: If there is no checkpoint, it cannot be read, or it was written
                 by a different model, optimizer or pipeline.
         """
+        self.wait()
         path = tf.train.latest_checkpoint(str(self.directory))
         if path is None:
             raise CheckpointError(
@@ -426,6 +498,8 @@ class RunCheckpoint:
             self.checkpoint.data = data if self.restored_data else tf.Module()
             self._writes = {}
             self._kept = None
+            if self._snapshot is not None:
+                self._snapshot.forget_data()
             self.checkpoint.read(path).assert_consumed()
         except (tf.errors.OpError, IndexError, OSError) as error:  # IndexError: truncated.
             raise CheckpointError(
@@ -444,6 +518,167 @@ class RunCheckpoint:
         """Give the callbacks their restored state; call it after their `on_train_begin`."""
         if self._restored:
             self.callback_state.apply(self._restored)
+
+
+class _Snapshot:
+    """A copy of a checkpoint's state in host memory, taken in one call, written later.
+
+    Every saved variable has a copy; a data iterator's position is serialized when the copy
+    is taken. `tf.train.Checkpoint` then writes the copies in place of the originals, under
+    the originals' keys (its saver's object map: the hook of TensorFlow's own asynchronous
+    checkpoints, whose copying fails on Keras 3 variables in TF 2.21), so the files are
+    those a write of the run at the copy would have made, and `restore` reads them alike.
+    """
+
+    def __init__(self, pairs: list[tuple[tf.Variable, tf.Variable]]) -> None:
+        self.pairs = pairs  # (original, copy)
+        self._copies = _ByIdentity((original, copy) for original, copy in pairs)
+        self._calls: dict[int | None, tuple[tf.data.Iterator | None, Any, Any]] = {}
+
+    @classmethod
+    def of(cls, checkpoint: tf.train.Checkpoint) -> _Snapshot | None:
+        """A snapshot of every variable `checkpoint` saves; `None` if some state is not one.
+
+        A `tf.data` iterator is left to `take`. Keras variables are copied through the
+        TensorFlow variable each wraps.
+        """
+        if tf.distribute.has_strategy():  # A copy would be a distributed variable too.
+            return None
+        pairs: list[tuple[tf.Variable, tf.Variable]] = []
+        seen = _ByIdentity()
+        for item in tf.train.TrackableView(checkpoint).descendants():
+            if isinstance(item, tf.data.Iterator):
+                continue
+            original = item.value if isinstance(item, keras.Variable) else item
+            if not isinstance(original, tf.Variable):
+                if _saves_state(item):
+                    return None
+                continue
+            copy = seen.get(original)
+            if copy is None:
+                with tf.device("/CPU:0"):
+                    copy = tf.Variable(original.read_value(), trainable=False, shape=original.shape)
+                seen.add(original, copy)
+                pairs.append((original, copy))
+            if item is not original:
+                pairs.append((item, copy))
+        return cls(pairs)
+
+    def forget_data(self) -> None:
+        """Trace again at the next `take`: the checkpoint's data object has changed."""
+        self._calls = {}
+
+    def take(
+        self,
+        checkpoint: tf.train.Checkpoint,
+        data: tf.data.Iterator | None,
+        state: tuple[tf.Tensor, tf.Tensor],
+    ) -> Callable[[Path], None]:
+        """Copy the run's state now; return what writes the copy to a path, on any thread.
+
+        `state` is the checkpoint's `position` and `callbacks` values, set first.
+        """
+        key = None if data is None else id(data)
+        if key not in self._calls or self._calls[key][0] is not data:
+            self._calls[key] = (data, *self._traced(checkpoint, data))
+        _, copy, write = self._calls[key]
+        with _quiet_data_options():
+            data_state = copy(*state)
+        return lambda path: write(tf.constant(str(path)), data_state)
+
+    def _traced(self, checkpoint: tf.train.Checkpoint, data: tf.data.Iterator | None) -> tuple:
+        """The traced copy and write for `data`: the copy returns the iterator's state."""
+        pairs = [pair for pair in self.pairs if isinstance(pair[0], tf.Variable)]
+        position, callbacks = checkpoint.position, checkpoint.callbacks
+
+        def copy(at: tf.Tensor, callback_state: tf.Tensor) -> tf.Tensor:
+            position.assign(at)
+            callbacks.assign(callback_state)
+            for original, shadow in pairs:
+                shadow.assign(original.read_value())
+            if data is None:
+                return tf.constant(0.0)
+            return data._serialize_to_tensors()["_STATE"]
+
+        traced_copy = tf.function(copy, autograph=False)
+        with _quiet_data_options():
+            concrete_copy = traced_copy.get_concrete_function(
+                tf.TensorSpec([2], tf.int64), tf.TensorSpec([], tf.string)
+            )
+        stand_in = _IteratorState()
+        # The iterator's keys carry its legacy name (`ITERATOR_STATE`): so do the stand-in's.
+        legacy_name = saveable_compat.get_saveable_name(data)
+        if legacy_name:
+            saveable_compat.legacy_saveable_name(legacy_name)(stand_in)
+        copies = self._copies if data is None else self._copies.with_item(data, stand_in)
+
+        def write(prefix: tf.Tensor, data_state: tf.Tensor) -> None:
+            stand_in.state = data_state
+            checkpoint.write(prefix)
+
+        checkpoint.data = data if data is not None else tf.Module()
+        saver = checkpoint._saver  # Its object map is the saver's hook for copies.
+        saver._object_map = copies
+        try:
+            concrete_write = tf.function(write, autograph=False).get_concrete_function(
+                tf.TensorSpec([], tf.string),
+                tf.TensorSpec.from_tensor(concrete_copy.structured_outputs),
+            )
+        finally:
+            saver._object_map = None
+        return concrete_copy, concrete_write
+
+
+class _IteratorState(tf.__internal__.tracking.Trackable):
+    """Stands in for a data iterator in a snapshot's write: its state as of the copy."""
+
+    def __init__(self) -> None:
+        self.state: tf.Tensor | None = None
+
+    def _serialize_to_tensors(self) -> dict[str, tf.Tensor]:
+        return {"_STATE": self.state}
+
+
+class _ByIdentity:
+    """A mapping from objects to their copies by identity (variables compare by value)."""
+
+    def __init__(self, pairs: Iterable[tuple[object, object]] = ()) -> None:
+        self._items: dict[int, tuple[object, object]] = {}
+        for original, copy in pairs:
+            self.add(original, copy)
+
+    def add(self, original: object, copy: object) -> None:
+        self._items[id(original)] = (original, copy)
+
+    def get(self, original: object, default: Any = None) -> Any:
+        hit = self._items.get(id(original))
+        return default if hit is None else hit[1]
+
+    def with_item(self, original: object, copy: object) -> _ByIdentity:
+        mapping = _ByIdentity()
+        mapping._items = {**self._items, id(original): (original, copy)}
+        return mapping
+
+
+def _saves_state(item: object) -> bool:
+    """Whether a trackable that is no variable writes something of its own to a checkpoint."""
+    base = tf.__internal__.tracking.Trackable
+    return any(
+        "_serialize_to_tensors" in vars(cls) or "_gather_saveables_for_checkpoint" in vars(cls)
+        for cls in type(item).__mro__
+        if cls is not base and cls is not object
+    )
+
+
+@contextlib.contextmanager
+def _quiet_data_options() -> Iterator[None]:
+    """Silence tf.data's warning when an iterator's save is traced.
+
+    Tracing it reads the dataset's options in graph mode, which are not used there.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data")
+        yield
 
 
 def _remove_partial(path: Path) -> None:

@@ -57,6 +57,10 @@ class RunOptions:
         checkpoint_every_steps: With a `logdir`, also write a checkpoint every this many
             training steps; `None` writes one at the end of every epoch only.
         max_checkpoints: How many of the latest checkpoints to keep.
+        background_checkpoints: Write each checkpoint on a thread while the run goes on,
+            from a copy of the run's state taken at the save, which doubles the host memory
+            its variables take; `False` writes it while the run waits (see
+            `checkpoints.RunCheckpoint`). A stop or the end of the run waits for the write.
         resume: Go on with the run in `logdir` from its latest checkpoint.
         strategy: Where the steps run (see `distribution.make_strategy`): `none`, one device;
             `mirrored`, a replica on every local GPU, or on every logical CPU device without
@@ -103,6 +107,7 @@ class RunOptions:
     logdir: str | Path | None = None
     checkpoint_every_steps: int | None = None
     max_checkpoints: int = 3
+    background_checkpoints: bool = True
     resume: bool = False
     strategy: Strategy = "none"
     cpu_devices: int | None = None

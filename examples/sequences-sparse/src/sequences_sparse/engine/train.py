@@ -401,6 +401,9 @@ class Trainer:
                 callback_list.callbacks,
                 self.options.max_checkpoints,
                 chief=self.chief,
+                # Under several workers each write takes part in the cluster's collectives.
+                background=self.options.background_checkpoints
+                and not distribution.is_multi_worker(self.strategy),
             )
         epoch = first_step = 0
         every = self.options.checkpoint_every_steps if checkpoint is not None else None
@@ -471,8 +474,12 @@ class Trainer:
                     raise self._interrupted(checkpoint, epoch + 1, 0, saved=saved)
                 if self.model.stop_training:
                     break
+            if checkpoint is not None:
+                checkpoint.wait()  # The last checkpoint is complete before the run ends.
             callback_list.on_train_end(logs)
         except BaseException as error:
+            if checkpoint is not None:
+                _close_quietly(checkpoint)
             if tracker is not None:
                 tracker.stopped(error, resumable=resume_position(logdir) is not None)
             raise
@@ -484,6 +491,8 @@ class Trainer:
                 self.eval_runner.close()
             if cluster_stop is not None:
                 cluster_stop.close()
+            if checkpoint is not None:
+                checkpoint.close()
         if logdir is not None and self.chief:
             try:
                 path = save_model(self.model, logdir)
@@ -541,8 +550,20 @@ class Trainer:
     ) -> interrupts.Interrupted:
         if checkpoint is not None and saved is None:
             saved = checkpoint.save(epoch, step, self._saved_data(step))
+        if checkpoint is not None:
+            checkpoint.wait()  # The checkpoint the stop names is complete.
         signum = interrupts.requested() or signal.SIGINT
         return interrupts.Interrupted(signum, epoch, step, saved)
+
+
+def _close_quietly(checkpoint: RunCheckpoint) -> None:
+    """Let a checkpoint's write in the background end, while another error ends the run.
+
+    A write that failed removed its files and named no checkpoint; the error that ended the
+    run is the one to report.
+    """
+    with contextlib.suppress(Exception):
+        checkpoint.close()
 
 
 def check_length(dataset: tf.data.Dataset, name: str, steps: int | None, option: str) -> None:
