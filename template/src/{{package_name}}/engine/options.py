@@ -58,9 +58,9 @@ class RunOptions:
             training steps; `None` writes one at the end of every epoch only.
         max_checkpoints: How many of the latest checkpoints to keep.
         background_checkpoints: Write each checkpoint on a thread while the run goes on,
-            from a copy of the run's state taken at the save, which doubles the host memory
-            its variables take; `False` writes it while the run waits (see
-            `checkpoints.RunCheckpoint`). A stop or the end of the run waits for the write.
+            from the run's state read at the save; a variable updated before the write ends
+            takes twice its memory meanwhile. `False` writes it while the run waits (see
+            `checkpoints.RunCheckpoint`). A stop, a failure and the end of the run wait for it.
         resume: Go on with the run in `logdir` from its latest checkpoint.
         strategy: Where the steps run (see `distribution.make_strategy`): `none`, one device;
             `mirrored`, a replica on every local GPU, or on every logical CPU device without

@@ -266,15 +266,14 @@ class RunCheckpoint:
     walking the Keras objects eagerly at every write cost more than writing (see
     `benchmarks/checkpoints.md` in scaffold); the first write of a run pays for the trace.
 
-    With `background`, `save` first copies the run's state into a snapshot in one traced call
-    (every saved variable into a copy of it in host memory, and the data iterator's position),
-    then returns while a thread writes the snapshot's files: the run goes on at once, and
-    what is written is what the run held at the save. The snapshot doubles the host memory
-    that the saved variables take. `wait` returns once the write is complete, and raises its
+    With `background`, `save` reads the run's state (every saved variable, and the data
+    iterator's position) and returns while a thread writes what it read: the run goes on at
+    once, and the files hold the run as it was at the save, bit for bit those a write that
+    waits would make. A variable the run updates while its write is pending takes twice its
+    memory until the write ends. `wait` returns once the write is complete, and raises its
     error; `save`, `restore` and `close` wait first, so one write runs at a time. Without
-    `background`, or when the run holds state that cannot be copied so (an object other than
-    variables and `tf.data` iterators that saves something, or a strategy's scope around the
-    first save), `save` writes before it returns.
+    `background`, or when the run holds state other than variables and `tf.data` iterators
+    that saves something of its own, `save` writes before it returns.
 
     Under `MultiWorkerMirroredStrategy` every worker writes each checkpoint, as TensorFlow
     requires, but only the chief's go to `directory`: the others write theirs to a temporary
@@ -361,8 +360,8 @@ class RunCheckpoint:
         write = self._writer(data, state)
         if self._thread is None:
             self._commit(path, write)
-        else:
-            self._pending = self._thread.submit(self._commit, path, write)
+            return path
+        self._pending = self._thread.submit(self._commit, path, write)
         return path
 
     def wait(self) -> None:
@@ -521,52 +520,53 @@ class RunCheckpoint:
 
 
 class _Snapshot:
-    """A copy of a checkpoint's state in host memory, taken in one call, written later.
+    """The run's state as of a save, read in one go, for a thread to write.
 
-    Every saved variable has a copy; a data iterator's position is serialized when the copy
-    is taken. `tf.train.Checkpoint` then writes the copies in place of the originals, under
-    the originals' keys (its saver's object map: the hook of TensorFlow's own asynchronous
-    checkpoints, whose copying fails on Keras 3 variables in TF 2.21), so the files are
-    those a write of the run at the copy would have made, and `restore` reads them alike.
+    Each saved variable is read (a TensorFlow read is a snapshot: a later update copies the
+    buffer first if the read still holds it, so memory doubles only for the variables that
+    change while a write is pending), and a data iterator's position is serialized.
+    `tf.train.Checkpoint` then writes stand-ins holding those tensors in place of the
+    originals, under the originals' keys (its saver's object map: the hook of TensorFlow's own
+    asynchronous checkpoints, whose copying fails on Keras 3 variables in TF 2.21), so the
+    files are those a write of the run at the save would have made, and `restore` reads them
+    alike. The write is traced on the thread that writes, once per data iterator; the reads
+    run eagerly, so the run waits for no trace.
     """
 
-    def __init__(self, pairs: list[tuple[tf.Variable, tf.Variable]]) -> None:
-        self.pairs = pairs  # (original, copy)
-        self._copies = _ByIdentity((original, copy) for original, copy in pairs)
-        self._calls: dict[int | None, tuple[tf.data.Iterator | None, Any, Any]] = {}
+    def __init__(self, variables: list[tf.Variable], stand_ins: _ByIdentity) -> None:
+        self.variables = variables
+        self._stand_ins = stand_ins
+        # By data iterator (`id`, or `None`): the iterator and its traced write.
+        self._writes: dict[int | None, tuple[tf.data.Iterator | None, Any]] = {}
 
     @classmethod
     def of(cls, checkpoint: tf.train.Checkpoint) -> _Snapshot | None:
         """A snapshot of every variable `checkpoint` saves; `None` if some state is not one.
 
-        A `tf.data` iterator is left to `take`. Keras variables are copied through the
+        A `tf.data` iterator is left to `take`. Keras variables are read through the
         TensorFlow variable each wraps.
         """
-        if tf.distribute.has_strategy():  # A copy would be a distributed variable too.
-            return None
-        pairs: list[tuple[tf.Variable, tf.Variable]] = []
-        seen = _ByIdentity()
+        variables: list[tf.Variable] = []
+        stand_ins = _ByIdentity()
         for item in tf.train.TrackableView(checkpoint).descendants():
             if isinstance(item, tf.data.Iterator):
                 continue
-            original = item.value if isinstance(item, keras.Variable) else item
-            if not isinstance(original, tf.Variable):
+            variable = item.value if isinstance(item, keras.Variable) else item
+            if not isinstance(variable, tf.Variable):
                 if _saves_state(item):
                     return None
                 continue
-            copy = seen.get(original)
-            if copy is None:
-                with tf.device("/CPU:0"):
-                    copy = tf.Variable(original.read_value(), trainable=False, shape=original.shape)
-                seen.add(original, copy)
-                pairs.append((original, copy))
-            if item is not original:
-                pairs.append((item, copy))
-        return cls(pairs)
+            stand_in = stand_ins.get(variable)
+            if stand_in is None:
+                stand_in = _Saved("VARIABLE_VALUE")
+                stand_ins.add(variable, stand_in)
+                variables.append(variable)
+            stand_ins.add(item, stand_in)
+        return cls(variables, stand_ins)
 
     def forget_data(self) -> None:
-        """Trace again at the next `take`: the checkpoint's data object has changed."""
-        self._calls = {}
+        """Trace again: the checkpoint's data object has changed."""
+        self._writes = {}
 
     def take(
         self,
@@ -574,69 +574,70 @@ class _Snapshot:
         data: tf.data.Iterator | None,
         state: tuple[tf.Tensor, tf.Tensor],
     ) -> Callable[[Path], None]:
-        """Copy the run's state now; return what writes the copy to a path, on any thread.
+        """Read the run's state now; return what writes it to a path, on one thread.
 
         `state` is the checkpoint's `position` and `callbacks` values, set first.
         """
+        checkpoint.position.assign(state[0])
+        checkpoint.callbacks.assign(state[1])
+        values = [variable.read_value() for variable in self.variables]
+        data_state = tf.constant(0.0) if data is None else data._serialize_to_tensors()["_STATE"]
         key = None if data is None else id(data)
-        if key not in self._calls or self._calls[key][0] is not data:
-            self._calls[key] = (data, *self._traced(checkpoint, data))
-        _, copy, write = self._calls[key]
-        with _quiet_data_options():
-            data_state = copy(*state)
-        return lambda path: write(tf.constant(str(path)), data_state)
 
-    def _traced(self, checkpoint: tf.train.Checkpoint, data: tf.data.Iterator | None) -> tuple:
-        """The traced copy and write for `data`: the copy returns the iterator's state."""
-        pairs = [pair for pair in self.pairs if isinstance(pair[0], tf.Variable)]
-        position, callbacks = checkpoint.position, checkpoint.callbacks
+        def write(path: Path) -> None:
+            traced = self._writes.get(key)
+            if traced is None or traced[0] is not data:
+                traced = (data, self._traced_write(checkpoint, data, values, data_state))
+                self._writes[key] = traced
+            traced[1](tf.constant(str(path)), values, data_state)
 
-        def copy(at: tf.Tensor, callback_state: tf.Tensor) -> tf.Tensor:
-            position.assign(at)
-            callbacks.assign(callback_state)
-            for original, shadow in pairs:
-                shadow.assign(original.read_value())
-            if data is None:
-                return tf.constant(0.0)
-            return data._serialize_to_tensors()["_STATE"]
+        return write
 
-        traced_copy = tf.function(copy, autograph=False)
-        with _quiet_data_options():
-            concrete_copy = traced_copy.get_concrete_function(
-                tf.TensorSpec([2], tf.int64), tf.TensorSpec([], tf.string)
-            )
-        stand_in = _IteratorState()
-        # The iterator's keys carry its legacy name (`ITERATOR_STATE`): so do the stand-in's.
-        legacy_name = saveable_compat.get_saveable_name(data)
-        if legacy_name:
-            saveable_compat.legacy_saveable_name(legacy_name)(stand_in)
-        copies = self._copies if data is None else self._copies.with_item(data, stand_in)
+    def _traced_write(
+        self,
+        checkpoint: tf.train.Checkpoint,
+        data: tf.data.Iterator | None,
+        values: list[tf.Tensor],
+        data_state: tf.Tensor,
+    ) -> Any:
+        """The traced write of `(prefix, values, data_state)`: the stand-ins hold its inputs."""
+        stand_ins = self._stand_ins
+        data_stand_in = _Saved("_STATE")
+        if data is not None:
+            # The iterator's keys carry its legacy name (`ITERATOR_STATE`): so do the stand-in's.
+            legacy_name = saveable_compat.get_saveable_name(data)
+            if legacy_name:
+                saveable_compat.legacy_saveable_name(legacy_name)(data_stand_in)
+            stand_ins = stand_ins.with_item(data, data_stand_in)
+        variables, held = self.variables, self._stand_ins
 
-        def write(prefix: tf.Tensor, data_state: tf.Tensor) -> None:
-            stand_in.state = data_state
+        def write(prefix: tf.Tensor, values: list[tf.Tensor], state: tf.Tensor) -> None:
+            for variable, value in zip(variables, values, strict=True):
+                held.get(variable).value = value
+            data_stand_in.value = state
             checkpoint.write(prefix)
 
         checkpoint.data = data if data is not None else tf.Module()
         saver = checkpoint._saver  # Its object map is the saver's hook for copies.
-        saver._object_map = copies
+        saver._object_map = stand_ins
         try:
-            concrete_write = tf.function(write, autograph=False).get_concrete_function(
-                tf.TensorSpec([], tf.string),
-                tf.TensorSpec.from_tensor(concrete_copy.structured_outputs),
+            specs = [tf.TensorSpec.from_tensor(value) for value in values]
+            return tf.function(write, autograph=False).get_concrete_function(
+                tf.TensorSpec([], tf.string), specs, tf.TensorSpec.from_tensor(data_state)
             )
         finally:
             saver._object_map = None
-        return concrete_copy, concrete_write
 
 
-class _IteratorState(tf.__internal__.tracking.Trackable):
-    """Stands in for a data iterator in a snapshot's write: its state as of the copy."""
+class _Saved(tf.__internal__.tracking.Trackable):
+    """Stands in for a variable or a data iterator in a snapshot's write: the value it saves."""
 
-    def __init__(self) -> None:
-        self.state: tf.Tensor | None = None
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.value: tf.Tensor | None = None
 
     def _serialize_to_tensors(self) -> dict[str, tf.Tensor]:
-        return {"_STATE": self.state}
+        return {self.key: self.value}
 
 
 class _ByIdentity:
