@@ -96,15 +96,17 @@ def main() -> None:
         per_save = statistics.median(row[3] for row in runs)
         name = "in the background (default)" if background else "while the run waits"
         lines.append(
-            f"| {name} | {total:.2f} s | {waiting * 1000:.0f} ms ({runs[0][2]} writes, the "
-            f"first traced) | {per_save * 1000:.1f} ms | {share:.1%} | {waiting / command:.1%} |"
+            f"| {name} | {total:.2f} s | {waiting * 1000:.0f} ms ({runs[0][2]} writes) | "
+            f"{per_save * 1000:.1f} ms | {share:.1%} | {waiting / command:.1%} |"
         )
     lines += [
         "",
         f"`python -m bench train --quiet` took {command:.2f} s. Medians over the rounds. The",
         "command's time includes starting Python, importing TensorFlow and loading the data,",
-        "which a run pays once. In the background, the run waits for the snapshot only; the",
-        "thread's write then shares the CPUs with the training steps.",
+        "which a run pays once. While the run waits, the first write includes its trace. In",
+        "the background, the run waits for the reads of the variables and the data's position,",
+        "and for the write of the save before if it is still running; the thread traces and",
+        "writes while the run trains, sharing the CPUs with it.",
         "",
     ]
     OUT.write_text("\n".join(lines))
