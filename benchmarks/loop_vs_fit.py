@@ -13,7 +13,9 @@ then times, interleaved round by round so that machine noise hits every contende
   per epoch), `metrics.jsonl`, TensorBoard events and a checkpoint written every epoch and
   `model.keras` at the end (what a run directory holds), and
   `keras.callbacks.EarlyStopping(monitor="val_loss")` with a patience longer than the run, so
-  that it never stops it;
+  that it never stops it; checkpoints are written in the background (the default);
+- `loop K=<default>, all on, checkpoints waited for`: the same with
+  `background_checkpoints=False`: each checkpoint is written while the run waits;
 - `fit` / `fit K=<default>`: `model.fit` with default settings, and with the same
   `steps_per_execution`;
 - `fit, callbacks` / `fit K=<default>, callbacks`: the same with what `all on` does:
@@ -31,7 +33,10 @@ then times, interleaved round by round so that machine noise hits every contende
   compiles it, without the guard's wrapper) in a `tf.while_loop` over one in-memory batch: no
   input pipeline, no validation, no Python: the compute floor;
 - `floor, guarded step`: the same with the trainer's step (`trainer.train_step`: the task's
-  step inside the non-finite guard's wrapper), so the two floors price the guard.
+  step inside the non-finite guard's wrapper), so the two floors price the guard;
+- `floor, reading batches`: the floor's loop with the task's step on batches read from the
+  iterator the loop reads (`loop.repeated` over the cached batches above), one `get_next`
+  per step: what reading a batch costs a step, whatever the pipeline.
 
 The non-finite guard cannot be switched off: every `loop` contender runs it, `all off`
 included; only the floor runs the bare task step. The task's step itself skips a non-finite
@@ -78,6 +83,7 @@ CLASSIC = "classic data"
 ALL_ON = "all on"
 ALL_OFF = "all off"
 CALLBACKS = "callbacks"
+WAITED = "checkpoints waited for"
 
 CASES = {
     "mlp-b32": ({"input_shape": "64"}, 32),
@@ -191,6 +197,7 @@ def contenders(project, config, epochs: int) -> dict[str, Callable[[], float]]:
     num_steps = sum(1 for _ in train_ds)
     labels, build = config.labels, project.PROJECT.build_model
     run_options, engine_train = project.RunOptions, engine_module(project, "train")
+    engine_loop = engine_module(project, "loop")
     k = run_options().steps_per_execution
 
     def trainer(**options: object):
@@ -209,11 +216,12 @@ def contenders(project, config, epochs: int) -> dict[str, Callable[[], float]]:
 
         return measure
 
-    def loop_fit(all_on: bool) -> Callable[[], float]:
+    def loop_fit(all_on: bool, background: bool = True) -> Callable[[], float]:
         def measure() -> float:
             with quiet_run() as logdir:
                 if all_on:
                     options = {"verbose": 1, "logdir": logdir, "tensorboard": True}
+                    options["background_checkpoints"] = background
                     callbacks = [never_stops(epochs)]
                 else:
                     options, callbacks = {"verbose": 0, "logdir": None}, []
@@ -326,7 +334,7 @@ def contenders(project, config, epochs: int) -> dict[str, Callable[[], float]]:
 
         return measure
 
-    def floor(guarded: bool) -> Callable[[], float]:
+    def floor(guarded: bool, reading: bool = False) -> Callable[[], float]:
         def measure() -> float:
             floor_trainer = trainer()
             if guarded:
@@ -337,10 +345,18 @@ def contenders(project, config, epochs: int) -> dict[str, Callable[[], float]]:
                     input_signature=floor_trainer.task.input_signature,
                 )
             x, y = next(iter(train_ds))
+            batches = iter(engine_loop.repeated(cached_batches))
+
+            def body(i: tf.Tensor) -> tf.Tensor:
+                if reading:
+                    step(*batches.get_next())
+                else:
+                    step(x, y)
+                return i + 1
 
             @tf.function
             def run(n: tf.Tensor) -> tf.Tensor:
-                return tf.while_loop(lambda i: i < n, lambda i: (step(x, y), i + 1)[1:], [0])[0]
+                return tf.while_loop(lambda i: i < n, body, [0])[0]
 
             n = tf.constant(num_steps)
             return time_epochs(lambda: int(run(n)), epochs)
@@ -353,6 +369,7 @@ def contenders(project, config, epochs: int) -> dict[str, Callable[[], float]]:
         f"loop K={k} ({CLASSIC})": loop(k, classic),
         f"loop K={k}, {ALL_OFF}": loop_fit(all_on=False),
         f"loop K={k}, {ALL_ON}": loop_fit(all_on=True),
+        f"loop K={k}, {ALL_ON}, {WAITED}": loop_fit(all_on=True, background=False),
         **{f"fit{suffix}": fit(train) for suffix, train in pipelines.items()},
         **{
             f"fit K={k}{suffix}": fit(train, steps_per_execution=k)
@@ -370,6 +387,7 @@ def contenders(project, config, epochs: int) -> dict[str, Callable[[], float]]:
         f"loop K={k} train only, cached batches": loop_train_only(cached_batches),
         "floor": floor(guarded=False),
         "floor, guarded step": floor(guarded=True),
+        "floor, reading batches": floor(guarded=False, reading=True),
     }
 
 
@@ -417,6 +435,10 @@ def ratios(medians: dict[str, float], k: int) -> dict[str, float]:
         f"loop K={k} / best fit": ours / best("fit"),
         f"loop K={k} / best fit K={k}": ours / best(f"fit K={k}"),
         f"loop K={k}, {ALL_ON} / loop K={k}, {ALL_OFF}": all_on / all_off,
+        f"loop K={k}, {ALL_ON}, {WAITED} / loop K={k}, {ALL_OFF}": medians[
+            f"loop K={k}, {ALL_ON}, {WAITED}"
+        ]
+        / all_off,
         f"loop K={k}, {ALL_OFF} / loop K={k}": all_off / ours,
         f"loop K={k}, {ALL_ON} / best fit, {CALLBACKS}": all_on / best(f"fit, {CALLBACKS}"),
         f"loop K={k}, {ALL_ON} / best fit K={k}, {CALLBACKS}": all_on
@@ -429,6 +451,7 @@ def ratios(medians: dict[str, float], k: int) -> dict[str, float]:
         ]
         / medians["floor"],
         "floor, guarded step / floor": medians["floor, guarded step"] / medians["floor"],
+        "floor, reading batches / floor": medians["floor, reading batches"] / medians["floor"],
         "loop K=1 / best fit": medians["loop K=1"] / best("fit"),
         "best guide loop / best fit": best("guide loop") / best("fit"),
     }

@@ -240,15 +240,21 @@ class NonFiniteGuard:
 
         `tf.function`-compatible.
         """
-        bad = status != FINITE
-        # A select rather than a `tf.cond`: the state is small, and a cond costs more per step.
-        for variable, value in zip(self.state, saved, strict=True):
-            variable.assign(tf.where(bad, value, variable))
-        self.skipped.update_state(tf.cast(bad, tf.float32))
-        starts = bad & (self.bad_in_a_row == 0)
-        self.first_bad_step.assign(tf.where(starts, step, self.first_bad_step))
-        self.first_bad_status.assign(tf.where(starts, status, self.first_bad_status))
-        self.bad_in_a_row.assign(tf.where(bad, self.bad_in_a_row + 1, 0))
+
+        def undo() -> None:
+            for variable, value in zip(self.state, saved, strict=True):
+                variable.assign(value)
+            self.skipped.update_state(1.0)
+            starts = self.bad_in_a_row == 0
+            self.first_bad_step.assign(tf.where(starts, step, self.first_bad_step))
+            self.first_bad_status.assign(tf.where(starts, status, self.first_bad_status))
+            self.bad_in_a_row.assign_add(1)
+
+        def keep() -> None:
+            self.bad_in_a_row.assign(0)
+
+        # A good step, the common case, runs one assign: no select over the state per step.
+        tf.cond(status != FINITE, undo, keep)
 
     @tf.autograph.experimental.do_not_convert
     def tripped(self) -> tf.Tensor:

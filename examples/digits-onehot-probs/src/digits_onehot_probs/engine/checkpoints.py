@@ -262,9 +262,9 @@ class RunCheckpoint:
     The files and the `checkpoint` state file are those of `tf.train.CheckpointManager`
     (`tf.train.latest_checkpoint` finds the latest). A write goes to temporary files renamed
     when complete, and the state file is updated after it, so a process killed while writing
-    leaves the previous checkpoint as the latest. Each write runs as one traced `tf.function`:
-    walking the Keras objects eagerly at every write cost more than writing (see
-    `benchmarks/checkpoints.md` in scaffold); the first write of a run pays for the trace.
+    leaves the previous checkpoint as the latest. Each write runs as one `tf.function`, traced
+    at the first write: walking the Keras objects eagerly at every write costs more than
+    writing.
 
     With `background`, `save` reads the run's state (every saved variable, and the data
     iterator's position) and returns while a thread writes what it read: the run goes on at
