@@ -107,6 +107,7 @@ PROFILE_SKIPS = HAND_WRITTEN | {
     "run_eagerly",
     "checkpoint_every_steps",
     "max_checkpoints",
+    "background_checkpoints",
     "tensorboard",
     "validation_steps",
 }
