@@ -177,3 +177,27 @@ def test_state_a_snapshot_cannot_read_is_written_before_save_returns(
     assert writers == [threading.main_thread()]
     assert tf.train.latest_checkpoint(str(tmp_path)) == str(path)
     checkpoint.close()
+
+
+def test_a_data_position_whose_size_changes_is_written_at_every_save(tmp_path: Path) -> None:
+    # Bucketing keeps partial buckets: the serialized position grows and shrinks as it reads.
+    def buckets() -> tf.data.Dataset:
+        numbers = tf.data.Dataset.range(200)
+        return numbers.bucket_by_sequence_length(
+            lambda n: tf.cast(n % 7, tf.int32), [3, 5], [2, 3, 4]
+        )
+
+    run = Run()
+    data = iter(buckets())
+    checkpoint = RunCheckpoint(tmp_path, run.items(), [], 3, background=True)
+    for read in (1, 2, 3):
+        for _ in range(read):
+            next(data)
+        checkpoint.save(read, 0, data)
+    checkpoint.close()
+    expected = next(data)
+
+    again = Run()
+    restored_data = iter(buckets())
+    RunCheckpoint(tmp_path, again.items(), [], 3).restore(restored_data)
+    np.testing.assert_array_equal(next(restored_data), expected)

@@ -622,8 +622,10 @@ class _Snapshot:
         saver._object_map = stand_ins
         try:
             specs = [tf.TensorSpec.from_tensor(value) for value in values]
+            # A serialized iterator is a vector whose length changes with its state.
+            state_spec = tf.TensorSpec(None, data_state.dtype)
             return tf.function(write, autograph=False).get_concrete_function(
-                tf.TensorSpec([], tf.string), specs, tf.TensorSpec.from_tensor(data_state)
+                tf.TensorSpec([], tf.string), specs, state_spec
             )
         finally:
             saver._object_map = None
