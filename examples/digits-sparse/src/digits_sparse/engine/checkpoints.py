@@ -419,7 +419,7 @@ class RunCheckpoint:
             if self._snapshot is None:  # State that cannot be copied: write as the run goes.
                 self._thread.shutdown()
                 self._thread = None
-        if self._thread is None or self._snapshot is None:
+        if self._snapshot is None:
             return functools.partial(self._write_with_data, data, state=state)
         if data is not None and self.saves_data:
             try:
@@ -497,8 +497,6 @@ class RunCheckpoint:
             self.checkpoint.data = data if self.restored_data else tf.Module()
             self._writes = {}
             self._kept = None
-            if self._snapshot is not None:
-                self._snapshot.forget_data()
             self.checkpoint.read(path).assert_consumed()
         except (tf.errors.OpError, IndexError, OSError) as error:  # IndexError: truncated.
             raise CheckpointError(
@@ -563,10 +561,6 @@ class _Snapshot:
                 variables.append(variable)
             stand_ins.add(item, stand_in)
         return cls(variables, stand_ins)
-
-    def forget_data(self) -> None:
-        """Trace again: the checkpoint's data object has changed."""
-        self._writes = {}
 
     def take(
         self,
